@@ -1,0 +1,254 @@
+//! The node's data directory: one RocksDB holding the Raft log, the vote and
+//! the state machine in column families, plus a folder of snapshot files.
+//!
+//! Opening refuses anything it did not create itself, so a wrong path in a
+//! config file never damages somebody else's data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::types::NodeId;
+
+/// Raft log entries by index.
+pub const CF_LOGS: &str = "logs";
+/// Vote, last purged log id, committed log id, identity and format.
+pub const CF_LOG_META: &str = "log_meta";
+/// Live keys.
+pub const CF_KV: &str = "kv";
+/// Leases by id.
+pub const CF_LEASES: &str = "leases";
+/// `lease id ++ key` for every key attached to a lease.
+pub const CF_LEASE_KEYS: &str = "lease_keys";
+/// Change events by `revision ++ sequence`, for watches.
+pub const CF_HISTORY: &str = "history";
+/// Last applied log id, membership, revision, compact revision.
+pub const CF_SM_META: &str = "sm_meta";
+
+pub const ALL_CFS: [&str; 7] = [
+    CF_LOGS,
+    CF_LOG_META,
+    CF_KV,
+    CF_LEASES,
+    CF_LEASE_KEYS,
+    CF_HISTORY,
+    CF_SM_META,
+];
+
+/// Bumped on any incompatible change of what is stored.
+pub const FORMAT_VERSION: u32 = 1;
+const IDENTITY_KEY: &[u8] = b"identity";
+
+/// Written on creation; checked on every open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    format_version: u32,
+    cluster_id: String,
+    node_id: NodeId,
+}
+
+/// Why a data directory cannot be used. Each names the path and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+    #[error("{path}: not a raft-store data directory ({detail}); refusing to touch it")]
+    Foreign { path: PathBuf, detail: String },
+    #[error("{path}: data directory is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: written by a newer raft-store (format {found}, this build reads up to {supported}); refusing to open")]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: belongs to {detail}; refusing to open")]
+    WrongOwner { path: PathBuf, detail: String },
+}
+
+/// An open data directory.
+pub struct DataDir {
+    pub db: Arc<DB>,
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn db_path(root: &Path) -> PathBuf {
+        root.join("db")
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Opens `root`, creating it only if it is missing or empty.
+    pub fn open(root: &Path, cluster_id: &str, node_id: NodeId) -> Result<DataDir, DataDirError> {
+        let io_err = |path: &Path, e: std::io::Error| DataDirError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let db_path = Self::db_path(root);
+        let fresh = match std::fs::read_dir(root) {
+            Ok(mut entries) => {
+                if entries.next().is_none() {
+                    true
+                } else if !db_path.join("CURRENT").is_file() {
+                    return Err(DataDirError::Foreign {
+                        path: root.to_path_buf(),
+                        detail: "it is not empty and has no db/CURRENT".into(),
+                    });
+                } else {
+                    false
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io_err(root, e)),
+        };
+        if fresh {
+            std::fs::create_dir_all(&db_path).map_err(|e| io_err(&db_path, e))?;
+        }
+        std::fs::create_dir_all(root.join("snapshots")).map_err(|e| io_err(root, e))?;
+
+        let want = Identity {
+            format_version: FORMAT_VERSION,
+            cluster_id: cluster_id.to_string(),
+            node_id,
+        };
+        let mut opts = Options::default();
+        opts.set_paranoid_checks(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if !fresh {
+            // Check whose directory this is through a read-only open first:
+            // a refused directory gets no new manifest or log file.
+            let ro = DB::open_cf_for_read_only(&opts, &db_path, ALL_CFS, false)
+                .map_err(|e| classify_open_error(&db_path, e))?;
+            match read_identity(&ro, &db_path)? {
+                Some(found) => check_identity(&found, &want, &db_path)?,
+                None => {
+                    return Err(DataDirError::Foreign {
+                        path: db_path,
+                        detail: "a RocksDB without a raft-store identity record".into(),
+                    })
+                }
+            }
+        }
+        opts.create_if_missing(fresh);
+        opts.create_missing_column_families(fresh);
+        let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options()));
+        let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| classify_open_error(&db_path, e))?;
+        if fresh {
+            let meta = db.cf_handle(CF_LOG_META).ok_or_else(|| DataDirError::Foreign {
+                path: db_path.clone(),
+                detail: format!("column family {CF_LOG_META} is missing"),
+            })?;
+            let bytes = codec::encode(&want).map_err(|e| DataDirError::Io {
+                path: db_path.clone(),
+                detail: e.to_string(),
+            })?;
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(meta, IDENTITY_KEY, bytes, &wo)
+                .map_err(|e| classify_open_error(&db_path, e))?;
+        }
+        let db = Arc::new(db);
+        Ok(DataDir {
+            db,
+            root: root.to_path_buf(),
+        })
+    }
+}
+
+fn read_identity(db: &DB, db_path: &Path) -> Result<Option<Identity>, DataDirError> {
+    let meta = db.cf_handle(CF_LOG_META).ok_or_else(|| DataDirError::Foreign {
+        path: db_path.to_path_buf(),
+        detail: format!("column family {CF_LOG_META} is missing"),
+    })?;
+    let Some(bytes) = db.get_cf(meta, IDENTITY_KEY).map_err(|e| classify_open_error(db_path, e))? else {
+        return Ok(None);
+    };
+    codec::decode(&bytes).map(Some).map_err(|e| DataDirError::Corrupt {
+        path: db_path.to_path_buf(),
+        detail: format!("identity record unreadable: {e}"),
+    })
+}
+
+fn check_identity(found: &Identity, want: &Identity, db_path: &Path) -> Result<(), DataDirError> {
+    if found.format_version > FORMAT_VERSION {
+        return Err(DataDirError::NewerFormat {
+            path: db_path.to_path_buf(),
+            found: found.format_version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if found.cluster_id != want.cluster_id || found.node_id != want.node_id {
+        return Err(DataDirError::WrongOwner {
+            path: db_path.to_path_buf(),
+            detail: format!(
+                "cluster {:?} node {}, not cluster {:?} node {}",
+                found.cluster_id, found.node_id, want.cluster_id, want.node_id
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+fn classify_open_error(path: &Path, e: rocksdb::Error) -> DataDirError {
+    let detail = e.into_string();
+    if detail.contains("Corruption") || detail.contains("checksum") || detail.contains("bad magic") {
+        DataDirError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        }
+    } else if detail.contains("Column famil") || detail.contains("does not exist") {
+        DataDirError::Foreign {
+            path: path.to_path_buf(),
+            detail,
+        }
+    } else {
+        DataDirError::Io {
+            path: path.to_path_buf(),
+            detail,
+        }
+    }
+}
+
+/// Big-endian so that RocksDB's byte order is numeric order.
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn key_u64(bytes: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}
+
+/// Overwrites the stored format version; only for tests of the refusal path.
+#[doc(hidden)]
+pub fn set_format_version_for_test(root: &Path, version: u32) -> Result<(), DataDirError> {
+    let db_path = DataDir::db_path(root);
+    let db = DB::open_cf(&Options::default(), &db_path, ALL_CFS).map_err(|e| classify_open_error(&db_path, e))?;
+    let mut id = read_identity(&db, &db_path)?.ok_or_else(|| DataDirError::Foreign {
+        path: db_path.clone(),
+        detail: "no identity record".into(),
+    })?;
+    id.format_version = version;
+    let bytes = codec::encode(&id).map_err(|e| DataDirError::Io {
+        path: db_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let meta = db.cf_handle(CF_LOG_META).ok_or_else(|| DataDirError::Foreign {
+        path: db_path.clone(),
+        detail: "no meta column family".into(),
+    })?;
+    db.put_cf(meta, IDENTITY_KEY, bytes)
+        .map_err(|e| classify_open_error(&db_path, e))
+}

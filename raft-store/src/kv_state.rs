@@ -1,0 +1,737 @@
+//! The key-value state machine proper: how each [`Command`] changes the
+//! keys, leases, revision and history in RocksDB. Deterministic: every
+//! replica applying the same command at the same log index reaches the same
+//! state and the same result.
+
+use std::collections::HashSet;
+use std::io;
+
+use rocksdb::{ColumnFamily, DBAccess, Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::data_dir::{u64_key, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
+use crate::types::{
+    Command, CommandResult, Event, EventKind, KeyRange, KeyValue, Lease, LeaseId, OpResult, RangeResult, Rejection,
+    Txn, TxnOp, TxnResult, WatchBatch,
+};
+
+pub const REVISION_KEY: &[u8] = b"revision";
+pub const COMPACT_REVISION_KEY: &[u8] = b"compact_revision";
+
+/// A stored value: a [`KeyValue`] without its key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredValue {
+    value: Vec<u8>,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+    lease: Option<LeaseId>,
+}
+
+impl StoredValue {
+    fn into_kv(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+/// How a lease changed, for the leader's lease clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseChange {
+    Granted(Lease),
+    Removed(LeaseId),
+}
+
+/// The outcome of applying one command: the result for the client, the
+/// writes (already in the caller's batch), and what to tell watchers.
+#[derive(Debug)]
+pub struct Applied {
+    pub result: CommandResult,
+    pub events: Option<WatchBatch>,
+    pub lease_change: Option<LeaseChange>,
+}
+
+/// The column families of the state machine.
+pub struct Cfs<'a> {
+    kv: &'a ColumnFamily,
+    leases: &'a ColumnFamily,
+    lease_keys: &'a ColumnFamily,
+    history: &'a ColumnFamily,
+    meta: &'a ColumnFamily,
+}
+
+impl<'a> Cfs<'a> {
+    pub fn of(db: &'a DB) -> io::Result<Self> {
+        let cf = |name: &str| {
+            db.cf_handle(name)
+                .ok_or_else(|| io::Error::other(format!("column family {name} missing")))
+        };
+        Ok(Cfs {
+            kv: cf(CF_KV)?,
+            leases: cf(CF_LEASES)?,
+            lease_keys: cf(CF_LEASE_KEYS)?,
+            history: cf(CF_HISTORY)?,
+            meta: cf(CF_SM_META)?,
+        })
+    }
+}
+
+/// Reads from the live database or from a point-in-time snapshot of it.
+pub trait KvRead {
+    fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Box<dyn Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + '_>;
+}
+
+impl<D: DBAccess> KvRead for rocksdb::SnapshotWithThreadMode<'_, D> {
+    fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.get_cf(cf, key).map_err(io::Error::other)
+    }
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Box<dyn Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + '_> {
+        Box::new(
+            self.iterator_cf(cf, IteratorMode::From(start, Direction::Forward))
+                .map(|r| r.map_err(io::Error::other)),
+        )
+    }
+}
+
+impl KvRead for DB {
+    fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.get_cf(cf, key).map_err(io::Error::other)
+    }
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Box<dyn Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + '_> {
+        Box::new(
+            self.iterator_cf_opt(cf, ReadOptions::default(), IteratorMode::From(start, Direction::Forward))
+                .map(|r| r.map_err(io::Error::other)),
+        )
+    }
+}
+
+fn read_u64(reader: &impl KvRead, cf: &ColumnFamily, key: &[u8]) -> io::Result<u64> {
+    match reader.get(cf, key)? {
+        None => Ok(0),
+        Some(bytes) => Ok(codec::decode(&bytes)?),
+    }
+}
+
+pub fn get_kv(reader: &impl KvRead, cfs: &Cfs<'_>, key: &[u8]) -> io::Result<Option<KeyValue>> {
+    match reader.get(cfs.kv, key)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(codec::decode::<StoredValue>(&bytes)?.into_kv(key.to_vec()))),
+    }
+}
+
+/// Keys of `range` in order, at most `limit` (0 = all).
+pub fn range_kvs(reader: &impl KvRead, cfs: &Cfs<'_>, range: &KeyRange, limit: u64) -> io::Result<(Vec<KeyValue>, bool)> {
+    if let KeyRange::Key(key) = range {
+        return Ok((get_kv(reader, cfs, key)?.into_iter().collect(), false));
+    }
+    let mut kvs = Vec::new();
+    for item in reader.scan_from(cfs.kv, range.start()) {
+        let (key, value) = item?;
+        if range.is_past(&key) {
+            break;
+        }
+        if !range.contains(&key) {
+            continue;
+        }
+        if limit != 0 && kvs.len() as u64 == limit {
+            return Ok((kvs, true));
+        }
+        kvs.push(codec::decode::<StoredValue>(&value)?.into_kv(key.into_vec()));
+    }
+    Ok((kvs, false))
+}
+
+/// A consistent read: keys and the revision they were read at.
+pub fn range(reader: &impl KvRead, cfs: &Cfs<'_>, range: &KeyRange, limit: u64) -> io::Result<RangeResult> {
+    let (kvs, more) = range_kvs(reader, cfs, range, limit)?;
+    Ok(RangeResult {
+        kvs,
+        more,
+        revision: read_u64(reader, cfs.meta, REVISION_KEY)?,
+    })
+}
+
+/// History from `from_revision` on, grouped by revision, at most `max_revisions`.
+pub fn history_since(
+    reader: &impl KvRead,
+    cfs: &Cfs<'_>,
+    from_revision: u64,
+    max_revisions: usize,
+) -> io::Result<Vec<WatchBatch>> {
+    let mut out: Vec<WatchBatch> = Vec::new();
+    for item in reader.scan_from(cfs.history, &u64_key(from_revision)) {
+        let (_, value) = item?;
+        let event: Event = codec::decode(&value)?;
+        let revision = event.kv.mod_revision;
+        match out.last_mut() {
+            Some(last) if last.revision == revision => last.events.push(event),
+            _ => {
+                if out.len() == max_revisions {
+                    break;
+                }
+                out.push(WatchBatch {
+                    revision,
+                    events: vec![event],
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn list_leases(reader: &impl KvRead, cfs: &Cfs<'_>) -> io::Result<Vec<Lease>> {
+    reader
+        .scan_from(cfs.leases, &[])
+        .map(|item| item.and_then(|(_, v)| Ok(codec::decode::<Lease>(&v)?)))
+        .collect()
+}
+
+/// Revision counters kept in memory, mirrored in `sm_meta`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revisions {
+    pub revision: u64,
+    pub compact_revision: u64,
+}
+
+impl Revisions {
+    pub fn load(reader: &impl KvRead, cfs: &Cfs<'_>) -> io::Result<Self> {
+        Ok(Revisions {
+            revision: read_u64(reader, cfs.meta, REVISION_KEY)?,
+            compact_revision: read_u64(reader, cfs.meta, COMPACT_REVISION_KEY)?,
+        })
+    }
+}
+
+/// Applies `cmd`, found at log `index`, adding its writes to `batch`.
+/// `revs` is advanced to what the batch will store once written.
+pub fn apply(
+    db: &DB,
+    cfs: &Cfs<'_>,
+    batch: &mut WriteBatch,
+    revs: &mut Revisions,
+    index: u64,
+    cmd: &Command,
+) -> io::Result<Applied> {
+    let mut writer = Writer {
+        db,
+        cfs,
+        batch,
+        revs,
+        events: Vec::new(),
+    };
+    let mut lease_change = None;
+    let result = match cmd {
+        Command::Txn(txn) => writer.txn(txn)?,
+        Command::LeaseGrant { ttl_ms } => {
+            if *ttl_ms == 0 {
+                CommandResult::Rejected(Rejection::ZeroTtl)
+            } else {
+                let lease = Lease {
+                    id: index,
+                    ttl_ms: *ttl_ms,
+                };
+                writer
+                    .batch
+                    .put_cf(cfs.leases, u64_key(lease.id), codec::encode(&lease)?);
+                lease_change = Some(LeaseChange::Granted(lease));
+                CommandResult::LeaseGranted {
+                    id: index,
+                    ttl_ms: *ttl_ms,
+                }
+            }
+        }
+        Command::LeaseRevoke { id } | Command::LeaseExpire { id } => {
+            let found = writer.revoke_lease(*id)?;
+            if found {
+                lease_change = Some(LeaseChange::Removed(*id));
+            }
+            CommandResult::LeaseRevoked {
+                found,
+                revision: writer.revs.revision,
+            }
+        }
+        Command::Compact { revision } => writer.compact(*revision)?,
+    };
+    let events = if writer.events.is_empty() {
+        None
+    } else {
+        Some(WatchBatch {
+            revision: writer.revs.revision,
+            events: writer.events,
+        })
+    };
+    Ok(Applied {
+        result,
+        events,
+        lease_change,
+    })
+}
+
+struct Writer<'a, 'b> {
+    db: &'a DB,
+    cfs: &'a Cfs<'b>,
+    batch: &'a mut WriteBatch,
+    revs: &'a mut Revisions,
+    events: Vec<Event>,
+}
+
+impl Writer<'_, '_> {
+    fn txn(&mut self, txn: &Txn) -> io::Result<CommandResult> {
+        let mut succeeded = true;
+        for compare in &txn.compare {
+            let current = get_kv(self.db, self.cfs, &compare.key)?;
+            if !compare.holds(current.as_ref()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        if let Some(rejection) = self.check_branch(ops)? {
+            return Ok(CommandResult::Rejected(rejection));
+        }
+
+        // Reads and the prior state of every write see the state before the
+        // transaction; the revision is bumped only if something changes.
+        let mut plans = Vec::with_capacity(ops.len());
+        let mut changes = false;
+        for op in ops {
+            let plan = match op {
+                TxnOp::Put { key, .. } => {
+                    changes = true;
+                    Plan::Put(get_kv(self.db, self.cfs, key)?)
+                }
+                TxnOp::Delete { range } => {
+                    let (found, _) = range_kvs(self.db, self.cfs, range, 0)?;
+                    changes |= !found.is_empty();
+                    Plan::Delete(found)
+                }
+                TxnOp::Range { range, limit } => {
+                    let (kvs, more) = range_kvs(self.db, self.cfs, range, *limit)?;
+                    Plan::Range(RangeResult {
+                        kvs,
+                        more,
+                        revision: self.revs.revision,
+                    })
+                }
+            };
+            plans.push(plan);
+        }
+        if changes {
+            self.bump_revision()?;
+        }
+        let revision = self.revs.revision;
+        let mut results = Vec::with_capacity(ops.len());
+        for (op, plan) in ops.iter().zip(plans) {
+            results.push(match (op, plan) {
+                (TxnOp::Put { key, value, lease }, Plan::Put(prev)) => {
+                    let stored = StoredValue {
+                        value: value.clone(),
+                        create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+                        mod_revision: revision,
+                        version: prev.as_ref().map_or(1, |p| p.version + 1),
+                        lease: *lease,
+                    };
+                    if let Some(old) = prev.as_ref().and_then(|p| p.lease) {
+                        if Some(old) != *lease {
+                            self.batch.delete_cf(self.cfs.lease_keys, lease_key(old, key));
+                        }
+                    }
+                    if let Some(new) = lease {
+                        self.batch.put_cf(self.cfs.lease_keys, lease_key(*new, key), []);
+                    }
+                    self.batch.put_cf(self.cfs.kv, key, codec::encode(&stored)?);
+                    self.record(EventKind::Put, stored.into_kv(key.clone()))?;
+                    OpResult::Put { prev }
+                }
+                (TxnOp::Delete { .. }, Plan::Delete(found)) => {
+                    for kv in &found {
+                        self.delete_key(kv)?;
+                    }
+                    OpResult::Delete { deleted: found }
+                }
+                (_, Plan::Range(result)) => OpResult::Range(result),
+                _ => return Err(io::Error::other("transaction plan out of step with its ops")),
+            });
+        }
+        Ok(CommandResult::Txn(TxnResult {
+            revision,
+            succeeded,
+            results,
+        }))
+    }
+
+    /// Refuses a branch that writes one key twice or names a missing lease.
+    fn check_branch(&self, ops: &[TxnOp]) -> io::Result<Option<Rejection>> {
+        let mut put_keys = HashSet::new();
+        for op in ops {
+            if let TxnOp::Put { key, lease, .. } = op {
+                if !put_keys.insert(key.as_slice()) {
+                    return Ok(Some(Rejection::DuplicateKey(String::from_utf8_lossy(key).into_owned())));
+                }
+                if let Some(id) = lease {
+                    if KvRead::get(self.db, self.cfs.leases, &u64_key(*id))?.is_none() {
+                        return Ok(Some(Rejection::LeaseNotFound(*id)));
+                    }
+                }
+            }
+        }
+        for op in ops {
+            if let TxnOp::Delete { range } = op {
+                if let Some(key) = put_keys.iter().find(|k| range.contains(k)) {
+                    return Ok(Some(Rejection::DuplicateKey(String::from_utf8_lossy(key).into_owned())));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn bump_revision(&mut self) -> io::Result<()> {
+        self.revs.revision += 1;
+        self.batch
+            .put_cf(self.cfs.meta, REVISION_KEY, codec::encode(&self.revs.revision)?);
+        Ok(())
+    }
+
+    fn delete_key(&mut self, kv: &KeyValue) -> io::Result<()> {
+        self.batch.delete_cf(self.cfs.kv, &kv.key);
+        if let Some(lease) = kv.lease {
+            self.batch.delete_cf(self.cfs.lease_keys, lease_key(lease, &kv.key));
+        }
+        let tombstone = KeyValue {
+            key: kv.key.clone(),
+            value: Vec::new(),
+            create_revision: kv.create_revision,
+            mod_revision: self.revs.revision,
+            version: 0,
+            lease: None,
+        };
+        self.record(EventKind::Delete, tombstone)
+    }
+
+    fn record(&mut self, kind: EventKind, kv: KeyValue) -> io::Result<()> {
+        let mut key = u64_key(self.revs.revision).to_vec();
+        key.extend_from_slice(&(self.events.len() as u32).to_be_bytes());
+        let event = Event { kind, kv };
+        self.batch.put_cf(self.cfs.history, key, codec::encode(&event)?);
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Deletes the lease and every key attached to it, as one revision.
+    fn revoke_lease(&mut self, id: LeaseId) -> io::Result<bool> {
+        if KvRead::get(self.db, self.cfs.leases, &u64_key(id))?.is_none() {
+            return Ok(false);
+        }
+        let prefix = u64_key(id);
+        let mut attached = Vec::new();
+        for item in self.db.scan_from(self.cfs.lease_keys, &prefix) {
+            let (lk, _) = item?;
+            let Some(key) = lk.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if let Some(kv) = get_kv(self.db, self.cfs, key)? {
+                attached.push(kv);
+            }
+            self.batch.delete_cf(self.cfs.lease_keys, &lk);
+        }
+        if !attached.is_empty() {
+            self.bump_revision()?;
+            for kv in &attached {
+                self.delete_key(kv)?;
+            }
+        }
+        self.batch.delete_cf(self.cfs.leases, prefix);
+        Ok(true)
+    }
+
+    fn compact(&mut self, revision: u64) -> io::Result<CommandResult> {
+        if revision <= self.revs.compact_revision {
+            return Ok(CommandResult::Rejected(Rejection::AlreadyCompacted {
+                requested: revision,
+                compacted: self.revs.compact_revision,
+            }));
+        }
+        if revision > self.revs.revision {
+            return Ok(CommandResult::Rejected(Rejection::FutureRevision {
+                requested: revision,
+                current: self.revs.revision,
+            }));
+        }
+        self.batch
+            .delete_range_cf(self.cfs.history, u64_key(0), u64_key(revision));
+        self.revs.compact_revision = revision;
+        self.batch
+            .put_cf(self.cfs.meta, COMPACT_REVISION_KEY, codec::encode(&revision)?);
+        Ok(CommandResult::Compacted { revision })
+    }
+}
+
+enum Plan {
+    Put(Option<KeyValue>),
+    Delete(Vec<KeyValue>),
+    Range(RangeResult),
+}
+
+fn lease_key(lease: LeaseId, key: &[u8]) -> Vec<u8> {
+    let mut out = u64_key(lease).to_vec();
+    out.extend_from_slice(key);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data_dir::DataDir;
+    use crate::types::{Compare, CompareOp, Lease, Rejection};
+
+    struct Sm {
+        _dir: tempfile::TempDir,
+        data: DataDir,
+        revs: Revisions,
+        index: u64,
+    }
+
+    impl Sm {
+        fn new() -> Sm {
+            let dir = tempfile::tempdir().unwrap();
+            let data = DataDir::open(dir.path(), "test", 1).unwrap();
+            Sm {
+                _dir: dir,
+                data,
+                revs: Revisions::default(),
+                index: 0,
+            }
+        }
+
+        fn apply(&mut self, cmd: Command) -> Applied {
+            self.index += 1;
+            let db = self.data.db.clone();
+            let cfs = Cfs::of(&db).unwrap();
+            let mut batch = WriteBatch::default();
+            let applied = apply(&db, &cfs, &mut batch, &mut self.revs, self.index, &cmd).unwrap();
+            db.write(batch).unwrap();
+            applied
+        }
+
+        fn txn(&mut self, txn: Txn) -> TxnResult {
+            match self.apply(Command::Txn(txn)).result {
+                CommandResult::Txn(r) => r,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn put(&mut self, k: &str, v: &str) -> TxnResult {
+            self.txn(Txn::new().and_then([TxnOp::put(k, v)]))
+        }
+
+        fn get(&self, k: &str) -> Option<KeyValue> {
+            let cfs = Cfs::of(&self.data.db).unwrap();
+            get_kv(self.data.db.as_ref(), &cfs, k.as_bytes()).unwrap()
+        }
+
+        fn range(&self, r: KeyRange, limit: u64) -> RangeResult {
+            let cfs = Cfs::of(&self.data.db).unwrap();
+            range(self.data.db.as_ref(), &cfs, &r, limit).unwrap()
+        }
+
+        fn history(&self, from: u64) -> Vec<WatchBatch> {
+            let cfs = Cfs::of(&self.data.db).unwrap();
+            history_since(self.data.db.as_ref(), &cfs, from, 1000).unwrap()
+        }
+    }
+
+    #[test]
+    fn every_write_bumps_the_revision_and_versions_count_writes() {
+        let mut sm = Sm::new();
+        assert_eq!(sm.put("a", "1").revision, 1);
+        assert_eq!(sm.put("b", "1").revision, 2);
+        assert_eq!(sm.put("a", "2").revision, 3);
+        let a = sm.get("a").unwrap();
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
+        assert_eq!(a.value, b"2");
+        // Deleting a missing key changes nothing and does not bump.
+        let r = sm.txn(Txn::new().and_then([TxnOp::delete(KeyRange::key("zz"))]));
+        assert_eq!(r.revision, 3);
+        // Delete then re-create starts a new life.
+        sm.txn(Txn::new().and_then([TxnOp::delete(KeyRange::key("a"))]));
+        assert_eq!(sm.get("a"), None);
+        sm.put("a", "3");
+        let a = sm.get("a").unwrap();
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1));
+    }
+
+    #[test]
+    fn txn_compares_pick_the_branch_atomically() {
+        let mut sm = Sm::new();
+        sm.put("k", "v1");
+        // Value compare.
+        let r = sm.txn(
+            Txn::new()
+                .when([Compare::value("k", CompareOp::Equal, "v1")])
+                .and_then([TxnOp::put("k", "v2"), TxnOp::put("other", "x")])
+                .or_else([TxnOp::get("k")]),
+        );
+        assert!(r.succeeded);
+        assert_eq!(r.revision, 2, "both puts share one revision");
+        assert_eq!(sm.get("other").unwrap().mod_revision, 2);
+        // Failing compare runs the failure branch, which reads the pre-state.
+        let r = sm.txn(
+            Txn::new()
+                .when([Compare::value("k", CompareOp::Equal, "v1")])
+                .and_then([TxnOp::put("k", "never")])
+                .or_else([TxnOp::get("k")]),
+        );
+        assert!(!r.succeeded);
+        assert_eq!(r.revision, 2, "a read-only branch does not bump");
+        match &r.results[0] {
+            OpResult::Range(rr) => assert_eq!(rr.kvs[0].value, b"v2"),
+            other => panic!("{other:?}"),
+        }
+        // Version, mod_revision, create_revision and existence.
+        for (cmp, expect) in [
+            (Compare::version("k", CompareOp::Equal, 2), true),
+            (Compare::version("k", CompareOp::Greater, 2), false),
+            (Compare::mod_revision("k", CompareOp::Less, 3), true),
+            (Compare::create_revision("k", CompareOp::Equal, 1), true),
+            (Compare::exists("k"), true),
+            (Compare::absent("k"), false),
+            (Compare::absent("missing"), true),
+            (Compare::value("missing", CompareOp::NotEqual, "x"), false),
+        ] {
+            let r = sm.txn(Txn::new().when([cmp.clone()]));
+            assert_eq!(r.succeeded, expect, "{cmp:?}");
+        }
+        // All compares must hold.
+        let r = sm.txn(
+            Txn::new()
+                .when([Compare::exists("k"), Compare::absent("k")])
+                .and_then([TxnOp::put("k", "no")]),
+        );
+        assert!(!r.succeeded);
+        assert_eq!(sm.get("k").unwrap().value, b"v2");
+    }
+
+    #[test]
+    fn a_branch_writing_a_key_twice_is_rejected_whole() {
+        let mut sm = Sm::new();
+        let before = sm.revs;
+        let a = sm.apply(Command::Txn(
+            Txn::new().and_then([TxnOp::put("x", "1"), TxnOp::put("y", "1"), TxnOp::put("x", "2")]),
+        ));
+        assert!(matches!(a.result, CommandResult::Rejected(Rejection::DuplicateKey(_))));
+        let a = sm.apply(Command::Txn(
+            Txn::new().and_then([TxnOp::put("p/1", "1"), TxnOp::delete(KeyRange::prefix("p/"))]),
+        ));
+        assert!(matches!(a.result, CommandResult::Rejected(Rejection::DuplicateKey(_))));
+        assert_eq!(sm.revs, before);
+        assert_eq!(sm.get("y"), None);
+    }
+
+    #[test]
+    fn ranges_by_prefix_and_interval_with_limit() {
+        let mut sm = Sm::new();
+        for k in ["a/1", "a/2", "a/3", "b/1", "a"] {
+            sm.put(k, "v");
+        }
+        let r = sm.range(KeyRange::prefix("a/"), 0);
+        let keys: Vec<_> = r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+        assert_eq!(keys, ["a/1", "a/2", "a/3"]);
+        assert_eq!(r.revision, 5);
+        let r = sm.range(KeyRange::prefix("a/"), 2);
+        assert_eq!(r.kvs.len(), 2);
+        assert!(r.more);
+        let r = sm.range(KeyRange::between("a/2", "b/1"), 0);
+        let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(keys, [b"a/2".to_vec(), b"a/3".to_vec()]);
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_in_one_revision() {
+        let mut sm = Sm::new();
+        let lease = match sm.apply(Command::LeaseGrant { ttl_ms: 1000 }) {
+            Applied {
+                result: CommandResult::LeaseGranted { id, .. },
+                lease_change: Some(LeaseChange::Granted(Lease { ttl_ms: 1000, .. })),
+                ..
+            } => id,
+            other => panic!("{other:?}"),
+        };
+        sm.txn(Txn::new().and_then([
+            TxnOp::put_with_lease("reg/1", "c1", lease),
+            TxnOp::put_with_lease("reg/2", "c2", lease),
+        ]));
+        sm.put("keep", "v");
+        // Re-putting without the lease detaches the key.
+        sm.put("reg/2", "c2-static");
+        let a = sm.apply(Command::LeaseExpire { id: lease });
+        assert_eq!(a.lease_change, Some(LeaseChange::Removed(lease)));
+        let batch = a.events.expect("events");
+        assert_eq!(batch.revision, 4);
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.events[0].kind, EventKind::Delete);
+        assert_eq!(batch.events[0].kv.key, b"reg/1");
+        assert_eq!(sm.get("reg/1"), None);
+        assert_eq!(sm.get("reg/2").unwrap().value, b"c2-static");
+        // Gone: a second revoke finds nothing; a put on it is refused.
+        assert!(matches!(
+            sm.apply(Command::LeaseRevoke { id: lease }).result,
+            CommandResult::LeaseRevoked { found: false, .. }
+        ));
+        assert!(matches!(
+            sm.apply(Command::Txn(Txn::new().and_then([TxnOp::put_with_lease("z", "v", lease)]))).result,
+            CommandResult::Rejected(Rejection::LeaseNotFound(_))
+        ));
+        assert!(matches!(
+            sm.apply(Command::LeaseGrant { ttl_ms: 0 }).result,
+            CommandResult::Rejected(Rejection::ZeroTtl)
+        ));
+    }
+
+    #[test]
+    fn history_is_in_commit_order_grouped_by_revision() {
+        let mut sm = Sm::new();
+        sm.put("a", "1");
+        sm.txn(Txn::new().and_then([TxnOp::put("b", "1"), TxnOp::put("c", "1")]));
+        sm.txn(Txn::new().and_then([TxnOp::delete(KeyRange::prefix(""))]));
+        let h = sm.history(1);
+        let revs: Vec<_> = h.iter().map(|b| b.revision).collect();
+        assert_eq!(revs, [1, 2, 3]);
+        assert_eq!(h[1].events.len(), 2);
+        assert_eq!(h[2].events.len(), 3);
+        assert!(h[2].events.iter().all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 3));
+        assert_eq!(sm.history(3).len(), 1);
+    }
+
+    #[test]
+    fn compaction_drops_old_history_and_refuses_bad_targets() {
+        let mut sm = Sm::new();
+        for i in 0..10 {
+            sm.put("k", &i.to_string());
+        }
+        assert!(matches!(
+            sm.apply(Command::Compact { revision: 11 }).result,
+            CommandResult::Rejected(Rejection::FutureRevision { .. })
+        ));
+        assert_eq!(sm.apply(Command::Compact { revision: 6 }).result, CommandResult::Compacted { revision: 6 });
+        assert_eq!(sm.revs.compact_revision, 6);
+        let h = sm.history(0);
+        assert_eq!(h.first().map(|b| b.revision), Some(6));
+        assert_eq!(h.len(), 5);
+        assert!(matches!(
+            sm.apply(Command::Compact { revision: 6 }).result,
+            CommandResult::Rejected(Rejection::AlreadyCompacted { .. })
+        ));
+        // Live data is untouched.
+        assert_eq!(sm.get("k").unwrap().value, b"9");
+        let cfs = Cfs::of(&sm.data.db).unwrap();
+        assert_eq!(Revisions::load(sm.data.db.as_ref(), &cfs).unwrap(), sm.revs);
+    }
+}

@@ -1,0 +1,500 @@
+//! Node-to-node transport: QUIC (quinn) with mutual TLS. Every RPC is one
+//! bidirectional stream on a cached connection; a snapshot is one stream
+//! carrying the file. A fault switch cuts a node off for partition tests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::codec;
+use crate::metrics::Metrics;
+use crate::snapshot::SnapshotFile;
+use crate::tls::{node_dns_name, NodeIdentity, TlsError};
+use crate::types::{NodeId, StoreSnapshot, TypeConfig};
+use crate::client::{ClientReply, ClientRequest};
+
+/// Largest RPC message accepted (an append batch or a client request).
+const MAX_MESSAGE: usize = 64 << 20;
+const STREAM_RPC: u8 = 1;
+const STREAM_SNAPSHOT: u8 = 2;
+
+/// A Raft or client request between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    Client(ClientRequest),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    Client(ClientReply),
+    /// The receiving node failed to handle the request.
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+}
+
+/// What a node does with requests that arrive over the transport.
+pub trait Inbound: Send + Sync + 'static {
+    fn handle(&self, request: PeerRequest) -> BoxFuture<'_, PeerReply>;
+    fn install_snapshot(
+        &self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: StoreSnapshot,
+    ) -> BoxFuture<'_, Result<SnapshotResponse<TypeConfig>, String>>;
+    /// Where received snapshot files are written.
+    fn snapshot_dir(&self) -> PathBuf;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("node is cut off from the network (fault injection)")]
+    Isolated,
+    #[error("connect to {addr}: {detail}")]
+    Connect { addr: String, detail: String },
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("bad message: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("peer failed: {0}")]
+    Remote(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("bind: {0}")]
+    Bind(std::io::Error),
+}
+
+impl TransportError {
+    /// True when the request surely did not reach the peer.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, TransportError::Isolated | TransportError::Connect { .. })
+    }
+}
+
+/// The QUIC endpoint of one node (or of a client tool).
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    connections: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
+    isolated: AtomicBool,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Transport {
+    /// Binds a node's endpoint: it accepts peers and dials them.
+    pub fn bind_node(
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Transport>, TransportError> {
+        let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, addr).map_err(TransportError::Bind)?;
+        Ok(Arc::new(Transport {
+            endpoint,
+            client_config: identity.quic_client_config()?,
+            connections: Mutex::new(HashMap::new()),
+            isolated: AtomicBool::new(false),
+            metrics: Some(metrics),
+        }))
+    }
+
+    /// A dial-only endpoint for tools that talk to a cluster.
+    pub fn client(identity: &NodeIdentity) -> Result<Arc<Transport>, TransportError> {
+        let bind: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let endpoint = quinn::Endpoint::client(bind).map_err(TransportError::Bind)?;
+        Ok(Arc::new(Transport {
+            endpoint,
+            client_config: identity.quic_client_config()?,
+            connections: Mutex::new(HashMap::new()),
+            isolated: AtomicBool::new(false),
+            metrics: None,
+        }))
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint.local_addr().map_err(TransportError::Bind)
+    }
+
+    /// Fault injection: drop all traffic to and from this node until healed.
+    pub async fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+        if isolated {
+            for (_, conn) in self.connections.lock().await.drain() {
+                conn.close(0u32.into(), b"isolated");
+            }
+        }
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    async fn connection(&self, addr: &str, server_name: &str) -> Result<quinn::Connection, TransportError> {
+        if self.is_isolated() {
+            return Err(TransportError::Isolated);
+        }
+        let connect_err = |detail: String| TransportError::Connect {
+            addr: addr.to_string(),
+            detail,
+        };
+        let sock: SocketAddr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+            .next()
+            .ok_or_else(|| connect_err("no address".into()))?;
+        let key = (sock, server_name.to_string());
+        let mut conns = self.connections.lock().await;
+        if let Some(conn) = conns.get(&key) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), sock, server_name)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
+            .await
+            .map_err(|_| connect_err("handshake timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        conns.insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    async fn drop_connection(&self, conn: &quinn::Connection) {
+        self.connections
+            .lock()
+            .await
+            .retain(|_, c| c.stable_id() != conn.stable_id());
+    }
+
+    /// Sends one request to the node `server_name` at `addr` and waits for its reply.
+    pub async fn call(
+        &self,
+        addr: &str,
+        server_name: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, TransportError> {
+        let started = Instant::now();
+        let payload = codec::encode(request)?;
+        let conn = self.connection(addr, server_name).await?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Stream(e.to_string()))?;
+            let mut frame = Vec::with_capacity(payload.len() + 1);
+            frame.push(STREAM_RPC);
+            frame.extend_from_slice(&payload);
+            send.write_all(&frame).await.map_err(|e| TransportError::Stream(e.to_string()))?;
+            send.finish().map_err(|e| TransportError::Stream(e.to_string()))?;
+            let bytes = recv
+                .read_to_end(MAX_MESSAGE)
+                .await
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
+            Ok::<_, TransportError>(codec::decode::<PeerReply>(&bytes)?)
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        };
+        if let Err(TransportError::Stream(_)) = &result {
+            self.drop_connection(&conn).await;
+        }
+        if self.is_isolated() {
+            return Err(TransportError::Isolated);
+        }
+        if let (Ok(_), Some(m)) = (&result, &self.metrics) {
+            m.peer_rtt_seconds
+                .with_label_values(&[server_name])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match result? {
+            PeerReply::Failed(detail) => Err(TransportError::Remote(detail)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Streams a snapshot file to a peer, which installs it.
+    async fn send_snapshot(
+        &self,
+        addr: &str,
+        server_name: &str,
+        vote: VoteOf<TypeConfig>,
+        snapshot: StoreSnapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, TransportError> {
+        let conn = self.connection(addr, server_name).await?;
+        let stream_err = |e: &dyn std::fmt::Display| TransportError::Stream(e.to_string());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
+        let header = codec::encode(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+        })?;
+        send.write_all(&[STREAM_SNAPSHOT]).await.map_err(|e| stream_err(&e))?;
+        send.write_all(&(header.len() as u32).to_be_bytes())
+            .await
+            .map_err(|e| stream_err(&e))?;
+        send.write_all(&header).await.map_err(|e| stream_err(&e))?;
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| stream_err(&e))?;
+        tokio::io::copy(&mut file, &mut send).await.map_err(|e| stream_err(&e))?;
+        send.finish().map_err(|e| stream_err(&e))?;
+        let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| stream_err(&e))?;
+        match codec::decode::<PeerReply>(&bytes)? {
+            PeerReply::Snapshot(resp) => Ok(resp),
+            PeerReply::Failed(detail) => Err(TransportError::Remote(detail)),
+            other => Err(TransportError::Remote(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Accepts peers until the endpoint closes. Refused handshakes (a
+    /// certificate from another CA, no certificate) are logged and counted.
+    pub async fn serve(self: Arc<Self>, inbound: Arc<dyn Inbound>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            if self.is_isolated() {
+                incoming.refuse();
+                continue;
+            }
+            let transport = self.clone();
+            let inbound = inbound.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => transport.serve_connection(conn, inbound).await,
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "refused peer connection");
+                        if let Some(m) = &transport.metrics {
+                            m.peer_refused_total.inc();
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, conn: quinn::Connection, inbound: Arc<dyn Inbound>) {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            if self.is_isolated() {
+                conn.close(0u32.into(), b"isolated");
+                return;
+            }
+            let inbound = inbound.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_stream(send, recv, inbound).await {
+                    tracing::debug!(error = %e, "peer stream failed");
+                }
+            });
+        }
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    inbound: Arc<dyn Inbound>,
+) -> Result<(), TransportError> {
+    let stream_err = |e: &dyn std::fmt::Display| TransportError::Stream(e.to_string());
+    let mut kind = [0u8; 1];
+    recv.read_exact(&mut kind).await.map_err(|e| stream_err(&e))?;
+    let reply = match kind[0] {
+        STREAM_RPC => {
+            let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| stream_err(&e))?;
+            match codec::decode::<PeerRequest>(&bytes) {
+                Ok(request) => inbound.handle(request).await,
+                Err(e) => PeerReply::Failed(format!("undecodable request: {e}")),
+            }
+        }
+        STREAM_SNAPSHOT => receive_snapshot(&mut recv, inbound.as_ref()).await,
+        other => PeerReply::Failed(format!("unknown stream kind {other}")),
+    };
+    send.write_all(&codec::encode(&reply)?)
+        .await
+        .map_err(|e| stream_err(&e))?;
+    send.finish().map_err(|e| stream_err(&e))?;
+    // Wait for the peer to read the reply before the stream is dropped.
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+async fn receive_snapshot(recv: &mut quinn::RecvStream, inbound: &dyn Inbound) -> PeerReply {
+    let result = async {
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_MESSAGE {
+            return Err(format!("snapshot header of {len} bytes"));
+        }
+        let mut header = vec![0u8; len];
+        recv.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+        let header: SnapshotHeader = codec::decode(&header).map_err(|e| e.to_string())?;
+        let nonce: u64 = rand::random();
+        let path = inbound.snapshot_dir().join(format!("incoming-{nonce:016x}.recv"));
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+        let copied = tokio::io::copy(recv, &mut file).await;
+        let synced = file.sync_all().await;
+        if let Err(e) = copied.map(|_| ()).and(synced) {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e.to_string());
+        }
+        let snapshot = StoreSnapshot {
+            meta: header.meta,
+            snapshot: SnapshotFile { path: path.clone() },
+        };
+        let result = inbound.install_snapshot(header.vote, snapshot).await;
+        // Installed files are moved into place; anything left is garbage.
+        let _ = tokio::fs::remove_file(&path).await;
+        result
+    }
+    .await;
+    match result {
+        Ok(resp) => PeerReply::Snapshot(resp),
+        Err(e) => PeerReply::Failed(e),
+    }
+}
+
+/// openraft's view of the transport: one client per peer.
+pub struct NetworkFactory {
+    pub transport: Arc<Transport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            transport: self.transport.clone(),
+            addr: node.addr.clone(),
+            server_name: node_dns_name(target),
+        }
+    }
+}
+
+pub struct PeerClient {
+    transport: Arc<Transport>,
+    addr: String,
+    server_name: String,
+}
+
+fn rpc_error(e: TransportError) -> RPCError<TypeConfig> {
+    if e.not_sent() {
+        RPCError::Unreachable(Unreachable::new(&e))
+    } else {
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl PeerClient {
+    async fn call(&self, request: PeerRequest, option: &RPCOption) -> Result<PeerReply, RPCError<TypeConfig>> {
+        self.transport
+            .call(&self.addr, &self.server_name, &request, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+}
+
+fn unexpected(reply: PeerReply) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&TransportError::Remote(format!(
+        "unexpected reply {reply:?}"
+    ))))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::Append(rpc), &option).await? {
+            PeerReply::Append(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::Vote(rpc), &option).await? {
+            PeerReply::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::PreVote(rpc), &option).await? {
+            PeerReply::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(PeerRequest::TransferLeader(req), &option).await? {
+            PeerReply::TransferLeader(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: StoreSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let send = self
+            .transport
+            .send_snapshot(&self.addr, &self.server_name, vote, snapshot);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = send => result.map_err(|e| {
+                if e.not_sent() {
+                    StreamingError::Unreachable(Unreachable::new(&e))
+                } else {
+                    StreamingError::Network(NetworkError::new(&e))
+                }
+            }),
+        }
+    }
+}
