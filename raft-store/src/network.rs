@@ -22,6 +22,8 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+type PeerSlot = Arc<Mutex<Option<quinn::Connection>>>;
+
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::snapshot::SnapshotFile;
@@ -104,7 +106,9 @@ impl TransportError {
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    connections: Mutex<HashMap<(SocketAddr, String), quinn::Connection>>,
+    /// One slot per peer, so that dialling a dead peer never delays
+    /// traffic to the live ones.
+    connections: std::sync::Mutex<HashMap<(SocketAddr, String), PeerSlot>>,
     isolated: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -120,7 +124,7 @@ impl Transport {
         Ok(Arc::new(Transport {
             endpoint,
             client_config: identity.quic_client_config()?,
-            connections: Mutex::new(HashMap::new()),
+            connections: std::sync::Mutex::new(HashMap::new()),
             isolated: AtomicBool::new(false),
             metrics: Some(metrics),
         }))
@@ -133,7 +137,7 @@ impl Transport {
         Ok(Arc::new(Transport {
             endpoint,
             client_config: identity.quic_client_config()?,
-            connections: Mutex::new(HashMap::new()),
+            connections: std::sync::Mutex::new(HashMap::new()),
             isolated: AtomicBool::new(false),
             metrics: None,
         }))
@@ -147,8 +151,10 @@ impl Transport {
     pub async fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::SeqCst);
         if isolated {
-            for (_, conn) in self.connections.lock().await.drain() {
-                conn.close(0u32.into(), b"isolated");
+            for slot in self.slots() {
+                if let Some(conn) = slot.lock().await.take() {
+                    conn.close(0u32.into(), b"isolated");
+                }
             }
         }
     }
@@ -161,7 +167,17 @@ impl Transport {
         self.endpoint.close(0u32.into(), b"shutdown");
     }
 
-    async fn connection(&self, addr: &str, server_name: &str) -> Result<quinn::Connection, TransportError> {
+    fn slots(&self) -> Vec<PeerSlot> {
+        let map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+
+    fn slot(&self, key: (SocketAddr, String)) -> PeerSlot {
+        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key).or_default().clone()
+    }
+
+    async fn connection(&self, addr: &str, server_name: &str) -> Result<(quinn::Connection, PeerSlot), TransportError> {
         if self.is_isolated() {
             return Err(TransportError::Isolated);
         }
@@ -174,11 +190,11 @@ impl Transport {
             .map_err(|e| connect_err(e.to_string()))?
             .next()
             .ok_or_else(|| connect_err("no address".into()))?;
-        let key = (sock, server_name.to_string());
-        let mut conns = self.connections.lock().await;
-        if let Some(conn) = conns.get(&key) {
+        let slot = self.slot((sock, server_name.to_string()));
+        let mut current = slot.lock().await;
+        if let Some(conn) = current.as_ref() {
             if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+                return Ok((conn.clone(), slot.clone()));
             }
         }
         let connecting = self
@@ -189,15 +205,15 @@ impl Transport {
             .await
             .map_err(|_| connect_err("handshake timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
-        conns.insert(key, conn.clone());
-        Ok(conn)
+        *current = Some(conn.clone());
+        Ok((conn, slot.clone()))
     }
 
-    async fn drop_connection(&self, conn: &quinn::Connection) {
-        self.connections
-            .lock()
-            .await
-            .retain(|_, c| c.stable_id() != conn.stable_id());
+    async fn drop_connection(slot: &PeerSlot, conn: &quinn::Connection) {
+        let mut current = slot.lock().await;
+        if current.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            *current = None;
+        }
     }
 
     /// Sends one request to the node `server_name` at `addr` and waits for its reply.
@@ -210,7 +226,7 @@ impl Transport {
     ) -> Result<PeerReply, TransportError> {
         let started = Instant::now();
         let payload = codec::encode(request)?;
-        let conn = self.connection(addr, server_name).await?;
+        let (conn, slot) = self.connection(addr, server_name).await?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Stream(e.to_string()))?;
             let mut frame = Vec::with_capacity(payload.len() + 1);
@@ -229,7 +245,7 @@ impl Transport {
             Err(_) => Err(TransportError::Timeout(timeout)),
         };
         if let Err(TransportError::Stream(_)) = &result {
-            self.drop_connection(&conn).await;
+            Self::drop_connection(&slot, &conn).await;
         }
         if self.is_isolated() {
             return Err(TransportError::Isolated);
@@ -253,7 +269,7 @@ impl Transport {
         vote: VoteOf<TypeConfig>,
         snapshot: StoreSnapshot,
     ) -> Result<SnapshotResponse<TypeConfig>, TransportError> {
-        let conn = self.connection(addr, server_name).await?;
+        let (conn, _) = self.connection(addr, server_name).await?;
         let stream_err = |e: &dyn std::fmt::Display| TransportError::Stream(e.to_string());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
         let header = codec::encode(&SnapshotHeader {

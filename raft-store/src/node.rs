@@ -371,7 +371,13 @@ impl RaftStore {
         loop {
             let leader = self.leader_if_known();
             if leader == Some(self.inner.id) {
-                match self.inner.raft.client_write(command.clone()).await {
+                let write = self.inner.raft.client_write(command.clone());
+                // A leader cut off from its quorum never commits: give up at
+                // the deadline without knowing whether it ever will.
+                let Ok(written) = tokio::time::timeout_at(deadline, write).await else {
+                    return Err(StoreError::Unknown("not committed before the deadline".into()));
+                };
+                match written {
                     Ok(resp) => return Ok(resp.data),
                     // Refused before it was appended: safe to retry.
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
@@ -441,9 +447,10 @@ impl RaftStore {
         loop {
             let leader = self.leader_if_known();
             if leader == Some(self.inner.id) {
-                match self.serve_leader_request(request.clone()).await {
-                    Err(StoreError::NoLeader(_)) => {}
-                    other => return other,
+                match tokio::time::timeout_at(deadline, self.serve_leader_request(request.clone())).await {
+                    Ok(Err(StoreError::NoLeader(_))) => {}
+                    Ok(other) => return other,
+                    Err(_) => return Err(StoreError::NoLeader(self.inner.config.request_timeout)),
                 }
             } else if let Some((leader, addr)) = leader.and_then(|l| self.node_addr(l).map(|a| (l, a))) {
                 match self.forward(leader, &addr, bump_hops(request.clone())).await {

@@ -293,8 +293,13 @@ async fn a_far_behind_node_catches_up_by_snapshot_and_export_import_is_equal() {
         }
     }
     let expected = c.node(leader).range(KeyRange::prefix(""), 0).await.unwrap();
-    let purged = c.node(leader).raft().metrics().borrow_watched().purged.clone();
-    assert!(purged.is_some(), "the leader purged its log, so only a snapshot can help");
+    // The leader purges its log behind the snapshot: only a snapshot can help.
+    c.node(leader)
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.as_ref().is_some_and(|p| p.index() > 100), "log purged")
+        .await
+        .expect("the leader purges its log");
 
     c.boot(lagging).await;
     let deadline = Instant::now() + Duration::from_secs(15);

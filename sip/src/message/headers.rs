@@ -1,0 +1,258 @@
+//! Untyped header storage with typed parsing on access.
+
+use super::syntax::{split_list, SyntaxError};
+
+/// A header field as received (after unfolding); known names are canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: String,
+}
+
+/// A header that is missing, repeated or unparsable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("missing {0} header")]
+    Missing(&'static str),
+    #[error("more than one {0} header")]
+    Multiple(&'static str),
+    #[error("invalid {header} header: {problem}")]
+    Invalid {
+        header: &'static str,
+        problem: String,
+    },
+}
+
+impl HeaderError {
+    pub(crate) fn invalid(header: &'static str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            header,
+            problem: problem.into(),
+        }
+    }
+
+    /// The header the error is about.
+    pub fn header(&self) -> &'static str {
+        match self {
+            Self::Missing(h) | Self::Multiple(h) | Self::Invalid { header: h, .. } => h,
+        }
+    }
+}
+
+/// Compact forms (RFC 3261 §7.3.3 and the extensions that define one) and
+/// the canonical spelling of common headers.
+const HEADER_NAMES: [(&str, Option<char>); 44] = [
+    ("Accept", None),
+    ("Accept-Contact", Some('a')),
+    ("Allow", None),
+    ("Allow-Events", Some('u')),
+    ("Authorization", None),
+    ("Call-ID", Some('i')),
+    ("Contact", Some('m')),
+    ("Content-Encoding", Some('e')),
+    ("Content-Length", Some('l')),
+    ("Content-Type", Some('c')),
+    ("CSeq", None),
+    ("Date", None),
+    ("Event", Some('o')),
+    ("Expires", None),
+    ("From", Some('f')),
+    ("Identity", Some('y')),
+    ("Max-Forwards", None),
+    ("Min-Expires", None),
+    ("Path", None),
+    ("Proxy-Authenticate", None),
+    ("Proxy-Authorization", None),
+    ("Proxy-Require", None),
+    ("RAck", None),
+    ("Reason", None),
+    ("Record-Route", None),
+    ("Refer-To", Some('r')),
+    ("Referred-By", Some('b')),
+    ("Reject-Contact", Some('j')),
+    ("Request-Disposition", Some('d')),
+    ("Require", None),
+    ("Retry-After", None),
+    ("Route", None),
+    ("RSeq", None),
+    ("Server", None),
+    ("Session-Expires", Some('x')),
+    ("Subject", Some('s')),
+    ("Supported", Some('k')),
+    ("To", Some('t')),
+    ("Unsupported", None),
+    ("User-Agent", None),
+    ("Via", Some('v')),
+    ("Warning", None),
+    ("WWW-Authenticate", None),
+    ("Authentication-Info", None),
+];
+
+/// Expands a compact form and fixes the case of known names; unknown names are kept.
+pub fn canonical_name(name: &str) -> String {
+    let compact = {
+        let mut chars = name.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Some(c.to_ascii_lowercase()),
+            _ => None,
+        }
+    };
+    HEADER_NAMES
+        .iter()
+        .find(|(full, short)| match compact {
+            Some(c) => *short == Some(c),
+            None => full.eq_ignore_ascii_case(name),
+        })
+        .map_or_else(|| name.to_string(), |(full, _)| full.to_string())
+}
+
+/// Header fields in order of appearance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<HeaderField>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &HeaderField> {
+        self.0.iter()
+    }
+
+    /// Appends a header; the name is canonicalized (compact forms expanded).
+    pub fn push(&mut self, name: &str, value: impl Into<String>) {
+        self.0.push(HeaderField {
+            name: canonical_name(name),
+            value: value.into(),
+        });
+    }
+
+    /// Replaces every occurrence of `name` with one value.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.remove(name);
+        self.push(name, value);
+    }
+
+    /// Inserts before all others (e.g. a new top Via).
+    pub fn push_front(&mut self, name: &str, value: impl Into<String>) {
+        self.0.insert(
+            0,
+            HeaderField {
+                name: canonical_name(name),
+                value: value.into(),
+            },
+        );
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        let name = canonical_name(name);
+        self.0.retain(|h| !h.name.eq_ignore_ascii_case(&name));
+    }
+
+    /// Values of every field named `name` (each may still hold a comma list).
+    pub fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let name = canonical_name(name);
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(&name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.get_all(name).next()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every comma-separated value of `name`, across all its fields.
+    pub fn list<'a>(&'a self, name: &str) -> Vec<&'a str> {
+        self.get_all(name)
+            .flat_map(split_list)
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
+    /// The one value of a header that must appear exactly once.
+    pub(crate) fn single(&self, name: &'static str) -> Result<&str, HeaderError> {
+        let mut all = self.get_all(name);
+        match (all.next(), all.next()) {
+            (None, _) => Err(HeaderError::Missing(name)),
+            (Some(v), None) => Ok(v),
+            (Some(_), Some(_)) => Err(HeaderError::Multiple(name)),
+        }
+    }
+
+    pub(crate) fn parse_single<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, SyntaxError>,
+    ) -> Result<T, HeaderError> {
+        parse(self.single(name)?).map_err(|e| HeaderError::invalid(name, e.0))
+    }
+
+    pub(crate) fn parse_optional<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, SyntaxError>,
+    ) -> Result<Option<T>, HeaderError> {
+        match self.parse_single(name, parse) {
+            Ok(v) => Ok(Some(v)),
+            Err(HeaderError::Missing(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn parse_list<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, SyntaxError>,
+    ) -> Result<Vec<T>, HeaderError> {
+        self.get_all(name)
+            .flat_map(split_list)
+            .map(|v| {
+                if v.is_empty() {
+                    return Err(HeaderError::invalid(name, "empty list element"));
+                }
+                parse(v).map_err(|e| HeaderError::invalid(name, e.0))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_canonical() {
+        assert_eq!(canonical_name("i"), "Call-ID");
+        assert_eq!(canonical_name("V"), "Via");
+        assert_eq!(canonical_name("call-id"), "Call-ID");
+        assert_eq!(canonical_name("MaX-fOrWaRdS"), "Max-Forwards");
+        assert_eq!(canonical_name("X-Custom"), "X-Custom");
+        assert_eq!(canonical_name("q"), "q");
+    }
+
+    #[test]
+    fn single_list_and_set() {
+        let mut h = Headers::new();
+        h.push("v", "SIP/2.0/UDP a, SIP/2.0/UDP b");
+        h.push("Via", "SIP/2.0/UDP c");
+        h.push("To", "<sip:a@b>");
+        h.push("t", "<sip:c@d>");
+        assert_eq!(h.list("VIA").len(), 3);
+        assert_eq!(h.single("To"), Err(HeaderError::Multiple("To")));
+        assert_eq!(h.single("From"), Err(HeaderError::Missing("From")));
+        h.set("to", "<sip:e@f>");
+        assert_eq!(h.single("To"), Ok("<sip:e@f>"));
+        h.push_front("Via", "SIP/2.0/UDP z");
+        assert_eq!(h.get("Via"), Some("SIP/2.0/UDP z"));
+        let err = h.parse_list("Via", |_| Ok(())).is_ok();
+        assert!(err);
+        h.push("Via", ",");
+        assert!(h.parse_list("Via", |_| Ok(())).is_err());
+    }
+}
