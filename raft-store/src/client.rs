@@ -31,6 +31,7 @@ pub enum ClientRequest {
     AddLearner { id: NodeId, addr: String, hops: u8 },
     ChangeVoters { voters: BTreeSet<NodeId>, hops: u8 },
     TransferLeader { to: NodeId, hops: u8 },
+    RemoveNode { id: NodeId, hops: u8 },
     Status,
 }
 

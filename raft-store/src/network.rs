@@ -34,6 +34,9 @@ use crate::client::{ClientReply, ClientRequest};
 /// Largest RPC message accepted (an append batch or a client request).
 const MAX_MESSAGE: usize = 64 << 20;
 const STREAM_RPC: u8 = 1;
+/// A peer on the cluster LAN answers a handshake in milliseconds; waiting
+/// longer for a dead one only delays the retry to the new leader.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 const STREAM_SNAPSHOT: u8 = 2;
 
 /// A Raft or client request between nodes.
@@ -93,18 +96,25 @@ pub enum TransportError {
     Tls(#[from] TlsError),
     #[error("bind: {0}")]
     Bind(std::io::Error),
+    #[error("transport closed")]
+    Closed,
 }
 
 impl TransportError {
     /// True when the request surely did not reach the peer.
     pub fn not_sent(&self) -> bool {
-        matches!(self, TransportError::Isolated | TransportError::Connect { .. })
+        matches!(
+            self,
+            TransportError::Isolated | TransportError::Connect { .. } | TransportError::Closed
+        )
     }
 }
 
 /// The QUIC endpoint of one node (or of a client tool).
 pub struct Transport {
-    endpoint: quinn::Endpoint,
+    /// Taken out on close, so the UDP port is released even while stale
+    /// handles to this transport live on.
+    endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
     client_config: quinn::ClientConfig,
     /// One slot per peer, so that dialling a dead peer never delays
     /// traffic to the live ones.
@@ -122,7 +132,7 @@ impl Transport {
     ) -> Result<Arc<Transport>, TransportError> {
         let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, addr).map_err(TransportError::Bind)?;
         Ok(Arc::new(Transport {
-            endpoint,
+            endpoint: std::sync::Mutex::new(Some(endpoint)),
             client_config: identity.quic_client_config()?,
             connections: std::sync::Mutex::new(HashMap::new()),
             isolated: AtomicBool::new(false),
@@ -135,7 +145,7 @@ impl Transport {
         let bind: SocketAddr = ([127, 0, 0, 1], 0).into();
         let endpoint = quinn::Endpoint::client(bind).map_err(TransportError::Bind)?;
         Ok(Arc::new(Transport {
-            endpoint,
+            endpoint: std::sync::Mutex::new(Some(endpoint)),
             client_config: identity.quic_client_config()?,
             connections: std::sync::Mutex::new(HashMap::new()),
             isolated: AtomicBool::new(false),
@@ -144,7 +154,7 @@ impl Transport {
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
-        self.endpoint.local_addr().map_err(TransportError::Bind)
+        self.endpoint()?.local_addr().map_err(TransportError::Bind)
     }
 
     /// Fault injection: drop all traffic to and from this node until healed.
@@ -163,8 +173,21 @@ impl Transport {
         self.isolated.load(Ordering::SeqCst)
     }
 
-    pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"shutdown");
+    fn endpoint(&self) -> Result<quinn::Endpoint, TransportError> {
+        let guard = self.endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or(TransportError::Closed)
+    }
+
+    /// Closes every connection and releases the UDP port.
+    pub async fn close(&self) {
+        let endpoint = self.endpoint.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for slot in self.slots() {
+            slot.lock().await.take();
+        }
+        if let Some(endpoint) = endpoint {
+            endpoint.close(0u32.into(), b"shutdown");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
     }
 
     fn slots(&self) -> Vec<PeerSlot> {
@@ -198,10 +221,10 @@ impl Transport {
             }
         }
         let connecting = self
-            .endpoint
+            .endpoint()?
             .connect_with(self.client_config.clone(), sock, server_name)
             .map_err(|e| connect_err(e.to_string()))?;
-        let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
             .map_err(|_| connect_err("handshake timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
@@ -297,7 +320,8 @@ impl Transport {
     /// Accepts peers until the endpoint closes. Refused handshakes (a
     /// certificate from another CA, no certificate) are logged and counted.
     pub async fn serve(self: Arc<Self>, inbound: Arc<dyn Inbound>) {
-        while let Some(incoming) = self.endpoint.accept().await {
+        let Ok(endpoint) = self.endpoint() else { return };
+        while let Some(incoming) = endpoint.accept().await {
             let remote = incoming.remote_address();
             if self.is_isolated() {
                 incoming.refuse();

@@ -223,7 +223,7 @@ impl RaftStore {
     /// Stops the node; its data directory stays as it is.
     pub async fn shutdown(&self) {
         let _ = self.inner.raft.shutdown().await;
-        self.inner.transport.close();
+        self.inner.transport.close().await;
         let tasks: Vec<_> = self
             .inner
             .tasks
@@ -287,26 +287,7 @@ impl RaftStore {
 
     /// Removes `id` from the cluster altogether.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), StoreError> {
-        let mut voters = self.voters();
-        voters.remove(&id);
-        self.change_voters(voters).await?;
-        self.run_on_leader_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
-            .await
-    }
-
-    async fn run_on_leader_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), StoreError> {
-        // RemoveNodes must run on the leader; after change_voters the
-        // leader is known, so route it like any leader-only request.
-        let deadline = Instant::now() + self.inner.config.request_timeout;
-        loop {
-            match self.inner.raft.change_membership(change.clone(), false).await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) if Instant::now() < deadline => {
-                    tokio::time::sleep(RETRY_PAUSE).await
-                }
-                Err(e) => return Err(StoreError::Membership(e.to_string())),
-            }
-        }
+        self.on_leader(ClientRequest::RemoveNode { id, hops: 0 }).await.map(|_| ())
     }
 
     /// Hands leadership to `to` and waits until it leads.
@@ -501,6 +482,17 @@ impl RaftStore {
                 .await
                 .map(|_| ClientReply::Done)
                 .map_err(membership_err),
+            ClientRequest::RemoveNode { id, .. } => {
+                // A voter must first become a learner; then it can leave.
+                let voters: BTreeSet<NodeId> = self.voters().into_iter().filter(|v| *v != id).collect();
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+                    .await
+                    .map_err(membership_err)?;
+                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await
+                    .map(|_| ClientReply::Done)
+                    .map_err(membership_err)
+            }
             ClientRequest::TransferLeader { to, .. } => {
                 raft.trigger().transfer_leader(to).await.map_err(fatal)?;
                 Ok(ClientReply::Done)
@@ -728,6 +720,7 @@ impl RaftStore {
                 _ = tick.tick() => {
                     self.sync_lease_clock().await;
                     for id in clock.take_expired(Instant::now()) {
+                        tracing::info!(lease = id, "lease expired; proposing its removal");
                         let store = self.clone();
                         tokio::spawn(async move {
                             let expire = store.inner.raft.client_write(Command::LeaseExpire { id }).await;
@@ -821,6 +814,7 @@ fn bump_hops(request: ClientRequest) -> ClientRequest {
         ClientRequest::AddLearner { id, addr, hops } => ClientRequest::AddLearner { id, addr, hops: hops + 1 },
         ClientRequest::ChangeVoters { voters, hops } => ClientRequest::ChangeVoters { voters, hops: hops + 1 },
         ClientRequest::TransferLeader { to, hops } => ClientRequest::TransferLeader { to, hops: hops + 1 },
+        ClientRequest::RemoveNode { id, hops } => ClientRequest::RemoveNode { id, hops: hops + 1 },
         other => other,
     }
 }
@@ -832,7 +826,8 @@ fn hops_of(request: &ClientRequest) -> u8 {
         | ClientRequest::KeepAlive { hops, .. }
         | ClientRequest::AddLearner { hops, .. }
         | ClientRequest::ChangeVoters { hops, .. }
-        | ClientRequest::TransferLeader { hops, .. } => *hops,
+        | ClientRequest::TransferLeader { hops, .. }
+        | ClientRequest::RemoveNode { hops, .. } => *hops,
         ClientRequest::Range { .. } | ClientRequest::Status => 0,
     }
 }

@@ -63,9 +63,10 @@ impl Watcher {
         })
     }
 
-    /// The revision the next batch will be at or after.
+    /// Where to resume after the last batch returned: the next batch will be
+    /// at or after this revision.
     pub fn next_revision(&self) -> u64 {
-        self.next
+        self.ready.front().map_or(self.next, |b| b.revision)
     }
 
     /// The next revision with changes in the watched range.

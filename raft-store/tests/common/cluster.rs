@@ -66,9 +66,22 @@ impl TestCluster {
         c
     }
 
+    /// Starts node `id` on its data directory. A stopped node's database
+    /// and port are released only once in-flight calls through stale handles
+    /// finish (a real process would have exited): retry for a while.
     pub async fn boot(&mut self, id: NodeId) {
-        let registry = prometheus::Registry::new();
-        let store = RaftStore::start(self.config(id), &registry).await.expect("start node");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (store, registry) = loop {
+            let registry = prometheus::Registry::new();
+            match RaftStore::start(self.config(id), &registry).await {
+                Ok(store) => break (store, registry),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "node {id} not startable yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("start node {id}: {e}"),
+            }
+        };
         self.nodes.insert(id, Some(store));
         self.registries.insert(id, registry);
     }
