@@ -18,20 +18,41 @@ pub const MAX_HOPS: u8 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Write { command: Command, hops: u8 },
+    Write {
+        command: Command,
+        hops: u8,
+    },
     /// Confirm leadership and return the log index a linearizable read must wait for.
-    ReadIndex { hops: u8 },
-    KeepAlive { id: LeaseId, hops: u8 },
+    ReadIndex {
+        hops: u8,
+    },
+    KeepAlive {
+        id: LeaseId,
+        hops: u8,
+    },
     /// A read served by the receiving node.
     Range {
         range: KeyRange,
         limit: u64,
         linearizable: bool,
     },
-    AddLearner { id: NodeId, addr: String, hops: u8 },
-    ChangeVoters { voters: BTreeSet<NodeId>, hops: u8 },
-    TransferLeader { to: NodeId, hops: u8 },
-    RemoveNode { id: NodeId, hops: u8 },
+    AddLearner {
+        id: NodeId,
+        addr: String,
+        hops: u8,
+    },
+    ChangeVoters {
+        voters: BTreeSet<NodeId>,
+        hops: u8,
+    },
+    TransferLeader {
+        to: NodeId,
+        hops: u8,
+    },
+    RemoveNode {
+        id: NodeId,
+        hops: u8,
+    },
     Status,
 }
 
@@ -40,7 +61,9 @@ pub enum ClientReply {
     Command(CommandResult),
     ReadIndex(u64),
     /// The lease's ttl, now restarted.
-    KeptAlive { ttl_ms: u64 },
+    KeptAlive {
+        ttl_ms: u64,
+    },
     Range(RangeResult),
     Done,
     Status(NodeStatus),
@@ -78,8 +101,13 @@ pub enum StoreError {
     Rejected(Rejection),
     #[error("lease {0} not found")]
     LeaseNotFound(LeaseId),
-    #[error("required revision {requested} has been compacted (history starts at {compact_revision})")]
-    Compacted { requested: u64, compact_revision: u64 },
+    #[error(
+        "required revision {requested} has been compacted (history starts at {compact_revision})"
+    )]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("membership change failed: {0}")]
@@ -104,14 +132,26 @@ impl RemoteClient {
     }
 
     /// Sends `request` to node `id` at `addr`.
-    pub async fn call(&self, id: NodeId, addr: &str, request: ClientRequest) -> Result<ClientReply, TransportError> {
+    pub async fn call(
+        &self,
+        id: NodeId,
+        addr: &str,
+        request: ClientRequest,
+    ) -> Result<ClientReply, TransportError> {
         let reply = self
             .transport
-            .call(addr, &node_dns_name(id), &PeerRequest::Client(request), self.timeout)
+            .call(
+                addr,
+                &node_dns_name(id),
+                &PeerRequest::Client(request),
+                self.timeout,
+            )
             .await?;
         match reply {
             PeerReply::Client(reply) => Ok(reply),
-            other => Err(TransportError::Remote(format!("unexpected reply {other:?}"))),
+            other => Err(TransportError::Remote(format!(
+                "unexpected reply {other:?}"
+            ))),
         }
     }
 }

@@ -137,13 +137,18 @@ impl DataDir {
         }
         opts.create_if_missing(fresh);
         opts.create_missing_column_families(fresh);
-        let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options()));
-        let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| classify_open_error(&db_path, e))?;
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options()));
+        let db = DB::open_cf_descriptors(&opts, &db_path, cfs)
+            .map_err(|e| classify_open_error(&db_path, e))?;
         if fresh {
-            let meta = db.cf_handle(CF_LOG_META).ok_or_else(|| DataDirError::Foreign {
-                path: db_path.clone(),
-                detail: format!("column family {CF_LOG_META} is missing"),
-            })?;
+            let meta = db
+                .cf_handle(CF_LOG_META)
+                .ok_or_else(|| DataDirError::Foreign {
+                    path: db_path.clone(),
+                    detail: format!("column family {CF_LOG_META} is missing"),
+                })?;
             let bytes = codec::encode(&want).map_err(|e| DataDirError::Io {
                 path: db_path.clone(),
                 detail: e.to_string(),
@@ -162,17 +167,24 @@ impl DataDir {
 }
 
 fn read_identity(db: &DB, db_path: &Path) -> Result<Option<Identity>, DataDirError> {
-    let meta = db.cf_handle(CF_LOG_META).ok_or_else(|| DataDirError::Foreign {
-        path: db_path.to_path_buf(),
-        detail: format!("column family {CF_LOG_META} is missing"),
-    })?;
-    let Some(bytes) = db.get_cf(meta, IDENTITY_KEY).map_err(|e| classify_open_error(db_path, e))? else {
+    let meta = db
+        .cf_handle(CF_LOG_META)
+        .ok_or_else(|| DataDirError::Foreign {
+            path: db_path.to_path_buf(),
+            detail: format!("column family {CF_LOG_META} is missing"),
+        })?;
+    let Some(bytes) = db
+        .get_cf(meta, IDENTITY_KEY)
+        .map_err(|e| classify_open_error(db_path, e))?
+    else {
         return Ok(None);
     };
-    codec::decode(&bytes).map(Some).map_err(|e| DataDirError::Corrupt {
-        path: db_path.to_path_buf(),
-        detail: format!("identity record unreadable: {e}"),
-    })
+    codec::decode(&bytes)
+        .map(Some)
+        .map_err(|e| DataDirError::Corrupt {
+            path: db_path.to_path_buf(),
+            detail: format!("identity record unreadable: {e}"),
+        })
 }
 
 fn check_identity(found: &Identity, want: &Identity, db_path: &Path) -> Result<(), DataDirError> {
@@ -203,7 +215,8 @@ fn cf_options() -> Options {
 
 fn classify_open_error(path: &Path, e: rocksdb::Error) -> DataDirError {
     let detail = e.into_string();
-    if detail.contains("Corruption") || detail.contains("checksum") || detail.contains("bad magic") {
+    if detail.contains("Corruption") || detail.contains("checksum") || detail.contains("bad magic")
+    {
         DataDirError::Corrupt {
             path: path.to_path_buf(),
             detail,
@@ -235,7 +248,8 @@ pub fn key_u64(bytes: &[u8]) -> Option<u64> {
 #[doc(hidden)]
 pub fn set_format_version_for_test(root: &Path, version: u32) -> Result<(), DataDirError> {
     let db_path = DataDir::db_path(root);
-    let db = DB::open_cf(&Options::default(), &db_path, ALL_CFS).map_err(|e| classify_open_error(&db_path, e))?;
+    let db = DB::open_cf(&Options::default(), &db_path, ALL_CFS)
+        .map_err(|e| classify_open_error(&db_path, e))?;
     let mut id = read_identity(&db, &db_path)?.ok_or_else(|| DataDirError::Foreign {
         path: db_path.clone(),
         detail: "no identity record".into(),
@@ -245,10 +259,12 @@ pub fn set_format_version_for_test(root: &Path, version: u32) -> Result<(), Data
         path: db_path.clone(),
         detail: e.to_string(),
     })?;
-    let meta = db.cf_handle(CF_LOG_META).ok_or_else(|| DataDirError::Foreign {
-        path: db_path.clone(),
-        detail: "no meta column family".into(),
-    })?;
+    let meta = db
+        .cf_handle(CF_LOG_META)
+        .ok_or_else(|| DataDirError::Foreign {
+            path: db_path.clone(),
+            detail: "no meta column family".into(),
+        })?;
     db.put_cf(meta, IDENTITY_KEY, bytes)
         .map_err(|e| classify_open_error(&db_path, e))
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::data_dir::{u64_key, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
 use crate::types::{
-    Command, CommandResult, Event, EventKind, KeyRange, KeyValue, Lease, LeaseId, OpResult, RangeResult, Rejection,
-    Txn, TxnOp, TxnResult, WatchBatch,
+    Command, CommandResult, Event, EventKind, KeyRange, KeyValue, Lease, LeaseId, OpResult,
+    RangeResult, Rejection, Txn, TxnOp, TxnResult, WatchBatch,
 };
 
 pub const REVISION_KEY: &[u8] = b"revision";
@@ -83,17 +83,22 @@ impl<'a> Cfs<'a> {
     }
 }
 
+/// A key and value as RocksDB iteration yields them.
+pub type Row = (Box<[u8]>, Box<[u8]>);
+/// Rows in key order from some start key.
+pub type Rows<'a> = Box<dyn Iterator<Item = io::Result<Row>> + 'a>;
+
 /// Reads from the live database or from a point-in-time snapshot of it.
 pub trait KvRead {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Box<dyn Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + '_>;
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_>;
 }
 
 impl<D: DBAccess> KvRead for rocksdb::SnapshotWithThreadMode<'_, D> {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.get_cf(cf, key).map_err(io::Error::other)
     }
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Box<dyn Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + '_> {
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
         Box::new(
             self.iterator_cf(cf, IteratorMode::From(start, Direction::Forward))
                 .map(|r| r.map_err(io::Error::other)),
@@ -105,10 +110,14 @@ impl KvRead for DB {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.get_cf(cf, key).map_err(io::Error::other)
     }
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Box<dyn Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + '_> {
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
         Box::new(
-            self.iterator_cf_opt(cf, ReadOptions::default(), IteratorMode::From(start, Direction::Forward))
-                .map(|r| r.map_err(io::Error::other)),
+            self.iterator_cf_opt(
+                cf,
+                ReadOptions::default(),
+                IteratorMode::From(start, Direction::Forward),
+            )
+            .map(|r| r.map_err(io::Error::other)),
         )
     }
 }
@@ -123,12 +132,19 @@ fn read_u64(reader: &impl KvRead, cf: &ColumnFamily, key: &[u8]) -> io::Result<u
 pub fn get_kv(reader: &impl KvRead, cfs: &Cfs<'_>, key: &[u8]) -> io::Result<Option<KeyValue>> {
     match reader.get(cfs.kv, key)? {
         None => Ok(None),
-        Some(bytes) => Ok(Some(codec::decode::<StoredValue>(&bytes)?.into_kv(key.to_vec()))),
+        Some(bytes) => Ok(Some(
+            codec::decode::<StoredValue>(&bytes)?.into_kv(key.to_vec()),
+        )),
     }
 }
 
 /// Keys of `range` in order, at most `limit` (0 = all).
-pub fn range_kvs(reader: &impl KvRead, cfs: &Cfs<'_>, range: &KeyRange, limit: u64) -> io::Result<(Vec<KeyValue>, bool)> {
+pub fn range_kvs(
+    reader: &impl KvRead,
+    cfs: &Cfs<'_>,
+    range: &KeyRange,
+    limit: u64,
+) -> io::Result<(Vec<KeyValue>, bool)> {
     if let KeyRange::Key(key) = range {
         return Ok((get_kv(reader, cfs, key)?.into_iter().collect(), false));
     }
@@ -150,7 +166,12 @@ pub fn range_kvs(reader: &impl KvRead, cfs: &Cfs<'_>, range: &KeyRange, limit: u
 }
 
 /// A consistent read: keys and the revision they were read at.
-pub fn range(reader: &impl KvRead, cfs: &Cfs<'_>, range: &KeyRange, limit: u64) -> io::Result<RangeResult> {
+pub fn range(
+    reader: &impl KvRead,
+    cfs: &Cfs<'_>,
+    range: &KeyRange,
+    limit: u64,
+) -> io::Result<RangeResult> {
     let (kvs, more) = range_kvs(reader, cfs, range, limit)?;
     Ok(RangeResult {
         kvs,
@@ -293,7 +314,11 @@ impl Writer<'_, '_> {
                 break;
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         if let Some(rejection) = self.check_branch(ops)? {
             return Ok(CommandResult::Rejected(rejection));
         }
@@ -341,11 +366,13 @@ impl Writer<'_, '_> {
                     };
                     if let Some(old) = prev.as_ref().and_then(|p| p.lease) {
                         if Some(old) != *lease {
-                            self.batch.delete_cf(self.cfs.lease_keys, lease_key(old, key));
+                            self.batch
+                                .delete_cf(self.cfs.lease_keys, lease_key(old, key));
                         }
                     }
                     if let Some(new) = lease {
-                        self.batch.put_cf(self.cfs.lease_keys, lease_key(*new, key), []);
+                        self.batch
+                            .put_cf(self.cfs.lease_keys, lease_key(*new, key), []);
                     }
                     self.batch.put_cf(self.cfs.kv, key, codec::encode(&stored)?);
                     self.record(EventKind::Put, stored.into_kv(key.clone()))?;
@@ -358,7 +385,11 @@ impl Writer<'_, '_> {
                     OpResult::Delete { deleted: found }
                 }
                 (_, Plan::Range(result)) => OpResult::Range(result),
-                _ => return Err(io::Error::other("transaction plan out of step with its ops")),
+                _ => {
+                    return Err(io::Error::other(
+                        "transaction plan out of step with its ops",
+                    ))
+                }
             });
         }
         Ok(CommandResult::Txn(TxnResult {
@@ -374,7 +405,9 @@ impl Writer<'_, '_> {
         for op in ops {
             if let TxnOp::Put { key, lease, .. } = op {
                 if !put_keys.insert(key.as_slice()) {
-                    return Ok(Some(Rejection::DuplicateKey(String::from_utf8_lossy(key).into_owned())));
+                    return Ok(Some(Rejection::DuplicateKey(
+                        String::from_utf8_lossy(key).into_owned(),
+                    )));
                 }
                 if let Some(id) = lease {
                     if KvRead::get(self.db, self.cfs.leases, &u64_key(*id))?.is_none() {
@@ -386,7 +419,9 @@ impl Writer<'_, '_> {
         for op in ops {
             if let TxnOp::Delete { range } = op {
                 if let Some(key) = put_keys.iter().find(|k| range.contains(k)) {
-                    return Ok(Some(Rejection::DuplicateKey(String::from_utf8_lossy(key).into_owned())));
+                    return Ok(Some(Rejection::DuplicateKey(
+                        String::from_utf8_lossy(key).into_owned(),
+                    )));
                 }
             }
         }
@@ -395,15 +430,19 @@ impl Writer<'_, '_> {
 
     fn bump_revision(&mut self) -> io::Result<()> {
         self.revs.revision += 1;
-        self.batch
-            .put_cf(self.cfs.meta, REVISION_KEY, codec::encode(&self.revs.revision)?);
+        self.batch.put_cf(
+            self.cfs.meta,
+            REVISION_KEY,
+            codec::encode(&self.revs.revision)?,
+        );
         Ok(())
     }
 
     fn delete_key(&mut self, kv: &KeyValue) -> io::Result<()> {
         self.batch.delete_cf(self.cfs.kv, &kv.key);
         if let Some(lease) = kv.lease {
-            self.batch.delete_cf(self.cfs.lease_keys, lease_key(lease, &kv.key));
+            self.batch
+                .delete_cf(self.cfs.lease_keys, lease_key(lease, &kv.key));
         }
         let tombstone = KeyValue {
             key: kv.key.clone(),
@@ -420,7 +459,8 @@ impl Writer<'_, '_> {
         let mut key = u64_key(self.revs.revision).to_vec();
         key.extend_from_slice(&(self.events.len() as u32).to_be_bytes());
         let event = Event { kind, kv };
-        self.batch.put_cf(self.cfs.history, key, codec::encode(&event)?);
+        self.batch
+            .put_cf(self.cfs.history, key, codec::encode(&event)?);
         self.events.push(event);
         Ok(())
     }
@@ -468,8 +508,11 @@ impl Writer<'_, '_> {
         self.batch
             .delete_range_cf(self.cfs.history, u64_key(0), u64_key(revision));
         self.revs.compact_revision = revision;
-        self.batch
-            .put_cf(self.cfs.meta, COMPACT_REVISION_KEY, codec::encode(&revision)?);
+        self.batch.put_cf(
+            self.cfs.meta,
+            COMPACT_REVISION_KEY,
+            codec::encode(&revision)?,
+        );
         Ok(CommandResult::Compacted { revision })
     }
 }
@@ -623,14 +666,23 @@ mod tests {
     fn a_branch_writing_a_key_twice_is_rejected_whole() {
         let mut sm = Sm::new();
         let before = sm.revs;
-        let a = sm.apply(Command::Txn(
-            Txn::new().and_then([TxnOp::put("x", "1"), TxnOp::put("y", "1"), TxnOp::put("x", "2")]),
+        let a = sm.apply(Command::Txn(Txn::new().and_then([
+            TxnOp::put("x", "1"),
+            TxnOp::put("y", "1"),
+            TxnOp::put("x", "2"),
+        ])));
+        assert!(matches!(
+            a.result,
+            CommandResult::Rejected(Rejection::DuplicateKey(_))
         ));
-        assert!(matches!(a.result, CommandResult::Rejected(Rejection::DuplicateKey(_))));
-        let a = sm.apply(Command::Txn(
-            Txn::new().and_then([TxnOp::put("p/1", "1"), TxnOp::delete(KeyRange::prefix("p/"))]),
+        let a = sm.apply(Command::Txn(Txn::new().and_then([
+            TxnOp::put("p/1", "1"),
+            TxnOp::delete(KeyRange::prefix("p/")),
+        ])));
+        assert!(matches!(
+            a.result,
+            CommandResult::Rejected(Rejection::DuplicateKey(_))
         ));
-        assert!(matches!(a.result, CommandResult::Rejected(Rejection::DuplicateKey(_))));
         assert_eq!(sm.revs, before);
         assert_eq!(sm.get("y"), None);
     }
@@ -642,7 +694,11 @@ mod tests {
             sm.put(k, "v");
         }
         let r = sm.range(KeyRange::prefix("a/"), 0);
-        let keys: Vec<_> = r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+        let keys: Vec<_> = r
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect();
         assert_eq!(keys, ["a/1", "a/2", "a/3"]);
         assert_eq!(r.revision, 5);
         let r = sm.range(KeyRange::prefix("a/"), 2);
@@ -686,7 +742,10 @@ mod tests {
             CommandResult::LeaseRevoked { found: false, .. }
         ));
         assert!(matches!(
-            sm.apply(Command::Txn(Txn::new().and_then([TxnOp::put_with_lease("z", "v", lease)]))).result,
+            sm.apply(Command::Txn(
+                Txn::new().and_then([TxnOp::put_with_lease("z", "v", lease)])
+            ))
+            .result,
             CommandResult::Rejected(Rejection::LeaseNotFound(_))
         ));
         assert!(matches!(
@@ -706,7 +765,10 @@ mod tests {
         assert_eq!(revs, [1, 2, 3]);
         assert_eq!(h[1].events.len(), 2);
         assert_eq!(h[2].events.len(), 3);
-        assert!(h[2].events.iter().all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 3));
+        assert!(h[2]
+            .events
+            .iter()
+            .all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 3));
         assert_eq!(sm.history(3).len(), 1);
     }
 
@@ -720,7 +782,10 @@ mod tests {
             sm.apply(Command::Compact { revision: 11 }).result,
             CommandResult::Rejected(Rejection::FutureRevision { .. })
         ));
-        assert_eq!(sm.apply(Command::Compact { revision: 6 }).result, CommandResult::Compacted { revision: 6 });
+        assert_eq!(
+            sm.apply(Command::Compact { revision: 6 }).result,
+            CommandResult::Compacted { revision: 6 }
+        );
         assert_eq!(sm.revs.compact_revision, 6);
         let h = sm.history(0);
         assert_eq!(h.first().map(|b| b.revision), Some(6));

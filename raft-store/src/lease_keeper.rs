@@ -135,15 +135,24 @@ mod tests {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         clock.start_leading(1, [lease(7, 1000)], t0);
-        assert!(clock.take_expired(t0 + Duration::from_millis(999)).is_empty());
+        assert!(clock
+            .take_expired(t0 + Duration::from_millis(999))
+            .is_empty());
         assert_eq!(
             clock.keep_alive(7, t0 + Duration::from_millis(900)),
             KeepAlive::Renewed(Duration::from_millis(1000))
         );
-        assert!(clock.take_expired(t0 + Duration::from_millis(1899)).is_empty());
-        assert_eq!(clock.take_expired(t0 + Duration::from_millis(1900)), vec![7]);
+        assert!(clock
+            .take_expired(t0 + Duration::from_millis(1899))
+            .is_empty());
+        assert_eq!(
+            clock.take_expired(t0 + Duration::from_millis(1900)),
+            vec![7]
+        );
         // Proposed once, and keepalives now fail.
-        assert!(clock.take_expired(t0 + Duration::from_millis(5000)).is_empty());
+        assert!(clock
+            .take_expired(t0 + Duration::from_millis(5000))
+            .is_empty());
         assert_eq!(clock.keep_alive(7, t0), KeepAlive::NotFound);
     }
 
@@ -152,8 +161,13 @@ mod tests {
         let clock = LeaseClock::default();
         let takeover = Instant::now() + Duration::from_secs(100);
         clock.start_leading(2, [lease(1, 500), lease(2, 3000)], takeover);
-        assert!(clock.take_expired(takeover + Duration::from_millis(499)).is_empty());
-        assert_eq!(clock.take_expired(takeover + Duration::from_millis(500)), vec![1]);
+        assert!(clock
+            .take_expired(takeover + Duration::from_millis(499))
+            .is_empty());
+        assert_eq!(
+            clock.take_expired(takeover + Duration::from_millis(500)),
+            vec![1]
+        );
         assert_eq!(
             clock.remaining(2, takeover + Duration::from_millis(1000)),
             Some(Duration::from_millis(2000))

@@ -8,9 +8,9 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
@@ -117,7 +117,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         };
         let last_purged_log_id: Option<LogIdOf<TypeConfig>> = self.get_meta(LAST_PURGED_KEY)?;
-        let last_log_id = last.or_else(|| last_purged_log_id.clone());
+        let last_log_id = last.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -137,7 +137,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io::Error::other)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         // Rides on the next fsync; a lost update only means re-applying a
         // little more after a power cut, never serving a reverted state
         // (the node waits for recovery before serving reads).
@@ -145,10 +148,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self.get_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED_KEY)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED_KEY)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -164,14 +173,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|_| io::Error::other("log flusher thread stopped"))
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         let cf = self.cf(CF_LOGS)?;
         self.db
             .delete_range_cf(cf, u64_key(from), u64_key(u64::MAX))
             .map_err(io::Error::other)?;
         // The last index itself is excluded by delete_range's half-open end.
-        self.db.delete_cf(cf, u64_key(u64::MAX)).map_err(io::Error::other)
+        self.db
+            .delete_cf(cf, u64_key(u64::MAX))
+            .map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {

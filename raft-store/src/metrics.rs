@@ -32,12 +32,19 @@ impl Metrics {
         )?;
         registry.register(Box::new(proposal_duration_seconds.clone()))?;
         let snapshot_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new("raft_snapshot_duration_seconds", "Time to build a snapshot file")
-                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            HistogramOpts::new(
+                "raft_snapshot_duration_seconds",
+                "Time to build a snapshot file",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
         )?;
         registry.register(Box::new(snapshot_duration_seconds.clone()))?;
         let peer_rtt_seconds = HistogramVec::new(
-            HistogramOpts::new("raft_peer_rtt_seconds", "Round trip of Raft RPCs to each peer").buckets(latency_buckets),
+            HistogramOpts::new(
+                "raft_peer_rtt_seconds",
+                "Round trip of Raft RPCs to each peer",
+            )
+            .buckets(latency_buckets),
             &["peer"],
         )?;
         registry.register(Box::new(peer_rtt_seconds.clone()))?;
@@ -48,11 +55,20 @@ impl Metrics {
         registry.register(Box::new(peer_refused_total.clone()))?;
         Ok(Metrics {
             term: gauge("raft_term", "Current Raft term")?,
-            leader_id: gauge("raft_leader_id", "Node id of the current leader, 0 if unknown")?,
+            leader_id: gauge(
+                "raft_leader_id",
+                "Node id of the current leader, 0 if unknown",
+            )?,
             commit_index: gauge("raft_commit_index", "Highest log index known committed")?,
-            applied_index: gauge("raft_applied_index", "Highest log index applied to the state machine")?,
+            applied_index: gauge(
+                "raft_applied_index",
+                "Highest log index applied to the state machine",
+            )?,
             proposal_duration_seconds,
-            snapshot_size_bytes: gauge("raft_snapshot_size_bytes", "Size of the last snapshot file built")?,
+            snapshot_size_bytes: gauge(
+                "raft_snapshot_size_bytes",
+                "Size of the last snapshot file built",
+            )?,
             snapshot_duration_seconds,
             peer_rtt_seconds,
             peer_refused_total,

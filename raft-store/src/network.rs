@@ -14,8 +14,8 @@ use futures::future::BoxFuture;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use openraft::BasicNode;
@@ -24,12 +24,12 @@ use tokio::sync::Mutex;
 
 type PeerSlot = Arc<Mutex<Option<quinn::Connection>>>;
 
+use crate::client::{ClientReply, ClientRequest};
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::snapshot::SnapshotFile;
 use crate::tls::{node_dns_name, NodeIdentity, TlsError};
 use crate::types::{NodeId, StoreSnapshot, TypeConfig};
-use crate::client::{ClientReply, ClientRequest};
 
 /// Largest RPC message accepted (an append batch or a client request).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -130,7 +130,8 @@ impl Transport {
         identity: &NodeIdentity,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Transport>, TransportError> {
-        let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, addr).map_err(TransportError::Bind)?;
+        let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, addr)
+            .map_err(TransportError::Bind)?;
         Ok(Arc::new(Transport {
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             client_config: identity.quic_client_config()?,
@@ -180,7 +181,11 @@ impl Transport {
 
     /// Closes every connection and releases the UDP port.
     pub async fn close(&self) {
-        let endpoint = self.endpoint.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let endpoint = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         for slot in self.slots() {
             slot.lock().await.take();
         }
@@ -200,7 +205,11 @@ impl Transport {
         map.entry(key).or_default().clone()
     }
 
-    async fn connection(&self, addr: &str, server_name: &str) -> Result<(quinn::Connection, PeerSlot), TransportError> {
+    async fn connection(
+        &self,
+        addr: &str,
+        server_name: &str,
+    ) -> Result<(quinn::Connection, PeerSlot), TransportError> {
         if self.is_isolated() {
             return Err(TransportError::Isolated);
         }
@@ -234,7 +243,10 @@ impl Transport {
 
     async fn drop_connection(slot: &PeerSlot, conn: &quinn::Connection) {
         let mut current = slot.lock().await;
-        if current.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+        if current
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
             *current = None;
         }
     }
@@ -251,12 +263,18 @@ impl Transport {
         let payload = codec::encode(request)?;
         let (conn, slot) = self.connection(addr, server_name).await?;
         let exchange = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Stream(e.to_string()))?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
             let mut frame = Vec::with_capacity(payload.len() + 1);
             frame.push(STREAM_RPC);
             frame.extend_from_slice(&payload);
-            send.write_all(&frame).await.map_err(|e| TransportError::Stream(e.to_string()))?;
-            send.finish().map_err(|e| TransportError::Stream(e.to_string()))?;
+            send.write_all(&frame)
+                .await
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
+            send.finish()
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
             let bytes = recv
                 .read_to_end(MAX_MESSAGE)
                 .await
@@ -299,7 +317,9 @@ impl Transport {
             vote,
             meta: snapshot.meta.clone(),
         })?;
-        send.write_all(&[STREAM_SNAPSHOT]).await.map_err(|e| stream_err(&e))?;
+        send.write_all(&[STREAM_SNAPSHOT])
+            .await
+            .map_err(|e| stream_err(&e))?;
         send.write_all(&(header.len() as u32).to_be_bytes())
             .await
             .map_err(|e| stream_err(&e))?;
@@ -307,20 +327,29 @@ impl Transport {
         let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
             .map_err(|e| stream_err(&e))?;
-        tokio::io::copy(&mut file, &mut send).await.map_err(|e| stream_err(&e))?;
+        tokio::io::copy(&mut file, &mut send)
+            .await
+            .map_err(|e| stream_err(&e))?;
         send.finish().map_err(|e| stream_err(&e))?;
-        let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| stream_err(&e))?;
+        let bytes = recv
+            .read_to_end(MAX_MESSAGE)
+            .await
+            .map_err(|e| stream_err(&e))?;
         match codec::decode::<PeerReply>(&bytes)? {
             PeerReply::Snapshot(resp) => Ok(resp),
             PeerReply::Failed(detail) => Err(TransportError::Remote(detail)),
-            other => Err(TransportError::Remote(format!("unexpected reply {other:?}"))),
+            other => Err(TransportError::Remote(format!(
+                "unexpected reply {other:?}"
+            ))),
         }
     }
 
     /// Accepts peers until the endpoint closes. Refused handshakes (a
     /// certificate from another CA, no certificate) are logged and counted.
     pub async fn serve(self: Arc<Self>, inbound: Arc<dyn Inbound>) {
-        let Ok(endpoint) = self.endpoint() else { return };
+        let Ok(endpoint) = self.endpoint() else {
+            return;
+        };
         while let Some(incoming) = endpoint.accept().await {
             let remote = incoming.remote_address();
             if self.is_isolated() {
@@ -366,10 +395,15 @@ async fn serve_stream(
 ) -> Result<(), TransportError> {
     let stream_err = |e: &dyn std::fmt::Display| TransportError::Stream(e.to_string());
     let mut kind = [0u8; 1];
-    recv.read_exact(&mut kind).await.map_err(|e| stream_err(&e))?;
+    recv.read_exact(&mut kind)
+        .await
+        .map_err(|e| stream_err(&e))?;
     let reply = match kind[0] {
         STREAM_RPC => {
-            let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| stream_err(&e))?;
+            let bytes = recv
+                .read_to_end(MAX_MESSAGE)
+                .await
+                .map_err(|e| stream_err(&e))?;
             match codec::decode::<PeerRequest>(&bytes) {
                 Ok(request) => inbound.handle(request).await,
                 Err(e) => PeerReply::Failed(format!("undecodable request: {e}")),
@@ -396,11 +430,17 @@ async fn receive_snapshot(recv: &mut quinn::RecvStream, inbound: &dyn Inbound) -
             return Err(format!("snapshot header of {len} bytes"));
         }
         let mut header = vec![0u8; len];
-        recv.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+        recv.read_exact(&mut header)
+            .await
+            .map_err(|e| e.to_string())?;
         let header: SnapshotHeader = codec::decode(&header).map_err(|e| e.to_string())?;
         let nonce: u64 = rand::random();
-        let path = inbound.snapshot_dir().join(format!("incoming-{nonce:016x}.recv"));
-        let mut file = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+        let path = inbound
+            .snapshot_dir()
+            .join(format!("incoming-{nonce:016x}.recv"));
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| e.to_string())?;
         let copied = tokio::io::copy(recv, &mut file).await;
         let synced = file.sync_all().await;
         if let Err(e) = copied.map(|_| ()).and(synced) {
@@ -455,7 +495,11 @@ fn rpc_error(e: TransportError) -> RPCError<TypeConfig> {
 }
 
 impl PeerClient {
-    async fn call(&self, request: PeerRequest, option: &RPCOption) -> Result<PeerReply, RPCError<TypeConfig>> {
+    async fn call(
+        &self,
+        request: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<PeerReply, RPCError<TypeConfig>> {
         self.transport
             .call(&self.addr, &self.server_name, &request, option.hard_ttl())
             .await

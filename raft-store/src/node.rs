@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use openraft::type_config::alias::VoteOf;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::{ReadPolicy, SnapshotResponse};
+use openraft::type_config::alias::VoteOf;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use prometheus::Registry;
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::client::{ClientReply, ClientRequest, NodeStatus, StoreError, MAX_HOPS};
 use crate::data_dir::{DataDir, DataDirError};
+use crate::kv_state::LeaseChange;
 use crate::kv_state::{self, Cfs, Revisions};
 use crate::lease_keeper::{KeepAlive, LeaseClock};
 use crate::log_store::LogStore;
@@ -33,10 +34,9 @@ use crate::snapshot;
 use crate::state_machine::{LeaseSignal, StateMachine, WatchSignal};
 use crate::tls::{node_dns_name, NodeIdentity};
 use crate::types::{
-    Command, CommandResult, KeyRange, KeyValue, LeaseId, NodeId, OpResult, RangeResult, StoreSnapshot, Txn, TxnOp,
-    TxnResult, TypeConfig,
+    Command, CommandResult, KeyRange, KeyValue, LeaseId, NodeId, OpResult, RangeResult,
+    StoreSnapshot, Txn, TxnOp, TxnResult, TypeConfig,
 };
-use crate::kv_state::LeaseChange;
 use crate::watch::Watcher;
 
 /// Settings of one node. [`StoreConfig::new`] gives defaults that suit a
@@ -66,7 +66,12 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>, identity: NodeIdentity) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+        identity: NodeIdentity,
+    ) -> Self {
         StoreConfig {
             node_id,
             cluster_id: "pbx".into(),
@@ -166,9 +171,15 @@ impl RaftStore {
         let network = NetworkFactory {
             transport: transport.clone(),
         };
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
-            .await
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Config(e.to_string()))?;
 
         let store = RaftStore {
             inner: Arc::new(Inner {
@@ -275,7 +286,9 @@ impl RaftStore {
 
     /// Makes `voters` the voting members (others stay learners).
     pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), StoreError> {
-        self.on_leader(ClientRequest::ChangeVoters { voters, hops: 0 }).await.map(|_| ())
+        self.on_leader(ClientRequest::ChangeVoters { voters, hops: 0 })
+            .await
+            .map(|_| ())
     }
 
     /// Promotes learner `id` to voter.
@@ -287,12 +300,15 @@ impl RaftStore {
 
     /// Removes `id` from the cluster altogether.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), StoreError> {
-        self.on_leader(ClientRequest::RemoveNode { id, hops: 0 }).await.map(|_| ())
+        self.on_leader(ClientRequest::RemoveNode { id, hops: 0 })
+            .await
+            .map(|_| ())
     }
 
     /// Hands leadership to `to` and waits until it leads.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), StoreError> {
-        self.on_leader(ClientRequest::TransferLeader { to, hops: 0 }).await?;
+        self.on_leader(ClientRequest::TransferLeader { to, hops: 0 })
+            .await?;
         self.inner
             .raft
             .wait(Some(self.inner.config.request_timeout))
@@ -303,7 +319,13 @@ impl RaftStore {
     }
 
     pub fn voters(&self) -> BTreeSet<NodeId> {
-        self.inner.raft.metrics().borrow_watched().membership_config.voter_ids().collect()
+        self.inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .voter_ids()
+            .collect()
     }
 
     pub fn leader(&self) -> Option<NodeId> {
@@ -328,7 +350,11 @@ impl RaftStore {
     }
 
     fn revisions(&self) -> Result<Revisions, StoreError> {
-        Revisions::load(self.inner.db.as_ref(), &Cfs::of(&self.inner.db).map_err(fatal)?).map_err(fatal)
+        Revisions::load(
+            self.inner.db.as_ref(),
+            &Cfs::of(&self.inner.db).map_err(fatal)?,
+        )
+        .map_err(fatal)
     }
 
     // ----- writes -----
@@ -356,7 +382,9 @@ impl RaftStore {
                 // A leader cut off from its quorum never commits: give up at
                 // the deadline without knowing whether it ever will.
                 let Ok(written) = tokio::time::timeout_at(deadline, write).await else {
-                    return Err(StoreError::Unknown("not committed before the deadline".into()));
+                    return Err(StoreError::Unknown(
+                        "not committed before the deadline".into(),
+                    ));
                 };
                 match written {
                     Ok(resp) => return Ok(resp.data),
@@ -367,7 +395,9 @@ impl RaftStore {
                     }
                     Err(e) => return Err(fatal(e)),
                 }
-            } else if let Some((leader, addr)) = leader.and_then(|l| self.node_addr(l).map(|a| (l, a))) {
+            } else if let Some((leader, addr)) =
+                leader.and_then(|l| self.node_addr(l).map(|a| (l, a)))
+            {
                 if hops < MAX_HOPS {
                     let request = ClientRequest::Write {
                         command: command.clone(),
@@ -410,15 +440,27 @@ impl RaftStore {
             .map(|n| n.addr.clone())
     }
 
-    async fn forward(&self, to: NodeId, addr: &str, request: ClientRequest) -> Result<ClientReply, TransportError> {
+    async fn forward(
+        &self,
+        to: NodeId,
+        addr: &str,
+        request: ClientRequest,
+    ) -> Result<ClientReply, TransportError> {
         let reply = self
             .inner
             .transport
-            .call(addr, &node_dns_name(to), &PeerRequest::Client(request), self.inner.config.request_timeout)
+            .call(
+                addr,
+                &node_dns_name(to),
+                &PeerRequest::Client(request),
+                self.inner.config.request_timeout,
+            )
             .await?;
         match reply {
             PeerReply::Client(reply) => Ok(reply),
-            other => Err(TransportError::Remote(format!("unexpected reply {other:?}"))),
+            other => Err(TransportError::Remote(format!(
+                "unexpected reply {other:?}"
+            ))),
         }
     }
 
@@ -428,13 +470,20 @@ impl RaftStore {
         loop {
             let leader = self.leader_if_known();
             if leader == Some(self.inner.id) {
-                match tokio::time::timeout_at(deadline, self.serve_leader_request(request.clone())).await {
+                match tokio::time::timeout_at(deadline, self.serve_leader_request(request.clone()))
+                    .await
+                {
                     Ok(Err(StoreError::NoLeader(_))) => {}
                     Ok(other) => return other,
                     Err(_) => return Err(StoreError::NoLeader(self.inner.config.request_timeout)),
                 }
-            } else if let Some((leader, addr)) = leader.and_then(|l| self.node_addr(l).map(|a| (l, a))) {
-                match self.forward(leader, &addr, bump_hops(request.clone())).await {
+            } else if let Some((leader, addr)) =
+                leader.and_then(|l| self.node_addr(l).map(|a| (l, a)))
+            {
+                match self
+                    .forward(leader, &addr, bump_hops(request.clone()))
+                    .await
+                {
                     Ok(ClientReply::Error(StoreError::NoLeader(_))) => {}
                     Ok(ClientReply::Error(e)) => return Err(e),
                     Ok(reply) => return Ok(reply),
@@ -451,7 +500,10 @@ impl RaftStore {
 
     /// Leader-only requests, run on this node. `NoLeader` means "not the
     /// leader after all": the caller retries.
-    async fn serve_leader_request(&self, request: ClientRequest) -> Result<ClientReply, StoreError> {
+    async fn serve_leader_request(
+        &self,
+        request: ClientRequest,
+    ) -> Result<ClientReply, StoreError> {
         let raft = &self.inner.raft;
         let membership_err = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
@@ -460,7 +512,9 @@ impl RaftStore {
             e => StoreError::Membership(e.to_string()),
         };
         match request {
-            ClientRequest::ReadIndex { .. } => self.leader_read_index().await.map(ClientReply::ReadIndex),
+            ClientRequest::ReadIndex { .. } => {
+                self.leader_read_index().await.map(ClientReply::ReadIndex)
+            }
             ClientRequest::KeepAlive { id, .. } => {
                 self.leader_read_index().await?;
                 match self.inner.clock.keep_alive(id, Instant::now()) {
@@ -484,7 +538,8 @@ impl RaftStore {
                 .map_err(membership_err),
             ClientRequest::RemoveNode { id, .. } => {
                 // A voter must first become a learner; then it can leave.
-                let voters: BTreeSet<NodeId> = self.voters().into_iter().filter(|v| *v != id).collect();
+                let voters: BTreeSet<NodeId> =
+                    self.voters().into_iter().filter(|v| *v != id).collect();
                 raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
                     .await
                     .map_err(membership_err)?;
@@ -497,14 +552,21 @@ impl RaftStore {
                 raft.trigger().transfer_leader(to).await.map_err(fatal)?;
                 Ok(ClientReply::Done)
             }
-            other => Err(StoreError::InvalidArgument(format!("not a leader request: {other:?}"))),
+            other => Err(StoreError::InvalidArgument(format!(
+                "not a leader request: {other:?}"
+            ))),
         }
     }
 
     /// Confirms leadership with a quorum round (read-index) and returns the
     /// log index every read started now must see.
     async fn leader_read_index(&self) -> Result<u64, StoreError> {
-        match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        match self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+        {
             Ok(read_log_id) => Ok(read_log_id.index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))
             | Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
@@ -536,8 +598,15 @@ impl RaftStore {
 
     // ----- the KV API -----
 
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64, StoreError> {
-        Ok(self.txn(Txn::new().and_then([TxnOp::put(key, value)])).await?.revision)
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .txn(Txn::new().and_then([TxnOp::put(key, value)]))
+            .await?
+            .revision)
     }
 
     pub async fn put_with_lease(
@@ -546,16 +615,22 @@ impl RaftStore {
         value: impl Into<Vec<u8>>,
         lease: LeaseId,
     ) -> Result<u64, StoreError> {
-        let result = self.txn(Txn::new().and_then([TxnOp::put_with_lease(key, value, lease)])).await;
+        let result = self
+            .txn(Txn::new().and_then([TxnOp::put_with_lease(key, value, lease)]))
+            .await;
         match result {
-            Err(StoreError::Rejected(crate::types::Rejection::LeaseNotFound(id))) => Err(StoreError::LeaseNotFound(id)),
+            Err(StoreError::Rejected(crate::types::Rejection::LeaseNotFound(id))) => {
+                Err(StoreError::LeaseNotFound(id))
+            }
             other => Ok(other?.revision),
         }
     }
 
     /// Deletes the keys of `range`; returns the deleted keys and the revision.
     pub async fn delete(&self, range: KeyRange) -> Result<(Vec<KeyValue>, u64), StoreError> {
-        let result = self.txn(Txn::new().and_then([TxnOp::delete(range)])).await?;
+        let result = self
+            .txn(Txn::new().and_then([TxnOp::delete(range)]))
+            .await?;
         let deleted = match result.results.into_iter().next() {
             Some(OpResult::Delete { deleted }) => deleted,
             _ => Vec::new(),
@@ -572,7 +647,12 @@ impl RaftStore {
 
     /// A linearizable read of one key.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, StoreError> {
-        Ok(self.range(KeyRange::Key(key.into()), 0).await?.kvs.into_iter().next())
+        Ok(self
+            .range(KeyRange::Key(key.into()), 0)
+            .await?
+            .kvs
+            .into_iter()
+            .next())
     }
 
     /// A linearizable read: sees every write acknowledged before it began.
@@ -599,7 +679,10 @@ impl RaftStore {
 
     /// Restarts the lease's TTL; returns the TTL.
     pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration, StoreError> {
-        match self.on_leader(ClientRequest::KeepAlive { id, hops: 0 }).await? {
+        match self
+            .on_leader(ClientRequest::KeepAlive { id, hops: 0 })
+            .await?
+        {
             ClientReply::KeptAlive { ttl_ms } => Ok(Duration::from_millis(ttl_ms)),
             other => Err(fatal(format!("unexpected reply {other:?}"))),
         }
@@ -608,7 +691,10 @@ impl RaftStore {
     /// Revokes the lease, deleting its keys. Returns the revision after.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<u64, StoreError> {
         match self.propose(Command::LeaseRevoke { id }).await? {
-            CommandResult::LeaseRevoked { found: true, revision } => Ok(revision),
+            CommandResult::LeaseRevoked {
+                found: true,
+                revision,
+            } => Ok(revision),
             CommandResult::LeaseRevoked { found: false, .. } => Err(StoreError::LeaseNotFound(id)),
             other => Err(fatal(format!("unexpected result {other:?}"))),
         }
@@ -616,7 +702,9 @@ impl RaftStore {
 
     /// Forgets history before `revision`.
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
-        self.propose(Command::Compact { revision }).await.map(|_| ())
+        self.propose(Command::Compact { revision })
+            .await
+            .map(|_| ())
     }
 
     /// Watches `range` from `from_revision` (0 = from now) on this node.
@@ -634,7 +722,7 @@ impl RaftStore {
     /// Builds a fresh snapshot now and copies it to `dest`.
     pub async fn export_snapshot(&self, dest: &Path) -> Result<u64, StoreError> {
         self.inner.raft.trigger().snapshot().await.map_err(fatal)?;
-        let applied = self.inner.raft.metrics().borrow_watched().last_applied.clone();
+        let applied = self.inner.raft.metrics().borrow_watched().last_applied;
         let index = applied.map(|l| l.index());
         self.inner
             .raft
@@ -652,7 +740,8 @@ impl RaftStore {
             .await
             .map_err(fatal)?
             .ok_or_else(|| fatal("no snapshot after building one"))?;
-        std::fs::copy(&snapshot.snapshot.path, dest).map_err(|e| fatal(format!("{}: {e}", dest.display())))
+        std::fs::copy(&snapshot.snapshot.path, dest)
+            .map_err(|e| fatal(format!("{}: {e}", dest.display())))
     }
 
     /// Loads an exported snapshot into this node, which must be a fresh,
@@ -665,7 +754,8 @@ impl RaftStore {
                 "import needs a fresh node that has never been initialized".into(),
             ));
         }
-        let meta = snapshot::read_meta(file).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        let meta =
+            snapshot::read_meta(file).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
         // Load the rows, but keep this cluster's own log position and membership.
         let mut batch = rocksdb::WriteBatch::default();
         snapshot::load_into_batch(&self.inner.db, file, &mut batch)
@@ -682,10 +772,18 @@ impl RaftStore {
         self.inner
             .raft
             .wait(Some(Duration::from_secs(120)))
-            .metrics(|m| m.snapshot.as_ref().map(|s| s.index()) >= Some(index), "import snapshot")
+            .metrics(
+                |m| m.snapshot.as_ref().map(|s| s.index()) >= Some(index),
+                "import snapshot",
+            )
             .await
             .map_err(fatal)?;
-        self.inner.raft.trigger().purge_log(index).await.map_err(fatal)?;
+        self.inner
+            .raft
+            .trigger()
+            .purge_log(index)
+            .await
+            .map_err(fatal)?;
         Ok(())
     }
 
@@ -765,7 +863,8 @@ impl RaftStore {
             tracing::debug!(error = %e, "lease takeover deferred: leadership not confirmed");
             return;
         }
-        let leases = Cfs::of(&self.inner.db).and_then(|cfs| kv_state::list_leases(self.inner.db.as_ref(), &cfs));
+        let leases = Cfs::of(&self.inner.db)
+            .and_then(|cfs| kv_state::list_leases(self.inner.db.as_ref(), &cfs));
         match leases {
             Ok(leases) => {
                 tracing::info!(term, leases = leases.len(), "took over lease clock");
@@ -781,7 +880,12 @@ impl RaftStore {
         // Compact in steps of a tenth of the retention, not on every write.
         if revs.revision.saturating_sub(revs.compact_revision) > retention + retention / 10 {
             let target = revs.revision - retention;
-            if let Err(e) = self.inner.raft.client_write(Command::Compact { revision: target }).await {
+            if let Err(e) = self
+                .inner
+                .raft
+                .client_write(Command::Compact { revision: target })
+                .await
+            {
                 tracing::debug!(error = %e, "history compaction not proposed");
             }
         }
@@ -796,8 +900,10 @@ impl RaftStore {
                 let g = &self.inner.metrics;
                 g.term.set(m.current_term as i64);
                 g.leader_id.set(m.current_leader.unwrap_or(0) as i64);
-                g.commit_index.set(m.cluster_committed.as_ref().map_or(0, |l| l.index()) as i64);
-                g.applied_index.set(m.last_applied.as_ref().map_or(0, |l| l.index()) as i64);
+                g.commit_index
+                    .set(m.cluster_committed.as_ref().map_or(0, |l| l.index()) as i64);
+                g.applied_index
+                    .set(m.last_applied.as_ref().map_or(0, |l| l.index()) as i64);
             }
             if rx.changed().await.is_err() {
                 return;
@@ -808,12 +914,24 @@ impl RaftStore {
 
 fn bump_hops(request: ClientRequest) -> ClientRequest {
     match request {
-        ClientRequest::Write { command, hops } => ClientRequest::Write { command, hops: hops + 1 },
+        ClientRequest::Write { command, hops } => ClientRequest::Write {
+            command,
+            hops: hops + 1,
+        },
         ClientRequest::ReadIndex { hops } => ClientRequest::ReadIndex { hops: hops + 1 },
         ClientRequest::KeepAlive { id, hops } => ClientRequest::KeepAlive { id, hops: hops + 1 },
-        ClientRequest::AddLearner { id, addr, hops } => ClientRequest::AddLearner { id, addr, hops: hops + 1 },
-        ClientRequest::ChangeVoters { voters, hops } => ClientRequest::ChangeVoters { voters, hops: hops + 1 },
-        ClientRequest::TransferLeader { to, hops } => ClientRequest::TransferLeader { to, hops: hops + 1 },
+        ClientRequest::AddLearner { id, addr, hops } => ClientRequest::AddLearner {
+            id,
+            addr,
+            hops: hops + 1,
+        },
+        ClientRequest::ChangeVoters { voters, hops } => ClientRequest::ChangeVoters {
+            voters,
+            hops: hops + 1,
+        },
+        ClientRequest::TransferLeader { to, hops } => {
+            ClientRequest::TransferLeader { to, hops: hops + 1 }
+        }
         ClientRequest::RemoveNode { id, hops } => ClientRequest::RemoveNode { id, hops: hops + 1 },
         other => other,
     }
@@ -837,7 +955,10 @@ impl RaftStore {
     async fn serve_client(&self, request: ClientRequest) -> ClientReply {
         let hops = hops_of(&request);
         let result = match request {
-            ClientRequest::Write { command, hops } => self.propose_hops(command, hops).await.map(ClientReply::Command),
+            ClientRequest::Write { command, hops } => self
+                .propose_hops(command, hops)
+                .await
+                .map(ClientReply::Command),
             ClientRequest::Range {
                 range,
                 limit,
@@ -848,7 +969,8 @@ impl RaftStore {
                 } else {
                     Ok(())
                 };
-                read.and_then(|_| self.range_stale(range, limit)).map(ClientReply::Range)
+                read.and_then(|_| self.range_stale(range, limit))
+                    .map(ClientReply::Range)
             }
             ClientRequest::Status => self.status().map(ClientReply::Status),
             leader_only if self.leader_if_known() == Some(self.inner.id) => {

@@ -130,6 +130,9 @@ fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a ColumnFamily> {
         .ok_or_else(|| io::Error::other(format!("column family {name} missing")))
 }
 
+/// A record: tag, key, value.
+type Record = (u8, Vec<u8>, Vec<u8>);
+
 /// Reads a snapshot file record by record, checking the CRC at the end.
 struct Records {
     path: PathBuf,
@@ -184,7 +187,7 @@ impl Records {
     }
 
     /// The next record, or `None` after a verified end.
-    fn next_record(&mut self) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>, SnapshotError> {
+    fn next_record(&mut self) -> Result<Option<Record>, SnapshotError> {
         let mut tag = [0u8; 1];
         self.inner
             .read_exact(&mut tag)
@@ -212,7 +215,9 @@ impl Records {
 pub fn read_meta(path: &Path) -> Result<SnapshotMetaOf<TypeConfig>, SnapshotError> {
     let mut r = Records::open(path)?;
     match r.next_record()? {
-        Some((TAG_META, _, value)) => codec::decode(&value).map_err(|e| r.invalid(format!("meta record: {e}"))),
+        Some((TAG_META, _, value)) => {
+            codec::decode(&value).map_err(|e| r.invalid(format!("meta record: {e}")))
+        }
         _ => Err(r.invalid("first record is not the meta record")),
     }
 }
@@ -226,7 +231,9 @@ pub fn load_into_batch(
 ) -> Result<SnapshotMetaOf<TypeConfig>, SnapshotError> {
     let mut r = Records::open(path)?;
     let meta: SnapshotMetaOf<TypeConfig> = match r.next_record()? {
-        Some((TAG_META, _, value)) => codec::decode(&value).map_err(|e| r.invalid(format!("meta record: {e}")))?,
+        Some((TAG_META, _, value)) => {
+            codec::decode(&value).map_err(|e| r.invalid(format!("meta record: {e}")))?
+        }
         _ => return Err(r.invalid("first record is not the meta record")),
     };
     let io_err = |source| SnapshotError::Io {

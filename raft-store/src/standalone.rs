@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::{NodeIdentity, RaftStore, StoreConfig};
 use anyhow::Context;
 use clap::Parser;
-use crate::{NodeIdentity, RaftStore, StoreConfig};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run one raft-store node")]
@@ -44,7 +44,9 @@ pub struct Args {
 /// Runs a node until SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("{}", p.display()));

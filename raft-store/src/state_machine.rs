@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
-use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{WriteBatch, DB};
 use tokio::sync::{broadcast, mpsc};
@@ -104,7 +104,9 @@ impl StateMachine {
         let mut newest: Option<PathBuf> = None;
         for entry in std::fs::read_dir(&self.snapshot_dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "snap") && newest.as_ref().is_none_or(|n| path > *n) {
+            if path.extension().is_some_and(|e| e == "snap")
+                && newest.as_ref().is_none_or(|n| path > *n)
+            {
                 newest = Some(path);
             }
         }
@@ -126,7 +128,11 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == "partial") {
+        if path != keep
+            && path
+                .extension()
+                .is_some_and(|e| e == "snap" || e == "partial")
+        {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove old snapshot");
             }
@@ -197,14 +203,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut revs = self.revs;
             let applied = match &entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(cmd) => Some(kv_state::apply(&db, &cfs, &mut batch, &mut revs, log_id.index(), cmd)?),
+                EntryPayload::Normal(cmd) => Some(kv_state::apply(
+                    &db,
+                    &cfs,
+                    &mut batch,
+                    &mut revs,
+                    log_id.index(),
+                    cmd,
+                )?),
                 EntryPayload::Membership(m) => {
-                    let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id.clone()), m.clone());
+                    let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
                     batch.put_cf(meta_cf, MEMBERSHIP_KEY, codec::encode(&stored)?);
                     None
                 }
             };
-            batch.put_cf(meta_cf, LAST_APPLIED_KEY, codec::encode(&Some(log_id.clone()))?);
+            batch.put_cf(meta_cf, LAST_APPLIED_KEY, codec::encode(&Some(log_id))?);
             // Durability comes from the log: this write reaches the WAL now
             // and is fsynced with the next log append.
             db.write(batch).map_err(io::Error::other)?;

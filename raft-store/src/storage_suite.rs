@@ -16,14 +16,22 @@ use crate::types::TypeConfig;
 struct RocksBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::open(dir.path(), "suite", 1).expect("open data dir");
         let metrics = Arc::new(Metrics::new(&prometheus::Registry::new()).expect("metrics"));
         let (watch_tx, _) = broadcast::channel(16);
         let (lease_tx, _) = mpsc::unbounded_channel();
-        let sm = StateMachine::new(data.db.clone(), data.snapshot_dir(), watch_tx, lease_tx, metrics)
-            .expect("state machine");
+        let sm = StateMachine::new(
+            data.db.clone(),
+            data.snapshot_dir(),
+            watch_tx,
+            lease_tx,
+            metrics,
+        )
+        .expect("state machine");
         let log = LogStore::new(data.db.clone()).expect("log store");
         Ok((dir, log, sm))
     }

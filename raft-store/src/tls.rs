@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -81,7 +82,10 @@ impl ClusterCa {
         let mut params = CertificateParams::new(vec![dns_name.to_string()])?;
         params.distinguished_name.push(DnType::CommonName, dns_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
         Ok(NodeIdentity {
@@ -93,11 +97,13 @@ impl ClusterCa {
 }
 
 fn parse_cert(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem(format!("certificate: {e}")))
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("certificate: {e}")))
 }
 
 fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem(format!("private key: {e}")))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("private key: {e}")))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -115,7 +121,8 @@ impl NodeIdentity {
 
     /// Server side: requires a client certificate from the cluster CA.
     pub fn quic_server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)

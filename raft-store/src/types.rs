@@ -44,7 +44,10 @@ pub enum KeyRange {
     Key(Vec<u8>),
     Prefix(Vec<u8>),
     /// `start` inclusive, `end` exclusive.
-    Between { start: Vec<u8>, end: Vec<u8> },
+    Between {
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 impl KeyRange {
@@ -206,7 +209,11 @@ impl TxnOp {
         }
     }
 
-    pub fn put_with_lease(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
+    pub fn put_with_lease(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Self {
         TxnOp::Put {
             key: key.into(),
             value: value.into(),
@@ -259,12 +266,20 @@ impl Txn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Txn(Txn),
-    LeaseGrant { ttl_ms: u64 },
-    LeaseRevoke { id: LeaseId },
+    LeaseGrant {
+        ttl_ms: u64,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+    },
     /// Proposed only by the leader when its lease clock runs out.
-    LeaseExpire { id: LeaseId },
+    LeaseExpire {
+        id: LeaseId,
+    },
     /// Forget history older than `revision`.
-    Compact { revision: u64 },
+    Compact {
+        revision: u64,
+    },
 }
 
 impl fmt::Display for Command {

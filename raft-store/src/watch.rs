@@ -93,8 +93,12 @@ impl Watcher {
                         return Ok(filtered);
                     }
                 }
-                Ok(WatchSignal::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
-                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Fatal("store shut down".into())),
+                Ok(WatchSignal::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.catching_up = true
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(StoreError::Fatal("store shut down".into()))
+                }
             }
         }
     }

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster::{fast_timeouts, TestCluster};
+use openraft::type_config::async_runtime::WatchReceiver;
 use raft_store::{
     ClientRequest, ClusterCa, Compare, EventKind, KeyRange, RemoteClient, StoreError, Txn, TxnOp,
 };
-use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 fn init_tracing() {
@@ -33,15 +33,28 @@ async fn any_node_accepts_writes_and_reads_are_linearizable_everywhere() {
     let r2 = c.node(leader).put("tenant/2", "globex").await.unwrap();
     assert!(r2 > r1, "revisions grow: {r1} then {r2}");
     for id in 1..=3 {
-        let kv = c.node(id).get("tenant/1").await.unwrap().expect("replicated");
+        let kv = c
+            .node(id)
+            .get("tenant/1")
+            .await
+            .unwrap()
+            .expect("replicated");
         assert_eq!(kv.value, b"acme");
-        let all = c.node(id).range(KeyRange::prefix("tenant/"), 0).await.unwrap();
+        let all = c
+            .node(id)
+            .range(KeyRange::prefix("tenant/"), 0)
+            .await
+            .unwrap();
         assert_eq!(all.kvs.len(), 2, "node {id}");
         assert_eq!(all.revision, r2);
     }
     // A txn through a follower: CAS semantics hold cluster-wide.
     let t = Txn::new()
-        .when([Compare::value("tenant/1", raft_store::CompareOp::Equal, "acme")])
+        .when([Compare::value(
+            "tenant/1",
+            raft_store::CompareOp::Equal,
+            "acme",
+        )])
         .and_then([TxnOp::put("tenant/1", "acme2")]);
     assert!(c.node(follower).txn(t.clone()).await.unwrap().succeeded);
     assert!(!c.node(follower).txn(t).await.unwrap().succeeded);
@@ -51,7 +64,11 @@ async fn any_node_accepts_writes_and_reads_are_linearizable_everywhere() {
 /// Acknowledged writes, by revision.
 type Acked = Arc<Mutex<BTreeMap<u64, (Vec<u8>, Vec<u8>)>>>;
 
-fn spawn_writers(c: &TestCluster, stop: Arc<AtomicBool>, acked: Acked) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_writers(
+    c: &TestCluster,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for node in c.running() {
         for w in 0..4 {
@@ -96,9 +113,15 @@ async fn leader_loss_under_load_keeps_every_acknowledged_write() {
         if c.node(survivor).put("probe", "after-kill").await.is_ok() {
             break killed_at.elapsed();
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(3), "no commit within 3 s");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "no commit within 3 s"
+        );
     };
-    assert!(committed < Duration::from_secs(3), "first commit after {committed:?}");
+    assert!(
+        committed < Duration::from_secs(3),
+        "first commit after {committed:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -112,25 +135,40 @@ async fn leader_loss_under_load_keeps_every_acknowledged_write() {
         let stored: BTreeMap<&[u8], &raft_store::KeyValue> =
             all.kvs.iter().map(|kv| (kv.key.as_slice(), kv)).collect();
         for (rev, (key, value)) in &acked {
-            let kv = stored
-                .get(key.as_slice())
-                .unwrap_or_else(|| panic!("acknowledged write at {rev} missing on node {}", node.node_id()));
+            let kv = stored.get(key.as_slice()).unwrap_or_else(|| {
+                panic!(
+                    "acknowledged write at {rev} missing on node {}",
+                    node.node_id()
+                )
+            });
             assert_eq!(&kv.value, value);
-            assert_eq!(kv.mod_revision, *rev, "each key is written once, at its acknowledged revision");
+            assert_eq!(
+                kv.mod_revision, *rev,
+                "each key is written once, at its acknowledged revision"
+            );
         }
         // Every revision was applied exactly once: history is dense and ordered.
         let mut watcher = node.watch(KeyRange::prefix(""), 1).unwrap();
         let mut expect = 1;
         while expect <= all.revision {
             let batch = watcher.next().await.unwrap();
-            assert_eq!(batch.revision, expect, "node {}: gap or duplicate", node.node_id());
+            assert_eq!(
+                batch.revision,
+                expect,
+                "node {}: gap or duplicate",
+                node.node_id()
+            );
             expect += 1;
         }
     }
 
     // The killed node comes back and catches up.
     c.boot(old).await;
-    let target = c.node(survivor).range(KeyRange::prefix(""), 0).await.unwrap();
+    let target = c
+        .node(survivor)
+        .range(KeyRange::prefix(""), 0)
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mine = c.node(old).range_stale(KeyRange::prefix(""), 0).unwrap();
@@ -160,11 +198,29 @@ async fn an_isolated_node_neither_commits_nor_reads_and_rejoins() {
         c.node(cut).put("from-cut", "x").await,
         Err(StoreError::NoLeader(_)) | Err(StoreError::Unknown(_))
     ));
-    assert!(c.node(cut).get("before").await.is_err(), "cut node served a linearizable read");
+    assert!(
+        c.node(cut).get("before").await.is_err(),
+        "cut node served a linearizable read"
+    );
     c.node(others[0]).put("during", "2").await.unwrap();
-    assert_eq!(c.node(others[1]).get("during").await.unwrap().unwrap().value, b"2");
+    assert_eq!(
+        c.node(others[1])
+            .get("during")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"2"
+    );
     // The stale read exists only under its explicit name, and it is stale.
-    assert_eq!(c.node(cut).range_stale(KeyRange::key("during"), 0).unwrap().kvs.len(), 0);
+    assert_eq!(
+        c.node(cut)
+            .range_stale(KeyRange::key("during"), 0)
+            .unwrap()
+            .kvs
+            .len(),
+        0
+    );
 
     c.node(cut).transport().set_isolated(false).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -175,7 +231,11 @@ async fn an_isolated_node_neither_commits_nor_reads_and_rejoins() {
         }
         assert!(Instant::now() < deadline, "isolated node did not rejoin");
     }
-    assert_eq!(c.node(cut).get("from-cut").await.unwrap(), None, "the cut write never committed");
+    assert_eq!(
+        c.node(cut).get("from-cut").await.unwrap(),
+        None,
+        "the cut write never committed"
+    );
     c.node(cut).put("after", "3").await.unwrap();
     c.shutdown().await;
 }
@@ -186,9 +246,20 @@ async fn leases_outlive_a_leader_change_and_expire_through_the_log() {
     let mut c = TestCluster::start(3, fast_timeouts).await;
     let leader = c.leader(Duration::from_secs(3)).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let lease = c.node(follower).lease_grant(Duration::from_secs(3)).await.unwrap();
-    let put_at = c.node(follower).put_with_lease("reg/100", "contact", lease).await.unwrap();
-    let mut watcher = c.node(follower).watch(KeyRange::prefix("reg/"), put_at + 1).unwrap();
+    let lease = c
+        .node(follower)
+        .lease_grant(Duration::from_secs(3))
+        .await
+        .unwrap();
+    let put_at = c
+        .node(follower)
+        .put_with_lease("reg/100", "contact", lease)
+        .await
+        .unwrap();
+    let mut watcher = c
+        .node(follower)
+        .watch(KeyRange::prefix("reg/"), put_at + 1)
+        .unwrap();
 
     // Keep it alive across the loss of the leader.
     for _ in 0..3 {
@@ -203,7 +274,12 @@ async fn leases_outlive_a_leader_change_and_expire_through_the_log() {
             kept += 1;
         }
         assert!(
-            c.node(follower).range_stale(KeyRange::key("reg/100"), 0).unwrap().kvs.len() == 1,
+            c.node(follower)
+                .range_stale(KeyRange::key("reg/100"), 0)
+                .unwrap()
+                .kvs
+                .len()
+                == 1,
             "a live lease expired during the leader change"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,7 +293,10 @@ async fn leases_outlive_a_leader_change_and_expire_through_the_log() {
         .expect("lease expired")
         .unwrap();
     assert_eq!(batch.events[0].kind, EventKind::Delete);
-    assert!(stopped.elapsed() >= Duration::from_millis(2500), "expired before its ttl");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(2500),
+        "expired before its ttl"
+    );
     for node in c.running() {
         assert_eq!(node.get("reg/100").await.unwrap(), None);
     }
@@ -250,7 +329,10 @@ async fn watch_on_a_follower_resumes_without_gaps_and_reports_compaction() {
     // "Reconnect": drop the watcher and resume from the next revision.
     let resume = w.next_revision();
     drop(w);
-    let mut w = c.node(follower).watch(KeyRange::prefix("ext/"), resume).unwrap();
+    let mut w = c
+        .node(follower)
+        .watch(KeyRange::prefix("ext/"), resume)
+        .unwrap();
     while seen.len() < 20 {
         let b = tokio::time::timeout(Duration::from_secs(5), w.next())
             .await
@@ -265,12 +347,18 @@ async fn watch_on_a_follower_resumes_without_gaps_and_reports_compaction() {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match c.node(follower).watch(KeyRange::prefix(""), 5) {
-            Err(StoreError::Compacted { compact_revision, .. }) => {
+            Err(StoreError::Compacted {
+                compact_revision, ..
+            }) => {
                 assert_eq!(compact_revision, 30);
                 break;
             }
             other => {
-                assert!(Instant::now() < deadline, "compaction not seen: {:?}", other.err());
+                assert!(
+                    Instant::now() < deadline,
+                    "compaction not seen: {:?}",
+                    other.err()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -291,12 +379,22 @@ async fn a_far_behind_node_catches_up_by_snapshot_and_export_import_is_equal() {
     let leader = c.leader(Duration::from_secs(3)).await;
     let lagging = (1..=3).find(|id| *id != leader).unwrap();
     c.stop(lagging).await;
-    let lease = c.node(leader).lease_grant(Duration::from_secs(60)).await.unwrap();
+    let lease = c
+        .node(leader)
+        .lease_grant(Duration::from_secs(60))
+        .await
+        .unwrap();
     for i in 0..600 {
         if i % 3 == 0 {
-            c.node(leader).put_with_lease(format!("k/{i:04}"), format!("v{i}"), lease).await.unwrap();
+            c.node(leader)
+                .put_with_lease(format!("k/{i:04}"), format!("v{i}"), lease)
+                .await
+                .unwrap();
         } else {
-            c.node(leader).put(format!("k/{i:04}"), format!("v{i}")).await.unwrap();
+            c.node(leader)
+                .put(format!("k/{i:04}"), format!("v{i}"))
+                .await
+                .unwrap();
         }
     }
     let expected = c.node(leader).range(KeyRange::prefix(""), 0).await.unwrap();
@@ -304,14 +402,20 @@ async fn a_far_behind_node_catches_up_by_snapshot_and_export_import_is_equal() {
     c.node(leader)
         .raft()
         .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.purged.as_ref().is_some_and(|p| p.index() > 100), "log purged")
+        .metrics(
+            |m| m.purged.as_ref().is_some_and(|p| p.index() > 100),
+            "log purged",
+        )
         .await
         .expect("the leader purges its log");
 
     c.boot(lagging).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let mine = c.node(lagging).range_stale(KeyRange::prefix(""), 0).unwrap();
+        let mine = c
+            .node(lagging)
+            .range_stale(KeyRange::prefix(""), 0)
+            .unwrap();
         if mine.revision >= expected.revision {
             assert_eq!(mine.kvs, expected.kvs);
             break;
@@ -320,7 +424,12 @@ async fn a_far_behind_node_catches_up_by_snapshot_and_export_import_is_equal() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        c.node(lagging).raft().metrics().borrow_watched().snapshot.is_some(),
+        c.node(lagging)
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .is_some(),
         "the lagging node installed a snapshot"
     );
 
@@ -346,7 +455,15 @@ async fn a_far_behind_node_catches_up_by_snapshot_and_export_import_is_equal() {
     let addr2 = fresh.addrs[&2].to_string();
     fresh.node(1).add_learner(2, &addr2).await.unwrap();
     fresh.node(1).promote(2).await.unwrap();
-    assert_eq!(fresh.node(2).range(KeyRange::prefix(""), 0).await.unwrap().kvs, exported.kvs);
+    assert_eq!(
+        fresh
+            .node(2)
+            .range(KeyRange::prefix(""), 0)
+            .await
+            .unwrap()
+            .kvs,
+        exported.kvs
+    );
     // The imported lease is live on the restored cluster.
     fresh.node(2).lease_keep_alive(lease).await.unwrap();
     fresh.shutdown().await;
@@ -366,7 +483,14 @@ async fn membership_learner_promote_transfer_and_remove() {
     }
     assert_eq!(c.node(1).voters(), BTreeSet::from([1]));
     // A learner already has the data but does not vote.
-    assert_eq!(c.node(2).range_stale(KeyRange::key("a"), 0).unwrap().kvs.len(), 1);
+    assert_eq!(
+        c.node(2)
+            .range_stale(KeyRange::key("a"), 0)
+            .unwrap()
+            .kvs
+            .len(),
+        1
+    );
     c.node(2).promote(2).await.unwrap();
     c.node(3).promote(3).await.unwrap();
     assert_eq!(c.node(1).voters(), BTreeSet::from([1, 2, 3]));
@@ -387,7 +511,8 @@ async fn a_peer_with_a_foreign_ca_is_refused() {
     init_tracing();
     let c = TestCluster::start(1, fast_timeouts).await;
     let addr = c.addrs[&1].to_string();
-    let friend = RemoteClient::new(&c.ca.issue_client("tool").unwrap(), Duration::from_secs(2)).unwrap();
+    let friend =
+        RemoteClient::new(&c.ca.issue_client("tool").unwrap(), Duration::from_secs(2)).unwrap();
     assert!(friend.call(1, &addr, ClientRequest::Status).await.is_ok());
 
     // A certificate naming node 1 but signed by another CA: the node
@@ -396,7 +521,10 @@ async fn a_peer_with_a_foreign_ca_is_refused() {
     let mut stranger_id = stranger_ca.issue_node(1).unwrap();
     stranger_id.ca_pem = c.ca.cert_pem.clone();
     let stranger = RemoteClient::new(&stranger_id, Duration::from_secs(2)).unwrap();
-    assert!(stranger.call(1, &addr, ClientRequest::Status).await.is_err());
+    assert!(stranger
+        .call(1, &addr, ClientRequest::Status)
+        .await
+        .is_err());
     let refused = || {
         c.registries[&1]
             .gather()

@@ -10,7 +10,12 @@ use raft_store::{ClusterCa, DataDirError, RaftStore, StartError, StoreConfig};
 fn config(dir: &Path, node: u64, cluster: &str) -> StoreConfig {
     let ca = ClusterCa::generate("t").unwrap();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut c = StoreConfig::new(node, sock.local_addr().unwrap(), dir, ca.issue_node(node).unwrap());
+    let mut c = StoreConfig::new(
+        node,
+        sock.local_addr().unwrap(),
+        dir,
+        ca.issue_node(node).unwrap(),
+    );
     c.cluster_id = cluster.into();
     c.request_timeout = Duration::from_secs(1);
     c
@@ -21,7 +26,10 @@ fn snapshot_of_dir(dir: &Path) -> Vec<(String, Vec<u8>)> {
     // other file must stay byte for byte as it was.
     let mut out = Vec::new();
     for entry in walk(dir) {
-        if entry.file_name().is_some_and(|n| n.to_string_lossy().starts_with("LOG")) {
+        if entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("LOG"))
+        {
             continue;
         }
         out.push((entry.display().to_string(), std::fs::read(&entry).unwrap()));
@@ -57,7 +65,10 @@ async fn a_directory_of_somebody_elses_files_is_refused_untouched() {
     let before = snapshot_of_dir(dir.path());
     let err = start_err(config(dir.path(), 1, "pbx")).await;
     let msg = err.to_string();
-    assert!(matches!(err, StartError::DataDir(DataDirError::Foreign { .. })), "{msg}");
+    assert!(
+        matches!(err, StartError::DataDir(DataDirError::Foreign { .. })),
+        "{msg}"
+    );
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     assert_eq!(snapshot_of_dir(dir.path()), before);
 }
@@ -68,7 +79,10 @@ async fn another_nodes_or_clusters_directory_is_refused() {
     drop(DataDir::open(dir.path(), "pbx", 1).unwrap());
     let before = snapshot_of_dir(dir.path());
     let err = start_err(config(dir.path(), 2, "pbx")).await;
-    assert!(matches!(err, StartError::DataDir(DataDirError::WrongOwner { .. })), "{err}");
+    assert!(
+        matches!(err, StartError::DataDir(DataDirError::WrongOwner { .. })),
+        "{err}"
+    );
     let err = start_err(config(dir.path(), 1, "other")).await;
     assert!(err.to_string().contains("other"), "{err}");
     assert_eq!(snapshot_of_dir(dir.path()), before);
@@ -81,7 +95,13 @@ async fn a_newer_format_is_refused() {
     set_format_version_for_test(dir.path(), 99).unwrap();
     let before = snapshot_of_dir(dir.path());
     let err = start_err(config(dir.path(), 1, "pbx")).await;
-    assert!(matches!(err, StartError::DataDir(DataDirError::NewerFormat { found: 99, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            StartError::DataDir(DataDirError::NewerFormat { found: 99, .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("newer"), "{err}");
     assert_eq!(snapshot_of_dir(dir.path()), before);
 }

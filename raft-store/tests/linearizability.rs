@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cluster::{fast_timeouts, TestCluster};
 use linearizability::{check, History, KvOp, KvResult};
-use rand::{Rng, SeedableRng};
 use raft_store::{Compare, CompareOp, KeyRange, RaftStore, StoreError, Txn, TxnOp};
+use rand::{Rng, SeedableRng};
 
 const KEYS: [&str; 3] = ["x", "y", "z"];
 
@@ -25,23 +25,38 @@ const KEYS: [&str; 3] = ["x", "y", "z"];
 async fn run(node: &RaftStore, op: &KvOp) -> Option<KvResult> {
     let key = op.key().to_vec();
     let result = match op {
-        KvOp::Put { value, .. } => node.put(key, value.clone()).await.map(|_| KvResult::Written),
-        KvOp::Delete { .. } => node.delete(KeyRange::Key(key)).await.map(|_| KvResult::Written),
-        KvOp::Get { .. } => node.get(key).await.map(|kv| KvResult::Value(kv.map(|kv| kv.value))),
+        KvOp::Put { value, .. } => node
+            .put(key, value.clone())
+            .await
+            .map(|_| KvResult::Written),
+        KvOp::Delete { .. } => node
+            .delete(KeyRange::Key(key))
+            .await
+            .map(|_| KvResult::Written),
+        KvOp::Get { .. } => node
+            .get(key)
+            .await
+            .map(|kv| KvResult::Value(kv.map(|kv| kv.value))),
         KvOp::Cas { expected, new, .. } => {
             let compare = match expected {
                 Some(v) => Compare::value(key.clone(), CompareOp::Equal, v.clone()),
                 None => Compare::absent(key.clone()),
             };
-            let txn = Txn::new().when([compare]).and_then([TxnOp::put(key, new.clone())]);
-            node.txn(txn).await.map(|r| KvResult::CasResult(r.succeeded))
+            let txn = Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(key, new.clone())]);
+            node.txn(txn)
+                .await
+                .map(|r| KvResult::CasResult(r.succeeded))
         }
     };
     match result {
         Ok(r) => Some(r),
         // Refused before anything was proposed: it surely did not happen,
         // but recording it as unknown is never wrong.
-        Err(StoreError::NoLeader(_)) | Err(StoreError::Unknown(_)) | Err(StoreError::Fatal(_)) => None,
+        Err(StoreError::NoLeader(_)) | Err(StoreError::Unknown(_)) | Err(StoreError::Fatal(_)) => {
+            None
+        }
         Err(e) => panic!("unexpected error {e}"),
     }
 }
@@ -58,9 +73,20 @@ fn random_op(rng: &mut impl Rng, client: u64, seq: u64) -> KvOp {
             let expected = if rng.random_bool(0.3) {
                 None
             } else {
-                Some(format!("{}-{}", rng.random_range(0..5), seq.saturating_sub(rng.random_range(0..3))).into_bytes())
+                Some(
+                    format!(
+                        "{}-{}",
+                        rng.random_range(0..5),
+                        seq.saturating_sub(rng.random_range(0..3))
+                    )
+                    .into_bytes(),
+                )
             };
-            KvOp::Cas { key, expected, new: value }
+            KvOp::Cas {
+                key,
+                expected,
+                new: value,
+            }
         }
     }
 }
@@ -68,7 +94,8 @@ fn random_op(rng: &mut impl Rng, client: u64, seq: u64) -> KvOp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_under_leader_kills_is_linearizable() {
     let mut c = TestCluster::start(3, fast_timeouts).await;
-    let running: Arc<RwLock<Vec<RaftStore>>> = Arc::new(RwLock::new(c.running().cloned().collect()));
+    let running: Arc<RwLock<Vec<RaftStore>>> =
+        Arc::new(RwLock::new(c.running().cloned().collect()));
     let history = History::new();
     let seed: u64 = rand::random();
     println!("client seed {seed}");
@@ -115,8 +142,14 @@ async fn history_under_leader_kills_is_linearizable() {
 
     let ops = history.into_operations();
     let completed = ops.iter().filter(|o| o.completed.is_some()).count();
-    println!("{kills} leader kills, {} operations, {completed} completed", ops.len());
-    assert!(completed > 200, "too few operations completed to mean anything: {completed}");
+    println!(
+        "{kills} leader kills, {} operations, {completed} completed",
+        ops.len()
+    );
+    assert!(
+        completed > 200,
+        "too few operations completed to mean anything: {completed}"
+    );
     check(&ops).unwrap();
     c.shutdown().await;
 }

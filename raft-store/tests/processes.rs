@@ -31,7 +31,10 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
                 let via = 1 + (w + i) % 3;
                 let key = format!("w/{w}/{i}").into_bytes();
                 if let Ok(rev) = handle.put(via, key.clone(), vec![7u8; 200]).await {
-                    assert!(acked.lock().unwrap().insert(rev, key).is_none(), "revision {rev} twice");
+                    assert!(
+                        acked.lock().unwrap().insert(rev, key).is_none(),
+                        "revision {rev} twice"
+                    );
                 }
                 i += 1;
             }
@@ -45,10 +48,17 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let killed = Instant::now();
     let survivors = c.live();
     let first_commit = loop {
-        if c.handle.put(survivors[0], b"probe".to_vec(), b"x".to_vec()).await.is_ok() {
+        if c.handle
+            .put(survivors[0], b"probe".to_vec(), b"x".to_vec())
+            .await
+            .is_ok()
+        {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(3), "no commit within 3 s of kill -9");
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "no commit within 3 s of kill -9"
+        );
     };
     println!("first commit {first_commit:?} after kill -9 of leader {leader}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -60,10 +70,22 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty());
     for id in &survivors {
-        let all = c.handle.range(*id, KeyRange::prefix("w/"), true).await.unwrap();
-        let stored: BTreeMap<_, _> = all.kvs.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+        let all = c
+            .handle
+            .range(*id, KeyRange::prefix("w/"), true)
+            .await
+            .unwrap();
+        let stored: BTreeMap<_, _> = all
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.mod_revision))
+            .collect();
         for (rev, key) in &acked {
-            assert_eq!(stored.get(key), Some(rev), "node {id}: acknowledged write at {rev} missing");
+            assert_eq!(
+                stored.get(key),
+                Some(rev),
+                "node {id}: acknowledged write at {rev} missing"
+            );
         }
     }
 
@@ -71,7 +93,11 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     assert!(c.data_dir(leader).join("db").is_dir());
     c.spawn(leader, false).await.unwrap();
     assert_ne!(c.pid(leader), Some(old_pid));
-    let target = c.handle.range(survivors[0], KeyRange::prefix(""), true).await.unwrap();
+    let target = c
+        .handle
+        .range(survivors[0], KeyRange::prefix(""), true)
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(mine) = c.handle.range(leader, KeyRange::prefix(""), false).await {

@@ -47,10 +47,18 @@ impl TestCluster {
         cluster.node(1).initialize().await.expect("initialize");
         for id in 2..=n {
             let addr = cluster.addrs[&id].to_string();
-            cluster.node(1).add_learner(id, &addr).await.expect("add learner");
+            cluster
+                .node(1)
+                .add_learner(id, &addr)
+                .await
+                .expect("add learner");
         }
         let voters: BTreeSet<NodeId> = (1..=n).collect();
-        cluster.node(1).change_voters(voters).await.expect("change voters");
+        cluster
+            .node(1)
+            .change_voters(voters)
+            .await
+            .expect("change voters");
         cluster
     }
 
@@ -110,7 +118,10 @@ impl TestCluster {
             if let Some(node) = self.running().find(|n| n.leader() == Some(n.node_id())) {
                 return node.node_id();
             }
-            assert!(tokio::time::Instant::now() < deadline, "no leader within {within:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

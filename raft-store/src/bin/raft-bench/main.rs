@@ -61,7 +61,13 @@ struct LoadResult {
 }
 
 /// `writers` tasks put 200-byte values through the leader for `secs`.
-async fn load(handle: &ClusterHandle, leader: u64, writers: usize, secs: u64, tag: &str) -> LoadResult {
+async fn load(
+    handle: &ClusterHandle,
+    leader: u64,
+    writers: usize,
+    secs: u64,
+    tag: &str,
+) -> LoadResult {
     let until = Instant::now() + Duration::from_secs(secs);
     let failures = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -135,9 +141,20 @@ async fn failover_once(c: &mut ProcCluster, round: usize) -> Result<Duration, Er
     };
     c.spawn(leader, false).await?;
     // Let the restarted node catch up before the next kill.
-    let target = c.handle.range(survivors[0], KeyRange::key("none"), true).await?.revision;
+    let target = c
+        .handle
+        .range(survivors[0], KeyRange::key("none"), true)
+        .await?
+        .revision;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while c.handle.range(leader, KeyRange::key("none"), false).await.map(|r| r.revision).unwrap_or(0) < target {
+    while c
+        .handle
+        .range(leader, KeyRange::key("none"), false)
+        .await
+        .map(|r| r.revision)
+        .unwrap_or(0)
+        < target
+    {
         if Instant::now() > deadline {
             return Err("restarted node did not catch up".into());
         }
@@ -157,7 +174,9 @@ fn rss_mib(pid: u32) -> f64 {
 
 fn disk_mib(path: &std::path::Path) -> f64 {
     fn walk(p: &std::path::Path) -> u64 {
-        let Ok(entries) = std::fs::read_dir(p) else { return 0 };
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return 0;
+        };
         entries
             .flatten()
             .map(|e| {
@@ -176,20 +195,39 @@ fn disk_mib(path: &std::path::Path) -> f64 {
 async fn bench(args: Args) -> Result<(), Error> {
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let program = vec![std::env::current_exe()?.display().to_string(), "node".to_string()];
+    let program = vec![
+        std::env::current_exe()?.display().to_string(),
+        "node".to_string(),
+    ];
     let mut c = ProcCluster::start(program, &dir, 3).await?;
     let leader = wait_leader(&c).await?;
 
     let mut figures = serde_json::Map::new();
     for writers in [1usize, 16, 256] {
-        let r = load(&c.handle, leader, writers, args.seconds, &format!("c{writers}")).await;
+        let r = load(
+            &c.handle,
+            leader,
+            writers,
+            args.seconds,
+            &format!("c{writers}"),
+        )
+        .await;
         eprintln!(
             "{writers:>3} writers: {:>8.0} writes/s  p50 {:.2} ms  p99 {:.2} ms",
             r.writes_per_sec, r.p50_ms, r.p99_ms
         );
-        figures.insert(format!("writes_per_sec_{writers}"), r.writes_per_sec.round().into());
-        figures.insert(format!("p50_ms_{writers}"), ((r.p50_ms * 100.0).round() / 100.0).into());
-        figures.insert(format!("p99_ms_{writers}"), ((r.p99_ms * 100.0).round() / 100.0).into());
+        figures.insert(
+            format!("writes_per_sec_{writers}"),
+            r.writes_per_sec.round().into(),
+        );
+        figures.insert(
+            format!("p50_ms_{writers}"),
+            ((r.p50_ms * 100.0).round() / 100.0).into(),
+        );
+        figures.insert(
+            format!("p99_ms_{writers}"),
+            ((r.p99_ms * 100.0).round() / 100.0).into(),
+        );
     }
 
     let mut failovers = Vec::new();
@@ -200,8 +238,14 @@ async fn bench(args: Args) -> Result<(), Error> {
     }
     failovers.sort();
     if !failovers.is_empty() {
-        figures.insert("failover_median_ms".into(), percentile(&failovers, 0.5).round().into());
-        figures.insert("failover_max_ms".into(), percentile(&failovers, 1.0).round().into());
+        figures.insert(
+            "failover_median_ms".into(),
+            percentile(&failovers, 0.5).round().into(),
+        );
+        figures.insert(
+            "failover_max_ms".into(),
+            percentile(&failovers, 1.0).round().into(),
+        );
     }
 
     // Load the keys, then measure one node.
@@ -219,7 +263,11 @@ async fn bench(args: Args) -> Result<(), Error> {
                     break;
                 }
                 let key = format!("tenant/{:04}/ext/{n:08}", n % 1000).into_bytes();
-                while handle.put(leader, key.clone(), vec![b'k'; 200]).await.is_err() {}
+                while handle
+                    .put(leader, key.clone(), vec![b'k'; 200])
+                    .await
+                    .is_err()
+                {}
                 loaded.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -227,13 +275,20 @@ async fn bench(args: Args) -> Result<(), Error> {
     for t in tasks {
         t.await?;
     }
-    let follower = c.live().into_iter().find(|id| *id != leader).ok_or("no follower")?;
+    let follower = c
+        .live()
+        .into_iter()
+        .find(|id| *id != leader)
+        .ok_or("no follower")?;
     // Let the follower apply everything.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = c.pid(follower).ok_or("follower not running")?;
     let rss = rss_mib(pid);
     let disk = disk_mib(&c.data_dir(follower));
-    eprintln!("{} keys: follower RSS {rss:.0} MiB, disk {disk:.0} MiB", loaded.load(Ordering::Relaxed));
+    eprintln!(
+        "{} keys: follower RSS {rss:.0} MiB, disk {disk:.0} MiB",
+        loaded.load(Ordering::Relaxed)
+    );
     figures.insert("keys_loaded".into(), loaded.load(Ordering::Relaxed).into());
     figures.insert("rss_mib_1m_keys".into(), rss.round().into());
     figures.insert("disk_mib_1m_keys".into(), disk.round().into());
@@ -245,7 +300,9 @@ async fn bench(args: Args) -> Result<(), Error> {
 async fn main() -> Result<(), Error> {
     let cli = Cli::parse();
     match cli.mode {
-        Some(Mode::Node(args)) => raft_store::standalone::run(args).await.map_err(|e| e.into()),
+        Some(Mode::Node(args)) => raft_store::standalone::run(args)
+            .await
+            .map_err(|e| e.into()),
         None => bench(cli.bench).await,
     }
 }

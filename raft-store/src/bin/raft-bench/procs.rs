@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::{
-    ClientReply, ClientRequest, ClusterCa, Command, CommandResult, KeyRange, NodeId, RangeResult, RemoteClient, Txn,
-    TxnOp,
+    ClientReply, ClientRequest, ClusterCa, Command, CommandResult, KeyRange, NodeId, RangeResult,
+    RemoteClient, Txn, TxnOp,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command as Process};
@@ -55,9 +55,20 @@ impl ProcCluster {
             std::fs::write(dir.join(format!("node-{id}.pem")), &node.cert_pem)?;
             std::fs::write(dir.join(format!("node-{id}.key")), &node.key_pem)?;
         }
-        let client = Arc::new(RemoteClient::new(&ca.issue_client("bench")?, Duration::from_secs(5))?);
+        let client = Arc::new(RemoteClient::new(
+            &ca.issue_client("bench")?,
+            Duration::from_secs(5),
+        )?);
         let nodes: BTreeMap<NodeId, NodeProc> = (1..=n)
-            .map(|id| (id, NodeProc { addr: free_addr(), child: None }))
+            .map(|id| {
+                (
+                    id,
+                    NodeProc {
+                        addr: free_addr(),
+                        child: None,
+                    },
+                )
+            })
             .collect();
         let addrs = Arc::new(nodes.iter().map(|(id, n)| (*id, n.addr)).collect());
         let mut cluster = ProcCluster {
@@ -71,10 +82,14 @@ impl ProcCluster {
         }
         for id in 2..=n {
             let addr = cluster.nodes[&id].addr.to_string();
-            cluster.admin(ClientRequest::AddLearner { id, addr, hops: 0 }).await?;
+            cluster
+                .admin(ClientRequest::AddLearner { id, addr, hops: 0 })
+                .await?;
         }
         let voters = (1..=n).collect();
-        cluster.admin(ClientRequest::ChangeVoters { voters, hops: 0 }).await?;
+        cluster
+            .admin(ClientRequest::ChangeVoters { voters, hops: 0 })
+            .await?;
         Ok(cluster)
     }
 
@@ -166,13 +181,21 @@ impl ClusterHandle {
     /// Puts through node `via`; returns the revision of the write.
     pub async fn put(&self, via: NodeId, key: Vec<u8>, value: Vec<u8>) -> Result<u64, Error> {
         let command = Command::Txn(Txn::new().and_then([TxnOp::put(key, value)]));
-        match self.call(via, ClientRequest::Write { command, hops: 0 }).await? {
+        match self
+            .call(via, ClientRequest::Write { command, hops: 0 })
+            .await?
+        {
             ClientReply::Command(CommandResult::Txn(t)) => Ok(t.revision),
             other => Err(format!("put: {other:?}").into()),
         }
     }
 
-    pub async fn range(&self, via: NodeId, range: KeyRange, linearizable: bool) -> Result<RangeResult, Error> {
+    pub async fn range(
+        &self,
+        via: NodeId,
+        range: KeyRange,
+        linearizable: bool,
+    ) -> Result<RangeResult, Error> {
         let request = ClientRequest::Range {
             range,
             limit: 0,
