@@ -1,0 +1,264 @@
+//! Node configuration: one TOML file, each key overridable by a `PBX_...`
+//! environment variable and by a command-line flag (flag > env > file >
+//! default). The defaults run a single embedded node on a laptop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pbx/node.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("peer '{0}' is not of the form <node id>@<host:port>")]
+    Peer(String),
+}
+
+/// A raft peer: its node id and the address its raft transport listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node_id: u64,
+    pub addr: String,
+}
+
+impl Peer {
+    /// Parses `<node id>@<host:port>`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let (id, addr) = text
+            .split_once('@')
+            .ok_or_else(|| ConfigError::Peer(text.to_string()))?;
+        let node_id = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Peer(text.to_string()))?;
+        if addr.trim().is_empty() {
+            return Err(ConfigError::Peer(text.to_string()));
+        }
+        Ok(Peer {
+            node_id,
+            addr: addr.trim().to_string(),
+        })
+    }
+}
+
+/// The effective configuration of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub sip_udp_listen: SocketAddr,
+    pub sip_tcp_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub raft_listen: SocketAddr,
+    pub cluster_id: String,
+    /// Other raft nodes as `<node id>@<host:port>`; empty = single-node embedded mode.
+    pub peers: Vec<String>,
+    pub cluster_ca: Option<PathBuf>,
+    pub cluster_cert: Option<PathBuf>,
+    pub cluster_key: Option<PathBuf>,
+    /// Offer a SHA-256 digest challenge before the MD5 one (RFC 8760). Off
+    /// = MD5 only, for phones (and sipp 3.6) that only read the first challenge.
+    pub sip_digest_sha256: bool,
+    /// Create the DEMO tenant with extensions 100–109.
+    pub demo: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            sip_udp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            sip_tcp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            data_dir: PathBuf::from("pbx-data"),
+            raft_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            cluster_id: "pbx".to_string(),
+            peers: Vec::new(),
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
+            sip_digest_sha256: true,
+            demo: false,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; a missing key keeps its default.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|detail| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn parsed_peers(&self) -> Result<Vec<Peer>, ConfigError> {
+        self.peers.iter().map(|p| Peer::parse(p)).collect()
+    }
+}
+
+/// Command line; every option also reads its `PBX_...` environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pbx-node",
+    about = "Multi-tenant IP PBX node: registrar on a replicated store"
+)]
+pub struct Args {
+    /// TOML config file (default /etc/pbx/node.toml when it exists).
+    #[arg(long, env = "PBX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node id, unique in the raft cluster.
+    #[arg(long, env = "PBX_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// SIP UDP listen address.
+    #[arg(long, env = "PBX_SIP_UDP_LISTEN")]
+    pub sip_udp_listen: Option<SocketAddr>,
+    /// SIP TCP listen address.
+    #[arg(long, env = "PBX_SIP_TCP_LISTEN")]
+    pub sip_tcp_listen: Option<SocketAddr>,
+    /// Directory for the raft store and generated certificates.
+    #[arg(long, env = "PBX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// UDP address of the raft QUIC transport.
+    #[arg(long, env = "PBX_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// Cluster name; data directories of another cluster are refused.
+    #[arg(long, env = "PBX_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Raft peers, comma separated `<id>@<host:port>`.
+    #[arg(long, env = "PBX_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Cluster CA certificate (PEM).
+    #[arg(long, env = "PBX_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "PBX_CLUSTER_CERT")]
+    pub cluster_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "PBX_CLUSTER_KEY")]
+    pub cluster_key: Option<PathBuf>,
+    /// Offer SHA-256 digest challenges as well as MD5 (true/false).
+    #[arg(long, env = "PBX_SIP_DIGEST_SHA256")]
+    pub sip_digest_sha256: Option<bool>,
+    /// Create the demo tenant (DEMO, demo.pbx.local, extensions 100–109).
+    #[arg(long, env = "PBX_DEMO", num_args = 0..=1, default_missing_value = "true")]
+    pub demo: Option<bool>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "PBX_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Args {
+    /// The file config (if any) with flags and env applied on top. Started
+    /// with no config file at all, the node runs the demo.
+    pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        let (mut config, had_file) = match &self.config {
+            Some(path) => (NodeConfig::from_file(path)?, true),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                (NodeConfig::from_file(Path::new(DEFAULT_CONFIG_PATH))?, true)
+            }
+            None => (NodeConfig::default(), false),
+        };
+        if !had_file {
+            config.demo = true;
+        }
+        self.apply(&mut config);
+        config.parsed_peers()?;
+        Ok(config)
+    }
+
+    fn apply(&self, config: &mut NodeConfig) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        }
+        set(&mut config.node_id, &self.node_id);
+        set(&mut config.sip_udp_listen, &self.sip_udp_listen);
+        set(&mut config.sip_tcp_listen, &self.sip_tcp_listen);
+        set(&mut config.data_dir, &self.data_dir);
+        set(&mut config.raft_listen, &self.raft_listen);
+        set(&mut config.cluster_id, &self.cluster_id);
+        set(&mut config.peers, &self.peers);
+        set(&mut config.sip_digest_sha256, &self.sip_digest_sha256);
+        set(&mut config.demo, &self.demo);
+        if self.cluster_ca.is_some() {
+            config.cluster_ca.clone_from(&self.cluster_ca);
+        }
+        if self.cluster_cert.is_some() {
+            config.cluster_cert.clone_from(&self.cluster_cert);
+        }
+        if self.cluster_key.is_some() {
+            config.cluster_key.clone_from(&self.cluster_key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_override_defaults_and_flags_override_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = 3\nsip_udp_listen = \"127.0.0.1:5070\"\npeers = [\"1@10.0.0.1:7400\"]\ndemo = false\n",
+        )
+        .expect("write config");
+        let args = Args::try_parse_from([
+            "pbx-node",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--node-id",
+            "4",
+            "--sip-digest-sha256",
+            "false",
+        ])
+        .expect("args");
+        let config = args.resolve().expect("resolve");
+        assert_eq!(config.node_id, 4);
+        assert_eq!(
+            config.sip_udp_listen,
+            "127.0.0.1:5070".parse().expect("addr")
+        );
+        assert_eq!(config.sip_tcp_listen, NodeConfig::default().sip_tcp_listen);
+        assert_eq!(
+            config.parsed_peers().expect("peers"),
+            vec![Peer {
+                node_id: 1,
+                addr: "10.0.0.1:7400".into()
+            }]
+        );
+        assert!(!config.demo);
+        assert!(!config.sip_digest_sha256);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_peer_are_errors() {
+        assert!(NodeConfig::from_toml("sip_port = 5060").is_err());
+        assert!(Peer::parse("10.0.0.1:7400").is_err());
+        assert!(Peer::parse("x@10.0.0.1:7400").is_err());
+    }
+
+    #[test]
+    fn demo_flag_without_value_means_true() {
+        let args = Args::try_parse_from(["pbx-node", "--demo"]).expect("args");
+        assert_eq!(args.demo, Some(true));
+    }
+}

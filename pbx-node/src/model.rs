@@ -1,0 +1,81 @@
+//! The domain records stored in raft-store as JSON.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// Upper-case short name, the suffix of default SIP usernames (`100-DEMO`).
+    pub code: String,
+    /// The tenant's SIP domain; also the digest realm of its extensions.
+    pub sip_domain: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    pub number: String,
+    pub display_name: String,
+    pub username: String,
+    /// HA1 = MD5(username:realm:password); the password itself is never stored.
+    pub ha1_md5: String,
+    /// HA1 = SHA-256(username:realm:password).
+    pub ha1_sha256: String,
+    pub max_contacts: u32,
+    pub min_expires: u32,
+    pub default_expires: u32,
+    pub max_expires: u32,
+    /// On a new registration beyond `max_contacts`, drop the bindings that
+    /// expire soonest instead of refusing the registration.
+    pub remove_existing_on_register: bool,
+}
+
+impl Extension {
+    /// The default username pattern: `<number>-<tenant code>`.
+    pub fn default_username(number: &str, tenant_code: &str) -> String {
+        format!("{number}-{tenant_code}")
+    }
+
+    pub fn stored_ha1(&self) -> sip::auth::StoredHa1 {
+        sip::auth::StoredHa1 {
+            md5: self.ha1_md5.clone(),
+            sha256: self.ha1_sha256.clone(),
+        }
+    }
+}
+
+/// The registration limits a new extension gets unless told otherwise.
+pub const DEFAULT_MAX_CONTACTS: u32 = 3;
+pub const DEFAULT_MIN_EXPIRES: u32 = 60;
+pub const DEFAULT_EXPIRES: u32 = 3600;
+pub const DEFAULT_MAX_EXPIRES: u32 = 7200;
+
+/// One registered contact of an extension (RFC 3261 §10.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The Contact as registered, without its `expires` parameter.
+    pub contact: String,
+    /// The URI of the contact, which requests to this device are sent to.
+    pub uri: String,
+    /// RFC 5626 `+sip.instance`, when the device sent one.
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    /// RFC 3327 Path headers, in order: the route back to the device.
+    pub path: Vec<String>,
+    pub call_id: String,
+    pub cseq: u32,
+    /// The expiry the registrar granted, in seconds; also the lease TTL.
+    pub expires_secs: u32,
+    /// UTC unix milliseconds when the binding lapses.
+    pub expires_at_ms: u64,
+    /// Where the REGISTER came from, e.g. `udp:192.0.2.1:5060`.
+    pub received_from: String,
+}
+
+impl Binding {
+    /// Seconds left at `now_ms`, rounded up so a live binding never shows 0.
+    pub fn remaining_secs(&self, now_ms: u64) -> u32 {
+        let left_ms = self.expires_at_ms.saturating_sub(now_ms);
+        u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+    }
+}

@@ -1,0 +1,605 @@
+//! Repository: the domain records in raft-store, under tenant-prefixed keys.
+//!
+//! Layout (values are JSON unless noted):
+//! - `/t/<tenant id>/tenant` → [`Tenant`]
+//! - `/t/<tenant id>/ext/<number>` → [`Extension`]
+//! - `/t/<tenant id>/reg/<number>/<binding key>` → [`Binding`], on a lease
+//! - `/t/<tenant id>/idx/username/<username>` → extension number (plain text)
+//! - `/idx/domain/<sip domain>` and `/idx/code/<CODE>` → tenant id (plain text)
+//! - `/sys/sip/nonce-secret` → hex secret shared by all nodes for digest nonces
+
+use std::time::Duration;
+
+use raft_store::{Compare, KeyRange, LeaseId, OpResult, RaftStore, StoreError, Txn, TxnOp};
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::model::{Binding, Extension, Tenant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{key}: stored value is not valid: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("invalid {field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+}
+
+const NONCE_SECRET_KEY: &str = "/sys/sip/nonce-secret";
+
+fn tenant_key(tenant_id: &str) -> String {
+    format!("/t/{tenant_id}/tenant")
+}
+
+fn extension_key(tenant_id: &str, number: &str) -> String {
+    format!("/t/{tenant_id}/ext/{number}")
+}
+
+fn username_index_key(tenant_id: &str, username: &str) -> String {
+    format!("/t/{tenant_id}/idx/username/{username}")
+}
+
+fn domain_index_key(domain: &str) -> String {
+    format!("/idx/domain/{}", domain.to_ascii_lowercase())
+}
+
+fn code_index_key(code: &str) -> String {
+    format!("/idx/code/{}", code.to_ascii_uppercase())
+}
+
+fn bindings_prefix(tenant_id: &str, number: &str) -> String {
+    format!("/t/{tenant_id}/reg/{number}/")
+}
+
+/// The key of one binding: a hash of what identifies the device, so a
+/// re-registration of the same device overwrites its binding.
+pub fn binding_key(tenant_id: &str, number: &str, identity: &str) -> String {
+    let digest = Sha256::digest(identity.as_bytes());
+    format!(
+        "{}{}",
+        bindings_prefix(tenant_id, number),
+        hex::encode(digest.get(..16).unwrap_or_default())
+    )
+}
+
+/// A stored binding with its key and lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBinding {
+    pub key: String,
+    pub lease: Option<LeaseId>,
+    pub binding: Binding,
+}
+
+/// A binding to write, with the stored one it replaces (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingUpsert {
+    pub key: String,
+    pub binding: Binding,
+    pub previous: Option<StoredBinding>,
+}
+
+/// What a new extension is made from.
+#[derive(Debug, Clone)]
+pub struct NewExtension {
+    pub number: String,
+    pub display_name: String,
+    /// `None` = the default `<number>-<CODE>`.
+    pub username: Option<String>,
+    pub password: String,
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RepoError> {
+    serde_json::from_slice(value).map_err(|e| RepoError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
+    serde_json::to_vec(value).map_err(|e| RepoError::Invalid {
+        field: "value",
+        detail: e.to_string(),
+    })
+}
+
+fn text(key: &[u8], value: Vec<u8>) -> Result<String, RepoError> {
+    String::from_utf8(value).map_err(|e| RepoError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Key segments must not contain `/`, or one tenant's keys could alias another's.
+fn check_segment(field: &'static str, value: &str) -> Result<(), RepoError> {
+    let ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '*' | '#'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RepoError::Invalid {
+            field,
+            detail: format!("'{value}' must be non-empty letters, digits or -_.+*#"),
+        })
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// Typed access to the domain records. Cheap to clone.
+#[derive(Clone)]
+pub struct Repo {
+    store: RaftStore,
+}
+
+impl Repo {
+    pub fn new(store: RaftStore) -> Self {
+        Repo { store }
+    }
+
+    pub fn store(&self) -> &RaftStore {
+        &self.store
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, RepoError> {
+        match self.store.get(key).await? {
+            Some(kv) => Ok(Some(decode(&kv.key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_text(&self, key: &str) -> Result<Option<String>, RepoError> {
+        match self.store.get(key).await? {
+            Some(kv) => Ok(Some(text(&kv.key, kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The digest nonce secret shared by every node; the first node to ask
+    /// creates it (a compare-and-put, so concurrent first starts agree).
+    pub async fn ensure_nonce_secret(&self) -> Result<Vec<u8>, RepoError> {
+        let candidate = random_hex(32);
+        let result = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([Compare::absent(NONCE_SECRET_KEY)])
+                    .and_then([TxnOp::put(NONCE_SECRET_KEY, candidate.clone())])
+                    .or_else([TxnOp::get(NONCE_SECRET_KEY)]),
+            )
+            .await?;
+        if result.succeeded {
+            return Ok(candidate.into_bytes());
+        }
+        match result.results.into_iter().next() {
+            Some(OpResult::Range(range)) => match range.kvs.into_iter().next() {
+                Some(kv) => Ok(kv.value),
+                None => Err(RepoError::Corrupt {
+                    key: NONCE_SECRET_KEY.into(),
+                    detail: "vanished between compare and read".into(),
+                }),
+            },
+            _ => Err(RepoError::Corrupt {
+                key: NONCE_SECRET_KEY.into(),
+                detail: "unexpected transaction result".into(),
+            }),
+        }
+    }
+
+    /// Creates a tenant with a fresh id; its code and domain must be unused.
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        code: &str,
+        sip_domain: &str,
+    ) -> Result<Tenant, RepoError> {
+        let code = code.to_ascii_uppercase();
+        let sip_domain = sip_domain.to_ascii_lowercase();
+        check_segment("code", &code)?;
+        check_segment("sip_domain", &sip_domain)?;
+        let tenant = Tenant {
+            id: random_hex(8),
+            name: name.to_string(),
+            code: code.clone(),
+            sip_domain: sip_domain.clone(),
+        };
+        let result = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::absent(code_index_key(&code)),
+                        Compare::absent(domain_index_key(&sip_domain)),
+                    ])
+                    .and_then([
+                        TxnOp::put(tenant_key(&tenant.id), encode(&tenant)?),
+                        TxnOp::put(code_index_key(&code), tenant.id.clone()),
+                        TxnOp::put(domain_index_key(&sip_domain), tenant.id.clone()),
+                    ]),
+            )
+            .await?;
+        if !result.succeeded {
+            return Err(RepoError::AlreadyExists {
+                what: format!("tenant code {code} or domain {sip_domain}"),
+            });
+        }
+        Ok(tenant)
+    }
+
+    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Tenant>, RepoError> {
+        self.get_json(&tenant_key(tenant_id)).await
+    }
+
+    pub async fn tenant_by_domain(&self, domain: &str) -> Result<Option<Tenant>, RepoError> {
+        match self.get_text(&domain_index_key(domain)).await? {
+            Some(id) => self.tenant(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn tenant_by_code(&self, code: &str) -> Result<Option<Tenant>, RepoError> {
+        match self.get_text(&code_index_key(code)).await? {
+            Some(id) => self.tenant(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Creates an extension; the password is kept only as HA1s for the
+    /// tenant's realm (its SIP domain).
+    pub async fn create_extension(
+        &self,
+        tenant: &Tenant,
+        new: NewExtension,
+    ) -> Result<Extension, RepoError> {
+        check_segment("number", &new.number)?;
+        let username = new
+            .username
+            .unwrap_or_else(|| Extension::default_username(&new.number, &tenant.code));
+        check_segment("username", &username)?;
+        let ha1 = sip::auth::StoredHa1::compute(&username, &tenant.sip_domain, &new.password);
+        let extension = Extension {
+            number: new.number,
+            display_name: new.display_name,
+            username,
+            ha1_md5: ha1.md5,
+            ha1_sha256: ha1.sha256,
+            max_contacts: crate::model::DEFAULT_MAX_CONTACTS,
+            min_expires: crate::model::DEFAULT_MIN_EXPIRES,
+            default_expires: crate::model::DEFAULT_EXPIRES,
+            max_expires: crate::model::DEFAULT_MAX_EXPIRES,
+            remove_existing_on_register: true,
+        };
+        self.insert_extension(&tenant.id, &extension).await?;
+        Ok(extension)
+    }
+
+    /// Stores a fully specified extension if neither its number nor its
+    /// username is taken in the tenant.
+    pub async fn insert_extension(
+        &self,
+        tenant_id: &str,
+        extension: &Extension,
+    ) -> Result<(), RepoError> {
+        check_segment("number", &extension.number)?;
+        check_segment("username", &extension.username)?;
+        let ext_key = extension_key(tenant_id, &extension.number);
+        let idx_key = username_index_key(tenant_id, &extension.username);
+        let result = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::absent(ext_key.clone()),
+                        Compare::absent(idx_key.clone()),
+                    ])
+                    .and_then([
+                        TxnOp::put(ext_key, encode(extension)?),
+                        TxnOp::put(idx_key, extension.number.clone()),
+                    ]),
+            )
+            .await?;
+        if !result.succeeded {
+            return Err(RepoError::AlreadyExists {
+                what: format!(
+                    "extension {} or username {}",
+                    extension.number, extension.username
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn extension(
+        &self,
+        tenant_id: &str,
+        number: &str,
+    ) -> Result<Option<Extension>, RepoError> {
+        self.get_json(&extension_key(tenant_id, number)).await
+    }
+
+    pub async fn extension_by_username(
+        &self,
+        tenant_id: &str,
+        username: &str,
+    ) -> Result<Option<Extension>, RepoError> {
+        match self
+            .get_text(&username_index_key(tenant_id, username))
+            .await?
+        {
+            Some(number) => self.extension(tenant_id, &number).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The extension's bindings as this node sees them after catching up with
+    /// the leader; ones whose lease the leader has not yet expired but whose
+    /// time is up at `now_ms` are left out.
+    pub async fn bindings(
+        &self,
+        tenant_id: &str,
+        number: &str,
+        now_ms: u64,
+    ) -> Result<Vec<StoredBinding>, RepoError> {
+        let range = self
+            .store
+            .range(KeyRange::prefix(bindings_prefix(tenant_id, number)), 0)
+            .await?;
+        let mut out = Vec::with_capacity(range.kvs.len());
+        for kv in range.kvs {
+            let binding: Binding = decode(&kv.key, &kv.value)?;
+            if binding.expires_at_ms > now_ms {
+                out.push(StoredBinding {
+                    key: text(&kv.key, kv.key.clone())?,
+                    lease: kv.lease,
+                    binding,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `upserts` (each on its own lease whose TTL is the binding's
+    /// expiry) and removes `removals`. A refresh with an unchanged expiry
+    /// keeps the lease alive; otherwise a new lease replaces the old one.
+    pub async fn apply_bindings(
+        &self,
+        upserts: &[BindingUpsert],
+        removals: &[StoredBinding],
+    ) -> Result<(), RepoError> {
+        let mut ops = Vec::with_capacity(upserts.len() + removals.len());
+        let mut stale_leases = Vec::new();
+        for BindingUpsert {
+            key,
+            binding,
+            previous,
+        } in upserts
+        {
+            let ttl = Duration::from_secs(u64::from(binding.expires_secs));
+            let reused = match previous {
+                Some(prev) if prev.binding.expires_secs == binding.expires_secs => match prev.lease
+                {
+                    Some(lease) => match self.store.lease_keep_alive(lease).await {
+                        Ok(_) => Some(lease),
+                        Err(StoreError::LeaseNotFound(_)) => None,
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => None,
+                },
+                _ => None,
+            };
+            let lease = match reused {
+                Some(lease) => lease,
+                None => {
+                    if let Some(old) = previous.as_ref().and_then(|p| p.lease) {
+                        stale_leases.push(old);
+                    }
+                    self.store.lease_grant(ttl).await?
+                }
+            };
+            ops.push(TxnOp::put_with_lease(key.clone(), encode(binding)?, lease));
+        }
+        for removed in removals {
+            ops.push(TxnOp::delete(KeyRange::key(removed.key.clone())));
+            stale_leases.extend(removed.lease);
+        }
+        if !ops.is_empty() {
+            self.store.txn(Txn::new().and_then(ops)).await?;
+        }
+        // The keys have moved off these leases (or are deleted), so revoking
+        // them only frees the leases; one that already expired is fine.
+        for lease in stale_leases {
+            match self.store.lease_revoke(lease).await {
+                Ok(_) | Err(StoreError::LeaseNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_store::{ClusterCa, StoreConfig};
+
+    /// A one-node store in a temporary directory.
+    async fn one_node_store(dir: &std::path::Path) -> RaftStore {
+        let ca = ClusterCa::generate("test").expect("CA");
+        let identity = ca.issue_node(1).expect("node certificate");
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port");
+        let store = RaftStore::start(
+            StoreConfig::new(1, addr, dir.join("raft"), identity),
+            &prometheus::Registry::new(),
+        )
+        .await
+        .expect("start store");
+        store.initialize().await.expect("initialize");
+        store
+    }
+
+    fn binding(uri: &str, expires_secs: u32, now_ms: u64) -> Binding {
+        Binding {
+            contact: format!("<{uri}>"),
+            uri: uri.into(),
+            instance: None,
+            reg_id: None,
+            path: Vec::new(),
+            call_id: "c1".into(),
+            cseq: 1,
+            expires_secs,
+            expires_at_ms: now_ms + u64::from(expires_secs) * 1000,
+            received_from: "udp:127.0.0.1:5060".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tenants_and_extensions_are_found_through_their_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::new(one_node_store(dir.path()).await);
+        let tenant = repo
+            .create_tenant("Acme", "acme", "Acme.Example")
+            .await
+            .expect("tenant");
+        assert_eq!(tenant.code, "ACME");
+        assert_eq!(
+            repo.tenant_by_domain("acme.example").await.expect("read"),
+            Some(tenant.clone())
+        );
+        assert_eq!(
+            repo.tenant_by_code("Acme").await.expect("read"),
+            Some(tenant.clone())
+        );
+        assert!(repo.tenant_by_code("OTHER").await.expect("read").is_none());
+        assert!(matches!(
+            repo.create_tenant("Again", "ACME", "other.example").await,
+            Err(RepoError::AlreadyExists { .. })
+        ));
+
+        let new = NewExtension {
+            number: "100".into(),
+            display_name: "Alice".into(),
+            username: None,
+            password: "s3cret".into(),
+        };
+        let ext = repo
+            .create_extension(&tenant, new.clone())
+            .await
+            .expect("extension");
+        assert_eq!(ext.username, "100-ACME");
+        let expected = sip::auth::StoredHa1::compute("100-ACME", "acme.example", "s3cret");
+        assert_eq!(ext.stored_ha1(), expected);
+        assert_eq!(
+            repo.extension_by_username(&tenant.id, "100-ACME")
+                .await
+                .expect("read"),
+            Some(ext.clone())
+        );
+        assert!(matches!(
+            repo.create_extension(&tenant, new).await,
+            Err(RepoError::AlreadyExists { .. })
+        ));
+        // The password appears nowhere in what was stored.
+        let all = repo
+            .store()
+            .range(KeyRange::prefix("/"), 0)
+            .await
+            .expect("range");
+        assert!(all
+            .kvs
+            .iter()
+            .all(|kv| !String::from_utf8_lossy(&kv.value).contains("s3cret")));
+        assert!(matches!(
+            repo.create_tenant("Bad", "A/B", "x.example").await,
+            Err(RepoError::Invalid { field: "code", .. })
+        ));
+        repo.store().shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn nonce_secret_is_created_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::new(one_node_store(dir.path()).await);
+        let first = repo.ensure_nonce_secret().await.expect("secret");
+        let second = repo.ensure_nonce_secret().await.expect("secret");
+        assert_eq!(first.len(), 64);
+        assert_eq!(first, second);
+        repo.store().shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bindings_live_on_leases_and_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::new(one_node_store(dir.path()).await);
+        let now = crate::service::unix_now_ms();
+        let short = BindingUpsert {
+            key: binding_key("t1", "100", "uri:sip:a@192.0.2.1"),
+            binding: binding("sip:a@192.0.2.1", 1, now),
+            previous: None,
+        };
+        let long = BindingUpsert {
+            key: binding_key("t1", "100", "uri:sip:b@192.0.2.2"),
+            binding: binding("sip:b@192.0.2.2", 60, now),
+            previous: None,
+        };
+        repo.apply_bindings(&[short.clone(), long.clone()], &[])
+            .await
+            .expect("apply");
+        let stored = repo.bindings("t1", "100", now).await.expect("read");
+        assert_eq!(stored.len(), 2);
+        assert!(stored.iter().all(|s| s.lease.is_some()));
+
+        // Refreshing with the same expiry keeps the lease; a new expiry moves
+        // the binding to a new lease and frees the old one.
+        let long_stored = stored
+            .iter()
+            .find(|s| s.key == long.key)
+            .cloned()
+            .expect("long binding");
+        let refresh = BindingUpsert {
+            previous: Some(long_stored.clone()),
+            ..long.clone()
+        };
+        repo.apply_bindings(&[refresh], &[]).await.expect("refresh");
+        let after = repo.bindings("t1", "100", now).await.expect("read");
+        let lease_after = after
+            .iter()
+            .find(|s| s.key == long.key)
+            .and_then(|s| s.lease);
+        assert_eq!(lease_after, long_stored.lease);
+
+        // The leader expires the 1 s lease, deleting the key in the store.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let raw = repo
+            .store()
+            .range(KeyRange::prefix("/t/t1/reg/100/"), 0)
+            .await
+            .expect("range");
+        let keys: Vec<String> = raw
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        assert_eq!(keys, vec![long.key.clone()]);
+
+        let current = repo.bindings("t1", "100", now).await.expect("read");
+        repo.apply_bindings(&[], &current).await.expect("remove");
+        assert!(repo
+            .bindings("t1", "100", now)
+            .await
+            .expect("read")
+            .is_empty());
+        repo.store().shutdown().await;
+    }
+}
