@@ -8,8 +8,9 @@ use pbx_node::{Args, PbxNode};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // openraft's info lines narrate every election step: keep them for RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn".into());
     if args.log_json {
         tracing_subscriber::fmt()
             .json()
