@@ -35,7 +35,13 @@ fn allowed(expected: &str) -> Vec<String> {
 
 #[test]
 fn rfc4475_verdicts() {
-    let table = std::fs::read_to_string(corpus_dir().join("verdicts.tsv")).unwrap();
+    let path = corpus_dir().join("verdicts.tsv");
+    let table = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared folder must sit beside the checkout)",
+            path.display()
+        )
+    });
     let policy = Policy::endpoint();
     let mut failures = Vec::new();
     let mut count = 0;
