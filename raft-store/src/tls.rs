@@ -148,12 +148,12 @@ impl NodeIdentity {
     }
 }
 
-/// Keepalives well inside the idle timeout, so a dead peer is noticed in
-/// about the time Raft needs to elect a new leader.
+/// Keepalives well inside the idle timeout, so a dead peer's connection is
+/// dropped in about the time Raft needs to elect a new leader.
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_millis(300)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(2)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_millis(1200)) {
         t.max_idle_timeout(Some(idle));
     }
     t.max_concurrent_bidi_streams(4096u32.into());
