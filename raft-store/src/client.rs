@@ -49,6 +49,10 @@ pub enum ClientRequest {
         to: NodeId,
         hops: u8,
     },
+    Promote {
+        id: NodeId,
+        hops: u8,
+    },
     RemoveNode {
         id: NodeId,
         hops: u8,
@@ -112,6 +116,10 @@ pub enum StoreError {
     InvalidArgument(String),
     #[error("membership change failed: {0}")]
     Membership(String),
+    /// Another membership change is still being committed; retried until
+    /// the request deadline.
+    #[error("a membership change is in progress: {0}")]
+    MembershipChanging(String),
     #[error("store failure: {0}")]
     Fatal(String),
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::{ReadPolicy, SnapshotResponse};
 use openraft::type_config::alias::VoteOf;
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -291,11 +291,12 @@ impl RaftStore {
             .map(|_| ())
     }
 
-    /// Promotes learner `id` to voter.
+    /// Promotes learner `id` to voter (decided on the leader's view of the
+    /// membership, never on this node's possibly stale one).
     pub async fn promote(&self, id: NodeId) -> Result<(), StoreError> {
-        let mut voters = self.voters();
-        voters.insert(id);
-        self.change_voters(voters).await
+        self.on_leader(ClientRequest::Promote { id, hops: 0 })
+            .await
+            .map(|_| ())
     }
 
     /// Removes `id` from the cluster altogether.
@@ -494,7 +495,7 @@ impl RaftStore {
                 match tokio::time::timeout_at(deadline, self.serve_leader_request(request.clone()))
                     .await
                 {
-                    Ok(Err(StoreError::NoLeader(_))) => {}
+                    Ok(Err(StoreError::NoLeader(_) | StoreError::MembershipChanging(_))) => {}
                     Ok(other) => return other,
                     Err(_) => return Err(StoreError::NoLeader(self.inner.config.request_timeout)),
                 }
@@ -505,7 +506,9 @@ impl RaftStore {
                     .forward(leader, &addr, bump_hops(request.clone()))
                     .await
                 {
-                    Ok(ClientReply::Error(StoreError::NoLeader(_))) => {}
+                    Ok(ClientReply::Error(
+                        StoreError::NoLeader(_) | StoreError::MembershipChanging(_),
+                    )) => {}
                     Ok(ClientReply::Error(e)) => return Err(e),
                     Ok(reply) => return Ok(reply),
                     // Every request routed here reads or sets a target state
@@ -531,6 +534,9 @@ impl RaftStore {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
                 StoreError::NoLeader(Duration::ZERO)
             }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(p),
+            )) => StoreError::MembershipChanging(p.to_string()),
             e => StoreError::Membership(e.to_string()),
         };
         match request {
@@ -558,17 +564,34 @@ impl RaftStore {
                 .await
                 .map(|_| ClientReply::Done)
                 .map_err(membership_err),
+            ClientRequest::Promote { id, .. } => raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+                .map(|_| ClientReply::Done)
+                .map_err(membership_err),
             ClientRequest::RemoveNode { id, .. } => {
                 // A voter must first become a learner; then it can leave.
-                let voters: BTreeSet<NodeId> =
-                    self.voters().into_iter().filter(|v| *v != id).collect();
-                raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
-                    .await
-                    .map_err(membership_err)?;
-                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                    .await
-                    .map(|_| ClientReply::Done)
-                    .map_err(membership_err)
+                // Each step is skipped once done, so a retried request is harmless.
+                let voters = self.voters();
+                if voters.contains(&id) {
+                    let rest = voters.into_iter().filter(|v| *v != id).collect();
+                    raft.change_membership(ChangeMembers::ReplaceAllVoters(rest), true)
+                        .await
+                        .map_err(membership_err)?;
+                }
+                let is_member = raft
+                    .metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_some();
+                if is_member {
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(membership_err)?;
+                }
+                Ok(ClientReply::Done)
             }
             ClientRequest::TransferLeader { to, .. } => {
                 raft.trigger().transfer_leader(to).await.map_err(fatal)?;
@@ -954,6 +977,7 @@ fn bump_hops(request: ClientRequest) -> ClientRequest {
         ClientRequest::TransferLeader { to, hops } => {
             ClientRequest::TransferLeader { to, hops: hops + 1 }
         }
+        ClientRequest::Promote { id, hops } => ClientRequest::Promote { id, hops: hops + 1 },
         ClientRequest::RemoveNode { id, hops } => ClientRequest::RemoveNode { id, hops: hops + 1 },
         other => other,
     }
@@ -967,6 +991,7 @@ fn hops_of(request: &ClientRequest) -> u8 {
         | ClientRequest::AddLearner { hops, .. }
         | ClientRequest::ChangeVoters { hops, .. }
         | ClientRequest::TransferLeader { hops, .. }
+        | ClientRequest::Promote { hops, .. }
         | ClientRequest::RemoveNode { hops, .. } => *hops,
         ClientRequest::Range { .. } | ClientRequest::Status => 0,
     }
