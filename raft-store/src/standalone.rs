@@ -33,11 +33,11 @@ pub struct Args {
     /// Bootstrap a one-node cluster if this node was never initialized.
     #[arg(long)]
     init: bool,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 250)]
     election_min_ms: u64,
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 500)]
     election_max_ms: u64,
 }
 
