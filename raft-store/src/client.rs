@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::network::{PeerReply, PeerRequest, Transport, TransportError};
-use crate::tls::{node_dns_name, NodeIdentity};
+use crate::network::{Transport, TransportError};
+use crate::tls::NodeIdentity;
 use crate::types::{Command, CommandResult, KeyRange, LeaseId, NodeId, RangeResult, Rejection};
 
 /// How many times a request may be passed on between nodes before the
@@ -146,20 +146,8 @@ impl RemoteClient {
         addr: &str,
         request: ClientRequest,
     ) -> Result<ClientReply, TransportError> {
-        let reply = self
-            .transport
-            .call(
-                addr,
-                &node_dns_name(id),
-                &PeerRequest::Client(request),
-                self.timeout,
-            )
-            .await?;
-        match reply {
-            PeerReply::Client(reply) => Ok(reply),
-            other => Err(TransportError::Remote(format!(
-                "unexpected reply {other:?}"
-            ))),
-        }
+        self.transport
+            .call_client(addr, id, request, self.timeout)
+            .await
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -32,7 +32,10 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(db: Arc<DB>) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        let flush_db = db.clone();
+        // Weak: the database closes when the last store handle drops, on
+        // that thread, not later on this one (RocksDB must not be torn down
+        // concurrently with process exit).
+        let flush_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || group_commit_loop(flush_db, rx))?;
@@ -62,11 +65,14 @@ impl LogStore {
 }
 
 /// Waits for appends, then makes all of them durable with one fsync.
-fn group_commit_loop(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn group_commit_loop(db: Weak<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let result = db.flush_wal(true).map_err(|e| e.into_string());
+        let result = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.into_string()),
+            None => Err("database closed".to_string()),
+        };
         for callback in waiting {
             callback.io_completed(result.clone().map_err(io::Error::other));
         }

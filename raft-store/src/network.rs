@@ -302,6 +302,26 @@ impl Transport {
         }
     }
 
+    /// Sends a client request to node `node` at `addr` and returns its reply.
+    pub async fn call_client(
+        &self,
+        addr: &str,
+        node: NodeId,
+        request: ClientRequest,
+        timeout: Duration,
+    ) -> Result<ClientReply, TransportError> {
+        let request = PeerRequest::Client(request);
+        match self
+            .call(addr, &node_dns_name(node), &request, timeout)
+            .await?
+        {
+            PeerReply::Client(reply) => Ok(reply),
+            other => Err(TransportError::Remote(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
     /// Streams a snapshot file to a peer, which installs it.
     async fn send_snapshot(
         &self,

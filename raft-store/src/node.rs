@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::network::{Inbound, NetworkFactory, PeerReply, PeerRequest, Transport, TransportError};
 use crate::snapshot;
 use crate::state_machine::{LeaseSignal, StateMachine, WatchSignal};
-use crate::tls::{node_dns_name, NodeIdentity};
+use crate::tls::NodeIdentity;
 use crate::types::{
     Command, CommandResult, KeyRange, KeyValue, LeaseId, NodeId, OpResult, RangeResult,
     StoreSnapshot, Txn, TxnOp, TxnResult, TypeConfig,
@@ -453,13 +453,10 @@ impl RaftStore {
         addr: &str,
         request: ClientRequest,
     ) -> Result<ClientReply, TransportError> {
-        let (server_name, request) = (node_dns_name(to), PeerRequest::Client(request));
-        let call = self.inner.transport.call(
-            addr,
-            &server_name,
-            &request,
-            self.inner.config.request_timeout,
-        );
+        let call =
+            self.inner
+                .transport
+                .call_client(addr, to, request, self.inner.config.request_timeout);
         let mut metrics = self.inner.raft.metrics();
         let leader_changed = async move {
             loop {
@@ -473,16 +470,10 @@ impl RaftStore {
                 }
             }
         };
-        let reply = tokio::select! {
-            reply = call => reply?,
-            _ = leader_changed => {
-                return Err(TransportError::Remote(format!("leader changed from node {to} during the request")))
-            }
-        };
-        match reply {
-            PeerReply::Client(reply) => Ok(reply),
-            other => Err(TransportError::Remote(format!(
-                "unexpected reply {other:?}"
+        tokio::select! {
+            reply = call => reply,
+            _ = leader_changed => Err(TransportError::Remote(format!(
+                "leader changed from node {to} during the request"
             ))),
         }
     }
@@ -848,10 +839,9 @@ impl RaftStore {
                     Some(LeaseSignal::Changed(LeaseChange::Granted(lease))) => clock.granted(&lease, Instant::now()),
                     Some(LeaseSignal::Changed(LeaseChange::Removed(id))) => clock.removed(id),
                     Some(LeaseSignal::Reset) => {
-                        if let Some(term) = clock.leading_term() {
-                            clock.stop_leading();
-                            self.take_over_leases(term).await;
-                        }
+                        // A snapshot replaced every lease: reload if leading.
+                        clock.stop_leading();
+                        self.sync_lease_clock().await;
                     }
                     None => return,
                 },

@@ -222,7 +222,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // and is fsynced with the next log append.
             db.write(batch).map_err(io::Error::other)?;
             self.revs = revs;
-            self.metrics.applied_index.set(log_id.index() as i64);
 
             let result = match applied {
                 None => CommandResult::None,
@@ -242,10 +241,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         Ok(())
-    }
-
-    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
-        Some(self.get_snapshot_builder().await)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -292,9 +287,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             dest
         };
         remove_other_snapshots(&self.snapshot_dir, &kept);
-        if let Some(id) = &meta.last_log_id {
-            self.metrics.applied_index.set(id.index() as i64);
-        }
         let _ = self.watch_tx.send(WatchSignal::Reset);
         let _ = self.lease_tx.send(LeaseSignal::Reset);
         tracing::info!(last_log_id = ?meta.last_log_id, revision = self.revs.revision, "snapshot installed");
