@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::demo::DemoSpec;
+
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pbx/node.toml";
 
@@ -19,6 +21,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, detail: String },
     #[error("peer '{0}' is not of the form <node id>@<host:port>")]
     Peer(String),
+    #[error("{0}")]
+    DemoRange(String),
 }
 
 /// A raft peer: its node id and the address its raft transport listens on.
@@ -66,8 +70,15 @@ pub struct NodeConfig {
     /// Offer a SHA-256 digest challenge before the MD5 one (RFC 8760). Off
     /// = MD5 only, for phones (and sipp 3.6) that only read the first challenge.
     pub sip_digest_sha256: bool,
-    /// Create the DEMO tenant with extensions 100–109.
+    /// How long a call rings before the caller hears "no answer".
+    pub ring_timeout_secs: u64,
+    /// Create the DEMO tenant with the `demo_extensions` range.
     pub demo: bool,
+    /// The demo extension numbers, `<first>-<last>`.
+    pub demo_extensions: String,
+    /// One password for every demo extension (tests, benchmarks); unset =
+    /// a random password each, printed once.
+    pub demo_password: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -84,7 +95,10 @@ impl Default for NodeConfig {
             cluster_cert: None,
             cluster_key: None,
             sip_digest_sha256: true,
+            ring_timeout_secs: 30,
             demo: false,
+            demo_extensions: "100-109".to_string(),
+            demo_password: None,
         }
     }
 }
@@ -104,6 +118,17 @@ impl NodeConfig {
 
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The demo data to create, checked.
+    pub fn demo_spec(&self) -> Result<DemoSpec, ConfigError> {
+        let (first, last) =
+            DemoSpec::parse_range(&self.demo_extensions).map_err(ConfigError::DemoRange)?;
+        Ok(DemoSpec {
+            first,
+            last,
+            password: self.demo_password.clone(),
+        })
     }
 
     pub fn parsed_peers(&self) -> Result<Vec<Peer>, ConfigError> {
@@ -154,9 +179,18 @@ pub struct Args {
     /// Offer SHA-256 digest challenges as well as MD5 (true/false).
     #[arg(long, env = "PBX_SIP_DIGEST_SHA256")]
     pub sip_digest_sha256: Option<bool>,
+    /// Seconds a call rings before it is given up as not answered.
+    #[arg(long, env = "PBX_RING_TIMEOUT_SECS")]
+    pub ring_timeout_secs: Option<u64>,
     /// Create the demo tenant (DEMO, demo.pbx.local, extensions 100–109).
     #[arg(long, env = "PBX_DEMO", num_args = 0..=1, default_missing_value = "true")]
     pub demo: Option<bool>,
+    /// Demo extension numbers, `<first>-<last>` (default 100-109).
+    #[arg(long, env = "PBX_DEMO_EXTENSIONS")]
+    pub demo_extensions: Option<String>,
+    /// One password for all demo extensions (default: random, printed once).
+    #[arg(long, env = "PBX_DEMO_PASSWORD")]
+    pub demo_password: Option<String>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PBX_LOG_JSON")]
     pub log_json: bool,
@@ -178,6 +212,7 @@ impl Args {
         }
         self.apply(&mut config);
         config.parsed_peers()?;
+        config.demo_spec()?;
         Ok(config)
     }
 
@@ -196,6 +231,11 @@ impl Args {
         set(&mut config.peers, &self.peers);
         set(&mut config.sip_digest_sha256, &self.sip_digest_sha256);
         set(&mut config.demo, &self.demo);
+        set(&mut config.ring_timeout_secs, &self.ring_timeout_secs);
+        set(&mut config.demo_extensions, &self.demo_extensions);
+        if self.demo_password.is_some() {
+            config.demo_password.clone_from(&self.demo_password);
+        }
         if self.cluster_ca.is_some() {
             config.cluster_ca.clone_from(&self.cluster_ca);
         }
@@ -254,6 +294,11 @@ mod tests {
         assert!(NodeConfig::from_toml("sip_port = 5060").is_err());
         assert!(Peer::parse("10.0.0.1:7400").is_err());
         assert!(Peer::parse("x@10.0.0.1:7400").is_err());
+        let backwards = NodeConfig {
+            demo_extensions: "109-100".into(),
+            ..NodeConfig::default()
+        };
+        assert!(backwards.demo_spec().is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! pbx-node: the PBX core of the appliance. This slice holds the
-//! configuration, the tenant/extension model in raft-store, tenant
-//! resolution and the registrar (sans-IO core plus tokio driver).
-//! See README.md.
+//! pbx-node: the PBX core of the appliance: configuration, the
+//! tenant/extension model in raft-store, tenant resolution, digest
+//! authentication, the registrar and the B2BUA (sans-IO cores with tokio
+//! drivers), and CDRs. See README.md.
 
+pub mod auth;
+pub mod b2bua;
 pub mod config;
 pub mod demo;
 pub mod model;

@@ -79,3 +79,29 @@ impl Binding {
         u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX)
     }
 }
+
+/// One call's detail record (CDR), written once when the call ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cdr {
+    pub id: String,
+    pub tenant_id: String,
+    pub call_id: String,
+    /// The calling extension's number.
+    pub from: String,
+    /// The dialled number.
+    pub to: String,
+    /// UTC unix milliseconds.
+    pub start_ms: u64,
+    pub answer_ms: Option<u64>,
+    pub end_ms: u64,
+    /// ANSWERED, BUSY, NO ANSWER, CANCELLED or FAILED.
+    pub disposition: String,
+    /// Q.850 cause name, e.g. NORMAL_CLEARING, USER_BUSY, NO_ANSWER.
+    pub hangup_cause: String,
+    /// caller, callee or system.
+    pub hangup_by: String,
+    /// The SIP status the caller got for an unanswered call.
+    pub sip_status: Option<u16>,
+    /// The pbx-node (raft node id) that handled the call.
+    pub node_id: u64,
+}

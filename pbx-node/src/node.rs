@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use raft_store::{ClusterCa, NodeIdentity, RaftStore, StoreConfig, StoreError};
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, NodeConfig};
 use crate::demo::{ensure_demo, NewCredentials};
 use crate::repo::{Repo, RepoError};
-use crate::server::SipServer;
-use crate::service::RegistrarService;
+use crate::server::{SipServer, SipServices};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -189,16 +189,22 @@ impl PbxNode {
         let repo = Repo::new(store.clone());
         let secret = until_leader(|| repo.ensure_nonce_secret()).await?;
         let new_demo_credentials = if config.demo {
-            until_leader(|| ensure_demo(&repo)).await?.1
+            let spec = config.demo_spec()?;
+            until_leader(|| ensure_demo(&repo, &spec)).await?.1
         } else {
             Vec::new()
         };
-        let service = Arc::new(RegistrarService::new(
-            repo.clone(),
-            secret,
-            config.sip_digest_sha256,
-        ));
-        let sip = SipServer::start(service, config.sip_udp_listen, config.sip_tcp_listen)
+        let services = SipServices {
+            repo: repo.clone(),
+            auth: Arc::new(Authenticator::new(
+                repo.clone(),
+                secret,
+                config.sip_digest_sha256,
+            )),
+            node_id: config.node_id,
+            ring_timeout: Duration::from_secs(config.ring_timeout_secs),
+        };
+        let sip = SipServer::start(services, config.sip_udp_listen, config.sip_tcp_listen)
             .await
             .map_err(NodeError::SipListen)?;
         Ok(PbxNode {

@@ -6,6 +6,7 @@
 //! - `/t/<tenant id>/reg/<number>/<binding key>` → [`Binding`], on a lease
 //! - `/t/<tenant id>/idx/username/<username>` → extension number (plain text)
 //! - `/idx/domain/<sip domain>` and `/idx/code/<CODE>` → tenant id (plain text)
+//! - `/t/<tenant id>/cdr/<start ms, 16 digits>-<id>` → [`Cdr`], in time order
 //! - `/sys/sip/nonce-secret` → hex secret shared by all nodes for digest nonces
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Binding, Extension, Tenant};
+use crate::model::{Binding, Cdr, Extension, Tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -42,6 +43,19 @@ fn extension_key(tenant_id: &str, number: &str) -> String {
 
 fn username_index_key(tenant_id: &str, username: &str) -> String {
     format!("/t/{tenant_id}/idx/username/{username}")
+}
+
+fn cdr_prefix(tenant_id: &str) -> String {
+    format!("/t/{tenant_id}/cdr/")
+}
+
+fn cdr_key(cdr: &Cdr) -> String {
+    format!(
+        "{}{:016}-{}",
+        cdr_prefix(&cdr.tenant_id),
+        cdr.start_ms,
+        cdr.id
+    )
 }
 
 fn domain_index_key(domain: &str) -> String {
@@ -339,6 +353,37 @@ impl Repo {
             Some(number) => self.extension(tenant_id, &number).await,
             None => Ok(None),
         }
+    }
+
+    pub async fn put_cdr(&self, cdr: &Cdr) -> Result<(), RepoError> {
+        check_segment("cdr id", &cdr.id)?;
+        self.store.put(cdr_key(cdr), encode(cdr)?).await?;
+        Ok(())
+    }
+
+    /// A tenant's CDRs of calls started at or after `since_ms`, oldest
+    /// first, at most `limit`.
+    pub async fn cdrs(
+        &self,
+        tenant_id: &str,
+        since_ms: u64,
+        limit: u64,
+    ) -> Result<Vec<Cdr>, RepoError> {
+        let prefix = cdr_prefix(tenant_id);
+        // '0' is the byte after '/': the end of the prefix's key space.
+        let end = format!("/t/{tenant_id}/cdr0");
+        let range = self
+            .store
+            .range(
+                KeyRange::between(format!("{prefix}{since_ms:016}"), end),
+                limit,
+            )
+            .await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value))
+            .collect()
     }
 
     /// The extension's bindings as this node sees them after catching up with

@@ -1,47 +1,83 @@
-//! The tokio driver: SIP over UDP and TCP (sip::transport), validation
-//! (sip::validate) and one task per request into the registrar service.
+//! The SIP front of the node: UDP and TCP listeners (sip::transport) under
+//! the transaction layer (sip::endpoint), and the dispatch of each request
+//! to the registrar or the B2BUA.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sip::transport::{InboundMessage, Transport, TransportConfig, TransportLayer};
-use sip::validate::{classify, Inbound, Policy};
+use sip::endpoint::{Endpoint, EndpointEvent, Peer};
+use sip::message::{Method, SipMessage};
+use sip::transaction::{TimerConfig, TransactionKey};
+use sip::transport::{Transport, TransportConfig, TransportLayer};
+use sip::validate::Policy;
 use tokio::task::JoinHandle;
 
+use crate::auth::Authenticator;
+use crate::b2bua::{B2bua, CallConfig};
+use crate::repo::Repo;
 use crate::service::{unix_now_ms, RegistrarService};
+
+const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO";
+
+/// What the SIP front needs to answer requests.
+pub struct SipServices {
+    pub repo: Repo,
+    pub auth: Arc<Authenticator>,
+    pub node_id: u64,
+    pub ring_timeout: std::time::Duration,
+}
 
 /// The bound SIP listeners.
 pub struct SipServer {
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
+    pub b2bua: Arc<B2bua>,
     dispatcher: JoinHandle<()>,
 }
 
 impl SipServer {
     pub async fn start(
-        service: Arc<RegistrarService>,
+        services: SipServices,
         udp_listen: SocketAddr,
         tcp_listen: SocketAddr,
     ) -> io::Result<SipServer> {
-        let (layer, mut inbound) = TransportLayer::new(TransportConfig::default());
+        let (layer, inbound) = TransportLayer::new(TransportConfig::default());
         let udp_addr = layer.bind_udp(udp_listen).await?;
         let tcp_addr = layer.listen_tcp(tcp_listen).await?;
-        let policy = Arc::new(Policy::endpoint());
+        let timers = TimerConfig::default();
+        let (endpoint, mut events) = Endpoint::start(layer, inbound, Policy::endpoint(), timers);
+        let registrar = Arc::new(RegistrarService::new(
+            services.repo.clone(),
+            services.auth.clone(),
+        ));
+        let b2bua = B2bua::new(
+            services.auth,
+            services.repo,
+            endpoint.clone(),
+            CallConfig {
+                node_id: services.node_id,
+                ring_timeout: services.ring_timeout,
+                timers,
+                udp_listen: udp_addr,
+                tcp_listen: tcp_addr,
+            },
+        );
+        let front = Front {
+            endpoint,
+            registrar,
+            b2bua: b2bua.clone(),
+        };
         let dispatcher = tokio::spawn(async move {
-            while let Some(message) = inbound.recv().await {
-                let service = service.clone();
-                let layer = layer.clone();
-                let policy = policy.clone();
-                // Each request waits on the store; running them apart keeps
-                // one slow write from holding up every other phone.
-                tokio::spawn(async move { dispatch(&service, &layer, &policy, message).await });
+            while let Some(event) = events.recv().await {
+                front.dispatch(event);
             }
         });
         tracing::info!(%udp_addr, %tcp_addr, "SIP listening");
         Ok(SipServer {
             udp_addr,
             tcp_addr,
+            b2bua,
             dispatcher,
         })
     }
@@ -61,45 +97,63 @@ fn transport_name(transport: Transport) -> &'static str {
     }
 }
 
-async fn dispatch(
-    service: &RegistrarService,
-    layer: &TransportLayer,
-    policy: &Policy,
-    message: InboundMessage,
-) {
-    let InboundMessage {
-        transport,
-        source,
-        parsed,
-        ..
-    } = message;
-    let response = match classify(parsed, policy) {
-        Inbound::Accept(request) if request.is_request() => {
-            let received_from = format!("{}:{source}", transport_name(transport));
-            service
-                .handle_request(&request, &received_from, unix_now_ms())
-                .await
+struct Front {
+    endpoint: Endpoint,
+    registrar: Arc<RegistrarService>,
+    b2bua: Arc<B2bua>,
+}
+
+impl Front {
+    fn dispatch(&self, event: EndpointEvent) {
+        match event {
+            EndpointEvent::Request {
+                key,
+                request,
+                source,
+            } => self.on_request(key, request, source),
+            EndpointEvent::Cancel { invite, .. } => self.b2bua.route_cancel(&invite),
+            EndpointEvent::Stray { message, .. } => self.b2bua.route_stray(message),
         }
-        // This node sends no requests yet, so any response is stray.
-        Inbound::Accept(_) => None,
-        Inbound::Reject {
-            status,
-            reason,
-            response,
-        } => {
-            tracing::debug!(%source, status, %reason, "rejected malformed request");
-            response
-        }
-        Inbound::Drop { reason } => {
-            tracing::debug!(%source, %reason, "dropped message");
-            None
-        }
-    };
-    if let Some(response) = response {
-        // Sent back to where the request came from, which is also right
-        // behind NAT (RFC 3581 behaviour without needing rport).
-        if let Err(e) = layer.send(transport, source, &response).await {
-            tracing::warn!(%source, error = %e, "could not send response");
+    }
+
+    fn on_request(&self, key: TransactionKey, request: SipMessage, source: Peer) {
+        let Some(method) = request.method().cloned() else {
+            return;
+        };
+        let in_dialog = request.to_tag().is_some();
+        match method {
+            Method::Register => {
+                let registrar = self.registrar.clone();
+                let endpoint = self.endpoint.clone();
+                // Each REGISTER waits on the store; running them apart keeps
+                // one slow write from holding up every other phone.
+                tokio::spawn(async move {
+                    let received_from =
+                        format!("{}:{}", transport_name(source.transport), source.addr);
+                    let response = registrar
+                        .handle_register(&request, &received_from, unix_now_ms())
+                        .await;
+                    endpoint.respond(&key, response);
+                });
+            }
+            Method::Invite if !in_dialog => {
+                tokio::spawn(self.b2bua.clone().on_invite(key, request, source));
+            }
+            _ if in_dialog => {
+                if !self.b2bua.route_request(&key, &request) {
+                    self.endpoint.respond(&key, request.response(481));
+                }
+            }
+            Method::Options => {
+                let mut response = request.response(200);
+                response.headers.push("Allow", ALLOWED_METHODS);
+                self.endpoint.respond(&key, response);
+            }
+            _ => {
+                let mut response = request.response(405);
+                response.headers.push("Allow", ALLOWED_METHODS);
+                self.endpoint.respond(&key, response);
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! [`TransactionLayer`] keys transactions by branch (§17.1.3, §17.2.3) and
 //! routes incoming messages. Terminated transactions are removed by the layer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::message::{Headers, Method, SipMessage, StartLine, SIP_2_0};
@@ -90,6 +90,8 @@ pub struct Transaction {
     timeout_at: Option<Instant>,
     /// Timer D, I, J or K.
     end_at: Option<Instant>,
+    /// The due time the layer has queued for this transaction.
+    queued_at: Option<Instant>,
 }
 
 impl Transaction {
@@ -116,6 +118,7 @@ impl Transaction {
             retransmit: (!reliable).then(|| (now + timers.t1, timers.t1)),
             timeout_at: Some(now + 64 * timers.t1),
             end_at: None,
+            queued_at: None,
             last_sent: None,
             request: request.clone(),
         };
@@ -149,6 +152,7 @@ impl Transaction {
             retransmit: None,
             timeout_at: None,
             end_at: None,
+            queued_at: None,
             last_sent: None,
             request: request.clone(),
         };
@@ -393,17 +397,26 @@ impl TransactionKey {
     pub fn for_request(request: &SipMessage) -> Result<Self, TransactionError> {
         let method = request.method().ok_or(TransactionError::NotRequest)?;
         let via = request.top_via().map_err(|_| TransactionError::NoBranch)?;
-        let branch = via.branch().ok_or(TransactionError::NoBranch)?;
-        // RFC 2543 peers (no magic cookie) are not supported: see README.
-        if !branch.starts_with(crate::message::BRANCH_MAGIC_COOKIE) {
-            return Err(TransactionError::NoBranch);
-        }
+        let branch = match via.branch() {
+            Some(b) if b.starts_with(crate::message::BRANCH_MAGIC_COOKIE) => b.to_string(),
+            // An RFC 2543 peer: §17.2.3 matches on Request-URI, From tag,
+            // Call-ID and CSeq number instead (with the Via's sent-by
+            // below). The To tag is left out so the ACK of a non-2xx, which
+            // carries it, still finds the INVITE.
+            _ => {
+                let uri = request.request_uri().ok_or(TransactionError::NotRequest)?;
+                let from_tag = request.from_tag().unwrap_or_default();
+                let call_id = request.call_id().map_err(|_| TransactionError::NoBranch)?;
+                let seq = request.cseq().map_err(|_| TransactionError::NoBranch)?.seq;
+                format!("rfc2543 {uri} {from_tag} {call_id} {seq}")
+            }
+        };
         let sent_by = match via.port {
             Some(p) => format!("{}:{p}", via.host.to_ascii_lowercase()),
             None => via.host.to_ascii_lowercase(),
         };
         Ok(Self {
-            branch: branch.to_string(),
+            branch,
             sent_by,
             method: if *method == Method::Ack {
                 Method::Invite
@@ -431,8 +444,11 @@ impl TransactionKey {
 /// What the transaction layer asks of its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerEvent {
-    /// Send through the transport.
-    Send(SipMessage),
+    /// Send through the transport, to where transaction `key` talks to.
+    Send {
+        key: TransactionKey,
+        message: SipMessage,
+    },
     /// A new request for the TU; answer with [`TransactionLayer::send_response`].
     Request {
         key: TransactionKey,
@@ -456,6 +472,10 @@ pub enum LayerEvent {
     /// Matches no transaction: ACKs for 2xx and stray responses go to the
     /// TU/dialog layer (§17.1.1.2, §17.2.1).
     Stray(SipMessage),
+    /// The transaction is gone; state kept beside it can be dropped.
+    Terminated {
+        key: TransactionKey,
+    },
 }
 
 /// All live transactions of one element.
@@ -463,6 +483,12 @@ pub enum LayerEvent {
 pub struct TransactionLayer {
     timers: TimerConfig,
     transactions: HashMap<TransactionKey, Transaction>,
+    /// Due times, so a busy element does not scan every transaction per
+    /// event. Entries go stale when a transaction's timer moves or it ends;
+    /// stale ones are skipped when they come due (the sequence number only
+    /// keeps equal instants apart).
+    deadlines: BTreeMap<(Instant, u64), TransactionKey>,
+    next_seq: u64,
 }
 
 impl TransactionLayer {
@@ -470,6 +496,8 @@ impl TransactionLayer {
         Self {
             timers,
             transactions: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            next_seq: 0,
         }
     }
 
@@ -545,37 +573,59 @@ impl TransactionLayer {
         Ok(self.apply(key, actions))
     }
 
-    /// The earliest timer of any transaction.
+    /// When `handle_timeouts` must next be called (possibly a little early).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.transactions
-            .values()
-            .filter_map(Transaction::poll_timeout)
-            .min()
+        self.deadlines.keys().next().map(|(at, _)| *at)
     }
 
     /// Fires every timer due at `now`.
     pub fn handle_timeouts(&mut self, now: Instant) -> Vec<LayerEvent> {
-        let due: Vec<TransactionKey> = self
-            .transactions
-            .iter()
-            .filter(|(_, tx)| tx.poll_timeout().is_some_and(|at| at <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut events = Vec::new();
-        for key in due {
-            if let Some(tx) = self.transactions.get_mut(&key) {
-                let actions = tx.handle_timeout(now);
-                events.extend(self.apply(&key, actions));
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
             }
+            let ((queued, _), key) = entry.remove_entry();
+            let Some(tx) = self.transactions.get_mut(&key) else {
+                continue;
+            };
+            if tx.queued_at == Some(queued) {
+                tx.queued_at = None;
+            }
+            if tx.poll_timeout().is_none_or(|at| at > now) {
+                self.schedule(&key);
+                continue;
+            }
+            let actions = tx.handle_timeout(now);
+            events.extend(self.apply(&key, actions));
         }
         events
+    }
+
+    /// Records the transaction's next due time after it changed.
+    fn schedule(&mut self, key: &TransactionKey) {
+        let Some(tx) = self.transactions.get_mut(key) else {
+            return;
+        };
+        match tx.poll_timeout() {
+            // An earlier queued entry wakes the layer in time to requeue.
+            Some(at) if tx.queued_at.is_none_or(|queued| queued > at) => {
+                tx.queued_at = Some(at);
+                self.next_seq += 1;
+                self.deadlines.insert((at, self.next_seq), key.clone());
+            }
+            _ => {}
+        }
     }
 
     fn apply(&mut self, key: &TransactionKey, actions: Vec<Action>) -> Vec<LayerEvent> {
         let mut events = Vec::new();
         for action in actions {
             match action {
-                Action::Send(m) => events.push(LayerEvent::Send(m)),
+                Action::Send(message) => events.push(LayerEvent::Send {
+                    key: key.clone(),
+                    message,
+                }),
                 Action::Deliver(m) if m.method() == Some(&Method::Cancel) => {
                     let invite = TransactionKey {
                         method: Method::Invite,
@@ -602,9 +652,11 @@ impl TransactionLayer {
                 Action::Timeout => events.push(LayerEvent::Timeout { key: key.clone() }),
                 Action::Terminated => {
                     self.transactions.remove(key);
+                    events.push(LayerEvent::Terminated { key: key.clone() });
                 }
             }
         }
+        self.schedule(key);
         events
     }
 }
@@ -866,6 +918,52 @@ mod tests {
     }
 
     #[test]
+    fn rfc2543_requests_without_magic_cookie_still_get_transactions() {
+        let t0 = Instant::now();
+        let mut layer = TransactionLayer::new(TimerConfig::default());
+        let mut invite = request(Method::Invite);
+        invite
+            .headers
+            .set("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=old-style-1");
+        let events = layer.handle_incoming(invite.clone(), false, t0);
+        assert!(matches!(events.last(), Some(LayerEvent::Request { .. })));
+        let again = layer.handle_incoming(invite.clone(), false, t0 + MS(500));
+        assert!(
+            matches!(again.as_slice(), [LayerEvent::Send { .. }]),
+            "absorbed"
+        );
+        invite.headers.set("Via", "SIP/2.0/UDP 192.0.2.1:5060");
+        let events = layer.handle_incoming(invite, false, t0);
+        assert!(
+            matches!(events.as_slice(), [LayerEvent::Send { .. }]),
+            "no branch at all is the same RFC 2543 transaction"
+        );
+    }
+
+    #[test]
+    fn layer_fires_timers_from_its_deadline_queue() {
+        let t0 = Instant::now();
+        let mut layer = TransactionLayer::new(TimerConfig::default());
+        let invite = request(Method::Invite);
+        let (key, _) = layer.send_request(invite.clone(), false, t0).unwrap();
+        assert_eq!(layer.poll_timeout(), Some(t0 + MS(500)));
+        assert!(layer.handle_timeouts(t0 + MS(499)).is_empty());
+        let fired = layer.handle_timeouts(t0 + MS(500));
+        assert!(matches!(fired.as_slice(), [LayerEvent::Send { key: k, .. }] if *k == key));
+        assert_eq!(layer.poll_timeout(), Some(t0 + MS(1500)), "Timer A doubled");
+        // A provisional response stops Timers A and B: nothing is due any more.
+        let events = layer.handle_incoming(invite.response(180), false, t0 + MS(600));
+        assert!(matches!(events.as_slice(), [LayerEvent::Response { .. }]));
+        assert!(layer.handle_timeouts(t0 + MS(40_000)).is_empty());
+        assert_eq!(layer.poll_timeout(), None);
+        assert_eq!(
+            layer.len(),
+            1,
+            "a proceeding INVITE waits for its final response"
+        );
+    }
+
+    #[test]
     fn layer_routes_retransmissions_responses_and_cancel() {
         let t0 = Instant::now();
         let mut layer = TransactionLayer::new(TimerConfig::default());
@@ -875,10 +973,12 @@ mod tests {
             panic!("{events:?}")
         };
         let key = key.clone();
-        assert!(matches!(events.first(), Some(LayerEvent::Send(m)) if m.status() == Some(100)));
+        assert!(
+            matches!(events.first(), Some(LayerEvent::Send { message, .. }) if message.status() == Some(100))
+        );
         // Retransmission: absorbed, 100 repeated, no new request for the TU.
         let again = layer.handle_incoming(invite.clone(), false, t0 + MS(500));
-        assert!(matches!(again.as_slice(), [LayerEvent::Send(_)]));
+        assert!(matches!(again.as_slice(), [LayerEvent::Send { .. }]));
         assert_eq!(layer.len(), 1);
 
         let mut cancel = invite.clone();
@@ -910,10 +1010,10 @@ mod tests {
         // Client side: a response is routed to its transaction by branch and CSeq method.
         let options = request(Method::Options);
         let (client_key, sent) = layer.send_request(options.clone(), true, t0).unwrap();
-        assert!(matches!(sent.as_slice(), [LayerEvent::Send(_)]));
+        assert!(matches!(sent.as_slice(), [LayerEvent::Send { .. }]));
         let events = layer.handle_incoming(options.response(200), true, t0 + MS(5));
         assert!(
-            matches!(events.as_slice(), [LayerEvent::Response { key, .. }] if *key == client_key)
+            matches!(events.as_slice(), [LayerEvent::Response { key, .. }, LayerEvent::Terminated { .. }] if *key == client_key)
         );
         assert!(layer.get(&client_key).is_none(), "Timer K is 0 on TCP");
         let stray = layer.handle_incoming(options.response(200), true, t0 + MS(6));

@@ -82,13 +82,22 @@ const COPIED_TO_RESPONSE: [&str; 5] = ["Via", "From", "To", "Call-ID", "CSeq"];
 /// for well-formed requests and for 400s to requests that failed to parse.
 /// A To tag is added to non-100 responses when the To value parses and has none.
 pub fn response_from_headers(request_headers: &Headers, status: u16, reason: &str) -> SipMessage {
+    let mut response = untagged_response(request_headers, status, reason);
+    if status != 100 {
+        response.ensure_to_tag(&new_tag());
+    }
+    response
+}
+
+/// A response whose To keeps the request's tag, if any, and gets none otherwise.
+fn untagged_response(request_headers: &Headers, status: u16, reason: &str) -> SipMessage {
     let mut headers = Headers::new();
     for name in COPIED_TO_RESPONSE {
         for value in request_headers.get_all(name) {
             headers.push(name, value);
         }
     }
-    let mut response = SipMessage {
+    SipMessage {
         start: StartLine::Response {
             version: SIP_2_0.to_string(),
             status,
@@ -96,17 +105,21 @@ pub fn response_from_headers(request_headers: &Headers, status: u16, reason: &st
         },
         headers,
         body: Vec::new(),
-    };
-    if status != 100 {
-        response.ensure_to_tag(&new_tag());
     }
-    response
 }
 
 impl SipMessage {
     /// A response to this request with the standard reason phrase.
     pub fn response(&self, status: u16) -> SipMessage {
         response_from_headers(&self.headers, status, reason_phrase(status))
+    }
+
+    /// A response carrying our dialog tag `to_tag` (kept if the request
+    /// already has one): every response of one UAS dialog must use the same.
+    pub fn response_with_tag(&self, status: u16, reason: &str, to_tag: &str) -> SipMessage {
+        let mut response = untagged_response(&self.headers, status, reason);
+        response.ensure_to_tag(to_tag);
+        response
     }
 
     /// Adds `;tag=` to the To header if it has none and parses.

@@ -20,7 +20,7 @@ pub use framing::{
     parse_datagram, ParseError, ParseErrorKind, Recovered, StreamFramer, StreamItem,
 };
 pub use headers::{HeaderError, HeaderField, Headers};
-pub use syntax::{NameAddr, Param, SipUri, SyntaxError, Uri, Via};
+pub use syntax::{parse_name_addr, NameAddr, Param, SipUri, SyntaxError, Uri, Via};
 
 use std::fmt;
 
@@ -227,6 +227,14 @@ impl SipMessage {
     pub fn status(&self) -> Option<u16> {
         match &self.start {
             StartLine::Response { status, .. } => Some(*status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The reason phrase of a response.
+    pub fn reason(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Response { reason, .. } => Some(reason),
             StartLine::Request { .. } => None,
         }
     }

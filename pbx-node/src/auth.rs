@@ -1,0 +1,199 @@
+//! SIP digest authentication of a request against the replicated HA1s:
+//! REGISTER is challenged with 401/WWW-Authenticate, calls with
+//! 407/Proxy-Authenticate (RFC 3261 §22). An unknown user gets exactly the
+//! challenge a wrong password gets, so no extension can be enumerated.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sip::auth::{AuthOutcome, DigestConfig, DigestCredentials, DigestVerifier};
+use sip::message::SipMessage;
+
+use crate::model::{Extension, Tenant};
+use crate::repo::{Repo, RepoError};
+use crate::tenant::{tenant_lookups, TenantLookup};
+
+/// How long a nonce is accepted before the phone is told it is stale.
+const NONCE_LIFETIME_SECS: u64 = 300;
+/// Nonces remembered per realm for nonce-count replay checks.
+const NONCE_CACHE_CAPACITY: usize = 10_000;
+
+/// Which challenge a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// 401 with WWW-Authenticate (a registrar, a UAS).
+    Www,
+    /// 407 with Proxy-Authenticate (a call through the PBX).
+    Proxy,
+}
+
+impl ChallengeKind {
+    fn status(self) -> u16 {
+        match self {
+            ChallengeKind::Www => 401,
+            ChallengeKind::Proxy => 407,
+        }
+    }
+
+    fn challenge_header(self) -> &'static str {
+        match self {
+            ChallengeKind::Www => "WWW-Authenticate",
+            ChallengeKind::Proxy => "Proxy-Authenticate",
+        }
+    }
+
+    fn credentials(self, request: &SipMessage) -> Option<&str> {
+        match self {
+            ChallengeKind::Www => request.authorization(),
+            ChallengeKind::Proxy => request.proxy_authorization(),
+        }
+    }
+}
+
+/// The result of authenticating a request.
+#[derive(Debug)]
+pub enum Authenticated {
+    Extension {
+        tenant: Tenant,
+        extension: Extension,
+    },
+    /// Answer the request with this (a challenge, 400 or 404).
+    Refused(SipMessage),
+}
+
+/// Digest verification for every tenant, shared by all requests.
+pub struct Authenticator {
+    repo: Repo,
+    nonce_secret: Vec<u8>,
+    offer_sha256: bool,
+    /// One verifier per realm: it keeps that realm's nonce counts.
+    verifiers: Mutex<HashMap<String, DigestVerifier>>,
+}
+
+impl Authenticator {
+    /// `offer_sha256 = false` leaves only the MD5 challenge.
+    pub fn new(repo: Repo, nonce_secret: Vec<u8>, offer_sha256: bool) -> Self {
+        Authenticator {
+            repo,
+            nonce_secret,
+            offer_sha256,
+            verifiers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    async fn find_tenant(&self, lookups: &[TenantLookup]) -> Result<Option<Tenant>, RepoError> {
+        for lookup in lookups {
+            let found = match lookup {
+                TenantLookup::Domain(domain) => self.repo.tenant_by_domain(domain).await?,
+                TenantLookup::Code(code) => self.repo.tenant_by_code(code).await?,
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    fn with_verifier<T>(&self, realm: &str, f: impl FnOnce(&mut DigestVerifier) -> T) -> T {
+        let mut verifiers = self.verifiers.lock().unwrap_or_else(|p| p.into_inner());
+        let verifier = verifiers.entry(realm.to_string()).or_insert_with(|| {
+            DigestVerifier::new(
+                DigestConfig {
+                    realm: realm.to_string(),
+                    nonce_lifetime_secs: NONCE_LIFETIME_SECS,
+                    nonce_cache_capacity: NONCE_CACHE_CAPACITY,
+                },
+                &self.nonce_secret,
+            )
+        });
+        f(verifier)
+    }
+
+    fn challenge(
+        &self,
+        request: &SipMessage,
+        kind: ChallengeKind,
+        values: Vec<String>,
+    ) -> SipMessage {
+        let mut response = request.response(kind.status());
+        let offered = values
+            .into_iter()
+            .filter(|v| self.offer_sha256 || !v.contains("algorithm=SHA-256"));
+        for value in offered {
+            response.headers.push(kind.challenge_header(), value);
+        }
+        response
+    }
+
+    fn fresh_challenge(
+        &self,
+        request: &SipMessage,
+        kind: ChallengeKind,
+        realm: &str,
+        now_secs: u64,
+    ) -> SipMessage {
+        let values = self.with_verifier(realm, |v| v.challenge(false, now_secs));
+        self.challenge(request, kind, values)
+    }
+
+    /// Authenticates `request` as one of its tenant's extensions.
+    pub async fn authenticate(
+        &self,
+        request: &SipMessage,
+        kind: ChallengeKind,
+        now_ms: u64,
+    ) -> Result<Authenticated, RepoError> {
+        let now_secs = now_ms / 1000;
+        let method = request.method().map_or("", |m| m.as_str());
+        let credentials = match kind.credentials(request).map(DigestCredentials::parse) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                return Ok(Authenticated::Refused(sip::message::response_from_headers(
+                    &request.headers,
+                    400,
+                    &format!("Bad Request ({e})"),
+                )))
+            }
+            None => None,
+        };
+        let username = credentials.as_ref().map(|c| c.username.as_str());
+        let Some(tenant) = self.find_tenant(&tenant_lookups(request, username)).await? else {
+            return Ok(Authenticated::Refused(sip::message::response_from_headers(
+                &request.headers,
+                404,
+                "Not Found (unknown domain)",
+            )));
+        };
+        let realm = tenant.sip_domain.clone();
+        let Some(credentials) = credentials else {
+            return Ok(Authenticated::Refused(
+                self.fresh_challenge(request, kind, &realm, now_secs),
+            ));
+        };
+        // An unknown user is verified against a decoy, so it gets exactly
+        // the challenge a wrong password gets.
+        let extension = self
+            .repo
+            .extension_by_username(&tenant.id, &credentials.username)
+            .await?;
+        let ha1 = extension.as_ref().map(Extension::stored_ha1);
+        let outcome = self.with_verifier(&realm, |v| {
+            v.verify(&credentials, method, ha1.as_ref(), now_secs)
+        });
+        Ok(match (outcome, extension) {
+            (AuthOutcome::Authorized, Some(extension)) => {
+                Authenticated::Extension { tenant, extension }
+            }
+            (AuthOutcome::Challenge(values), _) => {
+                Authenticated::Refused(self.challenge(request, kind, values))
+            }
+            (AuthOutcome::Authorized, None) => {
+                Authenticated::Refused(self.fresh_challenge(request, kind, &realm, now_secs))
+            }
+        })
+    }
+}

@@ -1,0 +1,1091 @@
+//! One call through the B2BUA, sans-IO: fed requests, responses and time,
+//! it returns [`Output`]s for the driver to carry out.
+//!
+//! The caller's leg (A) is a UAS dialog; each of the callee's registered
+//! contacts gets its own INVITE (a fork, with its own Call-ID). The first
+//! 2xx wins and the other forks are CANCELled. Once answered, the call is
+//! symmetric: a request from one side is re-issued in the other side's
+//! dialog and its response relayed back. SDP passes through unchanged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sip::dialog::Dialog;
+use sip::endpoint::{ClientEvent, Peer};
+use sip::message::{reason_phrase, Method, RequestBuilder, SipMessage, Uri};
+use sip::transaction::{TimerConfig, TransactionKey};
+
+/// How the B2BUA reaches one side and names itself there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegAddr {
+    /// Where requests are physically sent (the flow, behind NAT too).
+    pub peer: Peer,
+    /// Our `host:port` as that side should see it (Via, Contact).
+    pub local_host: String,
+    pub local_port: u16,
+}
+
+/// One registered contact of the callee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkTarget {
+    /// The contact's URI: the Request-URI of the fork's INVITE.
+    pub uri: Uri,
+    /// The registered Path (RFC 3327), sent as Route headers.
+    pub route: Vec<String>,
+    pub addr: LegAddr,
+}
+
+/// Everything a call starts from.
+#[derive(Debug, Clone)]
+pub struct CallSetup {
+    pub invite: SipMessage,
+    pub invite_key: TransactionKey,
+    pub caller: LegAddr,
+    /// The caller as the callee sees it, e.g. `"Demo 100" <sip:100@demo.pbx.local>`.
+    pub caller_identity: String,
+    /// The callee's address of record, e.g. `<sip:101@demo.pbx.local>`.
+    pub callee_aor: String,
+    pub forks: Vec<ForkTarget>,
+    pub ring_timeout: Duration,
+    pub timers: TimerConfig,
+}
+
+/// How a call ended, in CDR terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Answered,
+    Busy,
+    NoAnswer,
+    Cancelled,
+    Failed,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Answered => "ANSWERED",
+            Disposition::Busy => "BUSY",
+            Disposition::NoAnswer => "NO ANSWER",
+            Disposition::Cancelled => "CANCELLED",
+            Disposition::Failed => "FAILED",
+        }
+    }
+}
+
+/// Which side hung up or ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Caller,
+    Callee,
+    System,
+}
+
+/// The outcome of a call, reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEnd {
+    pub disposition: Disposition,
+    /// Q.850 cause name, as FreeSWITCH and PortSIP report it.
+    pub hangup_cause: &'static str,
+    pub hangup_by: Side,
+    pub answered_at: Option<Instant>,
+    pub ended_at: Instant,
+    /// The final status sent to the caller for an unanswered call.
+    pub final_status: Option<u16>,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Answer server transaction `key`.
+    Respond {
+        key: TransactionKey,
+        response: SipMessage,
+    },
+    /// Start a client transaction; its events come back with `txn`.
+    Request {
+        txn: u64,
+        request: SipMessage,
+        target: Peer,
+    },
+    /// Send outside any transaction (ACK for 2xx, 2xx retransmission).
+    Stateless { message: SipMessage, target: Peer },
+    /// The call is over (reported once; later outputs may still follow,
+    /// e.g. ACK and BYE for a fork that answers after a CANCEL).
+    Ended(CallEnd),
+}
+
+/// What the driver feeds in.
+#[derive(Debug)]
+pub enum Input {
+    /// An in-dialog request (or ACK, `key` = None) from either side.
+    Request {
+        key: Option<TransactionKey>,
+        request: SipMessage,
+    },
+    /// The caller CANCELled the INVITE.
+    Cancel,
+    /// A response that matched no transaction (a 2xx retransmission).
+    StrayResponse(SipMessage),
+    /// An event of client transaction `txn`.
+    Client { txn: u64, event: ClientEvent },
+}
+
+/// Which leg of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    Caller,
+    Fork(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkState {
+    /// INVITE sent, nothing heard.
+    Calling,
+    /// A provisional response came: a CANCEL may now be sent.
+    Proceeding,
+    /// A final response came (or the transaction failed).
+    Done,
+}
+
+#[derive(Debug)]
+struct Fork {
+    target: ForkTarget,
+    invite: SipMessage,
+    state: ForkState,
+    /// A CANCEL is due as soon as the fork is proceeding.
+    cancel_wanted: bool,
+    dialog: Option<Dialog>,
+    final_status: Option<u16>,
+}
+
+/// A request of one side re-issued on the other, awaiting its response.
+#[derive(Debug)]
+struct Relay {
+    origin: Leg,
+    origin_key: TransactionKey,
+    origin_request: SipMessage,
+    method: Method,
+}
+
+/// A 2xx we keep sending until its ACK comes (§13.3.1.4), and the ACK we
+/// then owe the other side for its 2xx.
+#[derive(Debug)]
+struct Unacked2xx {
+    leg: Leg,
+    response: SipMessage,
+    cseq: u32,
+    next_at: Instant,
+    interval: Duration,
+    give_up_at: Instant,
+    /// The other leg and the CSeq of the INVITE whose 2xx we must ACK there.
+    owed_ack: Option<(Leg, u32)>,
+}
+
+/// A reliable provisional (RFC 3262) sent to the caller, until PRACKed.
+#[derive(Debug)]
+struct Unpracked {
+    response: SipMessage,
+    rseq: u32,
+    next_at: Instant,
+    interval: Duration,
+    give_up_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Ringing,
+    /// 2xx sent to the caller.
+    Answered,
+    Over,
+}
+
+/// The state of one call.
+#[derive(Debug)]
+pub struct Call {
+    timers: TimerConfig,
+    invite: SipMessage,
+    invite_key: TransactionKey,
+    caller: LegAddr,
+    caller_dialog: Option<Dialog>,
+    /// Our To tag toward the caller.
+    local_tag: String,
+    caller_100rel: bool,
+    forks: Vec<Fork>,
+    winner: Option<usize>,
+    phase: Phase,
+    ring_deadline: Option<Instant>,
+    relays: HashMap<u64, Relay>,
+    unacked: Vec<Unacked2xx>,
+    unpracked: Option<Unpracked>,
+    next_rseq: u32,
+    next_txn: u64,
+    answered_at: Option<Instant>,
+    ended: bool,
+    /// Transactions whose outcome we still wait for before the task may go.
+    outstanding: HashMap<u64, Leg>,
+    /// Fork INVITEs' transaction ids, for telling their responses apart.
+    fork_of_txn: HashMap<u64, usize>,
+    outputs: Vec<Output>,
+}
+
+fn header_has_token(message: &SipMessage, header: &str, token: &str) -> bool {
+    message
+        .headers
+        .list(header)
+        .iter()
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn copy_body(mut builder: RequestBuilder, from: &SipMessage) -> RequestBuilder {
+    if let Some(content_type) = from.content_type() {
+        builder = builder.body(content_type, from.body().to_vec());
+    }
+    builder
+}
+
+fn set_body(response: &mut SipMessage, from: &SipMessage) {
+    if let Some(content_type) = from.content_type() {
+        response.headers.set("Content-Type", content_type);
+        response.body = from.body().to_vec();
+    }
+}
+
+fn contact_of(addr: &LegAddr, user: &str) -> String {
+    let transport = match addr.peer.transport {
+        sip::transport::Transport::Udp => String::new(),
+        other => format!(";transport={}", other.via_name().to_ascii_lowercase()),
+    };
+    format!(
+        "<sip:{user}@{}:{}{transport}>",
+        addr.local_host, addr.local_port
+    )
+}
+
+fn via(builder: RequestBuilder, addr: &LegAddr) -> RequestBuilder {
+    builder.via(
+        addr.peer.transport.via_name(),
+        &addr.local_host,
+        Some(addr.local_port),
+    )
+}
+
+/// Which failure the caller hears when every fork failed (§16.7 step 6,
+/// with busy preferred over other 4xx because it is what the user did).
+fn best_failure(statuses: &[u16]) -> u16 {
+    if let Some(s) = statuses.iter().copied().find(|s| *s >= 600) {
+        return s;
+    }
+    if statuses.contains(&486) {
+        return 486;
+    }
+    statuses
+        .iter()
+        .copied()
+        .filter(|s| (400..500).contains(s) && *s != 408 && *s != 487)
+        .min()
+        .or_else(|| statuses.iter().copied().filter(|s| *s >= 500).min())
+        .unwrap_or(480)
+}
+
+fn failure_outcome(status: u16) -> (Disposition, &'static str, u16) {
+    match status {
+        486 | 600 => (Disposition::Busy, "USER_BUSY", status),
+        // Nobody answered in time, or every device was unreachable.
+        408 | 480 | 487 => (Disposition::NoAnswer, "NO_ANSWER", 480),
+        603 => (Disposition::Failed, "CALL_REJECTED", 603),
+        _ => (Disposition::Failed, "NORMAL_TEMPORARY_FAILURE", status),
+    }
+}
+
+/// Q.850 cause number of a cause name (RFC 3326 Reason header).
+fn q850(cause: &str) -> u16 {
+    match cause {
+        "USER_BUSY" => 17,
+        "NO_ANSWER" => 19,
+        "CALL_REJECTED" => 21,
+        "ORIGINATOR_CANCEL" => 16,
+        _ => 41,
+    }
+}
+
+impl Call {
+    /// Starts the call: one INVITE per contact, and the ring timer.
+    pub fn start(setup: CallSetup, now: Instant) -> Call {
+        let caller_100rel = header_has_token(&setup.invite, "Supported", "100rel")
+            || header_has_token(&setup.invite, "Require", "100rel");
+        let mut call = Call {
+            timers: setup.timers,
+            invite_key: setup.invite_key,
+            caller: setup.caller,
+            caller_dialog: None,
+            local_tag: sip::message::new_tag(),
+            caller_100rel,
+            forks: Vec::new(),
+            winner: None,
+            phase: Phase::Ringing,
+            ring_deadline: Some(now + setup.ring_timeout),
+            relays: HashMap::new(),
+            unacked: Vec::new(),
+            unpracked: None,
+            next_rseq: 1,
+            next_txn: 0,
+            answered_at: None,
+            ended: false,
+            outstanding: HashMap::new(),
+            fork_of_txn: HashMap::new(),
+            outputs: Vec::new(),
+            invite: setup.invite,
+        };
+        let max_forwards = call
+            .invite
+            .max_forwards()
+            .ok()
+            .flatten()
+            .unwrap_or(70)
+            .saturating_sub(1);
+        for (index, target) in setup.forks.into_iter().enumerate() {
+            let mut builder = via(
+                RequestBuilder::new(Method::Invite, target.uri.clone()),
+                &target.addr,
+            )
+            .from(&setup.caller_identity, None)
+            .to(&setup.callee_aor)
+            .cseq(1)
+            .header("Max-Forwards", max_forwards.to_string())
+            .header("Contact", contact_of(&target.addr, "pbx"));
+            for route in &target.route {
+                builder = builder.header("Route", route.clone());
+            }
+            // Only offer reliable provisionals if the caller can take them.
+            if caller_100rel {
+                builder = builder.header("Supported", "100rel");
+            }
+            for name in ["Allow", "Accept"] {
+                if let Some(value) = call.invite.headers.get(name) {
+                    builder = builder.header(name, value);
+                }
+            }
+            let invite = copy_body(builder, &call.invite).build();
+            let txn = call.send_request(Leg::Fork(index), invite.clone(), target.addr.peer);
+            call.fork_of_txn.insert(txn, index);
+            call.forks.push(Fork {
+                target,
+                invite,
+                state: ForkState::Calling,
+                cancel_wanted: false,
+                dialog: None,
+                final_status: None,
+            });
+        }
+        if call.forks.is_empty() {
+            call.fail_caller(480, now);
+        }
+        call
+    }
+
+    /// The Call-ID and our tag of every dialog this call owns: the caller's
+    /// and each fork's. Requests arrive with our tag in To; responses in From.
+    pub fn dialog_keys(&self) -> Vec<(String, String)> {
+        let mut keys = Vec::new();
+        if let Ok(call_id) = self.invite.call_id() {
+            keys.push((call_id.to_string(), self.local_tag.clone()));
+        }
+        for fork in &self.forks {
+            if let (Ok(call_id), Some(tag)) = (fork.invite.call_id(), fork.invite.from_tag()) {
+                keys.push((call_id.to_string(), tag));
+            }
+        }
+        keys
+    }
+
+    pub fn caller_invite_key(&self) -> &TransactionKey {
+        &self.invite_key
+    }
+
+    /// Whether the driver can drop the call: it is over and nothing is
+    /// outstanding that could still need an answer (a late 2xx, a BYE).
+    pub fn is_finished(&self) -> bool {
+        self.ended && self.outstanding.is_empty() && self.unacked.is_empty()
+    }
+
+    pub fn drain_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ring = self.ring_deadline.filter(|_| self.phase == Phase::Ringing);
+        let unacked = self.unacked.iter().map(|u| u.next_at.min(u.give_up_at));
+        let unpracked = self.unpracked.as_ref().map(|u| u.next_at.min(u.give_up_at));
+        ring.into_iter().chain(unacked).chain(unpracked).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Ringing && self.ring_deadline.is_some_and(|at| at <= now) {
+            self.ring_deadline = None;
+            self.cancel_forks(None);
+            self.fail_caller(480, now);
+        }
+        let t2 = self.timers.t2;
+        let mut gave_up = false;
+        for unacked in &mut self.unacked {
+            if unacked.give_up_at <= now {
+                gave_up = true;
+            } else if unacked.next_at <= now {
+                let target = match unacked.leg {
+                    Leg::Caller => self.caller.peer,
+                    Leg::Fork(i) => match self.forks.get(i) {
+                        Some(f) => f.target.addr.peer,
+                        None => continue,
+                    },
+                };
+                self.outputs.push(Output::Stateless {
+                    message: unacked.response.clone(),
+                    target,
+                });
+                unacked.interval = (unacked.interval * 2).min(t2);
+                unacked.next_at = now + unacked.interval;
+            }
+        }
+        if gave_up {
+            // §13.3.1.4: no ACK in 64*T1 means the session is dead.
+            self.unacked.retain(|u| u.give_up_at > now);
+            self.send_bye(Leg::Caller);
+            if let Some(winner) = self.winner {
+                self.send_bye(Leg::Fork(winner));
+            }
+            self.finish_answered(Side::System, "RECOVERY_ON_TIMER_EXPIRE", now);
+        }
+        if let Some(unpracked) = &mut self.unpracked {
+            if unpracked.give_up_at <= now {
+                self.unpracked = None;
+            } else if unpracked.next_at <= now {
+                self.outputs.push(Output::Stateless {
+                    message: unpracked.response.clone(),
+                    target: self.caller.peer,
+                });
+                unpracked.interval *= 2;
+                unpracked.next_at = now + unpracked.interval;
+            }
+        }
+    }
+
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Cancel => self.on_caller_cancel(now),
+            Input::Request { key, request } => self.on_request(key, request, now),
+            Input::StrayResponse(response) => self.on_stray_response(&response),
+            Input::Client { txn, event } => {
+                let response = match event {
+                    ClientEvent::Response(r) => r,
+                    ClientEvent::Timeout => self.synthetic_response(txn, 408),
+                    ClientEvent::TransportFailed(_) => self.synthetic_response(txn, 503),
+                };
+                let is_final = response.status().is_some_and(|s| s >= 200);
+                if is_final {
+                    self.outstanding.remove(&txn);
+                }
+                if let Some(&fork) = self.fork_of_txn.get(&txn) {
+                    self.on_fork_response(fork, response, now);
+                } else if let Some(relay) = self.relays.remove(&txn) {
+                    if is_final {
+                        self.on_relayed_response(relay, &response, now);
+                    } else {
+                        self.relays.insert(txn, relay);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stands in for a response that never came, built on the request sent.
+    fn synthetic_response(&self, txn: u64, status: u16) -> SipMessage {
+        let request = self
+            .fork_of_txn
+            .get(&txn)
+            .and_then(|&i| self.forks.get(i))
+            .map(|f| &f.invite)
+            .unwrap_or(&self.invite);
+        sip::message::response_from_headers(&request.headers, status, reason_phrase(status))
+    }
+
+    fn send_request(&mut self, leg: Leg, request: SipMessage, target: Peer) -> u64 {
+        self.next_txn += 1;
+        let txn = self.next_txn;
+        self.outstanding.insert(txn, leg);
+        self.outputs.push(Output::Request {
+            txn,
+            request,
+            target,
+        });
+        txn
+    }
+
+    fn respond_caller(&mut self, status: u16, reason: &str) -> SipMessage {
+        self.invite
+            .response_with_tag(status, reason, &self.local_tag)
+    }
+
+    fn leg_addr(&self, leg: Leg) -> Option<&LegAddr> {
+        match leg {
+            Leg::Caller => Some(&self.caller),
+            Leg::Fork(i) => self.forks.get(i).map(|f| &f.target.addr),
+        }
+    }
+
+    fn dialog_mut(&mut self, leg: Leg) -> Option<&mut Dialog> {
+        match leg {
+            Leg::Caller => self.caller_dialog.as_mut(),
+            Leg::Fork(i) => self.forks.get_mut(i).and_then(|f| f.dialog.as_mut()),
+        }
+    }
+
+    /// The side across from `leg` once the call is set up.
+    fn other(&self, leg: Leg) -> Option<Leg> {
+        match leg {
+            Leg::Caller => self.winner.map(Leg::Fork),
+            Leg::Fork(_) => Some(Leg::Caller),
+        }
+    }
+
+    fn end(&mut self, end: CallEnd) {
+        if !self.ended {
+            self.ended = true;
+            self.phase = Phase::Over;
+            self.outputs.push(Output::Ended(end));
+        }
+    }
+
+    /// Sends a final failure to the caller and ends the call.
+    fn fail_caller(&mut self, status: u16, now: Instant) {
+        let (disposition, cause, status) = failure_outcome(status);
+        let mut response = self.respond_caller(status, reason_phrase(status));
+        response.headers.push(
+            "Reason",
+            format!("Q.850;cause={};text=\"{cause}\"", q850(cause)),
+        );
+        self.outputs.push(Output::Respond {
+            key: self.invite_key.clone(),
+            response,
+        });
+        self.end(CallEnd {
+            disposition,
+            hangup_cause: cause,
+            hangup_by: Side::Callee,
+            answered_at: None,
+            ended_at: now,
+            final_status: Some(status),
+        });
+    }
+
+    /// CANCELs every pending fork except `keep`, now or once it is proceeding.
+    fn cancel_forks(&mut self, keep: Option<usize>) {
+        for index in 0..self.forks.len() {
+            if Some(index) == keep {
+                continue;
+            }
+            if let Some(fork) = self.forks.get_mut(index) {
+                if fork.state != ForkState::Done && !fork.cancel_wanted {
+                    fork.cancel_wanted = true;
+                    if fork.state == ForkState::Proceeding {
+                        self.send_cancel(index);
+                    }
+                }
+            }
+        }
+    }
+
+    /// §9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via.
+    fn send_cancel(&mut self, index: usize) {
+        let Some(fork) = self.forks.get(index) else {
+            return;
+        };
+        let invite = &fork.invite;
+        let (Some(uri), Ok(cseq)) = (invite.request_uri(), invite.cseq()) else {
+            return;
+        };
+        let mut builder = RequestBuilder::new(Method::Cancel, uri.clone()).cseq(cseq.seq);
+        for name in ["Via", "From", "To", "Call-ID", "Route", "Max-Forwards"] {
+            for value in invite.headers.get_all(name) {
+                builder = builder.header(name, value);
+            }
+        }
+        let cancel = builder.build();
+        let target = fork.target.addr.peer;
+        self.send_request(Leg::Fork(index), cancel, target);
+    }
+
+    fn on_fork_response(&mut self, index: usize, response: SipMessage, now: Instant) {
+        let Some(status) = response.status() else {
+            return;
+        };
+        let Some(fork) = self.forks.get_mut(index) else {
+            return;
+        };
+        match status {
+            100..=199 => {
+                let first = fork.state == ForkState::Calling;
+                if fork.state != ForkState::Done {
+                    fork.state = ForkState::Proceeding;
+                }
+                if status > 100 && fork.dialog.is_none() {
+                    fork.dialog = Dialog::as_uac(&fork.invite, &response).ok();
+                }
+                if first && fork.cancel_wanted {
+                    self.send_cancel(index);
+                    return;
+                }
+                if status > 100 && self.phase == Phase::Ringing {
+                    self.prack_if_reliable(index, &response);
+                    self.relay_provisional(&response, now);
+                }
+            }
+            200..=299 => {
+                fork.state = ForkState::Done;
+                fork.final_status = Some(status);
+                let dialog = Dialog::as_uac(&fork.invite, &response).ok();
+                let Some(mut dialog) = dialog else {
+                    tracing::warn!(status, "2xx without a usable Contact or To tag");
+                    self.after_fork_failure(now);
+                    return;
+                };
+                let _ = dialog.update_from_response(&response);
+                fork.dialog = Some(dialog);
+                if self.winner.is_none() && self.phase == Phase::Ringing {
+                    self.winner = Some(index);
+                    self.answer_caller(index, &response, now);
+                } else {
+                    // Answered after another fork won or the caller left:
+                    // confirm and release it (§13.2.2.4 still wants the ACK).
+                    self.ack_fork(index, None);
+                    self.send_bye(Leg::Fork(index));
+                }
+            }
+            _ => {
+                fork.state = ForkState::Done;
+                fork.final_status = Some(status);
+                self.after_fork_failure(now);
+            }
+        }
+    }
+
+    /// When every fork has failed, the caller gets the best failure.
+    fn after_fork_failure(&mut self, now: Instant) {
+        let all_done = self.forks.iter().all(|f| f.state == ForkState::Done);
+        if all_done && self.winner.is_none() && self.phase == Phase::Ringing {
+            let statuses: Vec<u16> = self.forks.iter().filter_map(|f| f.final_status).collect();
+            self.fail_caller(best_failure(&statuses), now);
+        }
+    }
+
+    /// RFC 3262: a reliable provisional from a callee is PRACKed by us.
+    fn prack_if_reliable(&mut self, index: usize, response: &SipMessage) {
+        if !header_has_token(response, "Require", "100rel") {
+            return;
+        }
+        let Some(fork) = self.forks.get_mut(index) else {
+            return;
+        };
+        let addr = fork.target.addr.clone();
+        let Some(dialog) = fork.dialog.as_mut() else {
+            return;
+        };
+        if let Ok(builder) = dialog.prack(response) {
+            let prack = via(builder, &addr).build();
+            self.send_request(Leg::Fork(index), prack, addr.peer);
+        }
+    }
+
+    /// 180/183 to the caller, with the callee's early-media SDP; reliable
+    /// when it carries SDP and the caller supports 100rel.
+    fn relay_provisional(&mut self, response: &SipMessage, now: Instant) {
+        let status = response.status().unwrap_or(180);
+        let reason = response
+            .reason()
+            .unwrap_or_else(|| reason_phrase(status))
+            .to_string();
+        let mut relayed = self.respond_caller(status, &reason);
+        relayed
+            .headers
+            .push("Contact", contact_of(&self.caller, "pbx"));
+        set_body(&mut relayed, response);
+        let reliable = self.caller_100rel && !response.body().is_empty();
+        if reliable {
+            if self.unpracked.is_some() {
+                // §3 of RFC 3262: one unacknowledged reliable provisional at a time.
+                return;
+            }
+            let rseq = self.next_rseq;
+            self.next_rseq += 1;
+            relayed.headers.push("Require", "100rel");
+            relayed.headers.push("RSeq", rseq.to_string());
+            if !self.caller.peer.transport.is_reliable() {
+                self.unpracked = Some(Unpracked {
+                    response: relayed.clone(),
+                    rseq,
+                    next_at: now + self.timers.t1,
+                    interval: self.timers.t1,
+                    give_up_at: now + 64 * self.timers.t1,
+                });
+            }
+        }
+        self.outputs.push(Output::Respond {
+            key: self.invite_key.clone(),
+            response: relayed,
+        });
+    }
+
+    fn answer_caller(&mut self, index: usize, response: &SipMessage, now: Instant) {
+        self.cancel_forks(Some(index));
+        self.unpracked = None;
+        let mut ok = self.respond_caller(response.status().unwrap_or(200), "OK");
+        ok.headers.push("Contact", contact_of(&self.caller, "pbx"));
+        set_body(&mut ok, response);
+        self.caller_dialog = Dialog::as_uas(&self.invite, &self.local_tag, false).ok();
+        self.phase = Phase::Answered;
+        self.answered_at = Some(now);
+        self.outputs.push(Output::Respond {
+            key: self.invite_key.clone(),
+            response: ok.clone(),
+        });
+        let cseq = self.invite.cseq().map_or(1, |c| c.seq);
+        let fork_cseq = self
+            .forks
+            .get(index)
+            .and_then(|f| f.invite.cseq().ok())
+            .map_or(1, |c| c.seq);
+        self.track_2xx(
+            Leg::Caller,
+            ok,
+            cseq,
+            Some((Leg::Fork(index), fork_cseq)),
+            now,
+        );
+    }
+
+    /// Retransmits a 2xx we sent until its ACK (only needed over UDP, but
+    /// also carries the ACK owed to the other side, so it is kept always).
+    fn track_2xx(
+        &mut self,
+        leg: Leg,
+        response: SipMessage,
+        cseq: u32,
+        owed_ack: Option<(Leg, u32)>,
+        now: Instant,
+    ) {
+        let reliable = self
+            .leg_addr(leg)
+            .is_some_and(|a| a.peer.transport.is_reliable());
+        let t1 = self.timers.t1;
+        self.unacked.push(Unacked2xx {
+            leg,
+            response,
+            cseq,
+            // Never due on reliable transports; the give-up timer still runs.
+            next_at: if reliable { now + 64 * t1 } else { now + t1 },
+            interval: t1,
+            give_up_at: now + 64 * t1,
+            owed_ack,
+        });
+    }
+
+    /// ACK for a fork's 2xx, carrying the caller's ACK body when there is
+    /// one (late offer: the SDP answer comes in the ACK).
+    fn ack_fork(&mut self, index: usize, body_from: Option<&SipMessage>) {
+        let Some(fork) = self.forks.get(index) else {
+            return;
+        };
+        let seq = fork.invite.cseq().map_or(1, |c| c.seq);
+        self.send_ack(Leg::Fork(index), seq, body_from);
+    }
+
+    fn send_ack(&mut self, leg: Leg, seq: u32, body_from: Option<&SipMessage>) {
+        let Some(addr) = self.leg_addr(leg).cloned() else {
+            return;
+        };
+        let Some(dialog) = self.dialog_mut(leg) else {
+            return;
+        };
+        let mut builder = via(dialog.ack(seq), &addr);
+        if let Some(from) = body_from {
+            builder = copy_body(builder, from);
+        }
+        self.outputs.push(Output::Stateless {
+            message: builder.build(),
+            target: addr.peer,
+        });
+    }
+
+    /// BYE in `leg`'s dialog, if it has one.
+    fn send_bye(&mut self, leg: Leg) {
+        let Some(addr) = self.leg_addr(leg).cloned() else {
+            return;
+        };
+        let Some(dialog) = self.dialog_mut(leg) else {
+            return;
+        };
+        let bye = via(dialog.new_request(Method::Bye), &addr).build();
+        self.send_request(leg, bye, addr.peer);
+    }
+
+    /// Ends an answered call.
+    fn finish_answered(&mut self, by: Side, cause: &'static str, now: Instant) {
+        self.end(CallEnd {
+            disposition: Disposition::Answered,
+            hangup_cause: cause,
+            hangup_by: by,
+            answered_at: self.answered_at,
+            ended_at: now,
+            final_status: None,
+        });
+    }
+
+    fn on_caller_cancel(&mut self, now: Instant) {
+        if self.phase != Phase::Ringing {
+            return;
+        }
+        let mut response = self.respond_caller(487, reason_phrase(487));
+        response
+            .headers
+            .push("Reason", "Q.850;cause=16;text=\"ORIGINATOR_CANCEL\"");
+        self.outputs.push(Output::Respond {
+            key: self.invite_key.clone(),
+            response,
+        });
+        self.cancel_forks(None);
+        self.end(CallEnd {
+            disposition: Disposition::Cancelled,
+            hangup_cause: "ORIGINATOR_CANCEL",
+            hangup_by: Side::Caller,
+            answered_at: None,
+            ended_at: now,
+            final_status: Some(487),
+        });
+    }
+
+    /// Which leg an in-dialog message belongs to, by Call-ID.
+    fn leg_of(&self, message: &SipMessage) -> Option<Leg> {
+        let call_id = message.call_id().ok()?;
+        if self.invite.call_id().ok() == Some(call_id) {
+            return Some(Leg::Caller);
+        }
+        self.forks
+            .iter()
+            .position(|f| f.invite.call_id().ok() == Some(call_id))
+            .map(Leg::Fork)
+    }
+
+    fn on_request(&mut self, key: Option<TransactionKey>, request: SipMessage, now: Instant) {
+        let Some(leg) = self.leg_of(&request) else {
+            return;
+        };
+        let Some(method) = request.method().cloned() else {
+            return;
+        };
+        if method == Method::Ack {
+            self.on_ack(leg, &request);
+            return;
+        }
+        let Some(key) = key else {
+            return;
+        };
+        if let Some(dialog) = self.dialog_mut(leg) {
+            if let Err(e) = dialog.handle_remote_request(&request) {
+                let response =
+                    request.response_with_tag(500, &format!("Server Internal Error ({e})"), "");
+                self.outputs.push(Output::Respond { key, response });
+                return;
+            }
+        }
+        match method {
+            Method::Prack if leg == Leg::Caller => self.on_prack(key, &request),
+            Method::Bye => {
+                self.outputs.push(Output::Respond {
+                    key,
+                    response: request.response(200),
+                });
+                let by = if leg == Leg::Caller {
+                    Side::Caller
+                } else {
+                    Side::Callee
+                };
+                // The one who hung up is gone: stop waiting for its ACK,
+                // but the other side still gets the ACK it is owed.
+                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unacked)
+                    .into_iter()
+                    .partition(|u| u.leg == leg);
+                self.unacked = kept;
+                for unacked in gone {
+                    if let Some((other, seq)) = unacked.owed_ack {
+                        self.send_ack(other, seq, None);
+                    }
+                }
+                if let Some(other) = self.other(leg) {
+                    self.send_bye(other);
+                }
+                self.finish_answered(by, "NORMAL_CLEARING", now);
+            }
+            _ => self.relay_request(leg, key, &request),
+        }
+    }
+
+    fn on_prack(&mut self, key: TransactionKey, request: &SipMessage) {
+        let rack_rseq = request
+            .headers
+            .get("RAck")
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok());
+        let matches = self
+            .unpracked
+            .as_ref()
+            .is_some_and(|u| Some(u.rseq) == rack_rseq);
+        let status = if matches || (rack_rseq.is_some() && rack_rseq < Some(self.next_rseq)) {
+            self.unpracked = None;
+            200
+        } else {
+            481
+        };
+        self.outputs.push(Output::Respond {
+            key,
+            response: request.response(status),
+        });
+    }
+
+    fn on_ack(&mut self, leg: Leg, ack: &SipMessage) {
+        let seq = ack.cseq().map_or(0, |c| c.seq);
+        let Some(position) = self
+            .unacked
+            .iter()
+            .position(|u| u.leg == leg && u.cseq == seq)
+        else {
+            return;
+        };
+        let unacked = self.unacked.remove(position);
+        if let Some((other, other_seq)) = unacked.owed_ack {
+            self.send_ack(other, other_seq, Some(ack));
+        }
+    }
+
+    /// A 2xx retransmitted by a callee means our ACK was lost: send it again.
+    fn on_stray_response(&mut self, response: &SipMessage) {
+        let Some(Leg::Fork(index)) = self.leg_of(response) else {
+            return;
+        };
+        let (Some(200..=299), Ok(cseq)) = (response.status(), response.cseq()) else {
+            return;
+        };
+        if cseq.method != Method::Invite {
+            return;
+        }
+        let still_owed = self
+            .unacked
+            .iter()
+            .any(|u| u.owed_ack == Some((Leg::Fork(index), cseq.seq)));
+        if !still_owed {
+            self.send_ack(Leg::Fork(index), cseq.seq, None);
+        }
+    }
+
+    /// Re-issues an in-dialog request (re-INVITE, UPDATE, INFO …) on the other side.
+    fn relay_request(&mut self, origin: Leg, key: TransactionKey, request: &SipMessage) {
+        let Some(method) = request.method().cloned() else {
+            return;
+        };
+        let target_leg = match (origin, self.phase) {
+            (_, Phase::Over) => None,
+            (Leg::Caller, _) => self.other(origin),
+            (Leg::Fork(i), Phase::Answered) if Some(i) == self.winner => Some(Leg::Caller),
+            // A callee's early-dialog UPDATE/INFO goes to the caller's early dialog.
+            (Leg::Fork(_), Phase::Ringing) if method != Method::Invite => Some(Leg::Caller),
+            _ => None,
+        };
+        let target = target_leg.and_then(|leg| Some((leg, self.leg_addr(leg)?.clone())));
+        let Some((target_leg, addr)) = target else {
+            self.outputs.push(Output::Respond {
+                key,
+                response: request.response(481),
+            });
+            return;
+        };
+        // Glare (RFC 3261 §14.2): one re-INVITE at a time on a leg.
+        let invite_pending = self.relays.values().any(|r| r.method == Method::Invite)
+            || self.unacked.iter().any(|u| u.leg == origin);
+        if method == Method::Invite && invite_pending {
+            self.outputs.push(Output::Respond {
+                key,
+                response: request.response(491),
+            });
+            return;
+        }
+        if target_leg == Leg::Caller && self.caller_dialog.is_none() {
+            // Early dialog toward the caller: built from its INVITE.
+            self.caller_dialog = Dialog::as_uas(&self.invite, &self.local_tag, true).ok();
+        }
+        let Some(dialog) = self.dialog_mut(target_leg) else {
+            self.outputs.push(Output::Respond {
+                key,
+                response: request.response(481),
+            });
+            return;
+        };
+        let mut builder = via(dialog.new_request(method.clone()), &addr);
+        if method == Method::Invite {
+            builder = builder.header("Contact", contact_of(&addr, "pbx"));
+        }
+        let relayed = copy_body(builder, request).build();
+        let txn = self.send_request(target_leg, relayed, addr.peer);
+        self.relays.insert(
+            txn,
+            Relay {
+                origin,
+                origin_key: key,
+                origin_request: request.clone(),
+                method,
+            },
+        );
+    }
+
+    /// The final response to a relayed request goes back to its origin.
+    fn on_relayed_response(&mut self, relay: Relay, response: &SipMessage, now: Instant) {
+        let status = response.status().unwrap_or(500);
+        let Some(origin_addr) = self.leg_addr(relay.origin).cloned() else {
+            return;
+        };
+        let tag = match relay.origin {
+            Leg::Caller => self.local_tag.clone(),
+            Leg::Fork(i) => self
+                .forks
+                .get(i)
+                .and_then(|f| f.invite.from_tag())
+                .unwrap_or_default(),
+        };
+        let reason = response
+            .reason()
+            .unwrap_or_else(|| reason_phrase(status))
+            .to_string();
+        let origin_request = &relay.origin_request;
+        let mut relayed = origin_request.response_with_tag(status, &reason, &tag);
+        set_body(&mut relayed, response);
+        if relay.method == Method::Invite && (200..300).contains(&status) {
+            relayed
+                .headers
+                .push("Contact", contact_of(&origin_addr, "pbx"));
+            let origin_seq = origin_request.cseq().map_or(0, |c| c.seq);
+            let other = self.other(relay.origin);
+            let other_seq = response.cseq().map_or(0, |c| c.seq);
+            if let Some(dialog) = other.and_then(|leg| self.dialog_mut(leg)) {
+                let _ = dialog.update_from_response(response);
+            }
+            self.track_2xx(
+                relay.origin,
+                relayed.clone(),
+                origin_seq,
+                other.map(|leg| (leg, other_seq)),
+                now,
+            );
+        }
+        self.outputs.push(Output::Respond {
+            key: relay.origin_key,
+            response: relayed,
+        });
+    }
+}

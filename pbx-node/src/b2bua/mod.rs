@@ -1,0 +1,497 @@
+//! The B2BUA: authenticates a new INVITE (407), finds the callee in the
+//! caller's own tenant, forks to its bindings and runs the call ([`call`],
+//! sans-IO) in a task of its own. In-dialog requests, CANCEL, ACK and
+//! retransmitted 2xx are routed to that task by dialog. Each call ends with
+//! a CDR in raft-store.
+
+pub mod call;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sip::endpoint::{ClientReply, Endpoint, Peer};
+use sip::message::{parse_name_addr, Method, SipMessage, Uri};
+use sip::transaction::{TimerConfig, TransactionKey};
+use sip::transport::Transport;
+use tokio::sync::mpsc;
+
+use crate::auth::{Authenticated, Authenticator, ChallengeKind};
+use crate::model::{Binding, Cdr, Extension, Tenant};
+use crate::repo::Repo;
+use crate::service::unix_now_ms;
+use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side};
+
+/// Settings of the call path.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    pub node_id: u64,
+    pub ring_timeout: Duration,
+    pub timers: TimerConfig,
+    /// Where the SIP listeners are bound (a wildcard IP is replaced by the
+    /// local address toward each peer).
+    pub udp_listen: SocketAddr,
+    pub tcp_listen: SocketAddr,
+}
+
+/// A call's dialogs are found by Call-ID and our tag.
+type DialogKey = (String, String);
+type CallInbox = mpsc::UnboundedSender<Input>;
+
+#[derive(Default)]
+struct CallTable {
+    by_dialog: HashMap<DialogKey, CallInbox>,
+    by_invite: HashMap<TransactionKey, CallInbox>,
+}
+
+/// Attempts at writing a CDR while the store has no leader.
+const CDR_WRITE_ATTEMPTS: u32 = 20;
+const CDR_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+pub struct B2bua {
+    auth: Arc<Authenticator>,
+    repo: Repo,
+    endpoint: Endpoint,
+    config: CallConfig,
+    calls: Mutex<CallTable>,
+}
+
+/// What a CDR needs beyond the call's outcome.
+struct CdrContext {
+    tenant_id: String,
+    call_id: String,
+    from: String,
+    to: String,
+    start_ms: u64,
+    started: tokio::time::Instant,
+}
+
+fn transport_of(uri: &Uri) -> Transport {
+    let name = uri
+        .as_sip()
+        .and_then(|u| u.param("transport"))
+        .and_then(|p| p.value.clone())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match name.as_str() {
+        "tcp" => Transport::Tcp,
+        "tls" => Transport::Tls,
+        "ws" => Transport::Ws,
+        "wss" => Transport::Wss,
+        _ if uri.scheme() == "sips" => Transport::Tls,
+        _ => Transport::Udp,
+    }
+}
+
+/// `udp:192.0.2.1:5060` as the registrar records where a REGISTER came from.
+fn parse_received_from(text: &str) -> Option<Peer> {
+    let (transport, addr) = text.split_once(':')?;
+    let transport = match transport {
+        "udp" => Transport::Udp,
+        "tcp" => Transport::Tcp,
+        "tls" => Transport::Tls,
+        "ws" => Transport::Ws,
+        "wss" => Transport::Wss,
+        _ => return None,
+    };
+    Some(Peer {
+        transport,
+        addr: addr.parse().ok()?,
+    })
+}
+
+/// Where requests to a binding go: to the first Path hop (the edge proxy
+/// that holds the device's flow) or else to where the device registered
+/// from, which is right behind NAT too.
+fn binding_peer(binding: &Binding) -> Option<Peer> {
+    match binding.path.first() {
+        Some(first) => {
+            let uri = parse_name_addr(first).ok()?.uri;
+            let sip_uri = uri.as_sip()?;
+            let ip: IpAddr = sip_uri
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?;
+            Some(Peer {
+                transport: transport_of(&uri),
+                addr: SocketAddr::new(ip, sip_uri.port.unwrap_or(5060)),
+            })
+        }
+        None => parse_received_from(&binding.received_from),
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Caller => "caller",
+        Side::Callee => "callee",
+        Side::System => "system",
+    }
+}
+
+impl B2bua {
+    pub fn new(
+        auth: Arc<Authenticator>,
+        repo: Repo,
+        endpoint: Endpoint,
+        config: CallConfig,
+    ) -> Arc<B2bua> {
+        Arc::new(B2bua {
+            auth,
+            repo,
+            endpoint,
+            config,
+            calls: Mutex::new(CallTable::default()),
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, CallTable> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Our address as `peer` should see it.
+    fn local_addr_toward(&self, peer: Peer) -> LegAddr {
+        let listen = match peer.transport {
+            Transport::Udp => self.config.udp_listen,
+            _ => self.config.tcp_listen,
+        };
+        let ip = if listen.ip().is_unspecified() {
+            sip::endpoint::local_ip_toward(peer.addr).unwrap_or(listen.ip())
+        } else {
+            listen.ip()
+        };
+        LegAddr {
+            peer,
+            local_host: match ip {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                IpAddr::V4(v4) => v4.to_string(),
+            },
+            local_port: listen.port(),
+        }
+    }
+
+    /// Number of calls in progress on this node.
+    pub fn active_calls(&self) -> usize {
+        self.table().by_invite.len()
+    }
+
+    /// A new INVITE (no To tag).
+    pub async fn on_invite(
+        self: Arc<Self>,
+        key: TransactionKey,
+        request: SipMessage,
+        source: Peer,
+    ) {
+        let now_ms = unix_now_ms();
+        let (tenant, caller) = match self
+            .auth
+            .authenticate(&request, ChallengeKind::Proxy, now_ms)
+            .await
+        {
+            Ok(Authenticated::Extension { tenant, extension }) => (tenant, extension),
+            Ok(Authenticated::Refused(response)) => {
+                self.endpoint.respond(&key, response);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "INVITE: store unavailable");
+                self.endpoint.respond(&key, request.response(503));
+                return;
+            }
+        };
+        if let Err(e) = self
+            .place_call(key.clone(), &request, source, &tenant, &caller, now_ms)
+            .await
+        {
+            tracing::error!(error = %e, "INVITE: store unavailable");
+            self.endpoint.respond(&key, request.response(503));
+        }
+    }
+
+    async fn place_call(
+        self: &Arc<Self>,
+        key: TransactionKey,
+        request: &SipMessage,
+        source: Peer,
+        tenant: &Tenant,
+        caller: &Extension,
+        now_ms: u64,
+    ) -> Result<(), crate::repo::RepoError> {
+        let dialled = request
+            .request_uri()
+            .and_then(Uri::as_sip)
+            .and_then(|u| u.user_name())
+            .unwrap_or_default()
+            .to_string();
+        let call_id = request.call_id().unwrap_or_default().to_string();
+        let cdr = CdrContext {
+            tenant_id: tenant.id.clone(),
+            call_id: call_id.clone(),
+            from: caller.number.clone(),
+            to: dialled.clone(),
+            start_ms: now_ms,
+            started: tokio::time::Instant::now(),
+        };
+        let span = tracing::info_span!("call", tenant = %tenant.code, %call_id, node = self.config.node_id);
+        let _entered = span.enter();
+        // Only the caller's own tenant is searched: 101 of one tenant can
+        // never reach 101 of another.
+        let callee = match self.repo.extension(&tenant.id, &dialled).await? {
+            Some(callee) => callee,
+            None => {
+                self.refuse(&key, request, 404, "UNALLOCATED_NUMBER", 1, &cdr)
+                    .await;
+                return Ok(());
+            }
+        };
+        let bindings = self
+            .repo
+            .bindings(&tenant.id, &callee.number, now_ms)
+            .await?;
+        let forks: Vec<ForkTarget> = bindings
+            .iter()
+            .filter_map(|stored| {
+                let binding = &stored.binding;
+                let peer = binding_peer(binding)?;
+                Some(ForkTarget {
+                    uri: binding.uri.parse().ok()?,
+                    route: binding.path.clone(),
+                    addr: self.local_addr_toward(peer),
+                })
+            })
+            .collect();
+        if forks.is_empty() {
+            self.refuse(&key, request, 480, "SUBSCRIBER_ABSENT", 20, &cdr)
+                .await;
+            return Ok(());
+        }
+        tracing::info!(from = %caller.number, to = %callee.number, forks = forks.len(), "calling");
+        let setup = CallSetup {
+            invite: request.clone(),
+            invite_key: key,
+            caller: self.local_addr_toward(source),
+            caller_identity: format!(
+                "\"{}\" <sip:{}@{}>",
+                caller.display_name.replace('"', ""),
+                caller.number,
+                tenant.sip_domain
+            ),
+            callee_aor: format!("<sip:{}@{}>", callee.number, tenant.sip_domain),
+            forks,
+            ring_timeout: self.config.ring_timeout,
+            timers: self.config.timers,
+        };
+        let call = Call::start(setup, tokio::time::Instant::now().into_std());
+        let (inbox, inputs) = mpsc::unbounded_channel();
+        {
+            let mut table = self.table();
+            for dialog_key in call.dialog_keys() {
+                table.by_dialog.insert(dialog_key, inbox.clone());
+            }
+            table
+                .by_invite
+                .insert(call.caller_invite_key().clone(), inbox);
+        }
+        let b2bua = self.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { b2bua.drive(call, inputs, cdr).await },
+            span.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Refuses a call before any fork (unknown number, offline callee).
+    async fn refuse(
+        &self,
+        key: &TransactionKey,
+        request: &SipMessage,
+        status: u16,
+        cause: &'static str,
+        q850: u16,
+        cdr: &CdrContext,
+    ) {
+        let mut response = request.response(status);
+        response
+            .headers
+            .push("Reason", format!("Q.850;cause={q850};text=\"{cause}\""));
+        self.endpoint.respond(key, response);
+        tracing::info!(status, cause, "call refused");
+        let end = CallEnd {
+            disposition: call::Disposition::Failed,
+            hangup_cause: cause,
+            hangup_by: Side::System,
+            answered_at: None,
+            ended_at: tokio::time::Instant::now().into_std(),
+            final_status: Some(status),
+        };
+        self.write_cdr(cdr, &end).await;
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        mut call: Call,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        cdr: CdrContext,
+    ) {
+        let (replies, mut reply_rx) = mpsc::unbounded_channel();
+        loop {
+            for output in call.drain_outputs() {
+                self.carry_out(output, &replies, &cdr).await;
+            }
+            if call.is_finished() {
+                break;
+            }
+            let deadline = call.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(input) = inputs.recv() => {
+                    call.handle(input, tokio::time::Instant::now().into_std());
+                }
+                Some((txn, event)) = reply_rx.recv() => {
+                    call.handle(call::Input::Client { txn, event }, tokio::time::Instant::now().into_std());
+                }
+                () = sleep => call.handle_timeout(tokio::time::Instant::now().into_std()),
+            }
+        }
+        let mut table = self.table();
+        for dialog_key in call.dialog_keys() {
+            table.by_dialog.remove(&dialog_key);
+        }
+        table.by_invite.remove(call.caller_invite_key());
+    }
+
+    async fn carry_out(
+        &self,
+        output: Output,
+        replies: &mpsc::UnboundedSender<(u64, sip::endpoint::ClientEvent)>,
+        cdr: &CdrContext,
+    ) {
+        match output {
+            Output::Respond { key, response } => self.endpoint.respond(&key, response),
+            Output::Request {
+                txn,
+                request,
+                target,
+            } => self.endpoint.request(
+                request,
+                target,
+                ClientReply {
+                    tag: txn,
+                    to: replies.clone(),
+                },
+            ),
+            Output::Stateless { message, target } => {
+                if let Err(e) = self.endpoint.send_stateless(&message, target).await {
+                    tracing::warn!(dest = %target.addr, error = %e, "send failed");
+                }
+            }
+            Output::Ended(end) => {
+                tracing::info!(
+                    disposition = end.disposition.as_str(),
+                    cause = end.hangup_cause,
+                    by = side_name(end.hangup_by),
+                    "call ended"
+                );
+                self.write_cdr(cdr, &end).await;
+            }
+        }
+    }
+
+    fn wall_ms(cdr: &CdrContext, at: std::time::Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(cdr.started.into_std());
+        cdr.start_ms + u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn write_cdr(&self, context: &CdrContext, end: &CallEnd) {
+        let cdr = Cdr {
+            id: sip::message::new_tag(),
+            tenant_id: context.tenant_id.clone(),
+            call_id: context.call_id.clone(),
+            from: context.from.clone(),
+            to: context.to.clone(),
+            start_ms: context.start_ms,
+            answer_ms: end.answered_at.map(|at| Self::wall_ms(context, at)),
+            end_ms: Self::wall_ms(context, end.ended_at),
+            disposition: end.disposition.as_str().to_string(),
+            hangup_cause: end.hangup_cause.to_string(),
+            hangup_by: side_name(end.hangup_by).to_string(),
+            sip_status: end.final_status,
+            node_id: self.config.node_id,
+        };
+        for attempt in 1..=CDR_WRITE_ATTEMPTS {
+            match self.repo.put_cdr(&cdr).await {
+                Ok(()) => return,
+                Err(e) if attempt == CDR_WRITE_ATTEMPTS => {
+                    tracing::error!(error = %e, call_id = %cdr.call_id, "CDR not written");
+                }
+                // A leader election is the usual cause: wait it out.
+                Err(_) => tokio::time::sleep(CDR_RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    /// Hands an in-dialog request to its call; `false` if no call owns it.
+    pub fn route_request(&self, key: &TransactionKey, request: &SipMessage) -> bool {
+        let dialog_key = request
+            .call_id()
+            .ok()
+            .zip(request.to_tag())
+            .map(|(c, t)| (c.to_string(), t));
+        let inbox = dialog_key.and_then(|k| self.table().by_dialog.get(&k).cloned());
+        inbox.is_some_and(|inbox| {
+            inbox
+                .send(Input::Request {
+                    key: Some(key.clone()),
+                    request: request.clone(),
+                })
+                .is_ok()
+        })
+    }
+
+    /// A CANCEL for the pending INVITE `invite`.
+    pub fn route_cancel(&self, invite: &TransactionKey) {
+        if let Some(inbox) = self.table().by_invite.get(invite) {
+            let _ = inbox.send(Input::Cancel);
+        }
+    }
+
+    /// An ACK for a 2xx, or a retransmitted 2xx: ours if a dialog matches.
+    pub fn route_stray(&self, message: SipMessage) {
+        let our_tag = if message.is_request() {
+            if message.method() != Some(&Method::Ack) {
+                return;
+            }
+            message.to_tag()
+        } else {
+            message.from_tag()
+        };
+        let Some(dialog_key) = message
+            .call_id()
+            .ok()
+            .zip(our_tag)
+            .map(|(c, t)| (c.to_string(), t))
+        else {
+            return;
+        };
+        let Some(inbox) = self.table().by_dialog.get(&dialog_key).cloned() else {
+            return;
+        };
+        let input = if message.is_request() {
+            Input::Request {
+                key: None,
+                request: message,
+            }
+        } else {
+            Input::StrayResponse(message)
+        };
+        let _ = inbox.send(input);
+    }
+}
