@@ -141,6 +141,7 @@ impl Front {
             }
             _ if in_dialog => {
                 if !self.b2bua.route_request(&key, &request) {
+                    tracing::debug!(call_id = ?request.call_id().ok(), to_tag = ?request.to_tag(), %method, "no dialog for in-dialog request");
                     self.endpoint.respond(&key, request.response(481));
                 }
             }

@@ -31,7 +31,7 @@ fn sip_host(uri: &Uri) -> Option<&str> {
 
 /// The lookups for `request`: each distinct domain host of the
 /// Request-URI, To and From; if none is a domain name, the code suffix of
-/// `username` (the digest username, or else the To user).
+/// `username` (the digest username, or else the From or To user).
 pub fn tenant_lookups(request: &SipMessage, username: Option<&str>) -> Vec<TenantLookup> {
     let to = request.to().ok();
     let from = request.from().ok();
@@ -51,11 +51,23 @@ pub fn tenant_lookups(request: &SipMessage, username: Option<&str>) -> Vec<Tenan
         }
     }
     if lookups.is_empty() {
-        let to_user = to
-            .as_ref()
-            .and_then(|t| t.uri.as_sip())
-            .and_then(|u| u.user_name());
-        if let Some(code) = username.or(to_user).and_then(code_from_username) {
+        // The caller's identity (digest username, From) before the To,
+        // which in a call names the callee.
+        let user_of = |addr: Option<&sip::message::NameAddr>| {
+            addr.and_then(|a| a.uri.as_sip())
+                .and_then(|u| u.user_name())
+                .map(str::to_string)
+        };
+        let candidates = [
+            username.map(str::to_string),
+            user_of(from.as_ref()),
+            user_of(to.as_ref()),
+        ];
+        let code = candidates
+            .iter()
+            .flatten()
+            .find_map(|user| code_from_username(user));
+        if let Some(code) = code {
             lookups.push(TenantLookup::Code(code.to_ascii_uppercase()));
         }
     }

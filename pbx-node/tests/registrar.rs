@@ -3,17 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
 use common::{
     create_test_tenant, free_udp_addr, loopback_config, TestPhone, PASSWORD, TEST_DOMAIN,
 };
 use pbx_node::service::unix_now_ms;
 use pbx_node::{NodeConfig, PbxNode};
-use raft_store::{ClusterCa, RaftStore, StoreConfig};
 
 async fn single_node(dir: &Path, offer_sha256: bool) -> PbxNode {
     let config = NodeConfig {
@@ -133,41 +129,17 @@ async fn run_sipp(
     password: &str,
     work: &Path,
 ) -> bool {
-    let scenario_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(scenario);
-    let local_port = free_udp_addr().port();
-    let output = tokio::process::Command::new("sipp")
-        .arg(server.to_string())
-        .args(["-sf", &scenario_path.to_string_lossy()])
-        .args(["-s", user, "-au", user, "-ap", password, "-t", transport])
-        .args(["-i", "127.0.0.1", "-p", &local_port.to_string()])
-        .args([
-            "-m",
-            "1",
-            "-timeout",
-            "20",
-            "-timeout_error",
-            "-nostdin",
-            "-trace_err",
-        ])
-        .current_dir(work)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("sipp must be installed (Debian package sip-tester)");
-    if !output.status.success() {
-        eprintln!("sipp stdout:\n{}", String::from_utf8_lossy(&output.stdout));
-        eprintln!("sipp stderr:\n{}", String::from_utf8_lossy(&output.stderr));
-        for entry in std::fs::read_dir(work).into_iter().flatten().flatten() {
-            eprintln!(
-                "{}:\n{}",
-                entry.path().display(),
-                std::fs::read_to_string(entry.path()).unwrap_or_default()
-            );
-        }
-    }
-    output.status.success()
+    let output = common::sipp_command(
+        &common::sipp_scenario(scenario),
+        free_udp_addr().port(),
+        work,
+    )
+    .arg(server.to_string())
+    .args(["-s", user, "-au", user, "-ap", password, "-t", transport])
+    .output()
+    .await
+    .expect("sipp must be installed (Debian package sip-tester)");
+    common::sipp_passed(&output, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,45 +218,8 @@ async fn sipp_registers_with_digest_and_wrong_password_is_challenged_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binding_registered_on_one_node_is_found_on_another() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = ClusterCa::generate("pbx").expect("CA");
-    let mut stores = Vec::new();
-    let mut configs = Vec::new();
-    for id in 1..=3u64 {
-        let config = loopback_config(id, &dir.path().join(format!("node-{id}")));
-        let identity = ca.issue_node(id).expect("node certificate");
-        let mut store_config = StoreConfig::new(
-            id,
-            config.raft_listen,
-            config.data_dir.join("raft"),
-            identity,
-        );
-        store_config.heartbeat_interval = Duration::from_millis(50);
-        store_config.election_timeout_min = Duration::from_millis(250);
-        store_config.election_timeout_max = Duration::from_millis(500);
-        let store = RaftStore::start(store_config, &prometheus::Registry::new())
-            .await
-            .expect("start store");
-        stores.push(store);
-        configs.push(config);
-    }
-    stores[0].initialize().await.expect("initialize");
-    for (store, config) in stores.iter().zip(&configs).skip(1) {
-        stores[0]
-            .add_learner(store.node_id(), &config.raft_listen.to_string())
-            .await
-            .expect("add learner");
-    }
-    stores[0]
-        .change_voters(BTreeSet::from([1, 2, 3]))
-        .await
-        .expect("change voters");
-
-    let node_a = PbxNode::serve(&configs[0], stores[0].clone())
-        .await
-        .expect("node A");
-    let node_b = PbxNode::serve(&configs[1], stores[1].clone())
-        .await
-        .expect("node B");
+    let (nodes, spare) = common::three_node_cluster(dir.path(), 2).await;
+    let [node_a, node_b] = <[PbxNode; 2]>::try_from(nodes).ok().expect("two PBX nodes");
     let tenant = create_test_tenant(&node_a.repo).await;
 
     let mut phone = TestPhone::new(node_a.sip.udp_addr, "100-TEST", PASSWORD).await;
@@ -315,5 +250,7 @@ async fn binding_registered_on_one_node_is_found_on_another() {
 
     node_a.shutdown().await;
     node_b.shutdown().await;
-    stores[2].shutdown().await;
+    for store in spare {
+        store.shutdown().await;
+    }
 }

@@ -288,6 +288,7 @@ impl B2bua {
         let (inbox, inputs) = mpsc::unbounded_channel();
         {
             let mut table = self.table();
+            tracing::debug!(keys = ?call.dialog_keys(), "call dialogs");
             for dialog_key in call.dialog_keys() {
                 table.by_dialog.insert(dialog_key, inbox.clone());
             }
@@ -361,6 +362,7 @@ impl B2bua {
                 () = sleep => call.handle_timeout(tokio::time::Instant::now().into_std()),
             }
         }
+        tracing::debug!(keys = ?call.dialog_keys(), "call task done");
         let mut table = self.table();
         for dialog_key in call.dialog_keys() {
             table.by_dialog.remove(&dialog_key);

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: free ports, a test tenant and
-//! a minimal digest-authenticating SIP UDP client.
+//! a minimal digest-authenticating SIP UDP client, a 3-node cluster and sipp.
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +9,8 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 use pbx_node::model::Tenant;
 use pbx_node::repo::NewExtension;
-use pbx_node::{NodeConfig, Repo};
+use pbx_node::{NodeConfig, PbxNode, Repo};
+use raft_store::{ClusterCa, RaftStore, StoreConfig};
 use sip::message::{parse_datagram, SipMessage};
 use tokio::net::UdpSocket;
 
@@ -154,4 +157,105 @@ impl TestPhone {
             .expect("recv");
         parse_datagram(&buf[..n]).expect("parsable response")
     }
+}
+
+/// A 3-node raft cluster in this process with a PBX served on the first
+/// `pbx_nodes` of them; the stores without a PBX are returned beside.
+pub async fn three_node_cluster(
+    dir: &std::path::Path,
+    pbx_nodes: usize,
+) -> (Vec<PbxNode>, Vec<RaftStore>) {
+    let ca = ClusterCa::generate("pbx").expect("CA");
+    let mut stores = Vec::new();
+    let mut configs = Vec::new();
+    for id in 1..=3u64 {
+        let config = loopback_config(id, &dir.join(format!("node-{id}")));
+        let identity = ca.issue_node(id).expect("node certificate");
+        let store_config = StoreConfig::new(
+            id,
+            config.raft_listen,
+            config.data_dir.join("raft"),
+            identity,
+        );
+        let store = RaftStore::start(store_config, &prometheus::Registry::new())
+            .await
+            .expect("start store");
+        stores.push(store);
+        configs.push(config);
+    }
+    stores[0].initialize().await.expect("initialize");
+    for (store, config) in stores.iter().zip(&configs).skip(1) {
+        stores[0]
+            .add_learner(store.node_id(), &config.raft_listen.to_string())
+            .await
+            .expect("add learner");
+    }
+    stores[0]
+        .change_voters(std::collections::BTreeSet::from([1, 2, 3]))
+        .await
+        .expect("change voters");
+    let mut nodes = Vec::new();
+    for (store, config) in stores.iter().zip(&configs).take(pbx_nodes) {
+        let config = NodeConfig {
+            ring_timeout_secs: 3,
+            // sipp 3.6 answers only the first challenge, and only MD5.
+            sip_digest_sha256: false,
+            ..config.clone()
+        };
+        nodes.push(
+            PbxNode::serve(&config, store.clone())
+                .await
+                .expect("serve PBX"),
+        );
+    }
+    (nodes, stores.split_off(pbx_nodes))
+}
+
+/// The path of a sipp scenario under tests/sipp.
+pub fn sipp_scenario(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(name)
+}
+
+/// A sipp command on 127.0.0.1:`local_port` that runs `scenario` once,
+/// bounded in time, logging errors into `work`.
+pub fn sipp_command(
+    scenario: &std::path::Path,
+    local_port: u16,
+    work: &std::path::Path,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sipp");
+    command
+        .args(["-sf", &scenario.to_string_lossy()])
+        .args(["-i", "127.0.0.1", "-p", &local_port.to_string()])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .current_dir(work)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Whether sipp passed; on failure its output and logs are printed.
+pub fn sipp_passed(output: &std::process::Output, work: &std::path::Path) -> bool {
+    if !output.status.success() {
+        eprintln!("sipp stdout:\n{}", String::from_utf8_lossy(&output.stdout));
+        eprintln!("sipp stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+        for entry in std::fs::read_dir(work).into_iter().flatten().flatten() {
+            eprintln!(
+                "{}:\n{}",
+                entry.path().display(),
+                std::fs::read_to_string(entry.path()).unwrap_or_default()
+            );
+        }
+    }
+    output.status.success()
 }

@@ -1,0 +1,330 @@
+//! Calls between extensions through the B2BUA, with sipp as both phones:
+//! answered, busy, no answer, cancelled, unknown number, offline, forking
+//! to two devices, a 3-node cluster (register on A, call via B) and tenant
+//! isolation. Each call's CDR is checked in raft-store.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{
+    create_test_tenant, free_udp_addr, sipp_command, sipp_passed, sipp_scenario, PASSWORD,
+};
+use pbx_node::model::{Cdr, Tenant};
+use pbx_node::repo::NewExtension;
+use pbx_node::{NodeConfig, PbxNode, Repo};
+use tokio::process::Child;
+
+async fn add_extension(repo: &Repo, tenant: &Tenant, number: &str) {
+    repo.create_extension(
+        tenant,
+        NewExtension {
+            number: number.into(),
+            display_name: format!("Test {number}"),
+            username: None,
+            password: PASSWORD.into(),
+        },
+    )
+    .await
+    .expect("create extension");
+}
+
+fn work_dir(root: &Path, name: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("work dir");
+    dir
+}
+
+/// Registers `user` with the contact 127.0.0.1:`port`, where a sipp UAS
+/// will then listen.
+async fn register(node: SocketAddr, user: &str, port: u16, work: &Path) {
+    let output = sipp_command(&sipp_scenario("register.xml"), port, work)
+        .arg(node.to_string())
+        .args(["-s", user, "-au", user, "-ap", PASSWORD, "-t", "u1"])
+        .output()
+        .await
+        .expect("sipp must be installed (Debian package sip-tester)");
+    assert!(sipp_passed(&output, work), "{user} registers");
+}
+
+/// A sipp phone on `port` that plays `scenario` for one incoming call.
+fn callee(scenario: &str, port: u16, work: &Path) -> Child {
+    sipp_command(&sipp_scenario(scenario), port, work)
+        .args(["-t", "u1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sipp must be installed (Debian package sip-tester)")
+}
+
+async fn finished(child: Child, work: &Path) -> bool {
+    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .expect("sipp ends by itself")
+        .expect("sipp output");
+    sipp_passed(&output, work)
+}
+
+/// Extension 100 calls `number` via `node` with `scenario`.
+async fn call(node: SocketAddr, scenario: &Path, number: &str, work: &Path) -> bool {
+    let output = sipp_command(scenario, free_udp_addr().port(), work)
+        .arg(node.to_string())
+        .args(["-s", number, "-au", "100-TEST", "-ap", PASSWORD, "-t", "u1"])
+        // Like a phone given the PBX's IP address: the tenant is only in
+        // the username's -CODE suffix.
+        .args(["-key", "caller", "100-TEST"])
+        .output()
+        .await
+        .expect("sipp must be installed (Debian package sip-tester)");
+    sipp_passed(&output, work)
+}
+
+/// The refusal scenario expecting `status`, written into `work`.
+fn refused_scenario(status: u16, work: &Path) -> std::path::PathBuf {
+    let template = std::fs::read_to_string(sipp_scenario("uac_refused.xml.in")).expect("template");
+    let path = work.join(format!("uac_refused_{status}.xml"));
+    std::fs::write(&path, template.replace("@STATUS@", &status.to_string()))
+        .expect("write scenario");
+    path
+}
+
+/// The tenant's CDRs once `count` are written (they follow the final
+/// response by a store write).
+async fn cdrs(repo: &Repo, tenant: &Tenant, count: usize) -> Vec<Cdr> {
+    for _ in 0..100 {
+        let cdrs = repo.cdrs(&tenant.id, 0, 0).await.expect("list CDRs");
+        if cdrs.len() >= count {
+            return cdrs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{count} CDRs were not written");
+}
+
+async fn single_node(dir: &Path) -> (PbxNode, Tenant) {
+    // Node logs show up with a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,openraft=warn,pbx_node=debug,sip=debug")
+        .with_test_writer()
+        .try_init();
+    // sipp 3.6 answers only the first challenge, and only MD5.
+    let config = NodeConfig {
+        ring_timeout_secs: 3,
+        sip_digest_sha256: false,
+        ..common::loopback_config(1, dir)
+    };
+    let node = PbxNode::start(&config).await.expect("start node");
+    let tenant = create_test_tenant(&node.repo).await;
+    for number in ["101", "102"] {
+        add_extension(&node.repo, &tenant, number).await;
+    }
+    (node, tenant)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_call_goes_through_and_leaves_a_cdr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let port = free_udp_addr().port();
+    register(sip, "101-TEST", port, &work_dir(dir.path(), "reg")).await;
+    let phone = callee("uas_answer.xml", port, &work_dir(dir.path(), "uas"));
+    let uac = work_dir(dir.path(), "uac");
+    assert!(
+        call(sip, &sipp_scenario("uac_call.xml"), "101", &uac).await,
+        "407, then an answered call with SDP, then BYE"
+    );
+    assert!(
+        finished(phone, &work_dir(dir.path(), "uas")).await,
+        "callee got INVITE, ACK, BYE"
+    );
+    let cdrs = cdrs(&node.repo, &tenant, 1).await;
+    let cdr = &cdrs[0];
+    assert_eq!(
+        (cdr.from.as_str(), cdr.to.as_str(), cdr.disposition.as_str()),
+        ("100", "101", "ANSWERED")
+    );
+    assert_eq!(cdr.hangup_cause, "NORMAL_CLEARING");
+    assert_eq!(cdr.hangup_by, "caller");
+    assert_eq!(cdr.node_id, 1);
+    let answered = cdr.answer_ms.expect("answer time");
+    assert!(
+        cdr.start_ms <= answered && answered + 900 <= cdr.end_ms,
+        "{cdr:?}"
+    );
+    assert_eq!(node.sip.b2bua.active_calls(), 0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_no_answer_cancel_unknown_and_offline_get_their_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let port = free_udp_addr().port();
+    register(sip, "101-TEST", port, &work_dir(dir.path(), "reg")).await;
+
+    let cases: [(&str, Option<&str>, u16, &str); 5] = [
+        ("busy", Some("uas_busy.xml"), 486, "BUSY"),
+        // Ring timeout is 3 s in tests: the PBX CANCELs and the caller hears 480.
+        (
+            "noanswer",
+            Some("uas_ring_until_cancel.xml"),
+            480,
+            "NO ANSWER",
+        ),
+        (
+            "cancel",
+            Some("uas_ring_until_cancel.xml"),
+            487,
+            "CANCELLED",
+        ),
+        ("unknown", None, 404, "FAILED"),
+        ("offline", None, 480, "FAILED"),
+    ];
+    for (index, (name, callee_scenario, status, disposition)) in cases.into_iter().enumerate() {
+        let uas_work = work_dir(dir.path(), &format!("{name}-uas"));
+        let phone = callee_scenario.map(|s| callee(s, port, &uas_work));
+        let uac = work_dir(dir.path(), &format!("{name}-uac"));
+        let (scenario, number) = match name {
+            "cancel" => (sipp_scenario("uac_cancel.xml"), "101"),
+            "unknown" => (refused_scenario(status, &uac), "199"),
+            "offline" => (refused_scenario(status, &uac), "102"),
+            _ => (refused_scenario(status, &uac), "101"),
+        };
+        assert!(
+            call(sip, &scenario, number, &uac).await,
+            "{name}: caller gets {status}"
+        );
+        if let Some(phone) = phone {
+            assert!(finished(phone, &uas_work).await, "{name}: callee side");
+        }
+        let cdrs = cdrs(&node.repo, &tenant, index + 1).await;
+        let cdr = cdrs.iter().max_by_key(|c| c.start_ms).expect("latest CDR");
+        assert_eq!(cdr.disposition, disposition, "{name}: {cdr:?}");
+        assert_eq!(cdr.sip_status, Some(status), "{name}: {cdr:?}");
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_forks_to_every_contact_and_cancels_the_losers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let desk = free_udp_addr().port();
+    let mobile = free_udp_addr().port();
+    register(sip, "101-TEST", desk, &work_dir(dir.path(), "reg-desk")).await;
+    register(sip, "101-TEST", mobile, &work_dir(dir.path(), "reg-mobile")).await;
+    let answering = callee("uas_answer.xml", desk, &work_dir(dir.path(), "desk"));
+    let ringing = callee(
+        "uas_ring_until_cancel.xml",
+        mobile,
+        &work_dir(dir.path(), "mobile"),
+    );
+    assert!(
+        call(
+            sip,
+            &sipp_scenario("uac_call.xml"),
+            "101",
+            &work_dir(dir.path(), "uac")
+        )
+        .await
+    );
+    assert!(
+        finished(answering, &work_dir(dir.path(), "desk")).await,
+        "desk answered"
+    );
+    assert!(
+        finished(ringing, &work_dir(dir.path(), "mobile")).await,
+        "the other device was CANCELled"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_on_node_a_called_via_node_b() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = common::three_node_cluster(dir.path(), 3).await;
+    let tenant = create_test_tenant(&nodes[0].repo).await;
+    add_extension(&nodes[0].repo, &tenant, "101").await;
+    let port = free_udp_addr().port();
+    register(
+        nodes[0].sip.udp_addr,
+        "101-TEST",
+        port,
+        &work_dir(dir.path(), "reg"),
+    )
+    .await;
+    let phone = callee("uas_answer.xml", port, &work_dir(dir.path(), "uas"));
+    assert!(
+        call(
+            nodes[1].sip.udp_addr,
+            &sipp_scenario("uac_call.xml"),
+            "101",
+            &work_dir(dir.path(), "uac")
+        )
+        .await
+    );
+    assert!(finished(phone, &work_dir(dir.path(), "uas")).await);
+    let cdrs = cdrs(&nodes[2].repo, &tenant, 1).await;
+    assert_eq!(cdrs[0].node_id, 2, "node B handled the call");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_101_of_another_tenant_is_never_reached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let other = node
+        .repo
+        .create_tenant("Other", "OTHER", "other.pbx.local")
+        .await
+        .expect("tenant");
+    add_extension(&node.repo, &other, "103").await;
+    let sip = node.sip.udp_addr;
+    // OTHER's 103 is registered; TEST has no 103 at all.
+    let listener = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let output = sipp_command(
+        &sipp_scenario("register.xml"),
+        port,
+        &work_dir(dir.path(), "reg"),
+    )
+    .arg(sip.to_string())
+    .args([
+        "-s",
+        "103-OTHER",
+        "-au",
+        "103-OTHER",
+        "-ap",
+        PASSWORD,
+        "-t",
+        "u1",
+    ])
+    .output()
+    .await
+    .expect("sipp");
+    assert!(sipp_passed(&output, &work_dir(dir.path(), "reg")));
+    let phone = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind");
+    let uac = work_dir(dir.path(), "uac");
+    assert!(call(sip, &refused_scenario(404, &uac), "103", &uac).await);
+    let mut buf = [0u8; 2048];
+    let heard = tokio::time::timeout(Duration::from_secs(1), phone.recv_from(&mut buf)).await;
+    assert!(
+        heard.is_err(),
+        "OTHER's phone must not ring for TEST's caller"
+    );
+    let cdrs = cdrs(&node.repo, &tenant, 1).await;
+    assert_eq!(cdrs[0].hangup_cause, "UNALLOCATED_NUMBER");
+    node.shutdown().await;
+}
