@@ -1089,3 +1089,463 @@ impl Call {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sip::message::parse_datagram;
+    use sip::transport::Transport;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn udp(port: u16) -> LegAddr {
+        LegAddr {
+            peer: Peer {
+                transport: Transport::Udp,
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            },
+            local_host: "127.0.0.1".into(),
+            local_port: 5060,
+        }
+    }
+
+    fn caller_invite(extra: &str) -> SipMessage {
+        let sdp = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let text = format!(
+            "INVITE sip:101@test.pbx.local SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1\r\n\
+             From: <sip:100@test.pbx.local>;tag=caller\r\nTo: <sip:101@test.pbx.local>\r\n\
+             Call-ID: a-leg\r\nCSeq: 2 INVITE\r\nContact: <sip:100@127.0.0.1:6000>\r\nMax-Forwards: 70\r\n\
+             {extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        parse_datagram(text.as_bytes()).expect("INVITE")
+    }
+
+    fn start(forks: usize, extra: &str, t0: Instant) -> (Call, Vec<Output>) {
+        let invite = caller_invite(extra);
+        let setup = CallSetup {
+            invite_key: TransactionKey::for_request(&invite).expect("key"),
+            invite,
+            caller: udp(6000),
+            caller_identity: "\"Test 100\" <sip:100@test.pbx.local>".into(),
+            callee_aor: "<sip:101@test.pbx.local>".into(),
+            forks: (0..forks)
+                .map(|i| ForkTarget {
+                    uri: format!("sip:101@127.0.0.1:{}", 7000 + i)
+                        .parse()
+                        .expect("uri"),
+                    route: Vec::new(),
+                    addr: udp(7000 + u16::try_from(i).expect("small")),
+                })
+                .collect(),
+            ring_timeout: Duration::from_secs(30),
+            timers: TimerConfig::default(),
+        };
+        let mut call = Call::start(setup, t0);
+        let outputs = call.drain_outputs();
+        (call, outputs)
+    }
+
+    /// The requests sent, as (txn, method, request).
+    fn requests(outputs: &[Output]) -> Vec<(u64, Method, SipMessage)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Request { txn, request, .. } => {
+                    Some((*txn, request.method()?.clone(), request.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn responses(outputs: &[Output]) -> Vec<SipMessage> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Respond { response, .. } => Some(response.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stateless(outputs: &[Output]) -> Vec<SipMessage> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Stateless { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ended(outputs: &[Output]) -> Option<CallEnd> {
+        outputs.iter().find_map(|o| match o {
+            Output::Ended(end) => Some(end.clone()),
+            _ => None,
+        })
+    }
+
+    /// The callee's answer to `request` (with its dialog tag and Contact).
+    fn answer(request: &SipMessage, status: u16, tag: &str, sdp: bool) -> SipMessage {
+        let mut response = request.response_with_tag(status, reason_phrase(status), tag);
+        response.headers.push("Contact", "<sip:101@127.0.0.1:7000>");
+        if sdp {
+            response.headers.set("Content-Type", "application/sdp");
+            response.body = b"v=0\r\nm=audio 5000 RTP/AVP 0\r\n".to_vec();
+        }
+        response
+    }
+
+    fn feed(call: &mut Call, txn: u64, response: SipMessage, now: Instant) -> Vec<Output> {
+        call.handle(
+            Input::Client {
+                txn,
+                event: ClientEvent::Response(response),
+            },
+            now,
+        );
+        call.drain_outputs()
+    }
+
+    fn in_dialog(
+        from_caller: &SipMessage,
+        method: &str,
+        cseq: u32,
+        to_tag: &str,
+        body: &str,
+    ) -> SipMessage {
+        let text = format!(
+            "{method} sip:pbx@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK{method}{cseq}\r\n\
+             From: <sip:100@test.pbx.local>;tag=caller\r\nTo: <sip:101@test.pbx.local>;tag={to_tag}\r\n\
+             Call-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:100@127.0.0.1:6000>\r\nMax-Forwards: 70\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            from_caller.call_id().expect("call-id"),
+            body.len()
+        );
+        parse_datagram(text.as_bytes()).expect("request")
+    }
+
+    /// One fork that answers: the call after the caller's ACK.
+    fn answered_call(t0: Instant) -> (Call, SipMessage, String) {
+        let (mut call, out) = start(1, "", t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        feed(
+            &mut call,
+            txn,
+            answer(&invite, 200, "callee", true),
+            t0 + MS(10),
+        );
+        let tag = call.local_tag.clone();
+        let ack = in_dialog(&call.invite.clone(), "ACK", 2, &tag, "");
+        call.handle(
+            Input::Request {
+                key: None,
+                request: ack,
+            },
+            t0 + MS(20),
+        );
+        call.drain_outputs();
+        (call, invite, tag)
+    }
+
+    #[test]
+    fn first_2xx_wins_and_the_other_fork_is_cancelled() {
+        let t0 = Instant::now();
+        let (mut call, out) = start(2, "", t0);
+        let invites = requests(&out);
+        assert_eq!(invites.len(), 2);
+        assert!(invites.iter().all(|(_, m, r)| *m == Method::Invite
+            && r.body().starts_with(b"v=0")
+            && r.call_id().is_ok()));
+        assert_ne!(
+            invites[0].2.call_id().ok(),
+            invites[1].2.call_id().ok(),
+            "own Call-ID per fork"
+        );
+
+        let ringing = feed(
+            &mut call,
+            invites[0].0,
+            answer(&invites[0].2, 180, "b0", false),
+            t0 + MS(5),
+        );
+        assert_eq!(responses(&ringing)[0].status(), Some(180));
+        let trying = feed(
+            &mut call,
+            invites[1].0,
+            invites[1].2.response(100),
+            t0 + MS(6),
+        );
+        assert!(trying.is_empty());
+
+        let ok = feed(
+            &mut call,
+            invites[0].0,
+            answer(&invites[0].2, 200, "b0", true),
+            t0 + MS(50),
+        );
+        let to_caller = responses(&ok);
+        assert_eq!(to_caller[0].status(), Some(200));
+        assert_eq!(
+            to_caller[0].body(),
+            b"v=0\r\nm=audio 5000 RTP/AVP 0\r\n",
+            "SDP passed through"
+        );
+        assert_eq!(to_caller[0].to_tag(), Some(call.local_tag.clone()));
+        let cancels = requests(&ok);
+        assert_eq!(cancels.len(), 1);
+        assert_eq!(cancels[0].1, Method::Cancel);
+        assert_eq!(
+            cancels[0]
+                .2
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch().map(str::to_string)),
+            invites[1]
+                .2
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch().map(str::to_string)),
+            "CANCEL carries the INVITE's branch"
+        );
+        assert!(
+            stateless(&ok).is_empty(),
+            "the callee's ACK waits for the caller's"
+        );
+
+        let ack = in_dialog(&call.invite.clone(), "ACK", 2, &call.local_tag.clone(), "");
+        call.handle(
+            Input::Request {
+                key: None,
+                request: ack,
+            },
+            t0 + MS(60),
+        );
+        let acks = stateless(&call.drain_outputs());
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].method(), Some(&Method::Ack));
+        assert_eq!(acks[0].call_id().ok(), invites[0].2.call_id().ok());
+        assert!(!call.is_finished());
+    }
+
+    #[test]
+    fn ring_timeout_cancels_and_a_late_answer_is_released() {
+        let t0 = Instant::now();
+        let (mut call, out) = start(1, "", t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        feed(
+            &mut call,
+            txn,
+            answer(&invite, 180, "b0", false),
+            t0 + MS(5),
+        );
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        call.handle_timeout(t0 + Duration::from_secs(30));
+        let out = call.drain_outputs();
+        let refusal = &responses(&out)[0];
+        assert_eq!(refusal.status(), Some(480));
+        assert!(refusal
+            .headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("cause=19")));
+        assert_eq!(requests(&out)[0].1, Method::Cancel);
+        let end = ended(&out).expect("ended");
+        assert_eq!(
+            (end.disposition, end.hangup_cause),
+            (Disposition::NoAnswer, "NO_ANSWER")
+        );
+        assert!(!call.is_finished(), "the INVITE and CANCEL are still open");
+
+        // The callee answered as the CANCEL crossed: ACK it and hang up.
+        let late = feed(
+            &mut call,
+            txn,
+            answer(&invite, 200, "b0", true),
+            t0 + Duration::from_secs(31),
+        );
+        assert_eq!(stateless(&late)[0].method(), Some(&Method::Ack));
+        assert_eq!(requests(&late)[0].1, Method::Bye);
+        assert!(ended(&late).is_none(), "reported once");
+    }
+
+    #[test]
+    fn every_fork_failing_gives_the_caller_the_best_failure() {
+        let t0 = Instant::now();
+        let (mut call, out) = start(2, "", t0);
+        let invites = requests(&out);
+        feed(
+            &mut call,
+            invites[0].0,
+            answer(&invites[0].2, 480, "b0", false),
+            t0,
+        );
+        let out = feed(
+            &mut call,
+            invites[1].0,
+            answer(&invites[1].2, 486, "b1", false),
+            t0,
+        );
+        assert_eq!(responses(&out)[0].status(), Some(486));
+        assert_eq!(ended(&out).map(|e| e.disposition), Some(Disposition::Busy));
+        assert!(call.is_finished());
+        assert_eq!(best_failure(&[408, 503]), 503);
+        assert_eq!(best_failure(&[486, 603]), 603);
+    }
+
+    #[test]
+    fn unacknowledged_2xx_is_retransmitted_then_the_call_is_torn_down() {
+        let t0 = Instant::now();
+        let (mut call, out) = start(1, "", t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        feed(&mut call, txn, answer(&invite, 200, "b0", true), t0);
+        assert_eq!(call.poll_timeout(), Some(t0 + MS(500)));
+        call.handle_timeout(t0 + MS(500));
+        let again = stateless(&call.drain_outputs());
+        assert_eq!(
+            again[0].status(),
+            Some(200),
+            "Timer G-like 2xx retransmission"
+        );
+        assert_eq!(call.poll_timeout(), Some(t0 + MS(1500)));
+        call.handle_timeout(t0 + MS(32_000));
+        let out = call.drain_outputs();
+        let byes: Vec<Method> = requests(&out).into_iter().map(|(_, m, _)| m).collect();
+        assert_eq!(byes, [Method::Bye, Method::Bye], "both legs released");
+        assert_eq!(
+            ended(&out).map(|e| e.hangup_cause),
+            Some("RECOVERY_ON_TIMER_EXPIRE")
+        );
+    }
+
+    #[test]
+    fn hold_reinvite_is_relayed_and_its_ack_forwarded() {
+        let t0 = Instant::now();
+        let (mut call, _, tag) = answered_call(t0);
+        let hold = in_dialog(
+            &call.invite.clone(),
+            "INVITE",
+            3,
+            &tag,
+            "v=0\r\na=sendonly\r\n",
+        );
+        let key = TransactionKey::for_request(&hold).expect("key");
+        call.handle(
+            Input::Request {
+                key: Some(key.clone()),
+                request: hold,
+            },
+            t0 + MS(100),
+        );
+        let out = call.drain_outputs();
+        let (txn, method, relayed) = requests(&out).remove(0);
+        assert_eq!(method, Method::Invite);
+        assert_eq!(relayed.body(), b"v=0\r\na=sendonly\r\n");
+        assert_eq!(
+            relayed.to_tag().as_deref(),
+            Some("callee"),
+            "in the callee's dialog"
+        );
+        assert_eq!(relayed.cseq().map(|c| c.seq).ok(), Some(2));
+
+        let out = feed(
+            &mut call,
+            txn,
+            answer(&relayed, 200, "callee", true),
+            t0 + MS(110),
+        );
+        let ok = responses(&out).remove(0);
+        assert_eq!(ok.status(), Some(200));
+        assert_eq!(ok.to_tag().as_deref(), Some(tag.as_str()));
+        assert!(matches!(&out[0], Output::Respond { key: k, .. } if *k == key));
+
+        let ack = in_dialog(&call.invite.clone(), "ACK", 3, &tag, "");
+        call.handle(
+            Input::Request {
+                key: None,
+                request: ack,
+            },
+            t0 + MS(120),
+        );
+        let acks = stateless(&call.drain_outputs());
+        assert_eq!(
+            acks[0].cseq().map(|c| c.seq).ok(),
+            Some(2),
+            "ACK for the callee's re-INVITE"
+        );
+
+        // BYE from the caller: 200, BYE to the callee, the call ends.
+        let bye = in_dialog(&call.invite.clone(), "BYE", 4, &tag, "");
+        let key = TransactionKey::for_request(&bye).expect("key");
+        call.handle(
+            Input::Request {
+                key: Some(key),
+                request: bye,
+            },
+            t0 + MS(2_000),
+        );
+        let out = call.drain_outputs();
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        assert_eq!(requests(&out)[0].1, Method::Bye);
+        let end = ended(&out).expect("ended");
+        assert_eq!(
+            (end.disposition, end.hangup_by),
+            (Disposition::Answered, Side::Caller)
+        );
+    }
+
+    #[test]
+    fn reliable_183_is_pracked_and_relayed_reliably_to_a_100rel_caller() {
+        let t0 = Instant::now();
+        let (mut call, out) = start(1, "Supported: 100rel\r\n", t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        assert!(header_has_token(&invite, "Supported", "100rel"));
+        let mut early = answer(&invite, 183, "b0", true);
+        early.headers.push("Require", "100rel");
+        early.headers.push("RSeq", "42");
+        let out = feed(&mut call, txn, early, t0 + MS(5));
+        let prack = requests(&out).remove(0);
+        assert_eq!(prack.1, Method::Prack);
+        assert_eq!(prack.2.headers.get("RAck"), Some("42 1 INVITE"));
+        let relayed = responses(&out).remove(0);
+        assert_eq!(relayed.status(), Some(183));
+        assert_eq!(relayed.headers.get("RSeq"), Some("1"));
+        assert!(!relayed.body().is_empty(), "early media SDP");
+
+        call.handle_timeout(t0 + MS(505));
+        assert_eq!(
+            stateless(&call.drain_outputs())[0].status(),
+            Some(183),
+            "retransmitted until PRACK"
+        );
+        let tag = call.local_tag.clone();
+        let mut caller_prack = in_dialog(&call.invite.clone(), "PRACK", 3, &tag, "");
+        caller_prack.headers.push("RAck", "1 2 INVITE");
+        let key = TransactionKey::for_request(&caller_prack).expect("key");
+        call.handle(
+            Input::Request {
+                key: Some(key),
+                request: caller_prack,
+            },
+            t0 + MS(600),
+        );
+        assert_eq!(responses(&call.drain_outputs())[0].status(), Some(200));
+        assert!(call.unpracked.is_none());
+    }
+
+    #[test]
+    fn caller_cancel_answers_487_and_cancels_forks() {
+        let t0 = Instant::now();
+        let (mut call, out) = start(1, "", t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        feed(&mut call, txn, answer(&invite, 180, "b0", false), t0);
+        call.handle(Input::Cancel, t0 + MS(100));
+        let out = call.drain_outputs();
+        assert_eq!(responses(&out)[0].status(), Some(487));
+        assert_eq!(requests(&out)[0].1, Method::Cancel);
+        assert_eq!(
+            ended(&out).map(|e| e.disposition),
+            Some(Disposition::Cancelled)
+        );
+    }
+}
