@@ -6,10 +6,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pbx-target}"
 
 # libclang-dev: RocksDB's bindings; sip-tester: sipp, the SIP load and
-# conformance client the pbx-node tests drive.
+# conformance client the pbx-node tests drive; iproute2: `ip netns` for the
+# pbx-node torture test (run as root); baresip-core: the softphone of the
+# two-phone call test.
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
