@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub sip_udp_listen: SocketAddr,
     pub sip_tcp_listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Metrics and API (loopback by default: the API has no login yet).
+    pub http_listen: SocketAddr,
     pub raft_listen: SocketAddr,
     pub cluster_id: String,
     /// Other raft nodes as `<node id>@<host:port>`; empty = single-node embedded mode.
@@ -88,6 +90,7 @@ impl Default for NodeConfig {
             sip_udp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
             sip_tcp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
             data_dir: PathBuf::from("pbx-data"),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             raft_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             cluster_id: "pbx".to_string(),
             peers: Vec::new(),
@@ -158,6 +161,9 @@ pub struct Args {
     /// Directory for the raft store and generated certificates.
     #[arg(long, env = "PBX_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (metrics, API).
+    #[arg(long, env = "PBX_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// UDP address of the raft QUIC transport.
     #[arg(long, env = "PBX_RAFT_LISTEN")]
     pub raft_listen: Option<SocketAddr>,
@@ -226,6 +232,7 @@ impl Args {
         set(&mut config.sip_udp_listen, &self.sip_udp_listen);
         set(&mut config.sip_tcp_listen, &self.sip_tcp_listen);
         set(&mut config.data_dir, &self.data_dir);
+        set(&mut config.http_listen, &self.http_listen);
         set(&mut config.raft_listen, &self.raft_listen);
         set(&mut config.cluster_id, &self.cluster_id);
         set(&mut config.peers, &self.peers);

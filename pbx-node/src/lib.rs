@@ -7,6 +7,7 @@ pub mod auth;
 pub mod b2bua;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod model;
 pub mod node;
 pub mod registrar;

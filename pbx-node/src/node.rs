@@ -8,8 +8,10 @@ use std::time::Duration;
 use raft_store::{ClusterCa, NodeIdentity, RaftStore, StoreConfig, StoreError};
 
 use crate::auth::Authenticator;
+use crate::b2bua::CallMetrics;
 use crate::config::{ConfigError, NodeConfig};
 use crate::demo::{ensure_demo, NewCredentials};
+use crate::http::HttpServer;
 use crate::repo::{Repo, RepoError};
 use crate::server::{SipServer, SipServices};
 
@@ -29,6 +31,10 @@ pub enum NodeError {
     Repo(#[from] RepoError),
     #[error("SIP listen: {0}")]
     SipListen(std::io::Error),
+    #[error("HTTP listen: {0}")]
+    HttpListen(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(prometheus::Error),
 }
 
 /// How long start-up waits for the cluster to have a leader.
@@ -143,6 +149,7 @@ pub struct PbxNode {
     pub store: RaftStore,
     pub repo: Repo,
     pub sip: SipServer,
+    pub http: HttpServer,
     /// Demo extensions created by this start, with their only copy of the password.
     pub new_demo_credentials: Vec<NewCredentials>,
 }
@@ -161,7 +168,8 @@ impl PbxNode {
             identity,
         );
         store_config.cluster_id.clone_from(&config.cluster_id);
-        let store = RaftStore::start(store_config, &prometheus::Registry::new()).await?;
+        let registry = prometheus::Registry::new();
+        let store = RaftStore::start(store_config, &registry).await?;
         let initialized = store
             .raft()
             .is_initialized()
@@ -180,12 +188,16 @@ impl PbxNode {
                 store.change_voters(voters).await?;
             }
         }
-        Self::serve(config, store).await
+        Self::serve(config, store, registry).await
     }
 
     /// Starts the PBX on an already running store (tests use this to put
     /// several nodes on one in-process raft cluster).
-    pub async fn serve(config: &NodeConfig, store: RaftStore) -> Result<PbxNode, NodeError> {
+    pub async fn serve(
+        config: &NodeConfig,
+        store: RaftStore,
+        registry: prometheus::Registry,
+    ) -> Result<PbxNode, NodeError> {
         let repo = Repo::new(store.clone());
         let secret = until_leader(|| repo.ensure_nonce_secret()).await?;
         let new_demo_credentials = if config.demo {
@@ -203,20 +215,26 @@ impl PbxNode {
             )),
             node_id: config.node_id,
             ring_timeout: Duration::from_secs(config.ring_timeout_secs),
+            call_metrics: CallMetrics::register(&registry).map_err(NodeError::Metrics)?,
         };
         let sip = SipServer::start(services, config.sip_udp_listen, config.sip_tcp_listen)
             .await
             .map_err(NodeError::SipListen)?;
+        let http = HttpServer::start(config.http_listen, repo.clone(), registry)
+            .await
+            .map_err(NodeError::HttpListen)?;
         Ok(PbxNode {
             store,
             repo,
             sip,
+            http,
             new_demo_credentials,
         })
     }
 
     pub async fn shutdown(self) {
         self.sip.stop();
+        self.http.stop();
         self.store.shutdown().await;
     }
 }

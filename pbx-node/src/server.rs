@@ -14,7 +14,7 @@ use sip::validate::Policy;
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
-use crate::b2bua::{B2bua, CallConfig};
+use crate::b2bua::{B2bua, CallConfig, CallMetrics};
 use crate::repo::Repo;
 use crate::service::{unix_now_ms, RegistrarService};
 
@@ -26,6 +26,7 @@ pub struct SipServices {
     pub auth: Arc<Authenticator>,
     pub node_id: u64,
     pub ring_timeout: std::time::Duration,
+    pub call_metrics: CallMetrics,
 }
 
 /// The bound SIP listeners.
@@ -62,6 +63,7 @@ impl SipServer {
                 udp_listen: udp_addr,
                 tcp_listen: tcp_addr,
             },
+            services.call_metrics,
         );
         let front = Front {
             endpoint,

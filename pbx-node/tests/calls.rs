@@ -155,6 +155,29 @@ async fn answered_call_goes_through_and_leaves_a_cdr() {
         "{cdr:?}"
     );
     assert_eq!(node.sip.b2bua.active_calls(), 0);
+
+    // The same CDR over HTTP, and the call in the metrics.
+    let (status, body) = common::http_get(node.http.addr, "/api/v1/tenants/TEST/cdrs?top=10").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(listed["items"][0]["call_id"], cdr.call_id.as_str());
+    assert_eq!(listed["items"][0]["disposition"], "ANSWERED");
+    let (status, _) = common::http_get(node.http.addr, "/api/v1/tenants/NOPE/cdrs").await;
+    assert_eq!(status, 404);
+    let (status, body) =
+        common::http_get(node.http.addr, "/api/v1/tenants/TEST/cdrs?top=1000").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"field\":\"top\""), "{body}");
+    let (_, metrics) = common::http_get(node.http.addr, "/metrics").await;
+    assert!(
+        metrics.contains("pbx_calls_total{disposition=\"ANSWERED\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pbx_calls_active 0"), "{metrics}");
+    assert!(
+        metrics.contains("raft_"),
+        "raft-store metrics on the same registry"
+    );
     node.shutdown().await;
 }
 

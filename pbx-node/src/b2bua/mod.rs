@@ -35,6 +35,30 @@ pub struct CallConfig {
     pub tcp_listen: SocketAddr,
 }
 
+/// Call counters for Prometheus.
+#[derive(Clone)]
+pub struct CallMetrics {
+    active: prometheus::IntGauge,
+    ended: prometheus::IntCounterVec,
+}
+
+impl CallMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<CallMetrics> {
+        let active =
+            prometheus::IntGauge::new("pbx_calls_active", "Calls in progress on this node")?;
+        let ended = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "pbx_calls_total",
+                "Calls ended on this node, by CDR disposition",
+            ),
+            &["disposition"],
+        )?;
+        registry.register(Box::new(active.clone()))?;
+        registry.register(Box::new(ended.clone()))?;
+        Ok(CallMetrics { active, ended })
+    }
+}
+
 /// A call's dialogs are found by Call-ID and our tag.
 type DialogKey = (String, String);
 type CallInbox = mpsc::UnboundedSender<Input>;
@@ -54,6 +78,7 @@ pub struct B2bua {
     repo: Repo,
     endpoint: Endpoint,
     config: CallConfig,
+    metrics: CallMetrics,
     calls: Mutex<CallTable>,
 }
 
@@ -138,12 +163,14 @@ impl B2bua {
         repo: Repo,
         endpoint: Endpoint,
         config: CallConfig,
+        metrics: CallMetrics,
     ) -> Arc<B2bua> {
         Arc::new(B2bua {
             auth,
             repo,
             endpoint,
             config,
+            metrics,
             calls: Mutex::new(CallTable::default()),
         })
     }
@@ -288,7 +315,6 @@ impl B2bua {
         let (inbox, inputs) = mpsc::unbounded_channel();
         {
             let mut table = self.table();
-            tracing::debug!(keys = ?call.dialog_keys(), "call dialogs");
             for dialog_key in call.dialog_keys() {
                 table.by_dialog.insert(dialog_key, inbox.clone());
             }
@@ -296,6 +322,7 @@ impl B2bua {
                 .by_invite
                 .insert(call.caller_invite_key().clone(), inbox);
         }
+        self.metrics.active.inc();
         let b2bua = self.clone();
         tokio::spawn(tracing::Instrument::instrument(
             async move { b2bua.drive(call, inputs, cdr).await },
@@ -362,7 +389,7 @@ impl B2bua {
                 () = sleep => call.handle_timeout(tokio::time::Instant::now().into_std()),
             }
         }
-        tracing::debug!(keys = ?call.dialog_keys(), "call task done");
+        self.metrics.active.dec();
         let mut table = self.table();
         for dialog_key in call.dialog_keys() {
             table.by_dialog.remove(&dialog_key);
@@ -413,6 +440,10 @@ impl B2bua {
     }
 
     async fn write_cdr(&self, context: &CdrContext, end: &CallEnd) {
+        self.metrics
+            .ended
+            .with_label_values(&[end.disposition.as_str()])
+            .inc();
         let cdr = Cdr {
             id: sip::message::new_tag(),
             tenant_id: context.tenant_id.clone(),

@@ -32,6 +32,7 @@ pub fn loopback_config(node_id: u64, data_dir: &std::path::Path) -> NodeConfig {
         node_id,
         sip_udp_listen: "127.0.0.1:0".parse().expect("addr"),
         sip_tcp_listen: "127.0.0.1:0".parse().expect("addr"),
+        http_listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: data_dir.to_path_buf(),
         raft_listen: free_udp_addr(),
         ..NodeConfig::default()
@@ -203,7 +204,7 @@ pub async fn three_node_cluster(
             ..config.clone()
         };
         nodes.push(
-            PbxNode::serve(&config, store.clone())
+            PbxNode::serve(&config, store.clone(), prometheus::Registry::new())
                 .await
                 .expect("serve PBX"),
         );
@@ -258,4 +259,24 @@ pub fn sipp_passed(output: &std::process::Output, work: &std::path::Path) -> boo
         }
     }
     output.status.success()
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.expect("read");
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
