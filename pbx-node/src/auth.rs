@@ -149,7 +149,15 @@ impl Authenticator {
     ) -> Result<Authenticated, RepoError> {
         let now_secs = now_ms / 1000;
         let method = request.method().map_or("", |m| m.as_str());
-        let credentials = match kind.credentials(request).map(DigestCredentials::parse) {
+        let offered = kind.credentials(request);
+        // Another scheme (RFC 4475 regaut01) is a challenge, not an error:
+        // the phone may also speak Digest.
+        let digest = offered.filter(|v| {
+            v.trim_start()
+                .get(..6)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("digest"))
+        });
+        let credentials = match digest.map(DigestCredentials::parse) {
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
                 return Ok(Authenticated::Refused(sip::message::response_from_headers(

@@ -388,6 +388,12 @@ pub struct TransactionKey {
     pub branch: String,
     /// `host[:port]` of the top Via for server transactions; empty for client ones.
     pub sent_by: String,
+    /// Call-ID and CSeq number of a server transaction's request (empty for
+    /// client ones). Retransmissions, the CANCEL and the ACK all repeat
+    /// them, so §17.2.3 matching is unchanged; a peer that reuses a branch
+    /// for a different request (the RFC 4475 corpus does) still gets a new
+    /// transaction instead of a replayed answer.
+    pub request_id: String,
     pub method: Method,
     pub server: bool,
 }
@@ -400,24 +406,25 @@ impl TransactionKey {
         let branch = match via.branch() {
             Some(b) if b.starts_with(crate::message::BRANCH_MAGIC_COOKIE) => b.to_string(),
             // An RFC 2543 peer: §17.2.3 matches on Request-URI, From tag,
-            // Call-ID and CSeq number instead (with the Via's sent-by
-            // below). The To tag is left out so the ACK of a non-2xx, which
+            // Call-ID and CSeq number instead (the last two and the Via's
+            // sent-by are in every server key). The To tag is left out so the ACK of a non-2xx, which
             // carries it, still finds the INVITE.
             _ => {
                 let uri = request.request_uri().ok_or(TransactionError::NotRequest)?;
                 let from_tag = request.from_tag().unwrap_or_default();
-                let call_id = request.call_id().map_err(|_| TransactionError::NoBranch)?;
-                let seq = request.cseq().map_err(|_| TransactionError::NoBranch)?.seq;
-                format!("rfc2543 {uri} {from_tag} {call_id} {seq}")
+                format!("rfc2543 {uri} {from_tag}")
             }
         };
         let sent_by = match via.port {
             Some(p) => format!("{}:{p}", via.host.to_ascii_lowercase()),
             None => via.host.to_ascii_lowercase(),
         };
+        let call_id = request.call_id().map_err(|_| TransactionError::NoBranch)?;
+        let seq = request.cseq().map_err(|_| TransactionError::NoBranch)?.seq;
         Ok(Self {
             branch,
             sent_by,
+            request_id: format!("{call_id} {seq}"),
             method: if *method == Method::Ack {
                 Method::Invite
             } else {
@@ -435,6 +442,7 @@ impl TransactionKey {
         Ok(Self {
             branch: branch.to_string(),
             sent_by: String::new(),
+            request_id: String::new(),
             method,
             server: false,
         })
@@ -938,6 +946,23 @@ mod tests {
             matches!(events.as_slice(), [LayerEvent::Send { .. }]),
             "no branch at all is the same RFC 2543 transaction"
         );
+    }
+
+    #[test]
+    fn a_reused_branch_on_another_request_starts_a_new_transaction() {
+        let t0 = Instant::now();
+        let mut layer = TransactionLayer::new(TimerConfig::default());
+        let first = request(Method::Register);
+        let mut second = first.clone();
+        second.headers.set("Call-ID", "another-call");
+        let events = layer.handle_incoming(first, false, t0);
+        assert!(matches!(events.as_slice(), [LayerEvent::Request { .. }]));
+        let events = layer.handle_incoming(second, false, t0);
+        assert!(
+            matches!(events.as_slice(), [LayerEvent::Request { .. }]),
+            "{events:?}"
+        );
+        assert_eq!(layer.len(), 2);
     }
 
     #[test]
