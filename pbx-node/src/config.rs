@@ -74,6 +74,14 @@ pub struct NodeConfig {
     pub sip_digest_sha256: bool,
     /// How long a call rings before the caller hears "no answer".
     pub ring_timeout_secs: u64,
+    /// The number that reaches the echo test, in every tenant.
+    pub echo_test_number: String,
+    /// RTP ports for media the node anchors (even RTP, odd RTCP).
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// The address the node puts in its SDP; unset = its address toward
+    /// each caller.
+    pub media_ip: Option<std::net::IpAddr>,
     /// Create the DEMO tenant with the `demo_extensions` range.
     pub demo: bool,
     /// The demo extension numbers, `<first>-<last>`.
@@ -99,6 +107,10 @@ impl Default for NodeConfig {
             cluster_key: None,
             sip_digest_sha256: true,
             ring_timeout_secs: 30,
+            echo_test_number: "*43".to_string(),
+            rtp_port_min: 20_000,
+            rtp_port_max: 29_999,
+            media_ip: None,
             demo: false,
             demo_extensions: "100-109".to_string(),
             demo_password: None,
@@ -188,6 +200,18 @@ pub struct Args {
     /// Seconds a call rings before it is given up as not answered.
     #[arg(long, env = "PBX_RING_TIMEOUT_SECS")]
     pub ring_timeout_secs: Option<u64>,
+    /// The echo test's number (default *43).
+    #[arg(long, env = "PBX_ECHO_TEST_NUMBER")]
+    pub echo_test_number: Option<String>,
+    /// Lowest RTP port the node anchors media on.
+    #[arg(long, env = "PBX_RTP_PORT_MIN")]
+    pub rtp_port_min: Option<u16>,
+    /// Highest RTP port.
+    #[arg(long, env = "PBX_RTP_PORT_MAX")]
+    pub rtp_port_max: Option<u16>,
+    /// The IP address the node puts in its SDP.
+    #[arg(long, env = "PBX_MEDIA_IP")]
+    pub media_ip: Option<std::net::IpAddr>,
     /// Create the demo tenant (DEMO, demo.pbx.local, extensions 100–109).
     #[arg(long, env = "PBX_DEMO", num_args = 0..=1, default_missing_value = "true")]
     pub demo: Option<bool>,
@@ -239,6 +263,12 @@ impl Args {
         set(&mut config.sip_digest_sha256, &self.sip_digest_sha256);
         set(&mut config.demo, &self.demo);
         set(&mut config.ring_timeout_secs, &self.ring_timeout_secs);
+        set(&mut config.echo_test_number, &self.echo_test_number);
+        set(&mut config.rtp_port_min, &self.rtp_port_min);
+        set(&mut config.rtp_port_max, &self.rtp_port_max);
+        if self.media_ip.is_some() {
+            config.media_ip = self.media_ip;
+        }
         set(&mut config.demo_extensions, &self.demo_extensions);
         if self.demo_password.is_some() {
             config.demo_password.clone_from(&self.demo_password);

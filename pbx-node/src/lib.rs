@@ -8,6 +8,7 @@ pub mod b2bua;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod media;
 pub mod model;
 pub mod node;
 pub mod registrar;

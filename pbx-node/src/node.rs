@@ -8,10 +8,12 @@ use std::time::Duration;
 use raft_store::{ClusterCa, NodeIdentity, RaftStore, StoreConfig, StoreError};
 
 use crate::auth::Authenticator;
-use crate::b2bua::CallMetrics;
+use crate::b2bua::{CallMetrics, MediaServices};
 use crate::config::{ConfigError, NodeConfig};
 use crate::demo::{ensure_demo, NewCredentials};
 use crate::http::HttpServer;
+use crate::media::ports::PortPool;
+use crate::media::prompts::Prompts;
 use crate::repo::{Repo, RepoError};
 use crate::server::{SipServer, SipServices};
 
@@ -35,6 +37,8 @@ pub enum NodeError {
     HttpListen(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(prometheus::Error),
+    #[error("media: {0}")]
+    Media(String),
 }
 
 /// How long start-up waits for the cluster to have a leader.
@@ -216,6 +220,13 @@ impl PbxNode {
             node_id: config.node_id,
             ring_timeout: Duration::from_secs(config.ring_timeout_secs),
             call_metrics: CallMetrics::register(&registry).map_err(NodeError::Metrics)?,
+            echo_test_number: config.echo_test_number.clone(),
+            media_ip: config.media_ip,
+            media: MediaServices {
+                ports: PortPool::new(config.rtp_port_min, config.rtp_port_max)
+                    .map_err(|e| NodeError::Media(e.to_string()))?,
+                prompts: Arc::new(Prompts::builtin().map_err(|e| NodeError::Media(e.to_string()))?),
+            },
         };
         let sip = SipServer::start(services, config.sip_udp_listen, config.sip_tcp_listen)
             .await

@@ -14,7 +14,7 @@ use sip::validate::Policy;
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
-use crate::b2bua::{B2bua, CallConfig, CallMetrics};
+use crate::b2bua::{B2bua, CallConfig, CallMetrics, MediaServices};
 use crate::repo::Repo;
 use crate::service::{unix_now_ms, RegistrarService};
 
@@ -27,6 +27,9 @@ pub struct SipServices {
     pub node_id: u64,
     pub ring_timeout: std::time::Duration,
     pub call_metrics: CallMetrics,
+    pub echo_test_number: String,
+    pub media_ip: Option<std::net::IpAddr>,
+    pub media: MediaServices,
 }
 
 /// The bound SIP listeners.
@@ -62,8 +65,11 @@ impl SipServer {
                 timers,
                 udp_listen: udp_addr,
                 tcp_listen: tcp_addr,
+                echo_test_number: services.echo_test_number,
+                media_ip: services.media_ip,
             },
             services.call_metrics,
+            services.media,
         );
         let front = Front {
             endpoint,

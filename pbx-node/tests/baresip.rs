@@ -1,6 +1,7 @@
-//! Two baresip softphones register with a pbx-node and call each other:
-//! the call connects (audio codecs negotiated end to end), the caller
-//! hangs up, both phones see the call end, and the CDR says ANSWERED.
+//! baresip softphones against a pbx-node: two phones call each other (the
+//! call connects, the caller hangs up, both see it end, the CDR says
+//! ANSWERED), and a phone calls the echo test and hears the spoken prompt,
+//! then its own 1 kHz tone coming back.
 
 mod common;
 
@@ -44,12 +45,12 @@ impl Softphone {
         let config = format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\n\
              module_path /usr/lib/baresip/modules\n\
-             module cons.so\nmodule g711.so\nmodule aufile.so\n\
+             module cons.so\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\n\
              module account.so\nmodule menu.so\n\
              cons_listen {console}\n\
-             audio_source aufile,{tone}\naudio_player aufile,{heard}\naudio_alert aufile,/dev/null\n",
+             audio_source aufile,{tone}\nsnd_path {dir}\n",
             tone = tone.display(),
-            heard = dir.join("heard.wav").display()
+            dir = dir.display()
         );
         std::fs::write(dir.join("config"), config).expect("config");
         std::fs::write(
@@ -75,6 +76,16 @@ impl Softphone {
             log,
             console,
         }
+    }
+
+    /// What the phone decoded from the call (the sndfile module's dump).
+    fn heard(&self) -> Option<std::path::PathBuf> {
+        let dir = self.log.parent()?;
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
     }
 
     async fn command(&self, command: &str) {
@@ -188,5 +199,68 @@ async fn two_baresip_phones_call_each_other() {
     assert_eq!(node.sip.b2bua.active_calls(), 0, "call state released");
     drop(caller.child);
     drop(callee.child);
+    node.shutdown().await;
+}
+
+/// Mean power at `hz` over 20 ms blocks of `samples`, and over all frequencies.
+fn tone_share(samples: &[i16], hz: f32) -> f32 {
+    let blocks: Vec<&[i16]> = samples.chunks_exact(160).collect();
+    let at_tone: f32 = blocks
+        .iter()
+        .map(|b| media::dtmf::goertzel_power(b, hz, 8000.0))
+        .sum();
+    let total: f32 = blocks
+        .iter()
+        .map(|b| b.iter().map(|&s| f32::from(s) * f32::from(s)).sum::<f32>() / 160.0)
+        .sum();
+    at_tone / total.max(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        sip_digest_sha256: false,
+        ..loopback_config(1, &dir.path().join("node"))
+    };
+    let node = PbxNode::start(&config).await.expect("start node");
+    let tenant = create_test_tenant(&node.repo).await;
+    add_extension(&node, &tenant, "200").await;
+    let phone = Softphone::start(&dir.path().join("200"), "200-TEST", node.sip.udp_addr).await;
+    let phones = [&phone];
+    phone.wait_for("200 OK () [1 binding]", &phones).await;
+    phone.command("/dial *43").await;
+    phone.wait_for("Call established", &phones).await;
+    // The prompt and beep last 5.7 s; then two seconds of echo.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    phone.command("/hangup").await;
+    let mut heard = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(Ok(audio)) = phone.heard().map(|p| media::wav::read_wav_file(&p)) {
+            if audio.samples.len() > 8000 * 7 {
+                heard = Some(audio.samples);
+                break;
+            }
+        }
+    }
+    let heard = heard.unwrap_or_else(|| panic!("no recording of the call:\n{}", phone.output()));
+    let prompt = &heard[8000..8000 * 4];
+    let echo = &heard[heard.len() - 8000 * 3 / 2..];
+    let speech = prompt.iter().filter(|s| s.unsigned_abs() > 2000).count();
+    assert!(
+        speech > 2000,
+        "the spoken prompt is audible ({speech} loud samples)"
+    );
+    assert!(
+        tone_share(prompt, 1000.0) < 0.2,
+        "the prompt is speech, not the tone"
+    );
+    assert!(
+        tone_share(echo, 1000.0) > 0.8,
+        "the end is our own 1 kHz tone echoed: {}",
+        tone_share(echo, 1000.0)
+    );
+    assert_eq!(node.sip.b2bua.active_calls(), 0, "the echo call ended");
     node.shutdown().await;
 }

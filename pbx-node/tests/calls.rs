@@ -351,3 +351,36 @@ async fn extension_101_of_another_tenant_is_never_reached() {
     assert_eq!(cdrs[0].hangup_cause, "UNALLOCATED_NUMBER");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_without_g711_gets_488_and_the_callee_is_not_rung() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let phone = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = phone.local_addr().expect("addr").port();
+    drop(phone);
+    register(sip, "101-TEST", port, &work_dir(dir.path(), "reg")).await;
+    let phone = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind");
+    let uac = work_dir(dir.path(), "uac");
+    let g729_only = refused_scenario(488, &uac);
+    let text = std::fs::read_to_string(&g729_only)
+        .expect("scenario")
+        .replace("RTP/AVP 0", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000");
+    std::fs::write(&g729_only, text).expect("write scenario");
+    assert!(
+        call(sip, &g729_only, "101", &uac).await,
+        "488 Not Acceptable Here"
+    );
+    let mut buf = [0u8; 2048];
+    let rung = tokio::time::timeout(Duration::from_millis(500), phone.recv_from(&mut buf)).await;
+    assert!(rung.is_err(), "no INVITE reaches the callee");
+    let cdrs = cdrs(&node.repo, &tenant, 1).await;
+    assert_eq!(cdrs[0].sip_status, Some(488));
+    node.shutdown().await;
+}

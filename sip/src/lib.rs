@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod message;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
 pub mod validate;

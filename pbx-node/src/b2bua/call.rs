@@ -15,6 +15,8 @@ use sip::endpoint::{ClientEvent, Peer};
 use sip::message::{reason_phrase, Method, RequestBuilder, SipMessage, Uri};
 use sip::transaction::{TimerConfig, TransactionKey};
 
+use super::resend::{Resend, ResendDue};
+
 /// How the B2BUA reaches one side and names itself there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegAddr {
@@ -174,9 +176,7 @@ struct Unacked2xx {
     leg: Leg,
     response: SipMessage,
     cseq: u32,
-    next_at: Instant,
-    interval: Duration,
-    give_up_at: Instant,
+    resend: Resend,
     /// The other leg and the CSeq of the INVITE whose 2xx we must ACK there.
     owed_ack: Option<(Leg, u32)>,
 }
@@ -186,9 +186,7 @@ struct Unacked2xx {
 struct Unpracked {
     response: SipMessage,
     rseq: u32,
-    next_at: Instant,
-    interval: Duration,
-    give_up_at: Instant,
+    resend: Resend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +248,7 @@ fn set_body(response: &mut SipMessage, from: &SipMessage) {
     }
 }
 
-fn contact_of(addr: &LegAddr, user: &str) -> String {
+pub(super) fn contact_of(addr: &LegAddr, user: &str) -> String {
     let transport = match addr.peer.transport {
         sip::transport::Transport::Udp => String::new(),
         other => format!(";transport={}", other.via_name().to_ascii_lowercase()),
@@ -261,7 +259,7 @@ fn contact_of(addr: &LegAddr, user: &str) -> String {
     )
 }
 
-fn via(builder: RequestBuilder, addr: &LegAddr) -> RequestBuilder {
+pub(super) fn via(builder: RequestBuilder, addr: &LegAddr) -> RequestBuilder {
     builder.via(
         addr.peer.transport.via_name(),
         &addr.local_host,
@@ -414,8 +412,8 @@ impl Call {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ring = self.ring_deadline.filter(|_| self.phase == Phase::Ringing);
-        let unacked = self.unacked.iter().map(|u| u.next_at.min(u.give_up_at));
-        let unpracked = self.unpracked.as_ref().map(|u| u.next_at.min(u.give_up_at));
+        let unacked = self.unacked.iter().map(|u| u.resend.poll_timeout());
+        let unpracked = self.unpracked.as_ref().map(|u| u.resend.poll_timeout());
         ring.into_iter().chain(unacked).chain(unpracked).min()
     }
 
@@ -425,30 +423,29 @@ impl Call {
             self.cancel_forks(None);
             self.fail_caller(480, now);
         }
-        let t2 = self.timers.t2;
         let mut gave_up = false;
         for unacked in &mut self.unacked {
-            if unacked.give_up_at <= now {
-                gave_up = true;
-            } else if unacked.next_at <= now {
-                let target = match unacked.leg {
-                    Leg::Caller => self.caller.peer,
-                    Leg::Fork(i) => match self.forks.get(i) {
-                        Some(f) => f.target.addr.peer,
-                        None => continue,
-                    },
-                };
-                self.outputs.push(Output::Stateless {
-                    message: unacked.response.clone(),
-                    target,
-                });
-                unacked.interval = (unacked.interval * 2).min(t2);
-                unacked.next_at = now + unacked.interval;
+            match unacked.resend.fire(now) {
+                ResendDue::GiveUp => gave_up = true,
+                ResendDue::Resend => {
+                    let target = match unacked.leg {
+                        Leg::Caller => self.caller.peer,
+                        Leg::Fork(i) => match self.forks.get(i) {
+                            Some(f) => f.target.addr.peer,
+                            None => continue,
+                        },
+                    };
+                    self.outputs.push(Output::Stateless {
+                        message: unacked.response.clone(),
+                        target,
+                    });
+                }
+                ResendDue::Nothing => {}
             }
         }
         if gave_up {
             // §13.3.1.4: no ACK in 64*T1 means the session is dead.
-            self.unacked.retain(|u| u.give_up_at > now);
+            self.unacked.retain(|u| u.resend.poll_timeout() > now);
             self.send_bye(Leg::Caller);
             if let Some(winner) = self.winner {
                 self.send_bye(Leg::Fork(winner));
@@ -456,15 +453,13 @@ impl Call {
             self.finish_answered(Side::System, "RECOVERY_ON_TIMER_EXPIRE", now);
         }
         if let Some(unpracked) = &mut self.unpracked {
-            if unpracked.give_up_at <= now {
-                self.unpracked = None;
-            } else if unpracked.next_at <= now {
-                self.outputs.push(Output::Stateless {
+            match unpracked.resend.fire(now) {
+                ResendDue::GiveUp => self.unpracked = None,
+                ResendDue::Resend => self.outputs.push(Output::Stateless {
                     message: unpracked.response.clone(),
                     target: self.caller.peer,
-                });
-                unpracked.interval *= 2;
-                unpracked.next_at = now + unpracked.interval;
+                }),
+                ResendDue::Nothing => {}
             }
         }
     }
@@ -722,9 +717,7 @@ impl Call {
                 self.unpracked = Some(Unpracked {
                     response: relayed.clone(),
                     rseq,
-                    next_at: now + self.timers.t1,
-                    interval: self.timers.t1,
-                    give_up_at: now + 64 * self.timers.t1,
+                    resend: Resend::provisional(self.timers, now),
                 });
             }
         }
@@ -775,15 +768,11 @@ impl Call {
         let reliable = self
             .leg_addr(leg)
             .is_some_and(|a| a.peer.transport.is_reliable());
-        let t1 = self.timers.t1;
         self.unacked.push(Unacked2xx {
             leg,
             response,
             cseq,
-            // Never due on reliable transports; the give-up timer still runs.
-            next_at: if reliable { now + 64 * t1 } else { now + t1 },
-            interval: t1,
-            give_up_at: now + 64 * t1,
+            resend: Resend::final_response(self.timers, reliable, now),
             owed_ack,
         });
     }

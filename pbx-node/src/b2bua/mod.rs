@@ -5,6 +5,8 @@
 //! a CDR in raft-store.
 
 pub mod call;
+pub mod local;
+mod resend;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,12 +18,19 @@ use sip::message::{parse_name_addr, Method, SipMessage, Uri};
 use sip::transaction::{TimerConfig, TransactionKey};
 use sip::transport::Transport;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::auth::{Authenticated, Authenticator, ChallengeKind};
+use crate::media::echo::start_echo;
+use crate::media::ports::PortPool;
+use crate::media::prompts::Prompts;
+use crate::media::MediaApp;
 use crate::model::{Binding, Cdr, Extension, Tenant};
 use crate::repo::Repo;
 use crate::service::unix_now_ms;
 use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side};
+use local::{LocalCall, LocalSetup, RemoteMedia};
+use sip::sdp;
 
 /// Settings of the call path.
 #[derive(Debug, Clone)]
@@ -33,6 +42,16 @@ pub struct CallConfig {
     /// local address toward each peer).
     pub udp_listen: SocketAddr,
     pub tcp_listen: SocketAddr,
+    /// The number that reaches the echo test, in every tenant.
+    pub echo_test_number: String,
+    /// The address in our SDP; `None` = the local address toward the caller.
+    pub media_ip: Option<IpAddr>,
+}
+
+/// What the node needs to anchor media.
+pub struct MediaServices {
+    pub ports: PortPool,
+    pub prompts: Arc<Prompts>,
 }
 
 /// Call counters for Prometheus.
@@ -79,7 +98,83 @@ pub struct B2bua {
     endpoint: Endpoint,
     config: CallConfig,
     metrics: CallMetrics,
+    media: MediaServices,
     calls: Mutex<CallTable>,
+}
+
+/// What the driver needs of a call core: the B2BUA's [`Call`] and the
+/// node-answered [`LocalCall`].
+trait CallCore {
+    fn handle(&mut self, input: Input, now: std::time::Instant);
+    fn handle_timeout(&mut self, now: std::time::Instant);
+    fn poll_timeout(&self) -> Option<std::time::Instant>;
+    fn drain_outputs(&mut self) -> Vec<Output>;
+    fn is_finished(&self) -> bool;
+    fn dialog_keys(&self) -> Vec<(String, String)>;
+    fn caller_invite_key(&self) -> &TransactionKey;
+    /// The caller's media after a change, for the media application.
+    fn remote_media(&mut self) -> Option<RemoteMedia>;
+    /// The media application ended by itself.
+    fn app_finished(&mut self, now: std::time::Instant);
+}
+
+impl CallCore for Call {
+    fn handle(&mut self, input: Input, now: std::time::Instant) {
+        Call::handle(self, input, now);
+    }
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        Call::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        Call::poll_timeout(self)
+    }
+    fn drain_outputs(&mut self) -> Vec<Output> {
+        Call::drain_outputs(self)
+    }
+    fn is_finished(&self) -> bool {
+        Call::is_finished(self)
+    }
+    fn dialog_keys(&self) -> Vec<(String, String)> {
+        Call::dialog_keys(self)
+    }
+    fn caller_invite_key(&self) -> &TransactionKey {
+        Call::caller_invite_key(self)
+    }
+    fn remote_media(&mut self) -> Option<RemoteMedia> {
+        // SDP passes through: the B2BUA anchors no media of its own.
+        None
+    }
+    fn app_finished(&mut self, _now: std::time::Instant) {}
+}
+
+impl CallCore for LocalCall {
+    fn handle(&mut self, input: Input, now: std::time::Instant) {
+        LocalCall::handle(self, input, now);
+    }
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        LocalCall::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        LocalCall::poll_timeout(self)
+    }
+    fn drain_outputs(&mut self) -> Vec<Output> {
+        LocalCall::drain_outputs(self)
+    }
+    fn is_finished(&self) -> bool {
+        LocalCall::is_finished(self)
+    }
+    fn dialog_keys(&self) -> Vec<(String, String)> {
+        LocalCall::dialog_keys(self)
+    }
+    fn caller_invite_key(&self) -> &TransactionKey {
+        LocalCall::caller_invite_key(self)
+    }
+    fn remote_media(&mut self) -> Option<RemoteMedia> {
+        LocalCall::remote_media(self)
+    }
+    fn app_finished(&mut self, now: std::time::Instant) {
+        self.hang_up(Side::System, "NORMAL_CLEARING", now);
+    }
 }
 
 /// What a CDR needs beyond the call's outcome.
@@ -164,6 +259,7 @@ impl B2bua {
         endpoint: Endpoint,
         config: CallConfig,
         metrics: CallMetrics,
+        media: MediaServices,
     ) -> Arc<B2bua> {
         Arc::new(B2bua {
             auth,
@@ -171,6 +267,7 @@ impl B2bua {
             endpoint,
             config,
             metrics,
+            media,
             calls: Mutex::new(CallTable::default()),
         })
     }
@@ -229,10 +326,17 @@ impl B2bua {
                 return;
             }
         };
-        if let Err(e) = self
+        let span = tracing::info_span!(
+            "call",
+            tenant = %tenant.code,
+            call_id = request.call_id().unwrap_or_default(),
+            node = self.config.node_id
+        );
+        let placed = self
             .place_call(key.clone(), &request, source, &tenant, &caller, now_ms)
-            .await
-        {
+            .instrument(span)
+            .await;
+        if let Err(e) = placed {
             tracing::error!(error = %e, "INVITE: store unavailable");
             self.endpoint.respond(&key, request.response(503));
         }
@@ -262,8 +366,20 @@ impl B2bua {
             start_ms: now_ms,
             started: tokio::time::Instant::now(),
         };
-        let span = tracing::info_span!("call", tenant = %tenant.code, %call_id, node = self.config.node_id);
-        let _entered = span.enter();
+        let span = tracing::Span::current();
+        if dialled == self.config.echo_test_number {
+            self.answer_locally(key, request, source, cdr, &span).await;
+            return Ok(());
+        }
+        // No transcoding: an offer without PCMU or PCMA cannot be bridged.
+        if !request.body().is_empty() {
+            let codecs = sdp::audio_stream(request.body())
+                .and_then(|offer| sdp::negotiate(&offer, sdp::G711));
+            if let Err(e) = codecs {
+                self.refuse_media(&key, request, &e.to_string(), &cdr).await;
+                return Ok(());
+            }
+        }
         // Only the caller's own tenant is searched: 101 of one tenant can
         // never reach 101 of another.
         let callee = match self.repo.extension(&tenant.id, &dialled).await? {
@@ -312,6 +428,18 @@ impl B2bua {
             timers: self.config.timers,
         };
         let call = Call::start(setup, tokio::time::Instant::now().into_std());
+        self.spawn_call(call, cdr, None, &span);
+        Ok(())
+    }
+
+    /// Registers the call's dialogs and runs it in a task of its own.
+    fn spawn_call<C: CallCore + Send + 'static>(
+        self: &Arc<Self>,
+        call: C,
+        cdr: CdrContext,
+        app: Option<MediaApp>,
+        span: &tracing::Span,
+    ) {
         let (inbox, inputs) = mpsc::unbounded_channel();
         {
             let mut table = self.table();
@@ -324,11 +452,103 @@ impl B2bua {
         }
         self.metrics.active.inc();
         let b2bua = self.clone();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move { b2bua.drive(call, inputs, cdr).await },
-            span.clone(),
-        ));
-        Ok(())
+        tokio::spawn(
+            async move { b2bua.drive(call, inputs, cdr, app).await }.instrument(span.clone()),
+        );
+    }
+
+    /// A service the node answers itself (the echo test).
+    async fn answer_locally(
+        self: &Arc<Self>,
+        key: TransactionKey,
+        request: &SipMessage,
+        source: Peer,
+        cdr: CdrContext,
+        span: &tracing::Span,
+    ) {
+        let offer = match sdp::audio_stream(request.body()) {
+            Ok(offer) => offer,
+            Err(e) => {
+                // Without an offer there is nothing to answer (no late offer yet).
+                self.refuse_media(&key, request, &e.to_string(), &cdr).await;
+                return;
+            }
+        };
+        let negotiated = match sdp::negotiate(&offer, sdp::G711) {
+            Ok(n) => n,
+            Err(e) => {
+                self.refuse_media(&key, request, &e.to_string(), &cdr).await;
+                return;
+            }
+        };
+        let caller = self.local_addr_toward(source);
+        let media_ip = self.config.media_ip.unwrap_or(
+            caller
+                .local_host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        );
+        let (lease, socket) = match self.media.ports.bind(media_ip).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                tracing::warn!(error = %e, "no RTP port for a local call");
+                self.endpoint.respond(&key, request.response(503));
+                return;
+            }
+        };
+        let local_rtp = SocketAddr::new(media_ip, lease.rtp_port);
+        let mut call = LocalCall::answer(
+            LocalSetup {
+                invite: request.clone(),
+                invite_key: key,
+                caller,
+                offer,
+                negotiated,
+                local_rtp,
+                timers: self.config.timers,
+            },
+            tokio::time::Instant::now().into_std(),
+        );
+        let Some(remote) = call.remote_media() else {
+            return;
+        };
+        let intro = vec![
+            self.media.prompts.echo_test.clone(),
+            self.media.prompts.beep.clone(),
+        ];
+        let app = start_echo(socket, lease, intro, remote);
+        tracing::info!(%local_rtp, "echo test answered");
+        self.spawn_call(call, cdr, Some(app), span);
+    }
+
+    /// 488 for an offer we cannot take (RFC 3261 §21.4.26, Warning 304/305).
+    async fn refuse_media(
+        &self,
+        key: &TransactionKey,
+        request: &SipMessage,
+        why: &str,
+        cdr: &CdrContext,
+    ) {
+        let mut response = request.response(488);
+        response
+            .headers
+            .push("Warning", format!("305 pbx \"{}\"", why.replace('"', "'")));
+        response
+            .headers
+            .push("Reason", "Q.850;cause=65;text=\"BEARERCAPABILITY_NOTIMPL\"");
+        self.endpoint.respond(key, response);
+        tracing::info!(why, "call refused: media");
+        let end = CallEnd {
+            disposition: call::Disposition::Failed,
+            hangup_cause: "INCOMPATIBLE_DESTINATION",
+            hangup_by: Side::System,
+            answered_at: None,
+            ended_at: tokio::time::Instant::now().into_std(),
+            final_status: Some(488),
+        };
+        self.write_cdr(cdr, &end).await;
     }
 
     /// Refuses a call before any fork (unknown number, offline callee).
@@ -358,14 +578,21 @@ impl B2bua {
         self.write_cdr(cdr, &end).await;
     }
 
-    async fn drive(
+    /// Runs one call to its end: feeds it inputs, client transaction
+    /// events and time, carries out what it asks, and keeps its media
+    /// application (if any) told of the caller's media.
+    async fn drive<C: CallCore>(
         self: Arc<Self>,
-        mut call: Call,
+        mut call: C,
         mut inputs: mpsc::UnboundedReceiver<Input>,
         cdr: CdrContext,
+        mut app: Option<MediaApp>,
     ) {
         let (replies, mut reply_rx) = mpsc::unbounded_channel();
         loop {
+            if let (Some(app), Some(media)) = (app.as_ref(), call.remote_media()) {
+                app.update(media);
+            }
             for output in call.drain_outputs() {
                 self.carry_out(output, &replies, &cdr).await;
             }
@@ -379,16 +606,27 @@ impl B2bua {
                     None => std::future::pending().await,
                 }
             };
+            let app_done = async {
+                match app.as_mut() {
+                    Some(app) => app.finished().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let now = || tokio::time::Instant::now().into_std();
             tokio::select! {
-                Some(input) = inputs.recv() => {
-                    call.handle(input, tokio::time::Instant::now().into_std());
-                }
+                Some(input) = inputs.recv() => call.handle(input, now()),
                 Some((txn, event)) = reply_rx.recv() => {
-                    call.handle(call::Input::Client { txn, event }, tokio::time::Instant::now().into_std());
+                    call.handle(call::Input::Client { txn, event }, now());
                 }
-                () = sleep => call.handle_timeout(tokio::time::Instant::now().into_std()),
+                () = sleep => call.handle_timeout(now()),
+                () = app_done => {
+                    app = None;
+                    call.app_finished(now());
+                }
             }
         }
+        // Stops the application and frees its RTP ports.
+        drop(app);
         self.metrics.active.dec();
         let mut table = self.table();
         for dialog_key in call.dialog_keys() {
