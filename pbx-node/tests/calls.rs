@@ -72,6 +72,7 @@ async fn call(node: SocketAddr, scenario: &Path, number: &str, work: &Path) -> b
     let output = sipp_command(scenario, free_udp_addr().port(), work)
         .arg(node.to_string())
         .args(["-s", number, "-au", "100-TEST", "-ap", PASSWORD, "-t", "u1"])
+        .args(["-d", "1000"])
         // Like a phone given the PBX's IP address: the tenant is only in
         // the username's -CODE suffix.
         .args(["-key", "caller", "100-TEST"])
@@ -382,5 +383,41 @@ async fn offer_without_g711_gets_488_and_the_callee_is_not_rung() {
     assert!(rung.is_err(), "no INVITE reaches the callee");
     let cdrs = cdrs(&node.repo, &tenant, 1).await;
     assert_eq!(cdrs[0].sip_status, Some(488));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_echo_test_calls_leave_no_port_or_call_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let uac = work_dir(dir.path(), "uac");
+    let output = sipp_command(&sipp_scenario("uac_call.xml"), free_udp_addr().port(), &uac)
+        .arg(node.sip.udp_addr.to_string())
+        .args(["-s", "*43", "-au", "100-TEST", "-ap", PASSWORD, "-t", "u1"])
+        .args(["-key", "caller", "100-TEST", "-d", "0"])
+        // 10,000 calls, at most 50 at once, 200 started per second; the
+        // later -timeout overrides sipp_command's 30 s.
+        .args(["-m", "10000", "-l", "50", "-r", "200", "-timeout", "180"])
+        .output()
+        .await
+        .expect("sipp");
+    assert!(
+        sipp_passed(&output, &uac),
+        "every call answered and hung up"
+    );
+    for _ in 0..100 {
+        if node.sip.b2bua.active_calls() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.sip.b2bua.active_calls(), 0);
+    assert_eq!(
+        node.sip.b2bua.rtp_ports_in_use(),
+        0,
+        "every RTP port released"
+    );
+    let written = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs").len();
+    assert_eq!(written, 10_000, "one CDR per call");
     node.shutdown().await;
 }

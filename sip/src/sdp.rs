@@ -37,7 +37,11 @@ impl AudioCodec {
     /// The codec a static payload type or an rtpmap name stands for.
     fn recognise(payload_type: u8, rtpmap: Option<&str>) -> Option<AudioCodec> {
         let name = match rtpmap {
-            Some(map) => map.split('/').next().unwrap_or_default().to_ascii_uppercase(),
+            Some(map) => map
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase(),
             None => match payload_type {
                 0 => "PCMU".into(),
                 8 => "PCMA".into(),
@@ -361,7 +365,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const BARESIP: &str = "v=0\r\no=- 492239846 816978946 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 192.0.2.2\r\n\
+    const BARESIP: &str =
+        "v=0\r\no=- 492239846 816978946 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 192.0.2.2\r\n\
         t=0 0\r\nm=audio 36706 RTP/AVP 8 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\na=ptime:20\r\n";
 
@@ -373,7 +378,11 @@ mod tests {
         assert_eq!(stream.telephone_event, Some(101));
         assert_eq!(stream.direction, Direction::SendRecv);
         let negotiated = negotiate(&stream, G711).unwrap();
-        assert_eq!(negotiated.codec, AudioCodec::Pcma, "the offerer's preference");
+        assert_eq!(
+            negotiated.codec,
+            AudioCodec::Pcma,
+            "the offerer's preference"
+        );
     }
 
     #[test]
@@ -381,16 +390,25 @@ mod tests {
         let held = BARESIP.replace("a=sendrecv", "a=sendonly");
         let stream = audio_stream(held.as_bytes()).unwrap();
         assert!(stream.direction.is_hold());
-        assert_eq!(negotiate(&stream, G711).unwrap().direction, Direction::RecvOnly);
+        assert_eq!(
+            negotiate(&stream, G711).unwrap().direction,
+            Direction::RecvOnly
+        );
         let old_style = BARESIP.replace("c=IN IP4 192.0.2.2", "c=IN IP4 0.0.0.0");
-        assert_eq!(audio_stream(old_style.as_bytes()).unwrap().direction, Direction::Inactive);
+        assert_eq!(
+            audio_stream(old_style.as_bytes()).unwrap().direction,
+            Direction::Inactive
+        );
     }
 
     #[test]
     fn no_common_codec_and_no_audio_are_errors() {
         let g729 = BARESIP
             .replace("RTP/AVP 8 0 101", "RTP/AVP 18 101")
-            .replace("a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n", "a=rtpmap:18 G729/8000\r\n");
+            .replace(
+                "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n",
+                "a=rtpmap:18 G729/8000\r\n",
+            );
         let stream = audio_stream(g729.as_bytes()).unwrap();
         assert_eq!(negotiate(&stream, G711), Err(SdpError::NoCommonCodec));
         let video = BARESIP.replace("m=audio", "m=video");

@@ -56,6 +56,9 @@ pub enum State {
     Completed,
     /// INVITE server after the ACK.
     Confirmed,
+    /// INVITE server after a 2xx (RFC 6026): absorbs retransmitted INVITEs
+    /// for 64·T1 (Timer L) so they do not start a new transaction.
+    Accepted,
     Terminated,
 }
 
@@ -272,6 +275,12 @@ impl Transaction {
                 let wait = self.timers.t4;
                 self.complete(State::Confirmed, wait, now, actions);
             }
+            // RFC 6026 §8.7: a retransmitted INVITE is absorbed (the TU
+            // resends its 2xx itself); an ACK matching it goes to the TU.
+            (Kind::ServerInvite, State::Accepted, true) => {
+                actions.push(Action::Deliver(request.clone()));
+            }
+            (Kind::ServerInvite, State::Accepted, false) => {}
             // Retransmission: repeat the last response (none yet in Trying).
             (_, State::Proceeding | State::Completed, false) => {
                 if let Some(last) = &self.last_sent {
@@ -290,15 +299,23 @@ impl Transaction {
     ) -> Result<Vec<Action>, TransactionError> {
         let status = response.status().ok_or(TransactionError::NotResponse)?;
         let server = matches!(self.kind, Kind::ServerInvite | Kind::ServerNonInvite);
-        if !server || !matches!(self.state, State::Trying | State::Proceeding) {
+        let accepted_2xx = self.state == State::Accepted && (200..300).contains(&status);
+        if !server || !(matches!(self.state, State::Trying | State::Proceeding) || accepted_2xx) {
             return Err(TransactionError::InvalidResponse);
         }
         let mut actions = vec![Action::Send(response.clone())];
         self.last_sent = Some(response);
         match (self.kind, status) {
             (_, 100..=199) => self.state = State::Proceeding,
-            // 2xx retransmission is the TU's job (§13.3.1.4).
-            (Kind::ServerInvite, 200..=299) => self.terminate(&mut actions),
+            // 2xx retransmission is the TU's job (§13.3.1.4); RFC 6026 keeps
+            // the transaction for Timer L to absorb INVITE retransmissions.
+            (Kind::ServerInvite, 200..=299) if self.state != State::Accepted => {
+                self.state = State::Accepted;
+                self.retransmit = None;
+                self.timeout_at = None;
+                self.end_at = Some(now + 64 * self.timers.t1);
+            }
+            (Kind::ServerInvite, 200..=299) => {}
             (Kind::ServerInvite, _) => {
                 self.state = State::Completed;
                 self.timeout_at = Some(now + 64 * self.timers.t1);
@@ -877,6 +894,33 @@ mod tests {
             [Action::Terminated]
         );
         assert!(tx.send_response(req.response(200), t0).is_err());
+    }
+
+    #[test]
+    fn invite_server_after_2xx_absorbs_retransmissions_until_timer_l() {
+        let t0 = Instant::now();
+        let req = request(Method::Invite);
+        let (mut tx, _) = Transaction::server(req.clone(), false, TimerConfig::default()).unwrap();
+        let sent = tx.send_response(req.response(200), t0).unwrap();
+        assert_eq!(sends(&sent), ["200"]);
+        assert_eq!(tx.state(), State::Accepted);
+        assert!(
+            tx.handle_message(req.clone(), t0 + MS(400)).is_empty(),
+            "absorbed, not a new INVITE"
+        );
+        assert_eq!(
+            sends(&tx.send_response(req.response(200), t0 + MS(500)).unwrap()),
+            ["200"]
+        );
+        assert_eq!(
+            tx.poll_timeout(),
+            Some(t0 + Duration::from_secs(32)),
+            "Timer L = 64*T1"
+        );
+        assert_eq!(
+            tx.handle_timeout(t0 + Duration::from_secs(32)),
+            [Action::Terminated]
+        );
     }
 
     #[test]

@@ -302,6 +302,11 @@ impl B2bua {
         self.table().by_invite.len()
     }
 
+    /// RTP port pairs held by calls on this node.
+    pub fn rtp_ports_in_use(&self) -> usize {
+        self.media.ports.in_use()
+    }
+
     /// A new INVITE (no To tag).
     pub async fn on_invite(
         self: Arc<Self>,
