@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub ring_timeout_secs: u64,
     /// The number that reaches the echo test, in every tenant.
     pub echo_test_number: String,
+    /// Dialling `<prefix><room digits>` joins that conference room.
+    pub conference_prefix: String,
     /// RTP ports for media the node anchors (even RTP, odd RTCP).
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
@@ -108,6 +110,7 @@ impl Default for NodeConfig {
             sip_digest_sha256: true,
             ring_timeout_secs: 30,
             echo_test_number: "*43".to_string(),
+            conference_prefix: "*8".to_string(),
             rtp_port_min: 20_000,
             rtp_port_max: 29_999,
             media_ip: None,
@@ -203,6 +206,9 @@ pub struct Args {
     /// The echo test's number (default *43).
     #[arg(long, env = "PBX_ECHO_TEST_NUMBER")]
     pub echo_test_number: Option<String>,
+    /// Conference rooms are dialled as this prefix and the room number (default *8).
+    #[arg(long, env = "PBX_CONFERENCE_PREFIX")]
+    pub conference_prefix: Option<String>,
     /// Lowest RTP port the node anchors media on.
     #[arg(long, env = "PBX_RTP_PORT_MIN")]
     pub rtp_port_min: Option<u16>,
@@ -264,6 +270,7 @@ impl Args {
         set(&mut config.demo, &self.demo);
         set(&mut config.ring_timeout_secs, &self.ring_timeout_secs);
         set(&mut config.echo_test_number, &self.echo_test_number);
+        set(&mut config.conference_prefix, &self.conference_prefix);
         set(&mut config.rtp_port_min, &self.rtp_port_min);
         set(&mut config.rtp_port_max, &self.rtp_port_max);
         if self.media_ip.is_some() {

@@ -12,10 +12,12 @@ use crate::b2bua::{CallMetrics, MediaServices};
 use crate::config::{ConfigError, NodeConfig};
 use crate::demo::{ensure_demo, NewCredentials};
 use crate::http::HttpServer;
+use crate::media::conference::Conferences;
 use crate::media::ports::PortPool;
 use crate::media::prompts::Prompts;
 use crate::repo::{Repo, RepoError};
 use crate::server::{SipServer, SipServices};
+use media::mixer::ConferencePrompts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -210,6 +212,7 @@ impl PbxNode {
         } else {
             Vec::new()
         };
+        let prompts = Arc::new(Prompts::builtin().map_err(|e| NodeError::Media(e.to_string()))?);
         let services = SipServices {
             repo: repo.clone(),
             auth: Arc::new(Authenticator::new(
@@ -221,11 +224,16 @@ impl PbxNode {
             ring_timeout: Duration::from_secs(config.ring_timeout_secs),
             call_metrics: CallMetrics::register(&registry).map_err(NodeError::Metrics)?,
             echo_test_number: config.echo_test_number.clone(),
+            conference_prefix: config.conference_prefix.clone(),
             media_ip: config.media_ip,
             media: MediaServices {
                 ports: PortPool::new(config.rtp_port_min, config.rtp_port_max)
                     .map_err(|e| NodeError::Media(e.to_string()))?,
-                prompts: Arc::new(Prompts::builtin().map_err(|e| NodeError::Media(e.to_string()))?),
+                conferences: Conferences::new(ConferencePrompts {
+                    join: Some(prompts.conference_join.clone()),
+                    leave: Some(prompts.conference_leave.clone()),
+                }),
+                prompts: prompts.clone(),
             },
         };
         let sip = SipServer::start(services, config.sip_udp_listen, config.sip_tcp_listen)

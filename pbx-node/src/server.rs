@@ -28,6 +28,7 @@ pub struct SipServices {
     pub ring_timeout: std::time::Duration,
     pub call_metrics: CallMetrics,
     pub echo_test_number: String,
+    pub conference_prefix: String,
     pub media_ip: Option<std::net::IpAddr>,
     pub media: MediaServices,
 }
@@ -66,6 +67,7 @@ impl SipServer {
                 udp_listen: udp_addr,
                 tcp_listen: tcp_addr,
                 echo_test_number: services.echo_test_number,
+                conference_prefix: services.conference_prefix,
                 media_ip: services.media_ip,
             },
             services.call_metrics,

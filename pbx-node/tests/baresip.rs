@@ -1,7 +1,8 @@
 //! baresip softphones against a pbx-node: two phones call each other (the
 //! call connects, the caller hangs up, both see it end, the CDR says
-//! ANSWERED), and a phone calls the echo test and hears the spoken prompt,
-//! then its own 1 kHz tone coming back.
+//! ANSWERED), a phone calls the echo test and hears the spoken prompt,
+//! then its own 1 kHz tone coming back, and three phones in a conference
+//! each hear the other two tones and not their own.
 
 mod common;
 
@@ -27,7 +28,8 @@ struct Softphone {
 }
 
 impl Softphone {
-    async fn start(dir: &Path, user: &str, node: SocketAddr) -> Softphone {
+    /// A phone registered as `user` whose microphone plays a `tone_hz` sine.
+    async fn start(dir: &Path, user: &str, node: SocketAddr, tone_hz: f64) -> Softphone {
         std::fs::create_dir_all(dir).expect("config dir");
         // baresip also binds TCP on the SIP port and TLS on the next one.
         let sip_port = loop {
@@ -41,7 +43,7 @@ impl Softphone {
         let console = free_udp_addr();
         // ausine only runs at 48 kHz; a WAV at the G.711 rate needs no resampler.
         let tone = dir.join("tone.wav");
-        write_tone(&tone);
+        write_tone(&tone, tone_hz);
         let config = format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\n\
              module_path /usr/lib/baresip/modules\n\
@@ -119,11 +121,11 @@ impl Softphone {
     }
 }
 
-/// Ten seconds of a 1 kHz tone, 8 kHz mono 16-bit: what the phone sends.
-fn write_tone(path: &Path) {
-    let samples: Vec<i16> = (0..80_000)
+/// Twenty seconds of a sine, 8 kHz mono 16-bit: what the phone sends.
+fn write_tone(path: &Path, hz: f64) {
+    let samples: Vec<i16> = (0..160_000)
         .map(|n| {
-            let phase = 2.0 * std::f64::consts::PI * 1000.0 * f64::from(n) / 8000.0;
+            let phase = 2.0 * std::f64::consts::PI * hz * f64::from(n) / 8000.0;
             (phase.sin() * 8000.0) as i16
         })
         .collect();
@@ -163,8 +165,8 @@ async fn two_baresip_phones_call_each_other() {
         add_extension(&node, &tenant, number).await;
     }
     let sip = node.sip.udp_addr;
-    let callee = Softphone::start(&dir.path().join("201"), "201-TEST", sip).await;
-    let caller = Softphone::start(&dir.path().join("200"), "200-TEST", sip).await;
+    let callee = Softphone::start(&dir.path().join("201"), "201-TEST", sip, 1000.0).await;
+    let caller = Softphone::start(&dir.path().join("200"), "200-TEST", sip, 1000.0).await;
     let phones = [&caller, &callee];
     callee.wait_for("200 OK () [1 binding]", &phones).await;
     caller.wait_for("200 OK () [1 binding]", &phones).await;
@@ -226,7 +228,13 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
     let node = PbxNode::start(&config).await.expect("start node");
     let tenant = create_test_tenant(&node.repo).await;
     add_extension(&node, &tenant, "200").await;
-    let phone = Softphone::start(&dir.path().join("200"), "200-TEST", node.sip.udp_addr).await;
+    let phone = Softphone::start(
+        &dir.path().join("200"),
+        "200-TEST",
+        node.sip.udp_addr,
+        1000.0,
+    )
+    .await;
     let phones = [&phone];
     phone.wait_for("200 OK () [1 binding]", &phones).await;
     phone.command("/dial *43").await;
@@ -262,5 +270,87 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
         tone_share(echo, 1000.0)
     );
     assert_eq!(node.sip.b2bua.active_calls(), 0, "the echo call ended");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_phones_in_a_conference_each_hear_the_other_two() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        sip_digest_sha256: false,
+        ..loopback_config(1, &dir.path().join("node"))
+    };
+    let node = PbxNode::start(&config).await.expect("start node");
+    let tenant = create_test_tenant(&node.repo).await;
+    let tones = [("200", 500.0_f32), ("201", 1100.0), ("202", 1700.0)];
+    let mut phones = Vec::new();
+    for (number, hz) in tones {
+        add_extension(&node, &tenant, number).await;
+        let user = format!("{number}-TEST");
+        phones.push(
+            Softphone::start(
+                &dir.path().join(number),
+                &user,
+                node.sip.udp_addr,
+                f64::from(hz),
+            )
+            .await,
+        );
+    }
+    let all: Vec<&Softphone> = phones.iter().collect();
+    for phone in &phones {
+        phone.wait_for("200 OK () [1 binding]", &all).await;
+        phone.command("/dial *81").await;
+        phone.wait_for("Call established", &all).await;
+    }
+    // Everyone talks at once for a while; the join announcements are over
+    // by then (about 3 s each, one after another).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for phone in &phones {
+        phone.command("/hangup").await;
+    }
+    for (index, phone) in phones.iter().enumerate() {
+        let mut heard = None;
+        // The dump is complete once baresip closes it at the call's end.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(Ok(audio)) = phone.heard().map(|p| media::wav::read_wav_file(&p)) {
+                if audio.samples.len() > 8000 * 10 {
+                    heard = Some(audio.samples);
+                    break;
+                }
+            }
+        }
+        let heard = heard.unwrap_or_else(|| {
+            let found = phone.heard().map(|p| {
+                (
+                    p.clone(),
+                    media::wav::read_wav_file(&p).map(|a| a.samples.len()),
+                )
+            });
+            panic!(
+                "phone {index} recorded too little: {found:?}\n{}",
+                phone.output()
+            )
+        });
+        // The last two seconds: everyone present, no announcement.
+        let window = &heard[heard.len() - 8000 * 5 / 2..heard.len() - 8000 / 2];
+        for (other, (_, hz)) in tones.iter().enumerate() {
+            let share = tone_share(window, *hz);
+            if other == index {
+                assert!(share < 0.05, "phone {index} hears its own {hz} Hz: {share}");
+            } else {
+                assert!(share > 0.2, "phone {index} misses {hz} Hz: {share}");
+            }
+        }
+    }
+    for _ in 0..50 {
+        if node.sip.b2bua.active_calls() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.sip.b2bua.active_calls(), 0);
+    assert_eq!(node.sip.b2bua.rtp_ports_in_use(), 0);
     node.shutdown().await;
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::auth::{Authenticated, Authenticator, ChallengeKind};
+use crate::media::conference::Conferences;
 use crate::media::echo::start_echo;
 use crate::media::ports::PortPool;
 use crate::media::prompts::Prompts;
@@ -44,6 +45,8 @@ pub struct CallConfig {
     pub tcp_listen: SocketAddr,
     /// The number that reaches the echo test, in every tenant.
     pub echo_test_number: String,
+    /// `<prefix><room digits>` joins a conference room of the caller's tenant.
+    pub conference_prefix: String,
     /// The address in our SDP; `None` = the local address toward the caller.
     pub media_ip: Option<IpAddr>,
 }
@@ -52,6 +55,15 @@ pub struct CallConfig {
 pub struct MediaServices {
     pub ports: PortPool,
     pub prompts: Arc<Prompts>,
+    pub conferences: Arc<Conferences>,
+}
+
+/// A number the node answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LocalService {
+    EchoTest,
+    /// A conference room, named `<tenant id>/<room>` so tenants never meet.
+    Conference(String),
 }
 
 /// Call counters for Prometheus.
@@ -372,8 +384,9 @@ impl B2bua {
             started: tokio::time::Instant::now(),
         };
         let span = tracing::Span::current();
-        if dialled == self.config.echo_test_number {
-            self.answer_locally(key, request, source, cdr, &span).await;
+        if let Some(service) = self.local_service(&tenant.id, &dialled) {
+            self.answer_locally(key, request, source, cdr, service, &span)
+                .await;
             return Ok(());
         }
         // No transcoding: an offer without PCMU or PCMA cannot be bridged.
@@ -462,13 +475,24 @@ impl B2bua {
         );
     }
 
-    /// A service the node answers itself (the echo test).
+    /// The service a dialled number names, if the node answers it itself.
+    fn local_service(&self, tenant_id: &str, dialled: &str) -> Option<LocalService> {
+        if dialled == self.config.echo_test_number {
+            return Some(LocalService::EchoTest);
+        }
+        let room = dialled.strip_prefix(self.config.conference_prefix.as_str())?;
+        (!room.is_empty() && room.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| LocalService::Conference(format!("{tenant_id}/{room}")))
+    }
+
+    /// A service the node answers itself.
     async fn answer_locally(
         self: &Arc<Self>,
         key: TransactionKey,
         request: &SipMessage,
         source: Peer,
         cdr: CdrContext,
+        service: LocalService,
         span: &tracing::Span,
     ) {
         let offer = match sdp::audio_stream(request.body()) {
@@ -519,12 +543,19 @@ impl B2bua {
         let Some(remote) = call.remote_media() else {
             return;
         };
-        let intro = vec![
-            self.media.prompts.echo_test.clone(),
-            self.media.prompts.beep.clone(),
-        ];
-        let app = start_echo(socket, lease, intro, remote);
-        tracing::info!(%local_rtp, "echo test answered");
+        let app = match &service {
+            LocalService::EchoTest => {
+                let intro = vec![
+                    self.media.prompts.echo_test.clone(),
+                    self.media.prompts.beep.clone(),
+                ];
+                start_echo(socket, lease, intro, remote)
+            }
+            LocalService::Conference(room) => {
+                self.media.conferences.join(room, socket, lease, remote)
+            }
+        };
+        tracing::info!(%local_rtp, ?service, "answered by the node");
         self.spawn_call(call, cdr, Some(app), span);
     }
 

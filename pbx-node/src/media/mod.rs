@@ -1,6 +1,8 @@
 //! Media the node anchors itself, for the features that need it: the RTP
-//! port range, the built-in prompts and the media applications (echo test).
+//! port range, the built-in prompts and the media applications (echo test,
+//! conference rooms).
 
+pub mod conference;
 pub mod echo;
 pub mod ports;
 pub mod prompts;
