@@ -1,7 +1,8 @@
 //! baresip softphones against a pbx-node: two phones call each other (the
 //! call connects, the caller hangs up, both see it end, the CDR says
 //! ANSWERED), a phone calls the echo test and hears the spoken prompt,
-//! then its own 1 kHz tone coming back, and three phones in a conference
+//! then its own 1 kHz tone coming back, and a key it presses answered by
+//! a key press the node generates (RFC 4733 both ways), and three phones in a conference
 //! each hear the other two tones and not their own.
 
 mod common;
@@ -220,6 +221,7 @@ fn tone_share(samples: &[i16], hz: f32) -> f32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
+    common::init_test_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = NodeConfig {
         sip_digest_sha256: false,
@@ -239,8 +241,12 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
     phone.wait_for("200 OK () [1 binding]", &phones).await;
     phone.command("/dial *43").await;
     phone.wait_for("Call established", &phones).await;
-    // The prompt and beep last 5.7 s; then two seconds of echo.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The prompt and beep last 5.7 s; then echo, and a key press.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // DTMF both ways: the phone sends 5 (RFC 4733), the node recognises it
+    // and answers with a 5 it generates itself.
+    phone.command("5").await;
+    phone.wait_for("received event: '5' (end=1)", &phones).await;
     phone.command("/hangup").await;
     let mut heard = None;
     for _ in 0..50 {

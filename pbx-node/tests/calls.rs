@@ -105,11 +105,7 @@ async fn cdrs(repo: &Repo, tenant: &Tenant, count: usize) -> Vec<Cdr> {
 }
 
 async fn single_node(dir: &Path) -> (PbxNode, Tenant) {
-    // Node logs show up with a failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,openraft=warn,pbx_node=debug,sip=debug")
-        .with_test_writer()
-        .try_init();
+    common::init_test_logs();
     // sipp 3.6 answers only the first challenge, and only MD5.
     let config = NodeConfig {
         ring_timeout_secs: 3,

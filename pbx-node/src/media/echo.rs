@@ -1,7 +1,10 @@
 //! The echo test: plays the introduction and a beep, then sends every
-//! packet the caller sends straight back (re-stamped as our stream), so
-//! the caller hears its own voice with the network's round trip.
+//! audio packet the caller sends straight back (re-stamped as our stream),
+//! so the caller hears its own voice with the network's round trip. A key
+//! pressed (RFC 4733) is recognised and played back as a new telephone
+//! event we generate: DTMF both ways.
 
+use media::dtmf::{DtmfEvent, DtmfReceiver, DtmfSender};
 use media::g711::Law;
 use media::pacing::FramePacer;
 use media::player::{PlayOptions, Player, Prompt};
@@ -50,6 +53,10 @@ impl Outgoing {
     }
 }
 
+/// A generated key press lasts 100 ms, one packet per 20 ms frame.
+const DTMF_DURATION: u32 = 800;
+const DTMF_VOLUME: u8 = 10;
+
 fn may_send(direction: Direction) -> bool {
     matches!(direction, Direction::SendRecv | Direction::SendOnly)
 }
@@ -79,6 +86,8 @@ async fn run(
     );
     let mut pacer = FramePacer::new(tokio::time::Instant::now());
     let mut prompting = true;
+    let mut keys = DtmfReceiver::new();
+    let mut replies: std::collections::VecDeque<DtmfSender> = std::collections::VecDeque::new();
     // Echoed timestamp = caller's timestamp + this, fixed at the first echo.
     let mut echo_offset: Option<u32> = None;
     let mut inbound = [0u8; 1500];
@@ -93,9 +102,28 @@ async fn run(
                 remote = *media.borrow_and_update();
                 target = remote.stream_rtp;
             }
-            tick = pacer.tick(), if prompting => {
+            tick = pacer.tick() => {
                 let skipped = u32::try_from(tick.skipped).unwrap_or(u32::MAX);
                 out.timestamp = out.timestamp.wrapping_add(skipped.wrapping_mul(FRAME_SAMPLES as u32));
+                let send = may_send(remote.negotiated.direction);
+                if let (Some(reply), Some(pt)) = (replies.front_mut(), remote.negotiated.telephone_event) {
+                    match reply.next_packet() {
+                        Some(event) if send => {
+                            let mut packet = out.packet(pt, event.timestamp, &event.payload);
+                            packet.marker = event.marker;
+                            if let Ok(len) = packet.write_to(&mut outbound) {
+                                let _ = socket.send_to(outbound.get(..len).unwrap_or_default(), target).await;
+                            }
+                        }
+                        Some(_) => {}
+                        None => {
+                            replies.pop_front();
+                        }
+                    }
+                }
+                if !prompting {
+                    continue;
+                }
                 let Some(frame) = player.next_frame() else {
                     prompting = false;
                     continue;
@@ -104,7 +132,7 @@ async fn run(
                 law_of(codec).encode(&frame, &mut encoded);
                 let timestamp = out.timestamp;
                 out.timestamp = out.timestamp.wrapping_add(FRAME_SAMPLES as u32);
-                if may_send(remote.negotiated.direction) {
+                if send {
                     let packet = out.packet(codec.payload_type(), timestamp, &encoded);
                     if let Ok(len) = packet.write_to(&mut outbound) {
                         let _ = socket.send_to(outbound.get(..len).unwrap_or_default(), target).await;
@@ -119,13 +147,28 @@ async fn run(
                 let Ok(packet) = RtpPacket::parse(inbound.get(..len).unwrap_or_default()) else {
                     continue;
                 };
+                if Some(packet.payload_type) == remote.negotiated.telephone_event {
+                    let _ = keys.handle_packet(packet.timestamp, packet.payload);
+                    while let Some(event) = keys.poll_event() {
+                        // Answered at the press's start: a phone may hold a
+                        // key for long, and the end may be lost.
+                        if let DtmfEvent::Started(digit) = event {
+                            tracing::info!(digit = %digit.as_char(), "DTMF received");
+                            let reply = DtmfSender::new(digit, out.timestamp, DTMF_DURATION, FRAME_SAMPLES as u16, DTMF_VOLUME);
+                            replies.extend(reply.ok());
+                        }
+                    }
+                    continue;
+                }
                 let audio = packet.payload_type == remote.negotiated.codec.payload_type();
-                let event = Some(packet.payload_type) == remote.negotiated.telephone_event;
-                if prompting || !(audio || event) || !may_send(remote.negotiated.direction) {
+                if prompting || !audio || !may_send(remote.negotiated.direction) {
                     continue;
                 }
                 let offset = *echo_offset.get_or_insert(out.timestamp.wrapping_sub(packet.timestamp));
-                let mut echoed = out.packet(packet.payload_type, packet.timestamp.wrapping_add(offset), packet.payload);
+                let timestamp = packet.timestamp.wrapping_add(offset);
+                // Generated key presses take their start time from here.
+                out.timestamp = timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                let mut echoed = out.packet(packet.payload_type, timestamp, packet.payload);
                 echoed.marker = packet.marker;
                 if let Ok(len) = echoed.write_to(&mut outbound) {
                     let _ = socket.send_to(outbound.get(..len).unwrap_or_default(), target).await;

@@ -280,3 +280,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Node logs, shown with a failing test's output.
+pub fn init_test_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,openraft=warn,pbx_node=debug,sip=debug")
+        .with_test_writer()
+        .try_init();
+}
