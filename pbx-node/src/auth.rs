@@ -17,6 +17,8 @@ use crate::tenant::{tenant_lookups, TenantLookup};
 const NONCE_LIFETIME_SECS: u64 = 300;
 /// Nonces remembered per realm for nonce-count replay checks.
 const NONCE_CACHE_CAPACITY: usize = 10_000;
+/// The realm of a challenge when the request names no tenant at all.
+const UNKNOWN_REALM: &str = "pbx";
 
 /// Which challenge a request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub enum Authenticated {
         tenant: Tenant,
         extension: Extension,
     },
-    /// Answer the request with this (a challenge, 400 or 404).
+    /// Answer the request with this (a challenge or 400).
     Refused(SipMessage),
 }
 
@@ -169,17 +171,42 @@ impl Authenticator {
             None => None,
         };
         let username = credentials.as_ref().map(|c| c.username.as_str());
-        let Some(tenant) = self.find_tenant(&tenant_lookups(request, username)).await? else {
-            return Ok(Authenticated::Refused(sip::message::response_from_headers(
-                &request.headers,
-                404,
-                "Not Found (unknown domain)",
-            )));
+        let lookups = tenant_lookups(request, username);
+        let Some(tenant) = self.find_tenant(&lookups).await? else {
+            // An unknown domain is challenged like a known one (in a realm
+            // named after it), so probing reveals no tenant either.
+            let realm = match lookups.first() {
+                Some(TenantLookup::Domain(domain)) => domain.clone(),
+                _ => UNKNOWN_REALM.to_string(),
+            };
+            // A throwaway verifier: made-up domains must not grow memory.
+            let decoy = DigestVerifier::new(
+                DigestConfig {
+                    realm,
+                    nonce_lifetime_secs: NONCE_LIFETIME_SECS,
+                    nonce_cache_capacity: 1,
+                },
+                &self.nonce_secret,
+            );
+            let values = decoy.challenge(false, now_secs);
+            return Ok(Authenticated::Refused(
+                self.challenge(request, kind, values),
+            ));
         };
         let realm = tenant.sip_domain.clone();
         let Some(credentials) = credentials else {
+            // A throwaway verifier: made-up domains must not grow memory.
+            let decoy = DigestVerifier::new(
+                DigestConfig {
+                    realm,
+                    nonce_lifetime_secs: NONCE_LIFETIME_SECS,
+                    nonce_cache_capacity: 1,
+                },
+                &self.nonce_secret,
+            );
+            let values = decoy.challenge(false, now_secs);
             return Ok(Authenticated::Refused(
-                self.fresh_challenge(request, kind, &realm, now_secs),
+                self.challenge(request, kind, values),
             ));
         };
         // An unknown user is verified against a decoy, so it gets exactly

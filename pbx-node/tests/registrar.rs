@@ -104,6 +104,26 @@ async fn unknown_user_and_wrong_password_get_the_same_challenge() {
     assert_eq!(strip_nonce(&wrong_reply), strip_nonce(&unknown_reply));
     assert_eq!(strip_nonce(&wrong_reply).len(), 2);
 
+    // An unknown domain is challenged too, in its own name: no 404 tells a
+    // prober which tenants exist.
+    let probe = wrong
+        .send_raw(
+            "REGISTER sip:nobody.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKprobe\r\n\
+             From: <sip:100@nobody.example>;tag=1\r\nTo: <sip:100@nobody.example>\r\n\
+             Call-ID: probe-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(probe.status(), Some(401));
+    let realms: Vec<&str> = probe.headers.get_all("WWW-Authenticate").collect();
+    assert!(
+        realms
+            .iter()
+            .all(|v| v.contains("realm=\"nobody.example\"")),
+        "{realms:?}"
+    );
+    assert_eq!(realms.len(), 2, "the same two challenges as a real tenant");
+
     // A malformed request gets sip::validate's 400 with its reason.
     let malformed = wrong
         .send_raw(
