@@ -13,6 +13,7 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::demo::{ensure_demo, NewCredentials};
 use crate::http::HttpServer;
 use crate::media::conference::Conferences;
+use crate::media::moh::MusicOnHold;
 use crate::media::ports::PortPool;
 use crate::media::prompts::Prompts;
 use crate::repo::{Repo, RepoError};
@@ -213,6 +214,17 @@ impl PbxNode {
             Vec::new()
         };
         let prompts = Arc::new(Prompts::builtin().map_err(|e| NodeError::Media(e.to_string()))?);
+        let ports = PortPool::new(config.rtp_port_min, config.rtp_port_max)
+            .map_err(|e| NodeError::Media(e.to_string()))?;
+        let music = match ports.bind(std::net::IpAddr::from([0, 0, 0, 0])).await {
+            Ok((lease, socket)) => {
+                MusicOnHold::start(socket, lease, prompts.music_on_hold.clone()).ok()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no port for music on hold: held calls hear silence");
+                None
+            }
+        };
         let services = SipServices {
             repo: repo.clone(),
             auth: Arc::new(Authenticator::new(
@@ -227,8 +239,8 @@ impl PbxNode {
             conference_prefix: config.conference_prefix.clone(),
             media_ip: config.media_ip,
             media: MediaServices {
-                ports: PortPool::new(config.rtp_port_min, config.rtp_port_max)
-                    .map_err(|e| NodeError::Media(e.to_string()))?,
+                ports,
+                music,
                 conferences: Conferences::new(ConferencePrompts {
                     join: Some(prompts.conference_join.clone()),
                     leave: Some(prompts.conference_leave.clone()),

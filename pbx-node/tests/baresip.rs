@@ -21,6 +21,10 @@ use tokio::process::{Child, Command};
 
 const SECRET: &str = "baresip-secret";
 
+/// These tests judge audio in real time; run side by side on two cores
+/// they starve each other's phones, so they take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A baresip instance driven through its UDP console (`cons` module).
 struct Softphone {
     child: Child,
@@ -81,14 +85,29 @@ impl Softphone {
         }
     }
 
-    /// What the phone decoded from the call (the sndfile module's dump).
-    fn heard(&self) -> Option<std::path::PathBuf> {
+    /// What the phone decoded from its calls: the sndfile module's dumps
+    /// (a new one each time the stream restarts, e.g. on hold), in order,
+    /// once every one of them is complete.
+    fn heard_samples(&self) -> Option<Vec<i16>> {
         let dir = self.log.parent()?;
-        std::fs::read_dir(dir)
+        let mut dumps: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        dumps.sort();
+        let mut samples = Vec::new();
+        for dump in dumps {
+            match media::wav::read_wav_file(&dump) {
+                Ok(audio) => samples.extend(audio.samples),
+                Err(e) => {
+                    eprintln!("{}: {e}", dump.display());
+                    return None;
+                }
+            }
+        }
+        Some(samples)
     }
 
     async fn command(&self, command: &str) {
@@ -154,6 +173,7 @@ async fn add_extension(node: &PbxNode, tenant: &Tenant, number: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_baresip_phones_call_each_other() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // baresip 1.0 (libre) gives up on the first challenge if it is SHA-256.
     let config = NodeConfig {
@@ -221,6 +241,7 @@ fn tone_share(samples: &[i16], hz: f32) -> f32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     common::init_test_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = NodeConfig {
@@ -249,16 +270,22 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
     phone.wait_for("received event: '5' (end=1)", &phones).await;
     phone.command("/hangup").await;
     let mut heard = None;
-    for _ in 0..50 {
+    for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(Ok(audio)) = phone.heard().map(|p| media::wav::read_wav_file(&p)) {
-            if audio.samples.len() > 8000 * 7 {
-                heard = Some(audio.samples);
+        if let Some(samples) = phone.heard_samples() {
+            if samples.len() > 8000 * 7 {
+                heard = Some(samples);
                 break;
             }
         }
     }
-    let heard = heard.unwrap_or_else(|| panic!("no recording of the call:\n{}", phone.output()));
+    let heard = heard.unwrap_or_else(|| {
+        panic!(
+            "no recording of the call ({:?} samples):\n{}",
+            phone.heard_samples().map(|s| s.len()),
+            phone.output()
+        )
+    });
     let prompt = &heard[8000..8000 * 4];
     let echo = &heard[heard.len() - 8000 * 3 / 2..];
     let speech = prompt.iter().filter(|s| s.unsigned_abs() > 2000).count();
@@ -281,6 +308,7 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_phones_in_a_conference_each_hear_the_other_two() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = NodeConfig {
         sip_digest_sha256: false,
@@ -320,20 +348,15 @@ async fn three_phones_in_a_conference_each_hear_the_other_two() {
         // The dump is complete once baresip closes it at the call's end.
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Some(Ok(audio)) = phone.heard().map(|p| media::wav::read_wav_file(&p)) {
-                if audio.samples.len() > 8000 * 10 {
-                    heard = Some(audio.samples);
+            if let Some(samples) = phone.heard_samples() {
+                if samples.len() > 8000 * 10 {
+                    heard = Some(samples);
                     break;
                 }
             }
         }
         let heard = heard.unwrap_or_else(|| {
-            let found = phone.heard().map(|p| {
-                (
-                    p.clone(),
-                    media::wav::read_wav_file(&p).map(|a| a.samples.len()),
-                )
-            });
+            let found = phone.heard_samples().map(|s| s.len());
             panic!(
                 "phone {index} recorded too little: {found:?}\n{}",
                 phone.output()
@@ -358,5 +381,76 @@ async fn three_phones_in_a_conference_each_hear_the_other_two() {
     }
     assert_eq!(node.sip.b2bua.active_calls(), 0);
     assert_eq!(node.sip.b2bua.rtp_ports_in_use(), 0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_party_hears_music_until_the_call_is_resumed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig {
+        sip_digest_sha256: false,
+        ..loopback_config(1, &dir.path().join("node"))
+    };
+    let node = PbxNode::start(&config).await.expect("start node");
+    let tenant = create_test_tenant(&node.repo).await;
+    for number in ["200", "201"] {
+        add_extension(&node, &tenant, number).await;
+    }
+    let sip = node.sip.udp_addr;
+    let callee = Softphone::start(&dir.path().join("201"), "201-TEST", sip, 500.0).await;
+    let caller = Softphone::start(&dir.path().join("200"), "200-TEST", sip, 1000.0).await;
+    let phones = [&caller, &callee];
+    callee.wait_for("200 OK () [1 binding]", &phones).await;
+    caller.wait_for("200 OK () [1 binding]", &phones).await;
+    caller.command("/dial 201").await;
+    callee.wait_for("Incoming call", &phones).await;
+    callee.command("/accept").await;
+    caller.wait_for("Call established", &phones).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    caller.command("/hold").await;
+    for _ in 0..50 {
+        if node.sip.b2bua.music_listeners() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        node.sip.b2bua.music_listeners(),
+        1,
+        "the callee is on music"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    caller.command("/resume").await;
+    for _ in 0..50 {
+        if node.sip.b2bua.music_listeners() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.sip.b2bua.music_listeners(), 0, "music stops on resume");
+    caller.command("/hangup").await;
+    callee.wait_for("session closed", &phones).await;
+    // baresip logs each change of the stream it receives: the music's
+    // stream from the node's music port while held, then the caller's
+    // stream again after the resume. (Its sndfile dump stops at the first
+    // stream update, so the audio itself is judged in the unit tests.)
+    let music_port = node.sip.b2bua.music_port().expect("music on hold runs");
+    let output = callee.output();
+    let music_from = format!(":{music_port})");
+    let music_at = output
+        .lines()
+        .position(|l| {
+            l.contains("SSRC changed") && l.contains("160 bytes") && l.contains(&music_from)
+        })
+        .unwrap_or_else(|| panic!("no G.711 frames from the music port {music_port}:\n{output}"));
+    let back = output
+        .lines()
+        .skip(music_at + 1)
+        .any(|l| l.contains("SSRC changed") && !l.contains(&music_from));
+    assert!(
+        back,
+        "the caller's stream comes back after the resume:\n{output}"
+    );
     node.shutdown().await;
 }

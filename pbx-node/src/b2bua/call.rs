@@ -50,6 +50,8 @@ pub struct CallSetup {
     pub forks: Vec<ForkTarget>,
     pub ring_timeout: Duration,
     pub timers: TimerConfig,
+    /// The node's music-on-hold stream; `None` = a held party hears silence.
+    pub music_on_hold: Option<std::net::SocketAddr>,
 }
 
 /// How a call ended, in CDR terms.
@@ -110,10 +112,23 @@ pub enum Output {
         target: Peer,
     },
     /// Send outside any transaction (ACK for 2xx, 2xx retransmission).
-    Stateless { message: SipMessage, target: Peer },
+    Stateless {
+        message: SipMessage,
+        target: Peer,
+    },
     /// The call is over (reported once; later outputs may still follow,
     /// e.g. ACK and BYE for a fork that answers after a CANCEL).
     Ended(CallEnd),
+    /// Stream music on hold to a held party (`listener`: 0 = the caller,
+    /// 1 + n = fork n), or stop it.
+    StartMusic {
+        listener: usize,
+        target: std::net::SocketAddr,
+        codec: sip::sdp::AudioCodec,
+    },
+    StopMusic {
+        listener: usize,
+    },
 }
 
 /// What the driver feeds in.
@@ -167,6 +182,8 @@ struct Relay {
     origin_key: TransactionKey,
     origin_request: SipMessage,
     method: Method,
+    /// The other side was offered our music instead of the holder's SDP.
+    music: bool,
 }
 
 /// A 2xx we keep sending until its ACK comes (§13.3.1.4), and the ACK we
@@ -223,7 +240,19 @@ pub struct Call {
     outstanding: HashMap<u64, Leg>,
     /// Fork INVITEs' transaction ids, for telling their responses apart.
     fork_of_txn: HashMap<u64, usize>,
+    music_on_hold: Option<std::net::SocketAddr>,
+    /// Legs hearing our music now.
+    on_hold_music: Vec<Leg>,
+    sdp_session: u64,
+    sdp_version: u64,
     outputs: Vec<Output>,
+}
+
+fn listener_of(leg: Leg) -> usize {
+    match leg {
+        Leg::Caller => 0,
+        Leg::Fork(i) => i + 1,
+    }
 }
 
 fn header_has_token(message: &SipMessage, header: &str, token: &str) -> bool {
@@ -331,6 +360,10 @@ impl Call {
             ended: false,
             outstanding: HashMap::new(),
             fork_of_txn: HashMap::new(),
+            music_on_hold: setup.music_on_hold,
+            on_hold_music: Vec::new(),
+            sdp_session: u64::from(rand::random::<u32>()),
+            sdp_version: 0,
             outputs: Vec::new(),
             invite: setup.invite,
         };
@@ -1020,7 +1053,38 @@ impl Call {
         if method == Method::Invite {
             builder = builder.header("Contact", contact_of(&addr, "pbx"));
         }
-        let relayed = copy_body(builder, request).build();
+        // A hold re-INVITE: the held side is offered our music instead.
+        let held = method == Method::Invite
+            && sip::sdp::audio_stream(request.body()).is_ok_and(|offer| offer.direction.is_hold());
+        let music = match self.music_on_hold {
+            Some(rtp) if held => {
+                self.sdp_version += 1;
+                let offer = sip::sdp::AudioDescription::offer(
+                    self.sdp_session,
+                    self.sdp_version,
+                    sip::sdp::LocalAudio {
+                        rtp,
+                        codecs: sip::sdp::G711,
+                        telephone_event: None,
+                        direction: sip::sdp::Direction::SendOnly,
+                    },
+                );
+                builder = builder.body("application/sdp", offer.to_bytes());
+                true
+            }
+            _ => {
+                builder = copy_body(builder, request);
+                false
+            }
+        };
+        if method == Method::Invite && !held && self.on_hold_music.contains(&target_leg) {
+            // Taken off hold: the holder's SDP goes through, the music stops.
+            self.on_hold_music.retain(|leg| *leg != target_leg);
+            self.outputs.push(Output::StopMusic {
+                listener: listener_of(target_leg),
+            });
+        }
+        let relayed = builder.build();
         let txn = self.send_request(target_leg, relayed, addr.peer);
         self.relays.insert(
             txn,
@@ -1029,6 +1093,7 @@ impl Call {
                 origin_key: key,
                 origin_request: request.clone(),
                 method,
+                music,
             },
         );
     }
@@ -1036,6 +1101,22 @@ impl Call {
     /// The final response to a relayed request goes back to its origin.
     fn on_relayed_response(&mut self, relay: Relay, response: &SipMessage, now: Instant) {
         let status = response.status().unwrap_or(500);
+        if relay.music && (200..300).contains(&status) {
+            let held = self.other(relay.origin);
+            let answer = sip::sdp::audio_stream(response.body()).ok();
+            if let (Some(held), Some(answer)) = (held, answer) {
+                if let Some(codec) = answer.codecs.first() {
+                    if !self.on_hold_music.contains(&held) {
+                        self.on_hold_music.push(held);
+                    }
+                    self.outputs.push(Output::StartMusic {
+                        listener: listener_of(held),
+                        target: answer.rtp,
+                        codec: *codec,
+                    });
+                }
+            }
+        }
         let Some(origin_addr) = self.leg_addr(relay.origin).cloned() else {
             return;
         };
@@ -1054,6 +1135,27 @@ impl Call {
         let origin_request = &relay.origin_request;
         let mut relayed = origin_request.response_with_tag(status, &reason, &tag);
         set_body(&mut relayed, response);
+        // A holder offering sendonly may keep sending: it is answered with
+        // the music's address, so its audio stops at us, not at the held side.
+        let our_answer = self
+            .music_on_hold
+            .filter(|_| relay.music && (200..300).contains(&status))
+            .and_then(|rtp| {
+                let offer = sip::sdp::audio_stream(relay.origin_request.body()).ok()?;
+                let negotiated = sip::sdp::negotiate(&offer, sip::sdp::G711).ok()?;
+                Some((rtp, negotiated))
+            });
+        if let Some((rtp, negotiated)) = our_answer {
+            self.sdp_version += 1;
+            let answer = sip::sdp::AudioDescription::answer(
+                self.sdp_session,
+                self.sdp_version,
+                rtp,
+                negotiated,
+            );
+            relayed.headers.set("Content-Type", "application/sdp");
+            relayed.body = answer.to_bytes();
+        }
         if relay.method == Method::Invite && (200..300).contains(&status) {
             relayed
                 .headers
@@ -1129,6 +1231,7 @@ mod tests {
                 .collect(),
             ring_timeout: Duration::from_secs(30),
             timers: TimerConfig::default(),
+            music_on_hold: Some("10.9.9.9:30000".parse().expect("addr")),
         };
         let mut call = Call::start(setup, t0);
         let outputs = call.drain_outputs();
@@ -1480,6 +1583,77 @@ mod tests {
         assert_eq!(
             (end.disposition, end.hangup_by),
             (Disposition::Answered, Side::Caller)
+        );
+    }
+
+    #[test]
+    fn held_callee_is_offered_our_music_and_gets_it_until_unhold() {
+        let t0 = Instant::now();
+        let (mut call, _, tag) = answered_call(t0);
+        let hold = in_dialog(
+            &call.invite.clone(),
+            "INVITE",
+            3,
+            &tag,
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n",
+        );
+        let key = TransactionKey::for_request(&hold).expect("key");
+        call.handle(
+            Input::Request {
+                key: Some(key),
+                request: hold,
+            },
+            t0 + MS(100),
+        );
+        let (txn, _, offer) = requests(&call.drain_outputs()).remove(0);
+        let offered = sip::sdp::audio_stream(offer.body()).expect("our offer");
+        assert_eq!(
+            offered.rtp,
+            "10.9.9.9:30000".parse().unwrap(),
+            "the music's address"
+        );
+        assert_eq!(offered.direction, sip::sdp::Direction::SendOnly);
+        let mut answer = answer(&offer, 200, "callee", false);
+        answer.headers.set("Content-Type", "application/sdp");
+        answer.body = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8\r\na=recvonly\r\n".to_vec();
+        let out = feed(&mut call, txn, answer, t0 + MS(110));
+        assert!(out.iter().any(
+            |o| matches!(o, Output::StartMusic { listener: 1, target, codec }
+            if *target == "127.0.0.1:7000".parse().unwrap() && *codec == sip::sdp::AudioCodec::Pcma)
+        ));
+        let ack = in_dialog(&call.invite.clone(), "ACK", 3, &tag, "");
+        call.handle(
+            Input::Request {
+                key: None,
+                request: ack,
+            },
+            t0 + MS(120),
+        );
+        call.drain_outputs();
+
+        let resume = in_dialog(
+            &call.invite.clone(),
+            "INVITE",
+            4,
+            &tag,
+            "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n",
+        );
+        let key = TransactionKey::for_request(&resume).expect("key");
+        call.handle(
+            Input::Request {
+                key: Some(key),
+                request: resume,
+            },
+            t0 + MS(200),
+        );
+        let out = call.drain_outputs();
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::StopMusic { listener: 1 })));
+        let (_, _, relayed) = requests(&out).remove(0);
+        assert!(
+            relayed.body().ends_with(b"a=sendrecv\r\n"),
+            "the holder's own SDP again"
         );
     }
 

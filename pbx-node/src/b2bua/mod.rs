@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::auth::{Authenticated, Authenticator, ChallengeKind};
 use crate::media::conference::Conferences;
 use crate::media::echo::start_echo;
+use crate::media::moh::MusicOnHold;
 use crate::media::ports::PortPool;
 use crate::media::prompts::Prompts;
 use crate::media::MediaApp;
@@ -56,6 +57,8 @@ pub struct MediaServices {
     pub ports: PortPool,
     pub prompts: Arc<Prompts>,
     pub conferences: Arc<Conferences>,
+    /// `None` when no RTP port could be had for it at start.
+    pub music: Option<MusicOnHold>,
 }
 
 /// A number the node answers itself.
@@ -112,6 +115,7 @@ pub struct B2bua {
     metrics: CallMetrics,
     media: MediaServices,
     calls: Mutex<CallTable>,
+    next_call: std::sync::atomic::AtomicU64,
 }
 
 /// What the driver needs of a call core: the B2BUA's [`Call`] and the
@@ -191,6 +195,8 @@ impl CallCore for LocalCall {
 
 /// What a CDR needs beyond the call's outcome.
 struct CdrContext {
+    /// This node's number for the call; keys its music-on-hold listeners.
+    call_number: u64,
     tenant_id: String,
     call_id: String,
     from: String,
@@ -281,6 +287,7 @@ impl B2bua {
             metrics,
             media,
             calls: Mutex::new(CallTable::default()),
+            next_call: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -309,14 +316,40 @@ impl B2bua {
         }
     }
 
+    /// The address in our SDP for a party we reach through `addr`.
+    fn media_ip_toward(&self, addr: &LegAddr) -> IpAddr {
+        self.config.media_ip.unwrap_or(
+            addr.local_host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        )
+    }
+
     /// Number of calls in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.table().by_invite.len()
     }
 
-    /// RTP port pairs held by calls on this node.
+    /// RTP port pairs held by calls on this node (the music-on-hold
+    /// stream's own pair, held for the node's life, is not counted).
     pub fn rtp_ports_in_use(&self) -> usize {
-        self.media.ports.in_use()
+        let music = usize::from(self.media.music.is_some());
+        self.media.ports.in_use().saturating_sub(music)
+    }
+
+    /// The RTP port of the music-on-hold stream, if it runs.
+    pub fn music_port(&self) -> Option<u16> {
+        self.media.music.as_ref().map(|m| m.port)
+    }
+
+    /// Held parties hearing music now.
+    pub fn music_listeners(&self) -> usize {
+        self.media
+            .music
+            .as_ref()
+            .map_or(0, MusicOnHold::listener_count)
     }
 
     /// A new INVITE (no To tag).
@@ -376,6 +409,9 @@ impl B2bua {
             .to_string();
         let call_id = request.call_id().unwrap_or_default().to_string();
         let cdr = CdrContext {
+            call_number: self
+                .next_call
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             tenant_id: tenant.id.clone(),
             call_id: call_id.clone(),
             from: caller.number.clone(),
@@ -430,10 +466,11 @@ impl B2bua {
             return Ok(());
         }
         tracing::info!(from = %caller.number, to = %callee.number, forks = forks.len(), "calling");
+        let caller_addr = self.local_addr_toward(source);
         let setup = CallSetup {
             invite: request.clone(),
             invite_key: key,
-            caller: self.local_addr_toward(source),
+            caller: caller_addr.clone(),
             caller_identity: format!(
                 "\"{}\" <sip:{}@{}>",
                 caller.display_name.replace('"', ""),
@@ -444,6 +481,11 @@ impl B2bua {
             forks,
             ring_timeout: self.config.ring_timeout,
             timers: self.config.timers,
+            music_on_hold: self
+                .media
+                .music
+                .as_ref()
+                .map(|m| SocketAddr::new(self.media_ip_toward(&caller_addr), m.port)),
         };
         let call = Call::start(setup, tokio::time::Instant::now().into_std());
         self.spawn_call(call, cdr, None, &span);
@@ -511,14 +553,7 @@ impl B2bua {
             }
         };
         let caller = self.local_addr_toward(source);
-        let media_ip = self.config.media_ip.unwrap_or(
-            caller
-                .local_host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
-        );
+        let media_ip = self.media_ip_toward(&caller);
         let (lease, socket) = match self.media.ports.bind(media_ip).await {
             Ok(bound) => bound,
             Err(e) => {
@@ -625,12 +660,14 @@ impl B2bua {
         mut app: Option<MediaApp>,
     ) {
         let (replies, mut reply_rx) = mpsc::unbounded_channel();
+        let mut music_listeners = std::collections::HashSet::new();
         loop {
             if let (Some(app), Some(media)) = (app.as_ref(), call.remote_media()) {
                 app.update(media);
             }
             for output in call.drain_outputs() {
-                self.carry_out(output, &replies, &cdr).await;
+                self.carry_out(output, &replies, &cdr, &mut music_listeners)
+                    .await;
             }
             if call.is_finished() {
                 break;
@@ -661,8 +698,13 @@ impl B2bua {
                 }
             }
         }
-        // Stops the application and frees its RTP ports.
+        // Stops the application and frees its RTP ports, and the music.
         drop(app);
+        if let Some(music) = &self.media.music {
+            for listener in music_listeners {
+                music.remove(listener);
+            }
+        }
         self.metrics.active.dec();
         let mut table = self.table();
         for dialog_key in call.dialog_keys() {
@@ -676,8 +718,27 @@ impl B2bua {
         output: Output,
         replies: &mpsc::UnboundedSender<(u64, sip::endpoint::ClientEvent)>,
         cdr: &CdrContext,
+        music_listeners: &mut std::collections::HashSet<u64>,
     ) {
+        // Listener keys: the call's number with the leg in the low bits.
+        let music_key = |listener: usize| (cdr.call_number << 16) | (listener as u64 & 0xffff);
         match output {
+            Output::StartMusic {
+                listener,
+                target,
+                codec,
+            } => {
+                if let Some(music) = &self.media.music {
+                    music.add(music_key(listener), target, codec);
+                    music_listeners.insert(music_key(listener));
+                }
+            }
+            Output::StopMusic { listener } => {
+                if let Some(music) = &self.media.music {
+                    music.remove(music_key(listener));
+                    music_listeners.remove(&music_key(listener));
+                }
+            }
             Output::Respond { key, response } => self.endpoint.respond(&key, response),
             Output::Request {
                 txn,

@@ -1,9 +1,10 @@
 //! Media the node anchors itself, for the features that need it: the RTP
-//! port range, the built-in prompts and the media applications (echo test,
-//! conference rooms).
+//! port range, the built-in prompts, the media applications (echo test,
+//! conference rooms) and the music-on-hold stream.
 
 pub mod conference;
 pub mod echo;
+pub mod moh;
 pub mod ports;
 pub mod prompts;
 
