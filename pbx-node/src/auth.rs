@@ -102,17 +102,21 @@ impl Authenticator {
 
     fn with_verifier<T>(&self, realm: &str, f: impl FnOnce(&mut DigestVerifier) -> T) -> T {
         let mut verifiers = self.verifiers.lock().unwrap_or_else(|p| p.into_inner());
-        let verifier = verifiers.entry(realm.to_string()).or_insert_with(|| {
-            DigestVerifier::new(
-                DigestConfig {
-                    realm: realm.to_string(),
-                    nonce_lifetime_secs: NONCE_LIFETIME_SECS,
-                    nonce_cache_capacity: NONCE_CACHE_CAPACITY,
-                },
-                &self.nonce_secret,
-            )
-        });
+        let verifier = verifiers
+            .entry(realm.to_string())
+            .or_insert_with(|| self.verifier(realm.to_string(), NONCE_CACHE_CAPACITY));
         f(verifier)
+    }
+
+    fn verifier(&self, realm: String, nonce_cache_capacity: usize) -> DigestVerifier {
+        DigestVerifier::new(
+            DigestConfig {
+                realm,
+                nonce_lifetime_secs: NONCE_LIFETIME_SECS,
+                nonce_cache_capacity,
+            },
+            &self.nonce_secret,
+        )
     }
 
     fn challenge(
@@ -180,33 +184,15 @@ impl Authenticator {
                 _ => UNKNOWN_REALM.to_string(),
             };
             // A throwaway verifier: made-up domains must not grow memory.
-            let decoy = DigestVerifier::new(
-                DigestConfig {
-                    realm,
-                    nonce_lifetime_secs: NONCE_LIFETIME_SECS,
-                    nonce_cache_capacity: 1,
-                },
-                &self.nonce_secret,
-            );
-            let values = decoy.challenge(false, now_secs);
+            let values = self.verifier(realm, 1).challenge(false, now_secs);
             return Ok(Authenticated::Refused(
                 self.challenge(request, kind, values),
             ));
         };
         let realm = tenant.sip_domain.clone();
         let Some(credentials) = credentials else {
-            // A throwaway verifier: made-up domains must not grow memory.
-            let decoy = DigestVerifier::new(
-                DigestConfig {
-                    realm,
-                    nonce_lifetime_secs: NONCE_LIFETIME_SECS,
-                    nonce_cache_capacity: 1,
-                },
-                &self.nonce_secret,
-            );
-            let values = decoy.challenge(false, now_secs);
             return Ok(Authenticated::Refused(
-                self.challenge(request, kind, values),
+                self.fresh_challenge(request, kind, &realm, now_secs),
             ));
         };
         // An unknown user is verified against a decoy, so it gets exactly

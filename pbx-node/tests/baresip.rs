@@ -156,6 +156,49 @@ fn write_tone(path: &Path, hz: f64) {
     writer.finish().expect("finish WAV");
 }
 
+/// A node whose tenant TEST is ready for softphones.
+async fn start_node(dir: &Path) -> (PbxNode, Tenant) {
+    // baresip 1.0 (libre) gives up on the first challenge if it is SHA-256.
+    let config = NodeConfig {
+        sip_digest_sha256: false,
+        ..loopback_config(1, &dir.join("node"))
+    };
+    let node = PbxNode::start(&config).await.expect("start node");
+    let tenant = create_test_tenant(&node.repo).await;
+    (node, tenant)
+}
+
+/// What `phone` decoded, once at least `min_seconds` of it are written
+/// (the dump is complete when baresip closes it at the call's end).
+async fn wait_heard(phone: &Softphone, min_seconds: usize) -> Vec<i16> {
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(samples) = phone.heard_samples() {
+            if samples.len() > 8000 * min_seconds {
+                return samples;
+            }
+        }
+    }
+    panic!(
+        "{} recorded too little ({:?} samples):\n{}",
+        phone.log.display(),
+        phone.heard_samples().map(|s| s.len()),
+        phone.output()
+    )
+}
+
+/// Waits until every call has ended, and checks their RTP ports are free.
+async fn wait_idle(node: &PbxNode) {
+    for _ in 0..50 {
+        if node.sip.b2bua.active_calls() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.sip.b2bua.active_calls(), 0, "every call ended");
+    assert_eq!(node.sip.b2bua.rtp_ports_in_use(), 0, "every RTP port free");
+}
+
 async fn add_extension(node: &PbxNode, tenant: &Tenant, number: &str) {
     node.repo
         .create_extension(
@@ -175,13 +218,7 @@ async fn add_extension(node: &PbxNode, tenant: &Tenant, number: &str) {
 async fn two_baresip_phones_call_each_other() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    // baresip 1.0 (libre) gives up on the first challenge if it is SHA-256.
-    let config = NodeConfig {
-        sip_digest_sha256: false,
-        ..loopback_config(1, &dir.path().join("node"))
-    };
-    let node = PbxNode::start(&config).await.expect("start node");
-    let tenant = create_test_tenant(&node.repo).await;
+    let (node, tenant) = start_node(dir.path()).await;
     for number in ["200", "201"] {
         add_extension(&node, &tenant, number).await;
     }
@@ -219,7 +256,7 @@ async fn two_baresip_phones_call_each_other() {
     );
     assert_eq!(cdr.hangup_by, "caller");
     assert!(cdr.end_ms <= unix_now_ms());
-    assert_eq!(node.sip.b2bua.active_calls(), 0, "call state released");
+    wait_idle(&node).await;
     drop(caller.child);
     drop(callee.child);
     node.shutdown().await;
@@ -244,12 +281,7 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
     let _turn = ONE_AT_A_TIME.lock().await;
     common::init_test_logs();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        sip_digest_sha256: false,
-        ..loopback_config(1, &dir.path().join("node"))
-    };
-    let node = PbxNode::start(&config).await.expect("start node");
-    let tenant = create_test_tenant(&node.repo).await;
+    let (node, tenant) = start_node(dir.path()).await;
     add_extension(&node, &tenant, "200").await;
     let phone = Softphone::start(
         &dir.path().join("200"),
@@ -269,23 +301,7 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
     phone.command("5").await;
     phone.wait_for("received event: '5' (end=1)", &phones).await;
     phone.command("/hangup").await;
-    let mut heard = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(samples) = phone.heard_samples() {
-            if samples.len() > 8000 * 7 {
-                heard = Some(samples);
-                break;
-            }
-        }
-    }
-    let heard = heard.unwrap_or_else(|| {
-        panic!(
-            "no recording of the call ({:?} samples):\n{}",
-            phone.heard_samples().map(|s| s.len()),
-            phone.output()
-        )
-    });
+    let heard = wait_heard(&phone, 7).await;
     let prompt = &heard[8000..8000 * 4];
     let echo = &heard[heard.len() - 8000 * 3 / 2..];
     let speech = prompt.iter().filter(|s| s.unsigned_abs() > 2000).count();
@@ -302,7 +318,7 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
         "the end is our own 1 kHz tone echoed: {}",
         tone_share(echo, 1000.0)
     );
-    assert_eq!(node.sip.b2bua.active_calls(), 0, "the echo call ended");
+    wait_idle(&node).await;
     node.shutdown().await;
 }
 
@@ -310,12 +326,7 @@ async fn echo_test_plays_its_prompt_then_echoes_the_caller() {
 async fn three_phones_in_a_conference_each_hear_the_other_two() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        sip_digest_sha256: false,
-        ..loopback_config(1, &dir.path().join("node"))
-    };
-    let node = PbxNode::start(&config).await.expect("start node");
-    let tenant = create_test_tenant(&node.repo).await;
+    let (node, tenant) = start_node(dir.path()).await;
     let tones = [("200", 500.0_f32), ("201", 1100.0), ("202", 1700.0)];
     let mut phones = Vec::new();
     for (number, hz) in tones {
@@ -344,24 +355,7 @@ async fn three_phones_in_a_conference_each_hear_the_other_two() {
         phone.command("/hangup").await;
     }
     for (index, phone) in phones.iter().enumerate() {
-        let mut heard = None;
-        // The dump is complete once baresip closes it at the call's end.
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Some(samples) = phone.heard_samples() {
-                if samples.len() > 8000 * 10 {
-                    heard = Some(samples);
-                    break;
-                }
-            }
-        }
-        let heard = heard.unwrap_or_else(|| {
-            let found = phone.heard_samples().map(|s| s.len());
-            panic!(
-                "phone {index} recorded too little: {found:?}\n{}",
-                phone.output()
-            )
-        });
+        let heard = wait_heard(phone, 10).await;
         // The last two seconds: everyone present, no announcement.
         let window = &heard[heard.len() - 8000 * 5 / 2..heard.len() - 8000 / 2];
         for (other, (_, hz)) in tones.iter().enumerate() {
@@ -373,14 +367,7 @@ async fn three_phones_in_a_conference_each_hear_the_other_two() {
             }
         }
     }
-    for _ in 0..50 {
-        if node.sip.b2bua.active_calls() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(node.sip.b2bua.active_calls(), 0);
-    assert_eq!(node.sip.b2bua.rtp_ports_in_use(), 0);
+    wait_idle(&node).await;
     node.shutdown().await;
 }
 
@@ -388,12 +375,7 @@ async fn three_phones_in_a_conference_each_hear_the_other_two() {
 async fn held_party_hears_music_until_the_call_is_resumed() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = NodeConfig {
-        sip_digest_sha256: false,
-        ..loopback_config(1, &dir.path().join("node"))
-    };
-    let node = PbxNode::start(&config).await.expect("start node");
-    let tenant = create_test_tenant(&node.repo).await;
+    let (node, tenant) = start_node(dir.path()).await;
     for number in ["200", "201"] {
         add_extension(&node, &tenant, number).await;
     }

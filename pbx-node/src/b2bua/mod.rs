@@ -129,69 +129,53 @@ trait CallCore {
     fn dialog_keys(&self) -> Vec<(String, String)>;
     fn caller_invite_key(&self) -> &TransactionKey;
     /// The caller's media after a change, for the media application.
-    fn remote_media(&mut self) -> Option<RemoteMedia>;
-    /// The media application ended by itself.
-    fn app_finished(&mut self, now: std::time::Instant);
-}
-
-impl CallCore for Call {
-    fn handle(&mut self, input: Input, now: std::time::Instant) {
-        Call::handle(self, input, now);
-    }
-    fn handle_timeout(&mut self, now: std::time::Instant) {
-        Call::handle_timeout(self, now);
-    }
-    fn poll_timeout(&self) -> Option<std::time::Instant> {
-        Call::poll_timeout(self)
-    }
-    fn drain_outputs(&mut self) -> Vec<Output> {
-        Call::drain_outputs(self)
-    }
-    fn is_finished(&self) -> bool {
-        Call::is_finished(self)
-    }
-    fn dialog_keys(&self) -> Vec<(String, String)> {
-        Call::dialog_keys(self)
-    }
-    fn caller_invite_key(&self) -> &TransactionKey {
-        Call::caller_invite_key(self)
-    }
     fn remote_media(&mut self) -> Option<RemoteMedia> {
-        // SDP passes through: the B2BUA anchors no media of its own.
+        // The B2BUA's SDP passes through: no media application of its own.
         None
     }
+    /// The media application ended by itself.
     fn app_finished(&mut self, _now: std::time::Instant) {}
 }
 
-impl CallCore for LocalCall {
-    fn handle(&mut self, input: Input, now: std::time::Instant) {
-        LocalCall::handle(self, input, now);
-    }
-    fn handle_timeout(&mut self, now: std::time::Instant) {
-        LocalCall::handle_timeout(self, now);
-    }
-    fn poll_timeout(&self) -> Option<std::time::Instant> {
-        LocalCall::poll_timeout(self)
-    }
-    fn drain_outputs(&mut self) -> Vec<Output> {
-        LocalCall::drain_outputs(self)
-    }
-    fn is_finished(&self) -> bool {
-        LocalCall::is_finished(self)
-    }
-    fn dialog_keys(&self) -> Vec<(String, String)> {
-        LocalCall::dialog_keys(self)
-    }
-    fn caller_invite_key(&self) -> &TransactionKey {
-        LocalCall::caller_invite_key(self)
-    }
+/// Implements [`CallCore`] with the core's own methods of the same names.
+macro_rules! call_core {
+    ($core:ty { $($extra:item)* }) => {
+        impl CallCore for $core {
+            fn handle(&mut self, input: Input, now: std::time::Instant) {
+                <$core>::handle(self, input, now);
+            }
+            fn handle_timeout(&mut self, now: std::time::Instant) {
+                <$core>::handle_timeout(self, now);
+            }
+            fn poll_timeout(&self) -> Option<std::time::Instant> {
+                <$core>::poll_timeout(self)
+            }
+            fn drain_outputs(&mut self) -> Vec<Output> {
+                <$core>::drain_outputs(self)
+            }
+            fn is_finished(&self) -> bool {
+                <$core>::is_finished(self)
+            }
+            fn dialog_keys(&self) -> Vec<(String, String)> {
+                <$core>::dialog_keys(self)
+            }
+            fn caller_invite_key(&self) -> &TransactionKey {
+                <$core>::caller_invite_key(self)
+            }
+            $($extra)*
+        }
+    };
+}
+
+call_core!(Call {});
+call_core!(LocalCall {
     fn remote_media(&mut self) -> Option<RemoteMedia> {
         LocalCall::remote_media(self)
     }
     fn app_finished(&mut self, now: std::time::Instant) {
         self.hang_up(Side::System, "NORMAL_CLEARING", now);
     }
-}
+});
 
 /// What a CDR needs beyond the call's outcome.
 struct CdrContext {
