@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub sip_digest_sha256: bool,
     /// How long a call rings before the caller hears "no answer".
     pub ring_timeout_secs: u64,
+    /// CDRs older than this many days are deleted; 0 keeps them forever.
+    pub cdr_retention_days: u32,
     /// The number that reaches the echo test, in every tenant.
     pub echo_test_number: String,
     /// Dialling `<prefix><room digits>` joins that conference room.
@@ -109,6 +111,7 @@ impl Default for NodeConfig {
             cluster_key: None,
             sip_digest_sha256: true,
             ring_timeout_secs: 30,
+            cdr_retention_days: 90,
             echo_test_number: "*43".to_string(),
             conference_prefix: "*8".to_string(),
             rtp_port_min: 20_000,
@@ -203,6 +206,9 @@ pub struct Args {
     /// Seconds a call rings before it is given up as not answered.
     #[arg(long, env = "PBX_RING_TIMEOUT_SECS")]
     pub ring_timeout_secs: Option<u64>,
+    /// Days CDRs are kept (default 90; 0 = forever).
+    #[arg(long, env = "PBX_CDR_RETENTION_DAYS")]
+    pub cdr_retention_days: Option<u32>,
     /// The echo test's number (default *43).
     #[arg(long, env = "PBX_ECHO_TEST_NUMBER")]
     pub echo_test_number: Option<String>,
@@ -269,6 +275,7 @@ impl Args {
         set(&mut config.sip_digest_sha256, &self.sip_digest_sha256);
         set(&mut config.demo, &self.demo);
         set(&mut config.ring_timeout_secs, &self.ring_timeout_secs);
+        set(&mut config.cdr_retention_days, &self.cdr_retention_days);
         set(&mut config.echo_test_number, &self.echo_test_number);
         set(&mut config.conference_prefix, &self.conference_prefix);
         set(&mut config.rtp_port_min, &self.rtp_port_min);

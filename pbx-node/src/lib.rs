@@ -13,6 +13,7 @@ pub mod model;
 pub mod node;
 pub mod registrar;
 pub mod repo;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod tenant;

@@ -157,6 +157,7 @@ pub struct PbxNode {
     pub repo: Repo,
     pub sip: SipServer,
     pub http: HttpServer,
+    cdr_retention: Option<tokio::task::JoinHandle<()>>,
     /// Demo extensions created by this start, with their only copy of the password.
     pub new_demo_credentials: Vec<NewCredentials>,
 }
@@ -254,11 +255,13 @@ impl PbxNode {
         let http = HttpServer::start(config.http_listen, repo.clone(), registry)
             .await
             .map_err(NodeError::HttpListen)?;
+        let cdr_retention = crate::retention::start(repo.clone(), config.cdr_retention_days);
         Ok(PbxNode {
             store,
             repo,
             sip,
             http,
+            cdr_retention,
             new_demo_credentials,
         })
     }
@@ -266,6 +269,9 @@ impl PbxNode {
     pub async fn shutdown(self) {
         self.sip.stop();
         self.http.stop();
+        if let Some(task) = &self.cdr_retention {
+            task.abort();
+        }
         self.store.shutdown().await;
     }
 }

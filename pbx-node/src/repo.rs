@@ -361,6 +361,49 @@ impl Repo {
         Ok(())
     }
 
+    /// Every tenant's id (from the code index).
+    pub async fn tenant_ids(&self) -> Result<Vec<String>, RepoError> {
+        let range = self.store.range(KeyRange::prefix("/idx/code/"), 0).await?;
+        range
+            .kvs
+            .into_iter()
+            .map(|kv| text(&kv.key, kv.value))
+            .collect()
+    }
+
+    /// Deletes a tenant's CDRs of calls started before `cutoff_ms`, at most
+    /// `batch` per write so one write stays small; returns how many went.
+    pub async fn delete_cdrs_before(
+        &self,
+        tenant_id: &str,
+        cutoff_ms: u64,
+        batch: u64,
+    ) -> Result<usize, RepoError> {
+        let prefix = cdr_prefix(tenant_id);
+        let end = format!("{prefix}{cutoff_ms:016}");
+        let mut deleted = 0;
+        loop {
+            let old = self
+                .store
+                .range(KeyRange::between(prefix.clone(), end.clone()), batch)
+                .await?
+                .kvs;
+            let Some(last) = old.last() else {
+                return Ok(deleted);
+            };
+            // Up to and including the batch's last key.
+            let mut through = last.key.clone();
+            through.push(0);
+            self.store
+                .txn(
+                    Txn::new()
+                        .and_then([TxnOp::delete(KeyRange::between(prefix.clone(), through))]),
+                )
+                .await?;
+            deleted += old.len();
+        }
+    }
+
     /// A tenant's CDRs of calls started at or after `since_ms`, oldest
     /// first, at most `limit`.
     pub async fn cdrs(
@@ -569,6 +612,48 @@ mod tests {
             repo.create_tenant("Bad", "A/B", "x.example").await,
             Err(RepoError::Invalid { field: "code", .. })
         ));
+        repo.store().shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn old_cdrs_are_deleted_in_batches_and_new_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repo::new(one_node_store(dir.path()).await);
+        for start_ms in [1_000, 2_000, 3_000, 4_000, 5_000] {
+            let cdr = Cdr {
+                id: format!("c{start_ms}"),
+                tenant_id: "t1".into(),
+                call_id: format!("call-{start_ms}"),
+                from: "100".into(),
+                to: "101".into(),
+                start_ms,
+                answer_ms: None,
+                end_ms: start_ms + 10,
+                disposition: "BUSY".into(),
+                hangup_cause: "USER_BUSY".into(),
+                hangup_by: "callee".into(),
+                sip_status: Some(486),
+                node_id: 1,
+            };
+            repo.put_cdr(&cdr).await.expect("put CDR");
+        }
+        let deleted = repo
+            .delete_cdrs_before("t1", 4_000, 2)
+            .await
+            .expect("delete");
+        assert_eq!(deleted, 3);
+        let left: Vec<u64> = repo
+            .cdrs("t1", 0, 0)
+            .await
+            .expect("list")
+            .iter()
+            .map(|c| c.start_ms)
+            .collect();
+        assert_eq!(left, [4_000, 5_000]);
+        assert_eq!(
+            repo.delete_cdrs_before("t2", 4_000, 2).await.expect("none"),
+            0
+        );
         repo.store().shutdown().await;
     }
 
