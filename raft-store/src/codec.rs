@@ -8,8 +8,21 @@ use serde::Serialize;
 #[error("encoding: {0}")]
 pub struct CodecError(#[from] postcard::Error);
 
+/// Room for a typical record or message, so encoding rarely reallocates.
+const INITIAL_CAPACITY: usize = 256;
+
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    Ok(postcard::to_stdvec(value)?)
+    Ok(postcard::to_extend(
+        value,
+        Vec::with_capacity(INITIAL_CAPACITY),
+    )?)
+}
+
+/// `prefix` followed by the encoding of `value`, in one buffer.
+pub fn encode_after<T: Serialize + ?Sized>(prefix: u8, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::with_capacity(INITIAL_CAPACITY);
+    buf.push(prefix);
+    Ok(postcard::to_extend(value, buf)?)
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {

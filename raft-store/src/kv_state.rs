@@ -6,11 +6,12 @@
 use std::collections::HashSet;
 use std::io;
 
-use rocksdb::{ColumnFamily, DBAccess, Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use rocksdb::{ColumnFamily, DBAccess, Direction, IteratorMode, ReadOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::data_dir::{u64_key, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
+use crate::pending::Pending;
 use crate::types::{
     Command, CommandResult, Event, EventKind, KeyRange, KeyValue, Lease, LeaseId, OpResult,
     RangeResult, Rejection, Txn, TxnOp, TxnResult, WatchBatch,
@@ -50,7 +51,7 @@ pub enum LeaseChange {
 }
 
 /// The outcome of applying one command: the result for the client, the
-/// writes (already in the caller's batch), and what to tell watchers.
+/// writes (already in the caller's pending writes), and what to tell watchers.
 #[derive(Debug)]
 pub struct Applied {
     pub result: CommandResult,
@@ -58,7 +59,11 @@ pub struct Applied {
     pub lease_change: Option<LeaseChange>,
 }
 
+/// How many column families the state machine has.
+pub const CF_COUNT: usize = 5;
+
 /// The column families of the state machine.
+#[derive(Clone, Copy)]
 pub struct Cfs<'a> {
     kv: &'a ColumnFamily,
     leases: &'a ColumnFamily,
@@ -80,6 +85,20 @@ impl<'a> Cfs<'a> {
             history: cf(CF_HISTORY)?,
             meta: cf(CF_SM_META)?,
         })
+    }
+
+    pub fn families(&self) -> [&'a ColumnFamily; CF_COUNT] {
+        [
+            self.kv,
+            self.leases,
+            self.lease_keys,
+            self.history,
+            self.meta,
+        ]
+    }
+
+    pub fn meta(&self) -> &'a ColumnFamily {
+        self.meta
     }
 }
 
@@ -231,20 +250,19 @@ impl Revisions {
     }
 }
 
-/// Applies `cmd`, found at log `index`, adding its writes to `batch`.
-/// `revs` is advanced to what the batch will store once written.
+/// Applies `cmd`, found at log `index`, on top of `pending` (which it reads
+/// through and adds its writes to). `revs` is advanced to what the pending
+/// writes will store once written.
 pub fn apply(
-    db: &DB,
+    pending: &mut Pending<'_>,
     cfs: &Cfs<'_>,
-    batch: &mut WriteBatch,
     revs: &mut Revisions,
     index: u64,
     cmd: &Command,
 ) -> io::Result<Applied> {
     let mut writer = Writer {
-        db,
+        pending,
         cfs,
-        batch,
         revs,
         events: Vec::new(),
     };
@@ -260,8 +278,8 @@ pub fn apply(
                     ttl_ms: *ttl_ms,
                 };
                 writer
-                    .batch
-                    .put_cf(cfs.leases, u64_key(lease.id), codec::encode(&lease)?);
+                    .pending
+                    .put(cfs.leases, &u64_key(lease.id), codec::encode(&lease)?)?;
                 lease_change = Some(LeaseChange::Granted(lease));
                 CommandResult::LeaseGranted {
                     id: index,
@@ -296,19 +314,18 @@ pub fn apply(
     })
 }
 
-struct Writer<'a, 'b> {
-    db: &'a DB,
+struct Writer<'a, 'b, 'c> {
+    pending: &'a mut Pending<'c>,
     cfs: &'a Cfs<'b>,
-    batch: &'a mut WriteBatch,
     revs: &'a mut Revisions,
     events: Vec<Event>,
 }
 
-impl Writer<'_, '_> {
+impl Writer<'_, '_, '_> {
     fn txn(&mut self, txn: &Txn) -> io::Result<CommandResult> {
         let mut succeeded = true;
         for compare in &txn.compare {
-            let current = get_kv(self.db, self.cfs, &compare.key)?;
+            let current = get_kv(&*self.pending, self.cfs, &compare.key)?;
             if !compare.holds(current.as_ref()) {
                 succeeded = false;
                 break;
@@ -331,15 +348,15 @@ impl Writer<'_, '_> {
             let plan = match op {
                 TxnOp::Put { key, .. } => {
                     changes = true;
-                    Plan::Put(get_kv(self.db, self.cfs, key)?)
+                    Plan::Put(get_kv(&*self.pending, self.cfs, key)?)
                 }
                 TxnOp::Delete { range } => {
-                    let (found, _) = range_kvs(self.db, self.cfs, range, 0)?;
+                    let (found, _) = range_kvs(&*self.pending, self.cfs, range, 0)?;
                     changes |= !found.is_empty();
                     Plan::Delete(found)
                 }
                 TxnOp::Range { range, limit } => {
-                    let (kvs, more) = range_kvs(self.db, self.cfs, range, *limit)?;
+                    let (kvs, more) = range_kvs(&*self.pending, self.cfs, range, *limit)?;
                     Plan::Range(RangeResult {
                         kvs,
                         more,
@@ -366,15 +383,16 @@ impl Writer<'_, '_> {
                     };
                     if let Some(old) = prev.as_ref().and_then(|p| p.lease) {
                         if Some(old) != *lease {
-                            self.batch
-                                .delete_cf(self.cfs.lease_keys, lease_key(old, key));
+                            self.pending
+                                .delete(self.cfs.lease_keys, &lease_key(old, key))?;
                         }
                     }
                     if let Some(new) = lease {
-                        self.batch
-                            .put_cf(self.cfs.lease_keys, lease_key(*new, key), []);
+                        self.pending
+                            .put(self.cfs.lease_keys, &lease_key(*new, key), Vec::new())?;
                     }
-                    self.batch.put_cf(self.cfs.kv, key, codec::encode(&stored)?);
+                    self.pending
+                        .put(self.cfs.kv, key, codec::encode(&stored)?)?;
                     self.record(EventKind::Put, stored.into_kv(key.clone()))?;
                     OpResult::Put { prev }
                 }
@@ -410,7 +428,7 @@ impl Writer<'_, '_> {
                     )));
                 }
                 if let Some(id) = lease {
-                    if KvRead::get(self.db, self.cfs.leases, &u64_key(*id))?.is_none() {
+                    if KvRead::get(&*self.pending, self.cfs.leases, &u64_key(*id))?.is_none() {
                         return Ok(Some(Rejection::LeaseNotFound(*id)));
                     }
                 }
@@ -430,19 +448,18 @@ impl Writer<'_, '_> {
 
     fn bump_revision(&mut self) -> io::Result<()> {
         self.revs.revision += 1;
-        self.batch.put_cf(
+        self.pending.put(
             self.cfs.meta,
             REVISION_KEY,
             codec::encode(&self.revs.revision)?,
-        );
-        Ok(())
+        )
     }
 
     fn delete_key(&mut self, kv: &KeyValue) -> io::Result<()> {
-        self.batch.delete_cf(self.cfs.kv, &kv.key);
+        self.pending.delete(self.cfs.kv, &kv.key)?;
         if let Some(lease) = kv.lease {
-            self.batch
-                .delete_cf(self.cfs.lease_keys, lease_key(lease, &kv.key));
+            self.pending
+                .delete(self.cfs.lease_keys, &lease_key(lease, &kv.key))?;
         }
         let tombstone = KeyValue {
             key: kv.key.clone(),
@@ -459,28 +476,32 @@ impl Writer<'_, '_> {
         let mut key = u64_key(self.revs.revision).to_vec();
         key.extend_from_slice(&(self.events.len() as u32).to_be_bytes());
         let event = Event { kind, kv };
-        self.batch
-            .put_cf(self.cfs.history, key, codec::encode(&event)?);
+        self.pending
+            .put(self.cfs.history, &key, codec::encode(&event)?)?;
         self.events.push(event);
         Ok(())
     }
 
     /// Deletes the lease and every key attached to it, as one revision.
     fn revoke_lease(&mut self, id: LeaseId) -> io::Result<bool> {
-        if KvRead::get(self.db, self.cfs.leases, &u64_key(id))?.is_none() {
+        if KvRead::get(&*self.pending, self.cfs.leases, &u64_key(id))?.is_none() {
             return Ok(false);
         }
         let prefix = u64_key(id);
-        let mut attached = Vec::new();
-        for item in self.db.scan_from(self.cfs.lease_keys, &prefix) {
+        let mut lease_keys = Vec::new();
+        for item in self.pending.scan_from(self.cfs.lease_keys, &prefix) {
             let (lk, _) = item?;
-            let Some(key) = lk.strip_prefix(prefix.as_slice()) else {
+            if !lk.starts_with(&prefix) {
                 break;
-            };
-            if let Some(kv) = get_kv(self.db, self.cfs, key)? {
+            }
+            lease_keys.push(lk);
+        }
+        let mut attached = Vec::new();
+        for lk in lease_keys {
+            if let Some(kv) = get_kv(&*self.pending, self.cfs, &lk[prefix.len()..])? {
                 attached.push(kv);
             }
-            self.batch.delete_cf(self.cfs.lease_keys, &lk);
+            self.pending.delete(self.cfs.lease_keys, &lk)?;
         }
         if !attached.is_empty() {
             self.bump_revision()?;
@@ -488,7 +509,7 @@ impl Writer<'_, '_> {
                 self.delete_key(kv)?;
             }
         }
-        self.batch.delete_cf(self.cfs.leases, prefix);
+        self.pending.delete(self.cfs.leases, &prefix)?;
         Ok(true)
     }
 
@@ -505,14 +526,14 @@ impl Writer<'_, '_> {
                 current: self.revs.revision,
             }));
         }
-        self.batch
-            .delete_range_cf(self.cfs.history, u64_key(0), u64_key(revision));
+        self.pending
+            .delete_range(self.cfs.history, &u64_key(0), &u64_key(revision))?;
         self.revs.compact_revision = revision;
-        self.batch.put_cf(
+        self.pending.put(
             self.cfs.meta,
             COMPACT_REVISION_KEY,
             codec::encode(&revision)?,
-        );
+        )?;
         Ok(CommandResult::Compacted { revision })
     }
 }
@@ -555,13 +576,36 @@ mod tests {
         }
 
         fn apply(&mut self, cmd: Command) -> Applied {
-            self.index += 1;
+            self.apply_all(vec![cmd]).remove(0)
+        }
+
+        /// Applies `cmds` as one batch, as one `apply` call of openraft does.
+        fn apply_all(&mut self, cmds: Vec<Command>) -> Vec<Applied> {
             let db = self.data.db.clone();
             let cfs = Cfs::of(&db).unwrap();
-            let mut batch = WriteBatch::default();
-            let applied = apply(&db, &cfs, &mut batch, &mut self.revs, self.index, &cmd).unwrap();
-            db.write(batch).unwrap();
-            applied
+            let mut pending = Pending::new(&db, &cfs);
+            let mut out = Vec::new();
+            for cmd in &cmds {
+                self.index += 1;
+                out.push(apply(&mut pending, &cfs, &mut self.revs, self.index, cmd).unwrap());
+            }
+            pending.write().unwrap();
+            out
+        }
+
+        /// Every row of every state-machine column family.
+        fn dump(&self) -> Vec<Vec<Row>> {
+            let cfs = Cfs::of(&self.data.db).unwrap();
+            cfs.families()
+                .iter()
+                .map(|cf| {
+                    self.data
+                        .db
+                        .scan_from(cf, &[])
+                        .collect::<io::Result<Vec<_>>>()
+                        .unwrap()
+                })
+                .collect()
         }
 
         fn txn(&mut self, txn: Txn) -> TxnResult {
@@ -770,6 +814,71 @@ mod tests {
             .iter()
             .all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 3));
         assert_eq!(sm.history(3).len(), 1);
+    }
+
+    /// Commands that read what earlier ones wrote: puts over puts, compares
+    /// on versions, deletes of fresh keys, leases granted, used and revoked,
+    /// compaction over fresh history.
+    fn dependent_commands() -> Vec<Command> {
+        let txn = |t: Txn| Command::Txn(t);
+        vec![
+            txn(Txn::new().and_then([TxnOp::put("a", "1"), TxnOp::put("b/1", "1")])),
+            txn(Txn::new().and_then([TxnOp::put("a", "2")])),
+            txn(Txn::new()
+                .when([Compare::version("a", CompareOp::Equal, 2)])
+                .and_then([TxnOp::put("b/2", "2")])
+                .or_else([TxnOp::put("wrong", "x")])),
+            txn(Txn::new().and_then([TxnOp::Range {
+                range: KeyRange::prefix("b/"),
+                limit: 0,
+            }])),
+            Command::LeaseGrant { ttl_ms: 1000 },
+            txn(Txn::new().and_then([
+                TxnOp::put_with_lease("reg/1", "c", 5),
+                TxnOp::put_with_lease("reg/2", "c", 5),
+            ])),
+            txn(Txn::new().and_then([TxnOp::put("reg/2", "static")])),
+            txn(Txn::new().and_then([TxnOp::delete(KeyRange::prefix("b/"))])),
+            txn(Txn::new()
+                .when([Compare::absent("b/2")])
+                .and_then([TxnOp::put("b/2", "again")])),
+            Command::Compact { revision: 4 },
+            Command::LeaseRevoke { id: 5 },
+            txn(Txn::new().and_then([TxnOp::put_with_lease("reg/3", "c", 5)])),
+            txn(Txn::new()
+                .when([Compare::mod_revision("a", CompareOp::Equal, 2)])
+                .and_then([TxnOp::delete(KeyRange::prefix(""))])),
+            Command::Compact { revision: 9 },
+            txn(Txn::new().and_then([TxnOp::put("a", "3")])),
+        ]
+    }
+
+    #[test]
+    fn one_batch_of_commands_equals_one_batch_each() {
+        let mut each = Sm::new();
+        let one_by_one: Vec<_> = dependent_commands()
+            .into_iter()
+            .map(|cmd| each.apply(cmd))
+            .collect();
+        let mut all = Sm::new();
+        let batched = all.apply_all(dependent_commands());
+        assert_eq!(format!("{one_by_one:?}"), format!("{batched:?}"));
+        assert_eq!(each.revs, all.revs);
+        assert_eq!(each.dump(), all.dump());
+        // The script did what it says.
+        assert!(matches!(
+            &batched[2].result,
+            CommandResult::Txn(TxnResult {
+                succeeded: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            batched[10].result,
+            CommandResult::LeaseRevoked { found: true, .. }
+        ));
+        assert_eq!(all.get("a").unwrap().version, 1);
+        assert_eq!(all.history(0).first().map(|b| b.revision), Some(9));
     }
 
     #[test]

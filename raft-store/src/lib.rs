@@ -13,6 +13,7 @@ mod log_store;
 pub mod metrics;
 pub mod network;
 mod node;
+mod pending;
 pub mod snapshot;
 pub mod standalone;
 mod state_machine;

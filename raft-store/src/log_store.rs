@@ -1,12 +1,15 @@
 //! The Raft log and vote in RocksDB, with group commit: appends are written
 //! at once and one flusher thread makes every append written so far durable
-//! with a single WAL fsync, then acknowledges them all.
+//! with a single WAL fsync, then acknowledges them all. The newest entries
+//! are also kept in memory: replication and apply read what was just
+//! appended, and cloning it is cheaper than reading and decoding it again.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -22,11 +25,56 @@ const VOTE_KEY: &[u8] = b"vote";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
 const COMMITTED_KEY: &[u8] = b"committed";
 
-/// Log storage of one node. Cloning shares the database and the flusher.
+/// How many of the newest entries are kept in memory: a few replication
+/// rounds' worth at full load.
+const RECENT_ENTRIES: usize = 8192;
+
+/// Log storage of one node. Cloning shares the database, the flusher and
+/// the recent entries.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// A copy of the log's newest entries: one run of consecutive indexes that
+/// ends at the last entry in the database.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<EntryOf<TypeConfig>>,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index())
+    }
+
+    fn push(&mut self, entry: EntryOf<TypeConfig>) {
+        let index = entry.index();
+        self.truncate_from(index);
+        if self.entries.back().is_some_and(|e| e.index() + 1 != index) {
+            self.entries.clear();
+        }
+        self.entries.push_back(entry);
+        if self.entries.len() > RECENT_ENTRIES {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Forgets entries at `index` and after.
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.index() >= index) {
+            self.entries.pop_back();
+        }
+    }
+
+    /// Forgets entries up to and including `index`.
+    fn purge_to(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index() <= index) {
+            self.entries.pop_front();
+        }
+    }
 }
 
 impl LogStore {
@@ -39,7 +87,15 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || group_commit_loop(flush_db, rx))?;
-        Ok(LogStore { db, flusher: tx })
+        Ok(LogStore {
+            db,
+            flusher: tx,
+            recent: Arc::default(),
+        })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn cf(&self, name: &str) -> io::Result<&rocksdb::ColumnFamily> {
@@ -89,6 +145,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        {
+            let recent = self.recent();
+            if recent.first_index().is_some_and(|first| first <= start) {
+                return Ok(recent
+                    .entries
+                    .iter()
+                    .skip_while(|e| e.index() < start)
+                    .take_while(|e| range.contains(&e.index()))
+                    .cloned()
+                    .collect());
+            }
+        }
         let cf = self.cf(CF_LOGS)?;
         let mut out = Vec::new();
         for item in self
@@ -170,10 +238,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.cf(CF_LOGS)?;
         let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put_cf(cf, u64_key(entry.index()), codec::encode(&entry)?);
+        let entries: Vec<_> = entries.into_iter().collect();
+        for entry in &entries {
+            batch.put_cf(cf, u64_key(entry.index()), codec::encode(entry)?);
         }
-        self.db.write(batch).map_err(io::Error::other)?;
+        let mut recent = self.recent();
+        if let Err(e) = self.db.write(batch) {
+            // Whatever the database holds now, the copy may not match it.
+            recent.entries.clear();
+            return Err(io::Error::other(e));
+        }
+        for entry in entries {
+            recent.push(entry);
+        }
+        drop(recent);
         self.flusher
             .send(callback)
             .map_err(|_| io::Error::other("log flusher thread stopped"))
@@ -185,22 +263,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         let cf = self.cf(CF_LOGS)?;
-        self.db
+        let mut recent = self.recent();
+        recent.truncate_from(from);
+        let deleted = self
+            .db
             .delete_range_cf(cf, u64_key(from), u64_key(u64::MAX))
-            .map_err(io::Error::other)?;
-        // The last index itself is excluded by delete_range's half-open end.
-        self.db
-            .delete_cf(cf, u64_key(u64::MAX))
-            .map_err(io::Error::other)
+            // The last index itself is excluded by delete_range's half-open end.
+            .and_then(|()| self.db.delete_cf(cf, u64_key(u64::MAX)));
+        if deleted.is_err() {
+            // The database may still hold entries the copy no longer has.
+            recent.entries.clear();
+        }
+        deleted.map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         // Record the purge point first: entries at or below it are ignored
         // from then on, so a crash between the two steps leaves no hole.
         self.put_meta(LAST_PURGED_KEY, &log_id)?;
+        self.recent().purge_to(log_id.index());
         let cf = self.cf(CF_LOGS)?;
         self.db
             .delete_range_cf(cf, u64_key(0), u64_key(log_id.index() + 1))
             .map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data_dir::DataDir;
+    use openraft::testing::{blank_ent, log_id};
+
+    async fn append(log: &mut LogStore, indexes: std::ops::RangeInclusive<u64>, term: u64) {
+        let entries = indexes.map(|i| blank_ent::<TypeConfig>(term, 1, i));
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+    }
+
+    /// What the in-memory copy serves equals what the database holds,
+    /// through appends, overwrites, truncation and purge.
+    #[tokio::test]
+    async fn recent_entries_match_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path(), "test", 1).unwrap();
+        let mut log = LogStore::new(data.db.clone()).unwrap();
+        append(&mut log, 1..=10, 1).await;
+        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 6)))
+            .await
+            .unwrap();
+        append(&mut log, 7..=12, 2).await;
+        // Overwritten without a truncation first, then a gap.
+        append(&mut log, 11..=11, 3).await;
+        log.purge(log_id::<TypeConfig>(1, 1, 3)).await.unwrap();
+        append(&mut log, 20..=21, 3).await;
+        assert_eq!(log.recent().first_index(), Some(20));
+
+        let mut from_db = LogStore::new(data.db.clone()).unwrap();
+        for (start, end) in [(0, 30), (4, 8), (11, 11), (12, 25), (20, 21), (21, 40)] {
+            let cached = log.try_get_log_entries(start..=end).await.unwrap();
+            let stored = from_db.try_get_log_entries(start..=end).await.unwrap();
+            let ids = |v: &[EntryOf<TypeConfig>]| v.iter().map(|e| e.log_id()).collect::<Vec<_>>();
+            assert_eq!(ids(&cached), ids(&stored), "{start}..={end}");
+        }
     }
 }

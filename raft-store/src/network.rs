@@ -20,9 +20,6 @@ use openraft::raft::{
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
-
-type PeerSlot = Arc<Mutex<Option<quinn::Connection>>>;
 
 use crate::client::{ClientReply, ClientRequest};
 use crate::codec;
@@ -30,6 +27,42 @@ use crate::metrics::Metrics;
 use crate::snapshot::SnapshotFile;
 use crate::tls::{node_dns_name, NodeIdentity, TlsError};
 use crate::types::{NodeId, StoreSnapshot, TypeConfig};
+
+/// The cached connection to one peer (an address and the name it must
+/// prove). Requests take the live connection under a plain mutex, held for
+/// a clone only; dialling is serialized by the async `dial` lock, so many
+/// concurrent requests share one handshake.
+struct Peer {
+    name: String,
+    current: std::sync::Mutex<Option<quinn::Connection>>,
+    dial: tokio::sync::Mutex<()>,
+}
+
+impl Peer {
+    fn live(&self) -> Option<quinn::Connection> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn set(&self, conn: Option<quinn::Connection>) -> Option<quinn::Connection> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut current, conn)
+    }
+
+    /// Forgets `conn` unless it was already replaced by a newer one.
+    fn forget(&self, conn: &quinn::Connection) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            *current = None;
+        }
+    }
+}
 
 /// Largest RPC message accepted (an append batch or a client request).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -116,9 +149,9 @@ pub struct Transport {
     /// handles to this transport live on.
     endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
     client_config: quinn::ClientConfig,
-    /// One slot per peer, so that dialling a dead peer never delays
-    /// traffic to the live ones.
-    connections: std::sync::Mutex<HashMap<(SocketAddr, String), PeerSlot>>,
+    /// One entry per peer, so that dialling a dead peer never delays
+    /// traffic to the live ones. Keyed by address, then by name.
+    connections: std::sync::Mutex<HashMap<SocketAddr, Vec<Arc<Peer>>>>,
     isolated: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -162,8 +195,8 @@ impl Transport {
     pub async fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::SeqCst);
         if isolated {
-            for slot in self.slots() {
-                if let Some(conn) = slot.lock().await.take() {
+            for peer in self.peers() {
+                if let Some(conn) = peer.set(None) {
                     conn.close(0u32.into(), b"isolated");
                 }
             }
@@ -186,8 +219,8 @@ impl Transport {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        for slot in self.slots() {
-            slot.lock().await.take();
+        for peer in self.peers() {
+            peer.set(None);
         }
         if let Some(endpoint) = endpoint {
             endpoint.close(0u32.into(), b"shutdown");
@@ -195,21 +228,31 @@ impl Transport {
         }
     }
 
-    fn slots(&self) -> Vec<PeerSlot> {
+    fn peers(&self) -> Vec<Arc<Peer>> {
         let map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().cloned().collect()
+        map.values().flatten().cloned().collect()
     }
 
-    fn slot(&self, key: (SocketAddr, String)) -> PeerSlot {
+    fn peer(&self, addr: SocketAddr, name: &str) -> Arc<Peer> {
         let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key).or_default().clone()
+        let peers = map.entry(addr).or_default();
+        if let Some(peer) = peers.iter().find(|p| p.name == name) {
+            return peer.clone();
+        }
+        let peer = Arc::new(Peer {
+            name: name.to_string(),
+            current: std::sync::Mutex::new(None),
+            dial: tokio::sync::Mutex::new(()),
+        });
+        peers.push(peer.clone());
+        peer
     }
 
     async fn connection(
         &self,
         addr: &str,
         server_name: &str,
-    ) -> Result<(quinn::Connection, PeerSlot), TransportError> {
+    ) -> Result<(quinn::Connection, Arc<Peer>), TransportError> {
         if self.is_isolated() {
             return Err(TransportError::Isolated);
         }
@@ -222,33 +265,44 @@ impl Transport {
             .map_err(|e| connect_err(e.to_string()))?
             .next()
             .ok_or_else(|| connect_err("no address".into()))?;
-        let slot = self.slot((sock, server_name.to_string()));
-        let mut current = slot.lock().await;
-        if let Some(conn) = current.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok((conn.clone(), slot.clone()));
-            }
+        let peer = self.peer(sock, server_name);
+        let conn = match peer.live() {
+            Some(conn) => conn,
+            None => self.dial(&peer, sock, addr).await?,
+        };
+        Ok((conn, peer))
+    }
+
+    async fn dial(
+        &self,
+        peer: &Peer,
+        sock: SocketAddr,
+        addr: &str,
+    ) -> Result<quinn::Connection, TransportError> {
+        let connect_err = |detail: String| TransportError::Connect {
+            addr: addr.to_string(),
+            detail,
+        };
+        let _dialling = peer.dial.lock().await;
+        // Someone else may have dialled while this request waited.
+        if let Some(conn) = peer.live() {
+            return Ok(conn);
         }
         let connecting = self
             .endpoint()?
-            .connect_with(self.client_config.clone(), sock, server_name)
+            .connect_with(self.client_config.clone(), sock, &peer.name)
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
             .map_err(|_| connect_err("handshake timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
-        *current = Some(conn.clone());
-        Ok((conn, slot.clone()))
-    }
-
-    async fn drop_connection(slot: &PeerSlot, conn: &quinn::Connection) {
-        let mut current = slot.lock().await;
-        if current
-            .as_ref()
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
-            *current = None;
+        // Cut off while dialling: keep no connection around.
+        if self.is_isolated() {
+            conn.close(0u32.into(), b"isolated");
+            return Err(TransportError::Isolated);
         }
+        peer.set(Some(conn.clone()));
+        Ok(conn)
     }
 
     /// Sends one request to the node `server_name` at `addr` and waits for its reply.
@@ -260,16 +314,13 @@ impl Transport {
         timeout: Duration,
     ) -> Result<PeerReply, TransportError> {
         let started = Instant::now();
-        let payload = codec::encode(request)?;
-        let (conn, slot) = self.connection(addr, server_name).await?;
+        let frame = codec::encode_after(STREAM_RPC, request)?;
+        let (conn, peer) = self.connection(addr, server_name).await?;
         let exchange = async {
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| TransportError::Stream(e.to_string()))?;
-            let mut frame = Vec::with_capacity(payload.len() + 1);
-            frame.push(STREAM_RPC);
-            frame.extend_from_slice(&payload);
             send.write_all(&frame)
                 .await
                 .map_err(|e| TransportError::Stream(e.to_string()))?;
@@ -286,7 +337,7 @@ impl Transport {
             Err(_) => Err(TransportError::Timeout(timeout)),
         };
         if let Err(TransportError::Stream(_)) = &result {
-            Self::drop_connection(&slot, &conn).await;
+            peer.forget(&conn);
         }
         if self.is_isolated() {
             return Err(TransportError::Isolated);
@@ -435,10 +486,9 @@ async fn serve_stream(
     send.write_all(&codec::encode(&reply)?)
         .await
         .map_err(|e| stream_err(&e))?;
-    send.finish().map_err(|e| stream_err(&e))?;
-    // Wait for the peer to read the reply before the stream is dropped.
-    let _ = send.stopped().await;
-    Ok(())
+    // Dropping a finished stream still delivers what was written: no need
+    // to keep this task until the peer acknowledges it.
+    send.finish().map_err(|e| stream_err(&e))
 }
 
 async fn receive_snapshot(recv: &mut quinn::RecvStream, inbound: &dyn Inbound) -> PeerReply {

@@ -18,6 +18,7 @@ use crate::codec;
 use crate::data_dir::CF_SM_META;
 use crate::kv_state::{self, Cfs, KvRead, LeaseChange, Revisions};
 use crate::metrics::Metrics;
+use crate::pending::Pending;
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::{CommandResult, StoreSnapshot, TypeConfig, WatchBatch};
 
@@ -194,35 +195,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let cfs = Cfs::of(&db)?;
-        let meta_cf = db
-            .cf_handle(CF_SM_META)
-            .ok_or_else(|| io::Error::other("column family sm_meta missing"))?;
+        let meta_cf = cfs.meta();
+        // Every entry of this call goes into one write; the results wait
+        // until it is done, so nobody hears of a change before it is readable.
+        let mut pending = Pending::new(&db, &cfs);
+        let mut revs = self.revs;
+        let mut last_applied = None;
+        let mut outcomes = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
-            let mut batch = WriteBatch::default();
-            let mut revs = self.revs;
             let applied = match &entry.payload {
                 EntryPayload::Blank => None,
                 EntryPayload::Normal(cmd) => Some(kv_state::apply(
-                    &db,
+                    &mut pending,
                     &cfs,
-                    &mut batch,
                     &mut revs,
                     log_id.index(),
                     cmd,
                 )?),
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
-                    batch.put_cf(meta_cf, MEMBERSHIP_KEY, codec::encode(&stored)?);
+                    pending.put(meta_cf, MEMBERSHIP_KEY, codec::encode(&stored)?)?;
                     None
                 }
             };
-            batch.put_cf(meta_cf, LAST_APPLIED_KEY, codec::encode(&Some(log_id))?);
-            // Durability comes from the log: this write reaches the WAL now
-            // and is fsynced with the next log append.
-            db.write(batch).map_err(io::Error::other)?;
-            self.revs = revs;
+            last_applied = Some(log_id);
+            outcomes.push((applied, responder));
+        }
+        if last_applied.is_some() {
+            pending.put(meta_cf, LAST_APPLIED_KEY, codec::encode(&last_applied)?)?;
+        }
+        // Durability comes from the log: this write reaches the WAL with
+        // the next group commit; a crash before it only means re-applying
+        // these entries from the log.
+        pending.write()?;
+        self.revs = revs;
 
+        for (applied, responder) in outcomes {
             let result = match applied {
                 None => CommandResult::None,
                 Some(applied) => {

@@ -3,7 +3,7 @@
 //! leader failover after kill -9, and RSS/disk of a node with many keys.
 //! The last line printed is one JSON object with the figures.
 //!
-//! `cargo run --release -p raft-store --bin raft-bench -- [--seconds 5] [--kills 20] [--keys 1000000]`
+//! `cargo run --release -p raft-store --bin raft-bench -- [--seconds 5] [--kills 20] [--keys 1000000] [--writers 1,16,256]`
 
 mod procs;
 
@@ -26,6 +26,10 @@ struct Args {
     /// Keys loaded for the RSS and disk figure.
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
+    /// Concurrency levels to measure (e.g. `--writers 256` to iterate on
+    /// throughput alone).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 256])]
+    writers: Vec<usize>,
     /// Where the nodes keep their data (a temporary folder by default).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -203,7 +207,7 @@ async fn bench(args: Args) -> Result<(), Error> {
     let leader = wait_leader(&c).await?;
 
     let mut figures = serde_json::Map::new();
-    for writers in [1usize, 16, 256] {
+    for &writers in &args.writers {
         let r = load(
             &c.handle,
             leader,
