@@ -199,6 +199,30 @@ async fn wait_idle(node: &PbxNode) {
     assert_eq!(node.sip.b2bua.rtp_ports_in_use(), 0, "every RTP port free");
 }
 
+/// 200 (a 1 kHz tone) calls 201 (a `callee_hz` tone), who answers: the
+/// two phones once the caller sees the call established.
+async fn answered_call(
+    dir: &Path,
+    node: &PbxNode,
+    tenant: &Tenant,
+    callee_hz: f64,
+) -> (Softphone, Softphone) {
+    for number in ["200", "201"] {
+        add_extension(node, tenant, number).await;
+    }
+    let sip = node.sip.udp_addr;
+    let callee = Softphone::start(&dir.join("201"), "201-TEST", sip, callee_hz).await;
+    let caller = Softphone::start(&dir.join("200"), "200-TEST", sip, 1000.0).await;
+    let phones = [&caller, &callee];
+    callee.wait_for("200 OK () [1 binding]", &phones).await;
+    caller.wait_for("200 OK () [1 binding]", &phones).await;
+    caller.command("/dial 201").await;
+    callee.wait_for("Incoming call", &phones).await;
+    callee.command("/accept").await;
+    caller.wait_for("Call established", &phones).await;
+    (caller, callee)
+}
+
 async fn add_extension(node: &PbxNode, tenant: &Tenant, number: &str) {
     node.repo
         .create_extension(
@@ -219,20 +243,8 @@ async fn two_baresip_phones_call_each_other() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, tenant) = start_node(dir.path()).await;
-    for number in ["200", "201"] {
-        add_extension(&node, &tenant, number).await;
-    }
-    let sip = node.sip.udp_addr;
-    let callee = Softphone::start(&dir.path().join("201"), "201-TEST", sip, 1000.0).await;
-    let caller = Softphone::start(&dir.path().join("200"), "200-TEST", sip, 1000.0).await;
+    let (caller, callee) = answered_call(dir.path(), &node, &tenant, 1000.0).await;
     let phones = [&caller, &callee];
-    callee.wait_for("200 OK () [1 binding]", &phones).await;
-    caller.wait_for("200 OK () [1 binding]", &phones).await;
-
-    caller.command("/dial 201").await;
-    callee.wait_for("Incoming call", &phones).await;
-    callee.command("/accept").await;
-    caller.wait_for("Call established", &phones).await;
     callee.wait_for("Call established", &phones).await;
     assert_eq!(node.sip.b2bua.active_calls(), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -376,19 +388,8 @@ async fn held_party_hears_music_until_the_call_is_resumed() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, tenant) = start_node(dir.path()).await;
-    for number in ["200", "201"] {
-        add_extension(&node, &tenant, number).await;
-    }
-    let sip = node.sip.udp_addr;
-    let callee = Softphone::start(&dir.path().join("201"), "201-TEST", sip, 500.0).await;
-    let caller = Softphone::start(&dir.path().join("200"), "200-TEST", sip, 1000.0).await;
+    let (caller, callee) = answered_call(dir.path(), &node, &tenant, 500.0).await;
     let phones = [&caller, &callee];
-    callee.wait_for("200 OK () [1 binding]", &phones).await;
-    caller.wait_for("200 OK () [1 binding]", &phones).await;
-    caller.command("/dial 201").await;
-    callee.wait_for("Incoming call", &phones).await;
-    callee.command("/accept").await;
-    caller.wait_for("Call established", &phones).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     caller.command("/hold").await;
     for _ in 0..50 {

@@ -112,16 +112,7 @@ impl TestPhone {
     }
 
     async fn exchange(&self, text: &str) -> SipMessage {
-        self.socket
-            .send_to(text.as_bytes(), self.server)
-            .await
-            .expect("send");
-        let mut buf = vec![0u8; 65_535];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(10), self.socket.recv_from(&mut buf))
-            .await
-            .expect("response within 10 s")
-            .expect("recv");
-        parse_datagram(&buf[..n]).expect("parsable response")
+        self.send_raw(text.as_bytes()).await
     }
 
     /// Sends a REGISTER with `headers` (Contact, Expires …), answers the
