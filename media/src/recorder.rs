@@ -3,6 +3,8 @@
 //! its RTP timestamps, so lost packets become silence and the legs stay
 //! aligned however their packets arrive.
 
+use crate::g711::Law;
+use crate::rtp::RtpPacket;
 use crate::wav::{WavEncoding, WavError, WavWriter};
 use crate::{Leg, SAMPLE_RATE};
 use std::io::{Seek, Write};
@@ -112,6 +114,30 @@ impl<W: Write + Seek> CallRecorder<W> {
         }
     }
 
+    /// Adds one leg's RTP packet if it carries G.711; anything else
+    /// (telephone-event, another codec, not RTP) is left out. Returns
+    /// whether the packet was used.
+    pub fn push_rtp(&mut self, leg: Leg, packet: &[u8], arrival: Instant) -> bool {
+        let Ok(packet) = RtpPacket::parse(packet) else {
+            return false;
+        };
+        let Some(law) = Law::from_payload_type(packet.payload_type) else {
+            return false;
+        };
+        // One G.711 byte per sample; an Ethernet frame holds < 1500.
+        let mut samples = [0i16; 1500];
+        let count = packet.payload.len().min(samples.len());
+        law.decode(&packet.payload[..count], &mut samples[..count]);
+        self.push(
+            leg,
+            packet.ssrc,
+            packet.timestamp,
+            &samples[..count],
+            arrival,
+        );
+        true
+    }
+
     /// Writes everything older than the hold-back; call periodically.
     pub fn flush(&mut self, now: Instant) -> Result<(), WavError> {
         let due = position_at(self.start, now)
@@ -173,6 +199,42 @@ mod tests {
             data.iter().step_by(2).copied().collect(),
             data.iter().skip(1).step_by(2).copied().collect(),
         )
+    }
+
+    #[test]
+    fn rtp_packets_are_decoded_and_telephone_events_left_out() {
+        let t0 = Instant::now();
+        let mut recorder = CallRecorder::new(
+            Cursor::new(Vec::new()),
+            WavEncoding::Pcm16,
+            RecordingLayout::Stereo,
+            t0,
+        )
+        .unwrap();
+        let ulaw = [Law::MuLaw.encode_sample(1000); 160];
+        let alaw = [Law::ALaw.encode_sample(-2000); 160];
+        let voice_a = RtpPacket::new(0, 1, 0, 7, &ulaw).to_vec().unwrap();
+        let voice_b = RtpPacket::new(8, 1, 0, 9, &alaw).to_vec().unwrap();
+        let event = RtpPacket::new(101, 2, 160, 7, &[5, 0x8a, 0, 160])
+            .to_vec()
+            .unwrap();
+        assert!(recorder.push_rtp(Leg::A, &voice_a, t0));
+        assert!(recorder.push_rtp(Leg::B, &voice_b, t0));
+        assert!(!recorder.push_rtp(Leg::A, &event, t0 + FRAME));
+        assert!(!recorder.push_rtp(Leg::A, b"not rtp", t0 + FRAME));
+        let bytes = recorder.finish().unwrap().into_inner();
+        let (left, right) = stereo_channels(&bytes);
+        assert_eq!(left.len(), 160, "the event added no audio");
+        assert!(
+            left.iter().all(|s| (s - 1000).abs() < 40),
+            "{:?}",
+            &left[..4]
+        );
+        assert!(
+            right.iter().all(|s| (s + 2000).abs() < 80),
+            "{:?}",
+            &right[..4]
+        );
     }
 
     #[test]

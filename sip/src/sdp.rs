@@ -235,6 +235,78 @@ pub fn negotiate(offer: &AudioStream, ours: &[AudioCodec]) -> Result<Negotiated,
     })
 }
 
+fn connection_to(ip: IpAddr) -> ConnectionInformation {
+    ConnectionInformation {
+        network_type: "IN".into(),
+        address_type: if ip.is_ipv4() { "IP4" } else { "IP6" }.into(),
+        address: Some(Address {
+            address: ip.to_string(),
+            ttl: None,
+            range: None,
+        }),
+    }
+}
+
+/// ICE and RTCP-port attributes describe the author's own transport
+/// addresses; once media is anchored they would point past the anchor.
+const TRANSPORT_ATTRIBUTES: &[&str] = &[
+    "rtcp",
+    "candidate",
+    "remote-candidates",
+    "end-of-candidates",
+    "ice-ufrag",
+    "ice-pwd",
+    "ice-options",
+    "ice-lite",
+];
+
+/// Re-addresses a session description to media anchored at `ours`: its
+/// first audio stream is received at `ours` (address and port; our RTCP is
+/// the port above), everything else of the stream (codecs, telephone-event,
+/// direction, rtcp-mux) is kept, and other streams are declined with port
+/// 0, since only audio is relayed. An address of 0.0.0.0 (old-style hold)
+/// and a port of 0 (a declined stream) keep their meaning. Returns the new
+/// body and the author's own audio stream, where the anchor sends to.
+pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStream), SdpError> {
+    let theirs = audio_stream(body)?;
+    let mut session = parse(body)?;
+    let ip = if theirs.rtp.ip().is_unspecified() {
+        theirs.rtp.ip()
+    } else {
+        ours.ip()
+    };
+    if session.connection_information.is_some() {
+        session.connection_information = Some(connection_to(ip));
+    }
+    session
+        .attributes
+        .retain(|a| !TRANSPORT_ATTRIBUTES.contains(&a.key.as_str()));
+    let mut audio_seen = false;
+    for media in &mut session.media_descriptions {
+        if media.media_name.media != "audio" || audio_seen {
+            media.media_name.port = RangedPort {
+                value: 0,
+                range: None,
+            };
+            continue;
+        }
+        audio_seen = true;
+        if theirs.rtp.port() != 0 {
+            media.media_name.port = RangedPort {
+                value: isize::try_from(ours.port()).unwrap_or_default(),
+                range: None,
+            };
+        }
+        if media.connection_information.is_some() {
+            media.connection_information = Some(connection_to(ip));
+        }
+        media
+            .attributes
+            .retain(|a| !TRANSPORT_ATTRIBUTES.contains(&a.key.as_str()));
+    }
+    Ok((session.marshal().into_bytes(), theirs))
+}
+
 /// A session description of one audio stream.
 #[derive(Debug, Clone)]
 pub struct AudioDescription {
@@ -280,15 +352,7 @@ impl AudioDescription {
 impl fmt::Display for AudioDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let address_type = if self.rtp.is_ipv4() { "IP4" } else { "IP6" };
-        let connection = ConnectionInformation {
-            network_type: "IN".into(),
-            address_type: address_type.into(),
-            address: Some(Address {
-                address: self.rtp.ip().to_string(),
-                ttl: None,
-                range: None,
-            }),
-        };
+        let connection = connection_to(self.rtp.ip());
         let mut formats: Vec<String> = self
             .codecs
             .iter()
@@ -414,6 +478,39 @@ mod tests {
         let video = BARESIP.replace("m=audio", "m=video");
         assert_eq!(audio_stream(video.as_bytes()), Err(SdpError::NoAudio));
         assert!(matches!(audio_stream(b"not sdp"), Err(SdpError::Syntax(_))));
+    }
+
+    #[test]
+    fn anchoring_moves_audio_to_us_and_declines_video() {
+        let offer = format!(
+            "{}a=rtcp:36707 IN IP4 192.0.2.2\r\na=candidate:1 1 UDP 1 192.0.2.2 36706 typ host\r\n\
+             m=video 36708 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+            BARESIP.replace("a=fmtp:101 0-15\r\n", "a=fmtp:101 0-15\r\na=rtcp-mux\r\n")
+        );
+        let ours: SocketAddr = "198.51.100.7:20000".parse().unwrap();
+        let (anchored, theirs) = anchor_audio(offer.as_bytes(), ours).unwrap();
+        assert_eq!(theirs.rtp, "192.0.2.2:36706".parse().unwrap());
+        let text = String::from_utf8(anchored.clone()).unwrap();
+        let stream = audio_stream(&anchored).unwrap();
+        assert_eq!(stream.rtp, ours);
+        assert_eq!(stream.codecs, theirs.codecs);
+        assert_eq!(stream.telephone_event, Some(101));
+        assert!(stream.rtcp_mux);
+        assert!(!text.contains("192.0.2.2 36706"), "no candidate: {text}");
+        assert!(!text.contains("a=rtcp:"), "no RTCP port: {text}");
+        assert!(text.contains("m=video 0 "), "video declined: {text}");
+
+        // Old-style hold stays hold, a declined stream stays declined.
+        let held = BARESIP.replace("c=IN IP4 192.0.2.2", "c=IN IP4 0.0.0.0");
+        let (anchored, _) = anchor_audio(held.as_bytes(), ours).unwrap();
+        assert_eq!(
+            audio_stream(&anchored).unwrap().direction,
+            Direction::Inactive
+        );
+        let declined = BARESIP.replace("m=audio 36706", "m=audio 0");
+        let (anchored, _) = anchor_audio(declined.as_bytes(), ours).unwrap();
+        assert_eq!(audio_stream(&anchored).unwrap().rtp.port(), 0);
+        assert!(anchor_audio(b"not sdp", ours).is_err());
     }
 
     #[test]

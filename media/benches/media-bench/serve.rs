@@ -81,7 +81,7 @@ async fn relay(calls: usize, peer_a: SocketAddr, peer_b: SocketAddr) -> Result<(
     // ignored by the relay.
     let (events, _) = mpsc::unbounded_channel();
     let mut ports = Vec::with_capacity(2 * calls);
-    let mut shutdowns = Vec::with_capacity(calls);
+    let mut stops = Vec::with_capacity(calls);
     for _ in 0..calls {
         let sockets = [
             LegSockets::bind(LOCALHOST, false).await?,
@@ -95,9 +95,10 @@ async fn relay(calls: usize, peer_a: SocketAddr, peer_b: SocketAddr) -> Result<(
         let relay = UdpRelay::new(RelayConfig::default(), [leg(peer_a), leg(peer_b)], sockets);
         ports.push(relay.local_addr(Leg::A, SocketKind::Rtp)?.port());
         ports.push(relay.local_addr(Leg::B, SocketKind::Rtp)?.port());
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        shutdowns.push(shutdown);
-        tokio::spawn(relay.run(events.clone(), shutdown_rx));
+        // The relays stop when their command senders go, at exit.
+        let (stop, commands) = mpsc::unbounded_channel();
+        stops.push(stop);
+        tokio::spawn(relay.run(events.clone(), commands));
     }
     ready(&ports)?;
     stdin_closed().await;
@@ -202,7 +203,6 @@ async fn record(a: UdpSocket, b: UdpSocket, mut recorder: CallRecorder<BufWriter
     flush.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut a_buf = [0u8; 1500];
     let mut b_buf = [0u8; 1500];
-    let mut samples = [0i16; FRAME_SAMPLES];
     loop {
         let (leg, received, buf) = tokio::select! {
             _ = flush.tick() => {
@@ -216,20 +216,6 @@ async fn record(a: UdpSocket, b: UdpSocket, mut recorder: CallRecorder<BufWriter
             r = b.recv(&mut b_buf) => (Leg::B, r, &b_buf),
         };
         let Ok(len) = received else { continue };
-        let Ok(packet) = RtpPacket::parse(&buf[..len]) else {
-            continue;
-        };
-        let Some(law) = Law::from_payload_type(packet.payload_type) else {
-            continue;
-        };
-        let count = packet.payload.len().min(FRAME_SAMPLES);
-        law.decode(&packet.payload[..count], &mut samples[..count]);
-        recorder.push(
-            leg,
-            packet.ssrc,
-            packet.timestamp,
-            &samples[..count],
-            Instant::now().into_std(),
-        );
+        recorder.push_rtp(leg, &buf[..len], Instant::now().into_std());
     }
 }

@@ -3,15 +3,41 @@
 //! rewritten in place, so relaying allocates nothing per packet; a task
 //! parked in `select!` costs a few hundred bytes, so thousands of calls fit
 //! on one core.
+//!
+//! Signalling steers a running relay with [`RelayCommand`]s: a leg's new
+//! SDP address, or a [`RelayTap`] (a call recorder) that is handed every
+//! RTP packet the relay forwards. Dropping the command sender stops it.
 
 use super::{LegConfig, RelayConfig, RelayCore, RelayEvent, SocketKind, Transmit};
+use crate::rtp::{self, PacketKind};
 use crate::Leg;
 use std::future::pending;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// How often a tap is given time to write out what it buffered.
+const TAP_TICK: Duration = Duration::from_millis(100);
+
+/// Sees every RTP packet the relay forwards (after rewriting, so each
+/// leg's packets form one continuous stream), in the relay's own task.
+pub trait RelayTap: Send {
+    fn rtp(&mut self, from: Leg, packet: &[u8], now: std::time::Instant);
+    /// Called every 100 ms.
+    fn tick(&mut self, now: std::time::Instant);
+    /// The relay stopped (or another tap replaced this one).
+    fn close(self: Box<Self>, now: std::time::Instant);
+}
+
+pub enum RelayCommand {
+    /// Signalling changed a leg: see [`RelayCore::update_leg`].
+    UpdateLeg { leg: Leg, config: LegConfig },
+    /// Hand forwarded RTP to `tap` from now on.
+    Tap(Box<dyn RelayTap>),
+}
 
 /// Largest datagram relayed; RTP over Ethernet stays well below.
 const MAX_DATAGRAM: usize = 1500;
@@ -70,17 +96,26 @@ impl UdpRelay {
             .local_addr()
     }
 
-    /// Relays until `shutdown` fires (or its sender is dropped), reporting
+    /// Relays until every sender of `commands` is dropped, reporting
     /// latching and timeouts on `events`. Returns the core for its stats.
     pub async fn run(
         mut self,
         events: mpsc::UnboundedSender<RelayEvent>,
-        mut shutdown: oneshot::Receiver<()>,
+        mut commands: mpsc::UnboundedReceiver<RelayCommand>,
     ) -> RelayCore {
+        let mut tap: Option<Box<dyn RelayTap>> = None;
+        let stop = |tap: Option<Box<dyn RelayTap>>, core: RelayCore| {
+            if let Some(tap) = tap {
+                tap.close(Instant::now().into_std());
+            }
+            core
+        };
         let mut buffers = vec![[0u8; MAX_DATAGRAM]; 4];
         let [a_rtp, a_rtcp, b_rtp, b_rtcp] = buffers.as_mut_slice() else {
             return self.core;
         };
+        let mut tap_tick = tokio::time::interval(TAP_TICK);
+        tap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One timer for the call, re-armed only when it fires or when the
         // next deadline moves earlier: packets push deadlines later, so the
         // steady state touches no timer per packet.
@@ -96,7 +131,27 @@ impl UdpRelay {
             }
             let [a, b] = &self.sockets;
             let (leg, kind, received, buf) = tokio::select! {
-                _ = &mut shutdown => return self.core,
+                command = commands.recv() => {
+                    let now = Instant::now().into_std();
+                    match command {
+                        None => return stop(tap, self.core),
+                        Some(RelayCommand::UpdateLeg { leg, config }) => {
+                            self.core.update_leg(leg, config, now);
+                        }
+                        Some(RelayCommand::Tap(new)) => {
+                            if let Some(old) = tap.replace(new) {
+                                old.close(now);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                _ = tap_tick.tick(), if tap.is_some() => {
+                    if let Some(tap) = tap.as_mut() {
+                        tap.tick(Instant::now().into_std());
+                    }
+                    continue;
+                }
                 _ = &mut timer, if timer_armed => {
                     self.core.handle_timeout(Instant::now().into_std());
                     while let Some(event) = self.core.poll_event() {
@@ -125,9 +180,13 @@ impl UdpRelay {
             let Some(packet) = buf.get_mut(..len) else {
                 continue;
             };
-            let transmit =
-                self.core
-                    .handle_datagram(leg, kind, source, packet, Instant::now().into_std());
+            let now = Instant::now().into_std();
+            let transmit = self.core.handle_datagram(leg, kind, source, packet, now);
+            if let (Some(tap), Some(_), PacketKind::Rtp) =
+                (&mut tap, &transmit, rtp::classify(packet))
+            {
+                tap.rtp(leg, packet, now);
+            }
             if let Some(Transmit {
                 leg: out_leg,
                 socket,
@@ -199,7 +258,7 @@ mod tests {
         b_addr: SocketAddr,
         b_rtcp_addr: SocketAddr,
         events: mpsc::UnboundedReceiver<RelayEvent>,
-        shutdown: oneshot::Sender<()>,
+        commands: mpsc::UnboundedSender<RelayCommand>,
         task: tokio::task::JoinHandle<RelayCore>,
     }
 
@@ -227,14 +286,14 @@ mod tests {
         let b_rtcp_addr = relay.local_addr(Leg::B, SocketKind::Rtcp).unwrap();
         assert!(relay.local_addr(Leg::A, SocketKind::Rtcp).is_err());
         let (event_tx, events) = mpsc::unbounded_channel();
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = tokio::spawn(relay.run(event_tx, shutdown_rx));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(relay.run(event_tx, command_rx));
         Call {
             a_addr,
             b_addr,
             b_rtcp_addr,
             events,
-            shutdown,
+            commands,
             task,
         }
     }
@@ -292,7 +351,7 @@ mod tests {
             "timestamp advanced by the silence: {ts}"
         );
 
-        let _ = call.shutdown.send(());
+        drop(call.commands);
         let core = call.task.await.unwrap();
         assert_eq!(core.stats().rejected_sources, 1);
     }
@@ -312,7 +371,7 @@ mod tests {
         let (bytes, from) = receive(&callee_rtcp).await;
         assert_eq!(from, call.b_rtcp_addr);
         assert_eq!(bytes, rr);
-        let _ = call.shutdown.send(());
+        drop(call.commands);
         call.task.await.unwrap();
     }
 
@@ -355,7 +414,80 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(event, Some(RelayEvent::LegTimedOut { leg: Leg::B }));
-        drop(call.shutdown);
+        drop(call.commands);
         call.task.await.unwrap();
+    }
+
+    /// Counts what it is shown and reports it when closed.
+    struct CountingTap {
+        seen: Vec<(Leg, u32)>,
+        ticks: usize,
+        closed: Option<tokio::sync::oneshot::Sender<(Vec<(Leg, u32)>, usize)>>,
+    }
+
+    impl RelayTap for CountingTap {
+        fn rtp(&mut self, from: Leg, packet: &[u8], _now: std::time::Instant) {
+            let ssrc = RtpPacket::parse(packet).unwrap().ssrc;
+            self.seen.push((from, ssrc));
+        }
+        fn tick(&mut self, _now: std::time::Instant) {
+            self.ticks += 1;
+        }
+        fn close(mut self: Box<Self>, _now: std::time::Instant) {
+            if let Some(closed) = self.closed.take() {
+                let _ = closed.send((std::mem::take(&mut self.seen), self.ticks));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leg_moved_by_signalling_and_a_tap_seeing_forwarded_rtp_only() {
+        let (caller, callee, callee_rtcp) = (phone().await, phone().await, phone().await);
+        let call = start_call(RelayConfig::default(), &callee, &callee_rtcp).await;
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let tap = CountingTap {
+            seen: Vec::new(),
+            ticks: 0,
+            closed: Some(closed_tx),
+        };
+        call.commands
+            .send(RelayCommand::Tap(Box::new(tap)))
+            .unwrap();
+        send_rtp(&caller, call.a_addr, 0xaaaa, 1, 0).await;
+        receive(&callee).await;
+        // A re-INVITE moves the callee: B's media now goes to the new port.
+        let (moved, moved_rtcp) = (phone().await, phone().await);
+        call.commands
+            .send(RelayCommand::UpdateLeg {
+                leg: Leg::B,
+                config: LegConfig {
+                    remote_rtp: Some(moved.local_addr().unwrap()),
+                    remote_rtcp: Some(moved_rtcp.local_addr().unwrap()),
+                    rtcp_mux: false,
+                },
+            })
+            .unwrap();
+        send_rtp(&caller, call.a_addr, 0xaaaa, 2, 160).await;
+        receive(&moved).await;
+        assert_silent(&callee).await;
+        send_rtp(&moved, call.b_addr, 0xbbbb, 1, 0).await;
+        receive(&caller).await;
+        // RTCP is relayed but not shown to the tap.
+        let rr = rtcp::write_compound(&[RtcpPacket::ReceiverReport(ReceiverReport {
+            ssrc: 0xaaaa,
+            reports: vec![],
+        })])
+        .unwrap();
+        caller.send_to(&rr, call.a_addr).await.unwrap();
+        receive(&moved_rtcp).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        drop(call.commands);
+        call.task.await.unwrap();
+        let (seen, ticks) = closed.await.expect("tap closed when the relay stops");
+        assert_eq!(
+            seen,
+            vec![(Leg::A, 0xaaaa), (Leg::A, 0xaaaa), (Leg::B, 0xbbbb)]
+        );
+        assert!(ticks >= 2, "ticked every 100 ms: {ticks}");
     }
 }
