@@ -11,6 +11,7 @@ pub mod jitter;
 pub mod mixer;
 pub mod pacing;
 pub mod player;
+pub mod ports;
 pub mod recorder;
 pub mod relay;
 pub mod rtcp;

@@ -56,6 +56,23 @@ pub struct LegConfig {
     pub rtcp_mux: bool,
 }
 
+impl LegConfig {
+    /// A leg whose far end receives RTP at `rtp` (as its SDP said) and
+    /// RTCP on the same port with rtcp-mux, else on the port above. A port
+    /// of 0 or an unspecified address (a declined stream, old-style hold)
+    /// leaves the leg to latching alone.
+    pub fn toward(rtp: SocketAddr, rtcp_mux: bool) -> LegConfig {
+        let remote_rtp = (rtp.port() != 0 && !rtp.ip().is_unspecified()).then_some(rtp);
+        LegConfig {
+            remote_rtp,
+            remote_rtcp: remote_rtp
+                .filter(|_| !rtcp_mux)
+                .map(|rtp| SocketAddr::new(rtp.ip(), rtp.port().saturating_add(1))),
+            rtcp_mux,
+        }
+    }
+}
+
 /// Which of a leg's two local sockets a datagram uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketKind {

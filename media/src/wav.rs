@@ -4,7 +4,7 @@
 
 use crate::g711::Law;
 use std::fmt;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use thiserror::Error;
 
@@ -246,6 +246,54 @@ impl<W: Write + Seek> WavWriter<W> {
     }
 }
 
+/// Completes a file a [`WavWriter`] was writing when the process died:
+/// keeps every whole sample frame written, cuts a partial one, and writes
+/// the sizes into the header. Returns the samples per channel kept. A file
+/// that does not begin with our header is refused, untouched.
+pub fn complete_interrupted(
+    path: &Path,
+    encoding: WavEncoding,
+    channels: u16,
+) -> Result<u64, WavError> {
+    let name = path.display().to_string();
+    let io = |source: io::Error| WavError::Io {
+        file: name.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let mut head = [0u8; HEADER_LEN as usize];
+    file.read_exact(&mut head).map_err(io)?;
+    let expected = header(encoding, channels, 0);
+    // Everything but the two size fields must be what the writer wrote.
+    let same = |range: std::ops::Range<usize>| head.get(range.clone()) == expected.get(range);
+    if !(same(0..4) && same(8..40)) {
+        return Err(WavError::Malformed {
+            file: name,
+            reason: "not a recording this system started",
+        });
+    }
+    let length = file.metadata().map_err(io)?.len();
+    let block = u64::from(encoding.bytes_per_sample() * channels);
+    let frames = (length.saturating_sub(u64::from(HEADER_LEN)) / block)
+        .min(u64::from((u32::MAX - HEADER_LEN) / block as u32));
+    let data_bytes = u32::try_from(frames * block).map_err(|_| WavError::TooLong)?;
+    file.set_len(u64::from(HEADER_LEN) + u64::from(data_bytes))
+        .map_err(io)?;
+    if data_bytes % 2 == 1 {
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        file.write_all(&[0]).map_err(io)?;
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.write_all(&header(encoding, channels, data_bytes))
+        .map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(frames)
+}
+
 fn header(encoding: WavEncoding, channels: u16, data_bytes: u32) -> [u8; HEADER_LEN as usize] {
     let block_align = encoding.bytes_per_sample() * channels;
     let padded = data_bytes + data_bytes % 2;
@@ -409,6 +457,45 @@ mod tests {
         assert!(
             err.to_string().starts_with(&missing.display().to_string()),
             "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_recording_is_completed_up_to_its_last_whole_frame() {
+        let dir = std::env::temp_dir().join(format!("media-wav-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cut.wav");
+        // A stereo writer that died after 100 frames and one odd byte,
+        // never patching its header.
+        let mut writer =
+            WavWriter::new(std::fs::File::create(&path).unwrap(), WavEncoding::Pcm16, 2).unwrap();
+        let samples: Vec<i16> = (0..200).map(|i| i as i16).collect();
+        writer.write_samples(&samples).unwrap();
+        drop(writer);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&[7]).unwrap();
+        drop(file);
+
+        assert_eq!(
+            complete_interrupted(&path, WavEncoding::Pcm16, 2).unwrap(),
+            100
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 44 + 400);
+        assert_eq!(&bytes[40..44], &400u32.to_le_bytes(), "data size");
+        assert_eq!(&bytes[4..8], &(36u32 + 400).to_le_bytes(), "RIFF size");
+        assert_eq!(i16::from_le_bytes([bytes[442], bytes[443]]), 199);
+
+        // Anything else is refused and left alone.
+        std::fs::write(&path, b"RIFF....WAVEjunk and more junk than a header").unwrap();
+        assert!(complete_interrupted(&path, WavEncoding::Pcm16, 2).is_err());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"RIFF....WAVEjunk and more junk than a header"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

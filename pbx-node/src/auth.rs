@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use sip::auth::{AuthOutcome, DigestConfig, DigestCredentials, DigestVerifier};
 use sip::message::SipMessage;
 
+use crate::directory::Directory;
 use crate::model::{Extension, Tenant};
-use crate::repo::{Repo, RepoError};
+use crate::repo::RepoError;
 use crate::tenant::{tenant_lookups, TenantLookup};
 
 /// How long a nonce is accepted before the phone is told it is stale.
@@ -65,7 +66,7 @@ pub enum Authenticated {
 
 /// Digest verification for every tenant, shared by all requests.
 pub struct Authenticator {
-    repo: Repo,
+    directory: Directory,
     nonce_secret: Vec<u8>,
     offer_sha256: bool,
     /// One verifier per realm: it keeps that realm's nonce counts.
@@ -74,24 +75,20 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// `offer_sha256 = false` leaves only the MD5 challenge.
-    pub fn new(repo: Repo, nonce_secret: Vec<u8>, offer_sha256: bool) -> Self {
+    pub fn new(directory: Directory, nonce_secret: Vec<u8>, offer_sha256: bool) -> Self {
         Authenticator {
-            repo,
+            directory,
             nonce_secret,
             offer_sha256,
             verifiers: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn repo(&self) -> &Repo {
-        &self.repo
-    }
-
     async fn find_tenant(&self, lookups: &[TenantLookup]) -> Result<Option<Tenant>, RepoError> {
         for lookup in lookups {
             let found = match lookup {
-                TenantLookup::Domain(domain) => self.repo.tenant_by_domain(domain).await?,
-                TenantLookup::Code(code) => self.repo.tenant_by_code(code).await?,
+                TenantLookup::Domain(domain) => self.directory.tenant_by_domain(domain).await?,
+                TenantLookup::Code(code) => self.directory.tenant_by_code(code).await?,
             };
             if found.is_some() {
                 return Ok(found);
@@ -198,7 +195,7 @@ impl Authenticator {
         // An unknown user is verified against a decoy, so it gets exactly
         // the challenge a wrong password gets.
         let extension = self
-            .repo
+            .directory
             .extension_by_username(&tenant.id, &credentials.username)
             .await?;
         let ha1 = extension.as_ref().map(Extension::stored_ha1);

@@ -86,6 +86,11 @@ pub struct NodeConfig {
     /// The address the node puts in its SDP; unset = its address toward
     /// each caller.
     pub media_ip: Option<std::net::IpAddr>,
+    /// Recordings with the caller on the left channel and the callee on
+    /// the right; false = both mixed into one channel.
+    pub recording_stereo: bool,
+    /// The local blob store (recordings); unset = `<data_dir>/blobs`.
+    pub blob_dir: Option<PathBuf>,
     /// Create the DEMO tenant with the `demo_extensions` range.
     pub demo: bool,
     /// The demo extension numbers, `<first>-<last>`.
@@ -117,6 +122,8 @@ impl Default for NodeConfig {
             rtp_port_min: 20_000,
             rtp_port_max: 29_999,
             media_ip: None,
+            recording_stereo: true,
+            blob_dir: None,
             demo: false,
             demo_extensions: "100-109".to_string(),
             demo_password: None,
@@ -150,6 +157,17 @@ impl NodeConfig {
             last,
             password: self.demo_password.clone(),
         })
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.blob_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// Where recordings wait until the blob store has them.
+    pub fn recording_spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool").join("recordings")
     }
 
     pub fn parsed_peers(&self) -> Result<Vec<Peer>, ConfigError> {
@@ -224,6 +242,12 @@ pub struct Args {
     /// The IP address the node puts in its SDP.
     #[arg(long, env = "PBX_MEDIA_IP")]
     pub media_ip: Option<std::net::IpAddr>,
+    /// Record in stereo, caller left and callee right (true/false).
+    #[arg(long, env = "PBX_RECORDING_STEREO")]
+    pub recording_stereo: Option<bool>,
+    /// Directory of the local blob store (default <data_dir>/blobs).
+    #[arg(long, env = "PBX_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
     /// Create the demo tenant (DEMO, demo.pbx.local, extensions 100–109).
     #[arg(long, env = "PBX_DEMO", num_args = 0..=1, default_missing_value = "true")]
     pub demo: Option<bool>,
@@ -282,6 +306,10 @@ impl Args {
         set(&mut config.rtp_port_max, &self.rtp_port_max);
         if self.media_ip.is_some() {
             config.media_ip = self.media_ip;
+        }
+        set(&mut config.recording_stereo, &self.recording_stereo);
+        if self.blob_dir.is_some() {
+            config.blob_dir.clone_from(&self.blob_dir);
         }
         set(&mut config.demo_extensions, &self.demo_extensions);
         if self.demo_password.is_some() {

@@ -5,12 +5,15 @@
 
 pub mod auth;
 pub mod b2bua;
+pub mod blobs;
 pub mod config;
 pub mod demo;
+pub mod directory;
 pub mod http;
 pub mod media;
 pub mod model;
 pub mod node;
+pub mod recording;
 pub mod registrar;
 pub mod repo;
 pub mod retention;

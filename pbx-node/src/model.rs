@@ -28,6 +28,19 @@ pub struct Extension {
     /// On a new registration beyond `max_contacts`, drop the bindings that
     /// expire soonest instead of refusing the registration.
     pub remove_existing_on_register: bool,
+    /// Inbound/Outbound Recording (reference/002); absent in records
+    /// stored before recording existed, which then record nothing.
+    #[serde(default)]
+    pub recording: RecordingPolicy,
+}
+
+/// Which of an extension's calls are recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingPolicy {
+    /// Calls the extension receives.
+    pub inbound: bool,
+    /// Calls the extension places.
+    pub outbound: bool,
 }
 
 impl Extension {
@@ -103,5 +116,35 @@ pub struct Cdr {
     /// The SIP status the caller got for an unanswered call.
     pub sip_status: Option<u16>,
     /// The pbx-node (raft node id) that handled the call.
+    pub node_id: u64,
+    /// The call's recording, if it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_id: Option<String>,
+}
+
+/// One recorded call, indexed in raft-store; the audio is a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recording {
+    pub id: String,
+    pub tenant_id: String,
+    pub call_id: String,
+    /// The calling extension's number.
+    pub from: String,
+    /// The dialled number.
+    pub to: String,
+    /// Whose policy asked for it: `outbound` (the caller's), `inbound`
+    /// (the callee's) or `inbound,outbound`.
+    pub reason: String,
+    /// UTC unix milliseconds: the answer, and the hang-up.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// `stereo` (caller left, callee right) or `mixed`.
+    pub layout: String,
+    /// Always `audio/wav` (16-bit PCM, 8 kHz).
+    pub content_type: String,
+    pub size_bytes: u64,
+    /// Where the audio is in the blob store.
+    pub blob_key: String,
+    /// The pbx-node (raft node id) that recorded the call.
     pub node_id: u64,
 }

@@ -9,16 +9,19 @@ use raft_store::{ClusterCa, NodeIdentity, RaftStore, StoreConfig, StoreError};
 
 use crate::auth::Authenticator;
 use crate::b2bua::{CallMetrics, MediaServices};
+use crate::blobs::{BlobStore, LocalDirStore};
 use crate::config::{ConfigError, NodeConfig};
 use crate::demo::{ensure_demo, NewCredentials};
+use crate::directory::Directory;
 use crate::http::HttpServer;
 use crate::media::conference::Conferences;
 use crate::media::moh::MusicOnHold;
-use crate::media::ports::PortPool;
 use crate::media::prompts::Prompts;
+use crate::recording::Recordings;
 use crate::repo::{Repo, RepoError};
 use crate::server::{SipServer, SipServices};
 use media::mixer::ConferencePrompts;
+use media::ports::PortPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -158,6 +161,8 @@ pub struct PbxNode {
     pub sip: SipServer,
     pub http: HttpServer,
     cdr_retention: Option<tokio::task::JoinHandle<()>>,
+    directory: tokio::task::JoinHandle<()>,
+    recording_uploader: tokio::task::JoinHandle<()>,
     /// Demo extensions created by this start, with their only copy of the password.
     pub new_demo_credentials: Vec<NewCredentials>,
 }
@@ -208,6 +213,7 @@ impl PbxNode {
     ) -> Result<PbxNode, NodeError> {
         let repo = Repo::new(store.clone());
         let secret = until_leader(|| repo.ensure_nonce_secret()).await?;
+        let (directory, directory_task) = until_leader(|| Directory::start(repo.clone())).await?;
         let new_demo_credentials = if config.demo {
             let spec = config.demo_spec()?;
             until_leader(|| ensure_demo(&repo, &spec)).await?.1
@@ -217,7 +223,7 @@ impl PbxNode {
         let prompts = Arc::new(Prompts::builtin().map_err(|e| NodeError::Media(e.to_string()))?);
         let ports = PortPool::new(config.rtp_port_min, config.rtp_port_max)
             .map_err(|e| NodeError::Media(e.to_string()))?;
-        let music = match ports.bind(std::net::IpAddr::from([0, 0, 0, 0])).await {
+        let music = match ports.bind(std::net::IpAddr::from([0, 0, 0, 0])) {
             Ok((lease, socket)) => {
                 MusicOnHold::start(socket, lease, prompts.music_on_hold.clone()).ok()
             }
@@ -226,10 +232,19 @@ impl PbxNode {
                 None
             }
         };
+        let blobs: Arc<dyn BlobStore> = Arc::new(LocalDirStore::new(config.blob_dir()));
+        let (recordings, recording_uploader) = Recordings::start(
+            config.recording_spool_dir(),
+            config.recording_stereo,
+            config.node_id,
+            blobs.clone(),
+            repo.clone(),
+        )
+        .map_err(|e| NodeError::Media(e.to_string()))?;
         let services = SipServices {
             repo: repo.clone(),
             auth: Arc::new(Authenticator::new(
-                repo.clone(),
+                directory,
                 secret,
                 config.sip_digest_sha256,
             )),
@@ -247,12 +262,13 @@ impl PbxNode {
                     leave: Some(prompts.conference_leave.clone()),
                 }),
                 prompts: prompts.clone(),
+                recordings,
             },
         };
         let sip = SipServer::start(services, config.sip_udp_listen, config.sip_tcp_listen)
             .await
             .map_err(NodeError::SipListen)?;
-        let http = HttpServer::start(config.http_listen, repo.clone(), registry)
+        let http = HttpServer::start(config.http_listen, repo.clone(), blobs, registry)
             .await
             .map_err(NodeError::HttpListen)?;
         let cdr_retention = crate::retention::start(repo.clone(), config.cdr_retention_days);
@@ -262,6 +278,8 @@ impl PbxNode {
             sip,
             http,
             cdr_retention,
+            directory: directory_task,
+            recording_uploader,
             new_demo_credentials,
         })
     }
@@ -272,6 +290,8 @@ impl PbxNode {
         if let Some(task) = &self.cdr_retention {
             task.abort();
         }
+        self.directory.abort();
+        self.recording_uploader.abort();
         self.store.shutdown().await;
     }
 }

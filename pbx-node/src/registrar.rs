@@ -338,6 +338,7 @@ mod tests {
             default_expires: 3600,
             max_expires: 7200,
             remove_existing_on_register: remove_existing,
+            recording: Default::default(),
         }
     }
 

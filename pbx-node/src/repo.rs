@@ -7,17 +7,21 @@
 //! - `/t/<tenant id>/idx/username/<username>` → extension number (plain text)
 //! - `/idx/domain/<sip domain>` and `/idx/code/<CODE>` → tenant id (plain text)
 //! - `/t/<tenant id>/cdr/<start ms, 16 digits>-<id>` → [`Cdr`], in time order
+//! - `/t/<tenant id>/rec/<recording id>` → [`Recording`]; ids begin with the
+//!   start time (16 digits), so these are in time order too
 //! - `/sys/sip/nonce-secret` → hex secret shared by all nodes for digest nonces
 
 use std::time::Duration;
 
-use raft_store::{Compare, KeyRange, LeaseId, OpResult, RaftStore, StoreError, Txn, TxnOp};
+use raft_store::{
+    Compare, CompareOp, KeyRange, KeyValue, LeaseId, OpResult, RaftStore, StoreError, Txn, TxnOp,
+};
 use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Binding, Cdr, Extension, Tenant};
+use crate::model::{Binding, Cdr, Extension, Recording, Tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -33,15 +37,15 @@ pub enum RepoError {
 
 const NONCE_SECRET_KEY: &str = "/sys/sip/nonce-secret";
 
-fn tenant_key(tenant_id: &str) -> String {
+pub(crate) fn tenant_key(tenant_id: &str) -> String {
     format!("/t/{tenant_id}/tenant")
 }
 
-fn extension_key(tenant_id: &str, number: &str) -> String {
+pub(crate) fn extension_key(tenant_id: &str, number: &str) -> String {
     format!("/t/{tenant_id}/ext/{number}")
 }
 
-fn username_index_key(tenant_id: &str, username: &str) -> String {
+pub(crate) fn username_index_key(tenant_id: &str, username: &str) -> String {
     format!("/t/{tenant_id}/idx/username/{username}")
 }
 
@@ -58,11 +62,20 @@ fn cdr_key(cdr: &Cdr) -> String {
     )
 }
 
-fn domain_index_key(domain: &str) -> String {
+fn recording_prefix(tenant_id: &str) -> String {
+    format!("/t/{tenant_id}/rec/")
+}
+
+/// A recording id: its start time first, so ids sort by time.
+pub fn new_recording_id(start_ms: u64) -> String {
+    format!("{start_ms:016}-{}", random_hex(6))
+}
+
+pub(crate) fn domain_index_key(domain: &str) -> String {
     format!("/idx/domain/{}", domain.to_ascii_lowercase())
 }
 
-fn code_index_key(code: &str) -> String {
+pub(crate) fn code_index_key(code: &str) -> String {
     format!("/idx/code/{}", code.to_ascii_uppercase())
 }
 
@@ -79,6 +92,55 @@ pub fn binding_key(tenant_id: &str, number: &str, identity: &str) -> String {
         bindings_prefix(tenant_id, number),
         hex::encode(digest.get(..16).unwrap_or_default())
     )
+}
+
+/// What a directory key holds: the records and indexes that say who a
+/// request is from, as opposed to bindings, CDRs and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryKind {
+    /// `/idx/domain/…`, `/idx/code/…` (→ tenant id) or
+    /// `/t/<tenant id>/idx/username/…` (→ number): plain text.
+    Index,
+    /// `/t/<tenant id>/tenant` → [`Tenant`].
+    Tenant,
+    /// `/t/<tenant id>/ext/<number>` → [`Extension`].
+    Extension,
+}
+
+impl DirectoryKind {
+    /// The kind of directory key `key` is, if it is one: the inverse of the
+    /// key builders above, kept beside them so the layout lives in one place.
+    pub fn of(key: &[u8]) -> Option<DirectoryKind> {
+        let key = std::str::from_utf8(key).ok()?;
+        if let Some(index) = key.strip_prefix("/idx/") {
+            return (index.starts_with("domain/") || index.starts_with("code/"))
+                .then_some(DirectoryKind::Index);
+        }
+        // Segments never contain '/' (check_segment), so this split is exact.
+        let (_tenant_id, rest) = key.strip_prefix("/t/")?.split_once('/')?;
+        if rest == "tenant" {
+            Some(DirectoryKind::Tenant)
+        } else if rest.starts_with("ext/") {
+            Some(DirectoryKind::Extension)
+        } else if rest.starts_with("idx/username/") {
+            Some(DirectoryKind::Index)
+        } else {
+            None
+        }
+    }
+}
+
+/// How many directory records one local read returns while loading.
+const DIRECTORY_PAGE: u64 = 1000;
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    // Every prefix here ends in '/', which is never 0xff.
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
 
 /// A stored binding with its key and lease.
@@ -107,7 +169,7 @@ pub struct NewExtension {
     pub password: String,
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RepoError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RepoError> {
     serde_json::from_slice(value).map_err(|e| RepoError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         detail: e.to_string(),
@@ -121,7 +183,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
     })
 }
 
-fn text(key: &[u8], value: Vec<u8>) -> Result<String, RepoError> {
+pub(crate) fn text(key: &[u8], value: Vec<u8>) -> Result<String, RepoError> {
     String::from_utf8(value).map_err(|e| RepoError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         detail: e.to_string(),
@@ -177,6 +239,60 @@ impl Repo {
             Some(kv) => Ok(Some(text(&kv.key, kv.value)?)),
             None => Ok(None),
         }
+    }
+
+    /// Hands every directory record ([`DirectoryKind`]) to `each` and returns
+    /// the revision a watch must resume after so that it misses no change.
+    /// The first read (the tenant indexes) is linearizable, so what is
+    /// loaded is at least as new as the cluster was when the load began;
+    /// the rest are local reads, page by page, at that revision or later.
+    /// Replaying changes from the returned revision over them is harmless:
+    /// each change sets a key to what it became, and the last one wins.
+    pub async fn directory_records(
+        &self,
+        mut each: impl FnMut(KeyValue),
+    ) -> Result<u64, RepoError> {
+        let indexes = self.store.range(KeyRange::prefix("/idx/"), 0).await?;
+        let mut tenant_ids = Vec::new();
+        for kv in indexes.kvs {
+            if kv.key.starts_with(b"/idx/code/") {
+                tenant_ids.push(text(&kv.key, kv.value.clone())?);
+            }
+            each(kv);
+        }
+        for tenant_id in tenant_ids {
+            if let Some(kv) = self
+                .store
+                .range_stale(KeyRange::key(tenant_key(&tenant_id)), 0)?
+                .kvs
+                .into_iter()
+                .next()
+            {
+                each(kv);
+            }
+            for prefix in [
+                extension_key(&tenant_id, ""),
+                username_index_key(&tenant_id, ""),
+            ] {
+                let end = prefix_end(&prefix);
+                let mut start = prefix.into_bytes();
+                loop {
+                    let page = self.store.range_stale(
+                        KeyRange::between(start.clone(), end.clone()),
+                        DIRECTORY_PAGE,
+                    )?;
+                    if let Some(last) = page.kvs.last() {
+                        start.clone_from(&last.key);
+                        start.push(0);
+                    }
+                    page.kvs.into_iter().for_each(&mut each);
+                    if !page.more {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(indexes.revision)
     }
 
     /// The digest nonce secret shared by every node; the first node to ask
@@ -292,6 +408,7 @@ impl Repo {
             default_expires: crate::model::DEFAULT_EXPIRES,
             max_expires: crate::model::DEFAULT_MAX_EXPIRES,
             remove_existing_on_register: true,
+            recording: Default::default(),
         };
         self.insert_extension(&tenant.id, &extension).await?;
         Ok(extension)
@@ -353,6 +470,79 @@ impl Repo {
             Some(number) => self.extension(tenant_id, &number).await,
             None => Ok(None),
         }
+    }
+
+    /// Replaces a stored extension's settings; its number and username
+    /// stay as they are (the username index is not rewritten).
+    pub async fn update_extension(
+        &self,
+        tenant_id: &str,
+        extension: &Extension,
+    ) -> Result<(), RepoError> {
+        let ext_key = extension_key(tenant_id, &extension.number);
+        let idx_key = username_index_key(tenant_id, &extension.username);
+        let result = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::exists(ext_key.clone()),
+                        Compare::value(idx_key, CompareOp::Equal, extension.number.clone()),
+                    ])
+                    .and_then([TxnOp::put(ext_key, encode(extension)?)]),
+            )
+            .await?;
+        if !result.succeeded {
+            return Err(RepoError::Invalid {
+                field: "extension",
+                detail: format!(
+                    "no extension {} with username {}",
+                    extension.number, extension.username
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn put_recording(&self, recording: &Recording) -> Result<(), RepoError> {
+        check_segment("recording id", &recording.id)?;
+        let key = format!("{}{}", recording_prefix(&recording.tenant_id), recording.id);
+        self.store.put(key, encode(recording)?).await?;
+        Ok(())
+    }
+
+    pub async fn recording(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<Recording>, RepoError> {
+        check_segment("recording id", id)?;
+        self.get_json(&format!("{}{id}", recording_prefix(tenant_id)))
+            .await
+    }
+
+    /// A tenant's recordings of calls answered at or after `since_ms`,
+    /// oldest first, at most `limit`.
+    pub async fn recordings(
+        &self,
+        tenant_id: &str,
+        since_ms: u64,
+        limit: u64,
+    ) -> Result<Vec<Recording>, RepoError> {
+        let prefix = recording_prefix(tenant_id);
+        let end = format!("/t/{tenant_id}/rec0");
+        let range = self
+            .store
+            .range(
+                KeyRange::between(format!("{prefix}{since_ms:016}"), end),
+                limit,
+            )
+            .await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value))
+            .collect()
     }
 
     pub async fn put_cdr(&self, cdr: &Cdr) -> Result<(), RepoError> {
@@ -516,12 +706,12 @@ impl Repo {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use raft_store::{ClusterCa, StoreConfig};
 
     /// A one-node store in a temporary directory.
-    async fn one_node_store(dir: &std::path::Path) -> RaftStore {
+    pub(crate) async fn one_node_store(dir: &std::path::Path) -> RaftStore {
         let ca = ClusterCa::generate("test").expect("CA");
         let identity = ca.issue_node(1).expect("node certificate");
         let addr = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -634,6 +824,7 @@ mod tests {
                 hangup_by: "callee".into(),
                 sip_status: Some(486),
                 node_id: 1,
+                recording_id: None,
             };
             repo.put_cdr(&cdr).await.expect("put CDR");
         }

@@ -92,7 +92,9 @@ impl RegistrarService {
         self.repo
             .apply_bindings(&plan.upserts, &plan.removals)
             .await?;
-        tracing::info!(
+        // Debug, not info: at thousands of REGISTERs a second the log would
+        // cost more than the registration.
+        tracing::debug!(
             tenant = %tenant.code,
             extension = %extension.number,
             call_id = %register.call_id,

@@ -3,7 +3,9 @@
 //! ANSWERED), a phone calls the echo test and hears the spoken prompt,
 //! then its own 1 kHz tone coming back, and a key it presses answered by
 //! a key press the node generates (RFC 4733 both ways), and three phones in a conference
-//! each hear the other two tones and not their own.
+//! each hear the other two tones and not their own; a call recorded by the
+//! caller's Outbound Recording policy has the caller's tone in the left
+//! channel and the callee's in the right.
 
 mod common;
 
@@ -12,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{create_test_tenant, free_udp_addr, loopback_config};
-use pbx_node::model::Tenant;
+use common::{create_test_tenant, free_udp_addr, http_get, http_get_bytes, loopback_config};
+use pbx_node::model::{RecordingPolicy, Tenant};
 use pbx_node::repo::NewExtension;
 use pbx_node::service::unix_now_ms;
 use pbx_node::{NodeConfig, PbxNode};
@@ -207,6 +209,18 @@ async fn answered_call(
     tenant: &Tenant,
     callee_hz: f64,
 ) -> (Softphone, Softphone) {
+    let (caller, callee) = registered_pair(dir, node, tenant, callee_hz).await;
+    connect(&caller, &callee).await;
+    (caller, callee)
+}
+
+/// Extensions 200 (a 1 kHz tone) and 201 (a `callee_hz` tone), registered.
+async fn registered_pair(
+    dir: &Path,
+    node: &PbxNode,
+    tenant: &Tenant,
+    callee_hz: f64,
+) -> (Softphone, Softphone) {
     for number in ["200", "201"] {
         add_extension(node, tenant, number).await;
     }
@@ -216,11 +230,16 @@ async fn answered_call(
     let phones = [&caller, &callee];
     callee.wait_for("200 OK () [1 binding]", &phones).await;
     caller.wait_for("200 OK () [1 binding]", &phones).await;
+    (caller, callee)
+}
+
+/// The caller dials the callee, who answers.
+async fn connect(caller: &Softphone, callee: &Softphone) {
+    let phones = [caller, callee];
     caller.command("/dial 201").await;
     callee.wait_for("Incoming call", &phones).await;
     callee.command("/accept").await;
     caller.wait_for("Call established", &phones).await;
-    (caller, callee)
 }
 
 async fn add_extension(node: &PbxNode, tenant: &Tenant, number: &str) {
@@ -435,5 +454,113 @@ async fn held_party_hears_music_until_the_call_is_resumed() {
         back,
         "the caller's stream comes back after the resume:\n{output}"
     );
+    node.shutdown().await;
+}
+
+/// The left and right channels of a 16-bit stereo WAV.
+fn stereo_channels(wav: &[u8]) -> (Vec<i16>, Vec<i16>) {
+    assert!(wav.len() > 44 && &wav[..4] == b"RIFF" && &wav[8..12] == b"WAVE");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "two channels");
+    assert_eq!(
+        u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]),
+        8000,
+        "8 kHz"
+    );
+    let samples: Vec<i16> = wav[44..]
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
+    (
+        samples.iter().step_by(2).copied().collect(),
+        samples.iter().skip(1).step_by(2).copied().collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_recording_has_each_side_in_its_own_channel() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    common::init_test_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = start_node(dir.path()).await;
+    let (caller, callee) = registered_pair(dir.path(), &node, &tenant, 400.0).await;
+    let phones = [&caller, &callee];
+    let mut extension = node
+        .repo
+        .extension(&tenant.id, "200")
+        .await
+        .expect("read")
+        .expect("200 exists");
+    extension.recording = RecordingPolicy {
+        inbound: false,
+        outbound: true,
+    };
+    node.repo
+        .update_extension(&tenant.id, &extension)
+        .await
+        .expect("enable outbound recording");
+
+    connect(&caller, &callee).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    caller.command("/hangup").await;
+    callee.wait_for("session closed", &phones).await;
+
+    let http = node.http.addr;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let (status, body) = http_get(http, "/api/v1/tenants/TEST/recordings").await;
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        listed = list["items"].as_array().cloned().unwrap_or_default();
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed.len(), 1, "one recording: {listed:?}");
+    let recording = &listed[0];
+    assert_eq!(recording["from"], "200");
+    assert_eq!(recording["to"], "201");
+    assert_eq!(recording["reason"], "outbound");
+    assert_eq!(recording["layout"], "stereo");
+    let id = recording["id"].as_str().expect("id");
+    let seconds = (recording["end_ms"].as_u64().expect("end") as f64
+        - recording["start_ms"].as_u64().expect("start") as f64)
+        / 1000.0;
+    assert!((2.5..8.0).contains(&seconds), "lasted {seconds} s");
+
+    let (status, wav) =
+        http_get_bytes(http, &format!("/api/v1/tenants/TEST/recordings/{id}/audio")).await;
+    assert_eq!(status, 200);
+    assert_eq!(recording["size_bytes"].as_u64(), Some(wav.len() as u64));
+    let (left, right) = stereo_channels(&wav);
+    assert!(
+        left.len() > 8000 * 2,
+        "at least 2 s recorded: {}",
+        left.len()
+    );
+    // Skip the first half second, while both streams start.
+    let (left, right) = (&left[4000..], &right[4000..]);
+    let (caller_tone, caller_other) = (tone_share(left, 1000.0), tone_share(left, 400.0));
+    let (callee_tone, callee_other) = (tone_share(right, 400.0), tone_share(right, 1000.0));
+    assert!(
+        caller_tone > 0.8 && caller_other < 0.05,
+        "left = the caller's 1 kHz: {caller_tone} at 1 kHz, {caller_other} at 400 Hz"
+    );
+    assert!(
+        callee_tone > 0.8 && callee_other < 0.05,
+        "right = the callee's 400 Hz: {callee_tone} at 400 Hz, {callee_other} at 1 kHz"
+    );
+    let (status, _) = http_get_bytes(http, "/api/v1/tenants/TEST/recordings/0-missing/audio").await;
+    assert_eq!(status, 404);
+
+    let cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].recording_id.as_deref(), Some(id), "CDR names it");
+    let spool = dir.path().join("node/spool/recordings");
+    let spooled: Vec<_> = std::fs::read_dir(&spool).expect("spool").collect();
+    assert!(spooled.is_empty(), "spool emptied once stored: {spooled:?}");
+    wait_idle(&node).await;
+    drop(caller.child);
+    drop(callee.child);
     node.shutdown().await;
 }

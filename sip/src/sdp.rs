@@ -262,7 +262,8 @@ const TRANSPORT_ATTRIBUTES: &[&str] = &[
 
 /// Re-addresses a session description to media anchored at `ours`: its
 /// first audio stream is received at `ours` (address and port; our RTCP is
-/// the port above), everything else of the stream (codecs, telephone-event,
+/// the port above), the origin names our address (so the author's is not
+/// shown past the anchor), everything else of the stream (codecs, telephone-event,
 /// direction, rtcp-mux) is kept, and other streams are declined with port
 /// 0, since only audio is relayed. An address of 0.0.0.0 (old-style hold)
 /// and a port of 0 (a declined stream) keep their meaning. Returns the new
@@ -278,6 +279,9 @@ pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStre
     if session.connection_information.is_some() {
         session.connection_information = Some(connection_to(ip));
     }
+    let origin = connection_to(ours.ip());
+    session.origin.address_type = origin.address_type;
+    session.origin.unicast_address = ours.ip().to_string();
     session
         .attributes
         .retain(|a| !TRANSPORT_ATTRIBUTES.contains(&a.key.as_str()));
@@ -499,6 +503,10 @@ mod tests {
         assert!(!text.contains("192.0.2.2 36706"), "no candidate: {text}");
         assert!(!text.contains("a=rtcp:"), "no RTCP port: {text}");
         assert!(text.contains("m=video 0 "), "video declined: {text}");
+        assert!(
+            !text.contains("192.0.2.2"),
+            "no trace of the author: {text}"
+        );
 
         // Old-style hold stays hold, a declined stream stays declined.
         let held = BARESIP.replace("c=IN IP4 192.0.2.2", "c=IN IP4 0.0.0.0");

@@ -418,11 +418,14 @@ mod tests {
         call.task.await.unwrap();
     }
 
+    /// (leg, SSRC) of each packet shown, and the number of ticks.
+    type Seen = (Vec<(Leg, u32)>, usize);
+
     /// Counts what it is shown and reports it when closed.
     struct CountingTap {
         seen: Vec<(Leg, u32)>,
         ticks: usize,
-        closed: Option<tokio::sync::oneshot::Sender<(Vec<(Leg, u32)>, usize)>>,
+        closed: Option<tokio::sync::oneshot::Sender<Seen>>,
     }
 
     impl RelayTap for CountingTap {

@@ -5,7 +5,10 @@
 //! contacts gets its own INVITE (a fork, with its own Call-ID). The first
 //! 2xx wins and the other forks are CANCELled. Once answered, the call is
 //! symmetric: a request from one side is re-issued in the other side's
-//! dialog and its response relayed back. SDP passes through unchanged.
+//! dialog and its response relayed back. SDP passes through unchanged,
+//! unless the call's media is anchored at the node (to record it): then
+//! every SDP crossing the B2BUA is re-addressed to the anchor's side facing
+//! its recipient, and the author's own address is handed to the relay.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -52,6 +55,17 @@ pub struct CallSetup {
     pub timers: TimerConfig,
     /// The node's music-on-hold stream; `None` = a held party hears silence.
     pub music_on_hold: Option<std::net::SocketAddr>,
+    /// Where the node relays this call's media; `None` = end to end.
+    pub anchor: Option<MediaAnchor>,
+}
+
+/// The two faces of a call's media relay at the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaAnchor {
+    /// What the caller is told to send to (the relay's leg A).
+    pub toward_caller: std::net::SocketAddr,
+    /// What the callee's devices are told to send to (leg B).
+    pub toward_callee: std::net::SocketAddr,
 }
 
 /// How a call ended, in CDR terms.
@@ -129,6 +143,14 @@ pub enum Output {
     StopMusic {
         listener: usize,
     },
+    /// Anchored media: the relay's `leg` (A = caller, B = callee) now
+    /// sends to the stream its side described.
+    RelayTo {
+        leg: media::Leg,
+        stream: sip::sdp::AudioStream,
+    },
+    /// The caller got the 2xx: the conversation begins.
+    Answered,
 }
 
 /// What the driver feeds in.
@@ -241,6 +263,7 @@ pub struct Call {
     /// Fork INVITEs' transaction ids, for telling their responses apart.
     fork_of_txn: HashMap<u64, usize>,
     music_on_hold: Option<std::net::SocketAddr>,
+    anchor: Option<MediaAnchor>,
     /// Legs hearing our music now.
     on_hold_music: Vec<Leg>,
     sdp_session: u64,
@@ -263,18 +286,11 @@ fn header_has_token(message: &SipMessage, header: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn copy_body(mut builder: RequestBuilder, from: &SipMessage) -> RequestBuilder {
-    if let Some(content_type) = from.content_type() {
-        builder = builder.body(content_type, from.body().to_vec());
-    }
-    builder
-}
-
-fn set_body(response: &mut SipMessage, from: &SipMessage) {
-    if let Some(content_type) = from.content_type() {
-        response.headers.set("Content-Type", content_type);
-        response.body = from.body().to_vec();
-    }
+fn is_sdp(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
 }
 
 pub(super) fn contact_of(addr: &LegAddr, user: &str) -> String {
@@ -361,6 +377,7 @@ impl Call {
             outstanding: HashMap::new(),
             fork_of_txn: HashMap::new(),
             music_on_hold: setup.music_on_hold,
+            anchor: setup.anchor,
             on_hold_music: Vec::new(),
             sdp_session: u64::from(rand::random::<u32>()),
             sdp_version: 0,
@@ -396,7 +413,10 @@ impl Call {
                     builder = builder.header(name, value);
                 }
             }
-            let invite = copy_body(builder, &call.invite).build();
+            let caller_invite = call.invite.clone();
+            let invite = call
+                .copy_body(builder, Leg::Fork(index), &caller_invite)
+                .build();
             let txn = call.send_request(Leg::Fork(index), invite.clone(), target.addr.peer);
             call.fork_of_txn.insert(txn, index);
             call.forks.push(Fork {
@@ -546,6 +566,48 @@ impl Call {
             target,
         });
         txn
+    }
+
+    /// `from`'s body as it goes to `to`: as is, or with its SDP
+    /// re-addressed to the anchor's face toward `to` while the relay is
+    /// told where the author receives.
+    fn body_toward(&mut self, to: Leg, from: &SipMessage) -> Option<(String, Vec<u8>)> {
+        let content_type = from.content_type()?.to_string();
+        let Some(anchor) = self.anchor.filter(|_| is_sdp(&content_type)) else {
+            return Some((content_type, from.body().to_vec()));
+        };
+        let (ours, author) = match to {
+            Leg::Caller => (anchor.toward_caller, media::Leg::B),
+            Leg::Fork(_) => (anchor.toward_callee, media::Leg::A),
+        };
+        match sip::sdp::anchor_audio(from.body(), ours) {
+            Ok((body, stream)) => {
+                self.outputs.push(Output::RelayTo {
+                    leg: author,
+                    stream,
+                });
+                Some((content_type, body))
+            }
+            Err(e) => {
+                // Media then flows end to end, past the anchor.
+                tracing::warn!(error = %e, "SDP not anchored");
+                Some((content_type, from.body().to_vec()))
+            }
+        }
+    }
+
+    fn copy_body(&mut self, builder: RequestBuilder, to: Leg, from: &SipMessage) -> RequestBuilder {
+        match self.body_toward(to, from) {
+            Some((content_type, body)) => builder.body(&content_type, body),
+            None => builder,
+        }
+    }
+
+    fn set_body(&mut self, response: &mut SipMessage, to: Leg, from: &SipMessage) {
+        if let Some((content_type, body)) = self.body_toward(to, from) {
+            response.headers.set("Content-Type", content_type);
+            response.body = body;
+        }
     }
 
     fn respond_caller(&mut self, status: u16, reason: &str) -> SipMessage {
@@ -735,7 +797,7 @@ impl Call {
         relayed
             .headers
             .push("Contact", contact_of(&self.caller, "pbx"));
-        set_body(&mut relayed, response);
+        self.set_body(&mut relayed, Leg::Caller, response);
         let reliable = self.caller_100rel && !response.body().is_empty();
         if reliable {
             if self.unpracked.is_some() {
@@ -765,7 +827,7 @@ impl Call {
         self.unpracked = None;
         let mut ok = self.respond_caller(response.status().unwrap_or(200), "OK");
         ok.headers.push("Contact", contact_of(&self.caller, "pbx"));
-        set_body(&mut ok, response);
+        self.set_body(&mut ok, Leg::Caller, response);
         self.caller_dialog = Dialog::as_uas(&self.invite, &self.local_tag, false).ok();
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
@@ -773,6 +835,7 @@ impl Call {
             key: self.invite_key.clone(),
             response: ok.clone(),
         });
+        self.outputs.push(Output::Answered);
         let cseq = self.invite.cseq().map_or(1, |c| c.seq);
         let fork_cseq = self
             .forks
@@ -829,7 +892,7 @@ impl Call {
         };
         let mut builder = via(dialog.ack(seq), &addr);
         if let Some(from) = body_from {
-            builder = copy_body(builder, from);
+            builder = self.copy_body(builder, leg, from);
         }
         self.outputs.push(Output::Stateless {
             message: builder.build(),
@@ -1073,7 +1136,7 @@ impl Call {
                 true
             }
             _ => {
-                builder = copy_body(builder, request);
+                builder = self.copy_body(builder, target_leg, request);
                 false
             }
         };
@@ -1134,7 +1197,7 @@ impl Call {
             .to_string();
         let origin_request = &relay.origin_request;
         let mut relayed = origin_request.response_with_tag(status, &reason, &tag);
-        set_body(&mut relayed, response);
+        self.set_body(&mut relayed, relay.origin, response);
         // A holder offering sendonly may keep sending: it is answered with
         // the music's address, so its audio stops at us, not at the held side.
         let our_answer = self
@@ -1213,6 +1276,15 @@ mod tests {
     }
 
     fn start(forks: usize, extra: &str, t0: Instant) -> (Call, Vec<Output>) {
+        start_anchored(forks, extra, None, t0)
+    }
+
+    fn start_anchored(
+        forks: usize,
+        extra: &str,
+        anchor: Option<MediaAnchor>,
+        t0: Instant,
+    ) -> (Call, Vec<Output>) {
         let invite = caller_invite(extra);
         let setup = CallSetup {
             invite_key: TransactionKey::for_request(&invite).expect("key"),
@@ -1232,6 +1304,7 @@ mod tests {
             ring_timeout: Duration::from_secs(30),
             timers: TimerConfig::default(),
             music_on_hold: Some("10.9.9.9:30000".parse().expect("addr")),
+            anchor,
         };
         let mut call = Call::start(setup, t0);
         let outputs = call.drain_outputs();
@@ -1339,6 +1412,102 @@ mod tests {
         );
         call.drain_outputs();
         (call, invite, tag)
+    }
+
+    fn relayed_to(outputs: &[Output]) -> Vec<(media::Leg, std::net::SocketAddr)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::RelayTo { leg, stream } => Some((*leg, stream.rtp)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn anchored_media_readdresses_every_sdp_and_steers_the_relay() {
+        let t0 = Instant::now();
+        let anchor = MediaAnchor {
+            toward_caller: "10.0.0.1:20000".parse().expect("addr"),
+            toward_callee: "10.0.0.1:20002".parse().expect("addr"),
+        };
+        let sdp_at = |port: u16| {
+            format!(
+                "v=0\r\no=b 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+                 m=audio {port} RTP/AVP 0\r\n"
+            )
+        };
+        let (mut call, out) = start_anchored(1, "", Some(anchor), t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        let offer = sip::sdp::audio_stream(invite.body()).expect("offer");
+        assert_eq!(offer.rtp, anchor.toward_callee, "callee sends to us");
+        assert_eq!(
+            relayed_to(&out),
+            vec![(media::Leg::A, "127.0.0.1:4000".parse().expect("addr"))]
+        );
+
+        let mut ok = answer(&invite, 200, "callee", false);
+        ok.headers.set("Content-Type", "application/sdp");
+        ok.body = sdp_at(5000).into_bytes();
+        let out = feed(&mut call, txn, ok, t0 + MS(10));
+        let to_caller = responses(&out).remove(0);
+        assert_eq!(
+            sip::sdp::audio_stream(to_caller.body())
+                .expect("answer")
+                .rtp,
+            anchor.toward_caller
+        );
+        assert_eq!(
+            relayed_to(&out),
+            vec![(media::Leg::B, "127.0.0.2:5000".parse().expect("addr"))]
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Answered)));
+        let tag = call.local_tag.clone();
+        let ack = in_dialog(&call.invite.clone(), "ACK", 2, &tag, "");
+        call.handle(
+            Input::Request {
+                key: None,
+                request: ack,
+            },
+            t0 + MS(20),
+        );
+        call.drain_outputs();
+
+        // The callee moves its media (re-INVITE): the caller is offered
+        // the anchor again, and the relay sends to the new port.
+        let reinvite = parse_datagram(
+            format!(
+                "INVITE sip:pbx@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:7000;branch=z9hG4bKre\r\n\
+                 From: <sip:101@test.pbx.local>;tag=callee\r\nTo: {};tag={}\r\nCall-ID: {}\r\n\
+                 CSeq: 7 INVITE\r\nContact: <sip:101@127.0.0.1:7000>\r\nMax-Forwards: 70\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+                invite.headers.get("From").expect("from").split(";tag=").next().expect("uri"),
+                invite.from_tag().expect("tag"),
+                invite.call_id().expect("call-id"),
+                sdp_at(5100).len(),
+                sdp_at(5100)
+            )
+            .as_bytes(),
+        )
+        .expect("re-INVITE");
+        let key = TransactionKey::for_request(&reinvite).expect("key");
+        call.handle(
+            Input::Request {
+                key: Some(key),
+                request: reinvite,
+            },
+            t0 + MS(30),
+        );
+        let out = call.drain_outputs();
+        let (_, _, to_caller) = requests(&out).remove(0);
+        assert_eq!(
+            sip::sdp::audio_stream(to_caller.body()).expect("offer").rtp,
+            anchor.toward_caller
+        );
+        assert_eq!(
+            relayed_to(&out),
+            vec![(media::Leg::B, "127.0.0.2:5100".parse().expect("addr"))]
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! caller's own tenant, forks to its bindings and runs the call ([`call`],
 //! sans-IO) in a task of its own. In-dialog requests, CANCEL, ACK and
 //! retransmitted 2xx are routed to that task by dialog. Each call ends with
-//! a CDR in raft-store.
+//! a CDR in raft-store. A call the caller's Outbound or the callee's
+//! Inbound Recording policy covers has its media anchored at the node and
+//! recorded from the answer on.
 
 pub mod call;
 pub mod local;
@@ -21,17 +23,19 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::auth::{Authenticated, Authenticator, ChallengeKind};
+use crate::media::anchor::AnchoredMedia;
 use crate::media::conference::Conferences;
 use crate::media::echo::start_echo;
 use crate::media::moh::MusicOnHold;
-use crate::media::ports::PortPool;
 use crate::media::prompts::Prompts;
 use crate::media::MediaApp;
 use crate::model::{Binding, Cdr, Extension, Tenant};
+use crate::recording::{RecordingStart, Recordings};
 use crate::repo::Repo;
 use crate::service::unix_now_ms;
 use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side};
 use local::{LocalCall, LocalSetup, RemoteMedia};
+use media::ports::PortPool;
 use sip::sdp;
 
 /// Settings of the call path.
@@ -59,6 +63,7 @@ pub struct MediaServices {
     pub conferences: Arc<Conferences>,
     /// `None` when no RTP port could be had for it at start.
     pub music: Option<MusicOnHold>,
+    pub recordings: Arc<Recordings>,
 }
 
 /// A number the node answers itself.
@@ -187,6 +192,28 @@ struct CdrContext {
     to: String,
     start_ms: u64,
     started: tokio::time::Instant,
+}
+
+/// A call's media as the node handles it, beside its signalling.
+#[derive(Default)]
+struct CallMedia {
+    /// Music-on-hold listener keys this call added.
+    music_listeners: std::collections::HashSet<u64>,
+    anchored: Option<AnchoredMedia>,
+    /// Why the call is recorded (see `Recording::reason`); `None` = it is not.
+    record_reason: Option<&'static str>,
+    /// Set once the recording runs (from the answer).
+    recording_id: Option<String>,
+}
+
+/// Whose policy records a call, in `Recording::reason` terms.
+fn record_reason(caller: &Extension, callee: &Extension) -> Option<&'static str> {
+    match (callee.recording.inbound, caller.recording.outbound) {
+        (true, true) => Some("inbound,outbound"),
+        (true, false) => Some("inbound"),
+        (false, true) => Some("outbound"),
+        (false, false) => None,
+    }
 }
 
 fn transport_of(uri: &Uri) -> Transport {
@@ -451,6 +478,21 @@ impl B2bua {
         }
         tracing::info!(from = %caller.number, to = %callee.number, forks = forks.len(), "calling");
         let caller_addr = self.local_addr_toward(source);
+        let mut media = CallMedia {
+            record_reason: record_reason(caller, &callee),
+            ..CallMedia::default()
+        };
+        if media.record_reason.is_some() {
+            let caller_ip = self.media_ip_toward(&caller_addr);
+            let callee_ip = forks
+                .first()
+                .map_or(caller_ip, |fork| self.media_ip_toward(&fork.addr));
+            match AnchoredMedia::start(&self.media.ports, caller_ip, callee_ip) {
+                Ok(anchored) => media.anchored = Some(anchored),
+                // The call matters more than its recording.
+                Err(e) => tracing::error!(error = %e, "call not recorded: no RTP ports"),
+            }
+        }
         let setup = CallSetup {
             invite: request.clone(),
             invite_key: key,
@@ -470,9 +512,10 @@ impl B2bua {
                 .music
                 .as_ref()
                 .map(|m| SocketAddr::new(self.media_ip_toward(&caller_addr), m.port)),
+            anchor: media.anchored.as_ref().map(|a| a.anchor),
         };
         let call = Call::start(setup, tokio::time::Instant::now().into_std());
-        self.spawn_call(call, cdr, None, &span);
+        self.spawn_call(call, cdr, None, media, &span);
         Ok(())
     }
 
@@ -482,6 +525,7 @@ impl B2bua {
         call: C,
         cdr: CdrContext,
         app: Option<MediaApp>,
+        media: CallMedia,
         span: &tracing::Span,
     ) {
         let (inbox, inputs) = mpsc::unbounded_channel();
@@ -497,7 +541,8 @@ impl B2bua {
         self.metrics.active.inc();
         let b2bua = self.clone();
         tokio::spawn(
-            async move { b2bua.drive(call, inputs, cdr, app).await }.instrument(span.clone()),
+            async move { b2bua.drive(call, inputs, cdr, app, media).await }
+                .instrument(span.clone()),
         );
     }
 
@@ -538,7 +583,7 @@ impl B2bua {
         };
         let caller = self.local_addr_toward(source);
         let media_ip = self.media_ip_toward(&caller);
-        let (lease, socket) = match self.media.ports.bind(media_ip).await {
+        let (lease, socket) = match self.media.ports.bind(media_ip) {
             Ok(bound) => bound,
             Err(e) => {
                 tracing::warn!(error = %e, "no RTP port for a local call");
@@ -575,7 +620,7 @@ impl B2bua {
             }
         };
         tracing::info!(%local_rtp, ?service, "answered by the node");
-        self.spawn_call(call, cdr, Some(app), span);
+        self.spawn_call(call, cdr, Some(app), CallMedia::default(), span);
     }
 
     /// 488 for an offer we cannot take (RFC 3261 §21.4.26, Warning 304/305).
@@ -603,7 +648,7 @@ impl B2bua {
             ended_at: tokio::time::Instant::now().into_std(),
             final_status: Some(488),
         };
-        self.write_cdr(cdr, &end).await;
+        self.write_cdr(cdr, &end, None).await;
     }
 
     /// Refuses a call before any fork (unknown number, offline callee).
@@ -630,7 +675,7 @@ impl B2bua {
             ended_at: tokio::time::Instant::now().into_std(),
             final_status: Some(status),
         };
-        self.write_cdr(cdr, &end).await;
+        self.write_cdr(cdr, &end, None).await;
     }
 
     /// Runs one call to its end: feeds it inputs, client transaction
@@ -642,16 +687,15 @@ impl B2bua {
         mut inputs: mpsc::UnboundedReceiver<Input>,
         cdr: CdrContext,
         mut app: Option<MediaApp>,
+        mut media: CallMedia,
     ) {
         let (replies, mut reply_rx) = mpsc::unbounded_channel();
-        let mut music_listeners = std::collections::HashSet::new();
         loop {
             if let (Some(app), Some(media)) = (app.as_ref(), call.remote_media()) {
                 app.update(media);
             }
             for output in call.drain_outputs() {
-                self.carry_out(output, &replies, &cdr, &mut music_listeners)
-                    .await;
+                self.carry_out(output, &replies, &cdr, &mut media).await;
             }
             if call.is_finished() {
                 break;
@@ -685,9 +729,12 @@ impl B2bua {
         // Stops the application and frees its RTP ports, and the music.
         drop(app);
         if let Some(music) = &self.media.music {
-            for listener in music_listeners {
+            for listener in media.music_listeners {
                 music.remove(listener);
             }
+        }
+        if let Some(anchored) = media.anchored {
+            anchored.stop().await;
         }
         self.metrics.active.dec();
         let mut table = self.table();
@@ -702,7 +749,7 @@ impl B2bua {
         output: Output,
         replies: &mpsc::UnboundedSender<(u64, sip::endpoint::ClientEvent)>,
         cdr: &CdrContext,
-        music_listeners: &mut std::collections::HashSet<u64>,
+        media: &mut CallMedia,
     ) {
         // Listener keys: the call's number with the leg in the low bits.
         let music_key = |listener: usize| (cdr.call_number << 16) | (listener as u64 & 0xffff);
@@ -714,15 +761,21 @@ impl B2bua {
             } => {
                 if let Some(music) = &self.media.music {
                     music.add(music_key(listener), target, codec);
-                    music_listeners.insert(music_key(listener));
+                    media.music_listeners.insert(music_key(listener));
                 }
             }
             Output::StopMusic { listener } => {
                 if let Some(music) = &self.media.music {
                     music.remove(music_key(listener));
-                    music_listeners.remove(&music_key(listener));
+                    media.music_listeners.remove(&music_key(listener));
                 }
             }
+            Output::RelayTo { leg, stream } => {
+                if let Some(anchored) = &media.anchored {
+                    anchored.send_to(leg, &stream);
+                }
+            }
+            Output::Answered => self.start_recording(cdr, media),
             Output::Respond { key, response } => self.endpoint.respond(&key, response),
             Output::Request {
                 txn,
@@ -748,8 +801,34 @@ impl B2bua {
                     by = side_name(end.hangup_by),
                     "call ended"
                 );
-                self.write_cdr(cdr, &end).await;
+                self.write_cdr(cdr, &end, media.recording_id.clone()).await;
             }
+        }
+    }
+
+    /// Records an anchored call from its answer on.
+    fn start_recording(&self, cdr: &CdrContext, media: &mut CallMedia) {
+        let (Some(anchored), Some(reason)) = (&media.anchored, media.record_reason) else {
+            return;
+        };
+        let start_ms = unix_now_ms();
+        let id = crate::repo::new_recording_id(start_ms);
+        let start = RecordingStart {
+            id: id.clone(),
+            tenant_id: cdr.tenant_id.clone(),
+            call_id: cdr.call_id.clone(),
+            from: cdr.from.clone(),
+            to: cdr.to.clone(),
+            reason: reason.to_string(),
+            start_ms,
+        };
+        match self.media.recordings.tap(start) {
+            Ok(tap) => {
+                anchored.tap(tap);
+                tracing::info!(recording = %id, reason, "recording");
+                media.recording_id = Some(id);
+            }
+            Err(e) => tracing::error!(error = %e, "call not recorded"),
         }
     }
 
@@ -758,7 +837,7 @@ impl B2bua {
         cdr.start_ms + u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn write_cdr(&self, context: &CdrContext, end: &CallEnd) {
+    async fn write_cdr(&self, context: &CdrContext, end: &CallEnd, recording_id: Option<String>) {
         self.metrics
             .ended
             .with_label_values(&[end.disposition.as_str()])
@@ -777,6 +856,7 @@ impl B2bua {
             hangup_by: side_name(end.hangup_by).to_string(),
             sip_status: end.final_status,
             node_id: self.config.node_id,
+            recording_id,
         };
         for attempt in 1..=CDR_WRITE_ATTEMPTS {
             match self.repo.put_cdr(&cdr).await {
@@ -845,5 +925,46 @@ impl B2bua {
             Input::StrayResponse(message)
         };
         let _ = inbox.send(input);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RecordingPolicy;
+
+    fn extension(inbound: bool, outbound: bool) -> Extension {
+        Extension {
+            number: "100".into(),
+            display_name: String::new(),
+            username: "100-T".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            max_contacts: 1,
+            min_expires: 60,
+            default_expires: 3600,
+            max_expires: 7200,
+            remove_existing_on_register: true,
+            recording: RecordingPolicy { inbound, outbound },
+        }
+    }
+
+    #[test]
+    fn the_callers_outbound_and_the_callees_inbound_policy_record() {
+        let cases = [
+            ((false, false), (false, false), None),
+            ((false, true), (false, false), Some("outbound")),
+            ((false, false), (true, false), Some("inbound")),
+            ((false, true), (true, false), Some("inbound,outbound")),
+            // The caller's inbound and the callee's outbound are not about this call.
+            ((true, false), (false, true), None),
+        ];
+        for ((ci, co), (ei, eo), reason) in cases {
+            assert_eq!(
+                record_reason(&extension(ci, co), &extension(ei, eo)),
+                reason,
+                "caller {ci}/{co} callee {ei}/{eo}"
+            );
+        }
     }
 }

@@ -15,9 +15,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::echo::law_of;
-use super::ports::PortLease;
 use super::MediaApp;
 use crate::b2bua::local::RemoteMedia;
+use media::ports::PortLease;
 
 /// Frames kept per party between ticks: a little jitter absorbed, no
 /// unbounded delay if a phone sends in bursts.

@@ -14,9 +14,9 @@ use sip::sdp::{AudioCodec, Direction};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::ports::PortLease;
 use super::MediaApp;
 use crate::b2bua::local::RemoteMedia;
+use media::ports::PortLease;
 
 pub fn law_of(codec: AudioCodec) -> Law {
     match codec {

@@ -1,11 +1,12 @@
 //! Media the node anchors itself, for the features that need it: the RTP
 //! port range, the built-in prompts, the media applications (echo test,
-//! conference rooms) and the music-on-hold stream.
+//! conference rooms), the music-on-hold stream, and the relay of calls
+//! whose media is anchored for recording.
 
+pub mod anchor;
 pub mod conference;
 pub mod echo;
 pub mod moh;
-pub mod ports;
 pub mod prompts;
 
 use std::future::Future;

@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use super::echo::law_of;
-use super::ports::PortLease;
+use media::ports::PortLease;
 
 struct Listener {
     target: SocketAddr,

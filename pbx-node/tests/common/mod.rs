@@ -252,24 +252,31 @@ pub fn sipp_passed(output: &std::process::Output, work: &std::path::Path) -> boo
     output.status.success()
 }
 
-/// A plain HTTP/1.1 GET: the status code and the body.
+/// A plain HTTP/1.1 GET: the status code and the body as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, body) = http_get_bytes(addr, path).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub async fn http_get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("send");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.expect("read");
-    let status = reply
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.expect("read");
+    let head_end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of the header");
+    let head = String::from_utf8_lossy(&reply[..head_end]).into_owned();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    (status, reply[head_end + 4..].to_vec())
 }
 
 /// Node logs, shown with a failing test's output.

@@ -175,6 +175,37 @@ impl Headers {
             .collect()
     }
 
+    /// Removes and returns the first value of `name` (the top Via or
+    /// Route), keeping the rest of a comma list in place.
+    pub fn pop_first(&mut self, name: &str) -> Option<String> {
+        let name = canonical_name(name);
+        let index = self
+            .0
+            .iter()
+            .position(|h| h.name.eq_ignore_ascii_case(&name))?;
+        let values: Vec<String> = split_list(&self.0[index].value)
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut values = values.into_iter();
+        let first = values.next();
+        let rest: Vec<String> = values.collect();
+        if rest.is_empty() {
+            self.0.remove(index);
+        } else {
+            self.0[index].value = rest.join(", ");
+        }
+        first
+    }
+
+    /// Removes every field of `name`, returning their values in order.
+    pub fn take_all(&mut self, name: &str) -> Vec<String> {
+        let values = self.list(name).into_iter().map(str::to_string).collect();
+        self.remove(name);
+        values
+    }
+
     /// The one value of a header that must appear exactly once.
     pub(crate) fn single(&self, name: &'static str) -> Result<&str, HeaderError> {
         let mut all = self.get_all(name);
@@ -254,5 +285,17 @@ mod tests {
         assert!(err);
         h.push("Via", ",");
         assert!(h.parse_list("Via", |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn pop_first_takes_the_top_value_of_a_list() {
+        let mut h = Headers::new();
+        h.push("Via", "SIP/2.0/UDP a, SIP/2.0/UDP b");
+        h.push("Via", "SIP/2.0/UDP c");
+        assert_eq!(h.pop_first("v").as_deref(), Some("SIP/2.0/UDP a"));
+        assert_eq!(h.list("Via"), ["SIP/2.0/UDP b", "SIP/2.0/UDP c"]);
+        assert_eq!(h.pop_first("Via").as_deref(), Some("SIP/2.0/UDP b"));
+        assert_eq!(h.take_all("Via"), ["SIP/2.0/UDP c"]);
+        assert_eq!(h.pop_first("Via"), None);
     }
 }

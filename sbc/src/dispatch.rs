@@ -1,0 +1,253 @@
+//! Which pbx-node gets a new dialog or registration, sans-IO: every node
+//! is probed with OPTIONS each `interval`; a probe unanswered within
+//! `timeout` (or a send that fails) marks the node down at once, one
+//! answer marks it up again. New work goes to a healthy node that is not
+//! draining, chosen by rendezvous hashing of the Call-ID, so retransmissions,
+//! CANCEL and the resubmission after a digest challenge reach the same node,
+//! and a node going down moves only its own share.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(900),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeChange {
+    Up(usize),
+    Down(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    addr: SocketAddr,
+    healthy: bool,
+    draining: bool,
+    next_probe: Instant,
+    /// The probe in flight: its number and when it is given up.
+    pending: Option<(u64, Instant)>,
+}
+
+/// A node's state as the operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    pub draining: bool,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    config: DispatchConfig,
+    nodes: Vec<Node>,
+    next_probe_id: u64,
+}
+
+/// A probe to send: OPTIONS to `addr`, reported back with `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub node: usize,
+    pub addr: SocketAddr,
+    pub id: u64,
+}
+
+impl Dispatcher {
+    /// Nodes start unknown-but-usable: healthy until a probe says otherwise,
+    /// so the SBC serves at once after a start.
+    pub fn new(addrs: &[SocketAddr], config: DispatchConfig, now: Instant) -> Dispatcher {
+        Dispatcher {
+            config,
+            nodes: addrs
+                .iter()
+                .map(|&addr| Node {
+                    addr,
+                    healthy: true,
+                    draining: false,
+                    next_probe: now,
+                    pending: None,
+                })
+                .collect(),
+            next_probe_id: 1,
+        }
+    }
+
+    pub fn addr(&self, node: usize) -> Option<SocketAddr> {
+        self.nodes.get(node).map(|n| n.addr)
+    }
+
+    pub fn node_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
+    pub fn status(&self) -> Vec<NodeStatus> {
+        self.nodes
+            .iter()
+            .map(|n| NodeStatus {
+                addr: n.addr,
+                healthy: n.healthy,
+                draining: n.draining,
+            })
+            .collect()
+    }
+
+    /// A draining node gets no new dialogs; its dialogs go on.
+    pub fn set_draining(&mut self, node: usize, draining: bool) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.draining = draining;
+        }
+    }
+
+    /// The node for new work keyed by `key` (the Call-ID).
+    pub fn pick(&self, key: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.healthy && !n.draining)
+            .max_by_key(|(i, _)| {
+                let mut hash = Sha256::new();
+                hash.update((*i as u64).to_be_bytes());
+                hash.update(key.as_bytes());
+                let digest = hash.finalize();
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&digest[..8]);
+                u64::from_be_bytes(first)
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// Probes due now; each is then in flight until answered or timed out.
+    pub fn probes_due(&mut self, now: Instant) -> Vec<Probe> {
+        let mut due = Vec::new();
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if node.pending.is_none() && node.next_probe <= now {
+                let id = self.next_probe_id;
+                self.next_probe_id += 1;
+                node.pending = Some((id, now + self.config.timeout));
+                node.next_probe = now + self.config.interval;
+                due.push(Probe {
+                    node: index,
+                    addr: node.addr,
+                    id,
+                });
+            }
+        }
+        due
+    }
+
+    /// Any response to probe `id` means the node is alive.
+    pub fn probe_answered(&mut self, id: u64) -> Option<NodeChange> {
+        let (index, node) = self
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .find(|(_, n)| n.pending.is_some_and(|(p, _)| p == id))?;
+        node.pending = None;
+        (!std::mem::replace(&mut node.healthy, true)).then_some(NodeChange::Up(index))
+    }
+
+    /// Sending to the node failed (e.g. ICMP port unreachable): down now.
+    pub fn send_failed(&mut self, node: usize) -> Option<NodeChange> {
+        let n = self.nodes.get_mut(node)?;
+        std::mem::replace(&mut n.healthy, false).then_some(NodeChange::Down(node))
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.nodes
+            .iter()
+            .map(|n| match n.pending {
+                Some((_, deadline)) => deadline,
+                None => n.next_probe,
+            })
+            .min()
+    }
+
+    /// Gives up probes past their timeout; returns the nodes that went down.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<NodeChange> {
+        let mut changes = Vec::new();
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if node.pending.is_some_and(|(_, deadline)| deadline <= now) {
+                node.pending = None;
+                if std::mem::replace(&mut node.healthy, false) {
+                    changes.push(NodeChange::Down(index));
+                }
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three(now: Instant) -> Dispatcher {
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}:5060").parse().unwrap())
+            .collect();
+        Dispatcher::new(&addrs, DispatchConfig::default(), now)
+    }
+
+    #[test]
+    fn picks_are_stable_and_only_the_dead_nodes_share_moves() {
+        let t0 = Instant::now();
+        let mut d = three(t0);
+        let keys: Vec<String> = (0..300).map(|i| format!("call-{i}")).collect();
+        let before: Vec<usize> = keys.iter().map(|k| d.pick(k).unwrap()).collect();
+        for node in 0..3 {
+            let share = before.iter().filter(|&&n| n == node).count();
+            assert!(
+                (60..=140).contains(&share),
+                "node {node} gets {share} of 300"
+            );
+        }
+        assert_eq!(d.send_failed(1), Some(NodeChange::Down(1)));
+        assert_eq!(d.send_failed(1), None, "reported once");
+        for (key, was) in keys.iter().zip(&before) {
+            let now = d.pick(key).unwrap();
+            assert_ne!(now, 1);
+            if *was != 1 {
+                assert_eq!(now, *was, "{key} stays where it was");
+            }
+        }
+        d.set_draining(0, true);
+        assert!(keys.iter().all(|k| d.pick(k) == Some(2)));
+        d.send_failed(2);
+        assert_eq!(d.pick("any"), None, "nothing healthy and not draining");
+    }
+
+    #[test]
+    fn an_unanswered_probe_marks_down_and_an_answer_marks_up() {
+        let t0 = Instant::now();
+        let mut d = three(t0);
+        let probes = d.probes_due(t0);
+        assert_eq!(probes.len(), 3);
+        assert!(d.probes_due(t0).is_empty(), "one probe in flight per node");
+        assert_eq!(d.probe_answered(probes[0].id), None, "was already up");
+        assert_eq!(d.probe_answered(probes[2].id), None);
+        assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_millis(900)));
+        let changes = d.handle_timeout(t0 + Duration::from_millis(900));
+        assert_eq!(changes, vec![NodeChange::Down(1)]);
+        assert!(d.status()[0].healthy && !d.status()[1].healthy);
+
+        let t1 = t0 + Duration::from_secs(1);
+        let probes = d.probes_due(t1);
+        assert_eq!(probes.len(), 3);
+        let for_node_1 = probes.iter().find(|p| p.node == 1).unwrap();
+        assert_eq!(d.probe_answered(for_node_1.id), Some(NodeChange::Up(1)));
+        assert_eq!(d.probe_answered(for_node_1.id), None, "answered once");
+    }
+}

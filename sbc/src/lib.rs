@@ -1,0 +1,15 @@
+//! sbc: the edge of the appliance, the only process phones talk to. It
+//! owns every client connection (UDP, TCP, TLS, WSS), proxies signalling to
+//! healthy pbx-nodes while hiding them, and relays every call's RTP. See
+//! README.md.
+
+pub mod config;
+pub mod dispatch;
+pub mod proxy;
+pub mod relay;
+pub mod server;
+pub mod tls;
+pub mod token;
+
+pub use config::{Args, SbcConfig};
+pub use server::{Sbc, SbcError, Status};

@@ -1,0 +1,996 @@
+//! The SBC's signalling core, sans-IO: fed messages from phones (with the
+//! flow they came over) and from pbx-nodes, and time; returns where to
+//! send what. It is a proxy that hides the inside:
+//!
+//! * **Phone → node.** New dialogs and registrations go to a healthy node
+//!   ([`Dispatcher`]); in-dialog requests go to the node named by the token
+//!   in their Request-URI. We add our Via (carrying the flow token, so the
+//!   response finds its way back statelessly), a Path with the flow token on
+//!   REGISTER (RFC 3327, RFC 5626 §5.1), and replace the phone's Contact in
+//!   dialogs by one at our internal address whose token holds the flow and
+//!   the phone's own Contact: whichever node sends the next in-dialog
+//!   request, it reaches us and goes out over the phone's own connection.
+//! * **Node → phone.** The top Route (the Path) or the Request-URI (a
+//!   rewritten Contact) names the flow. Every Via of the inside is taken off
+//!   and kept here until the response, so the phone sees one Via, ours; the
+//!   node's Contact becomes a node token at our public address; Record-Route
+//!   and Path never leave. SDP is re-addressed to our media relay on both
+//!   sides ([`MediaAnchor`]), so no internal address leaves in any header or body.
+//!
+//! Call-IDs are the nodes' own, which are random tokens with no address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use sip::message::{parse_name_addr, Method, SipMessage, Uri};
+use sip::transport::Transport;
+
+use crate::dispatch::{Dispatcher, NodeChange, Probe};
+use crate::token::{Flow, TokenKey};
+
+/// Where we are, as each side must see us.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Our SIP address toward the pbx-nodes (UDP).
+    pub internal: SocketAddr,
+    /// The host phones see in our Via and Contact (public IP or name).
+    pub public_host: String,
+    /// Our public port for each transport phones use.
+    pub public_ports: PublicPorts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicPorts {
+    pub udp: u16,
+    pub tcp: u16,
+    pub tls: u16,
+    pub ws: u16,
+    pub wss: u16,
+}
+
+impl PublicPorts {
+    fn of(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp => self.udp,
+            Transport::Tcp => self.tcp,
+            Transport::Tls => self.tls,
+            Transport::Ws => self.ws,
+            Transport::Wss => self.wss,
+        }
+    }
+}
+
+/// Which way an SDP body is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From a phone to a node.
+    Inward,
+    /// From a node to a phone.
+    Outward,
+}
+
+/// The media relay, as signalling steers it.
+pub trait MediaAnchor {
+    /// An SDP body of call `call_id` going `direction`, re-addressed to our
+    /// relay's side facing its recipient; `None` = pass it unchanged.
+    fn rewrite(&mut self, call_id: &str, direction: Direction, body: &[u8]) -> Option<Vec<u8>>;
+    /// A 2xx answered an INVITE of the call.
+    fn answered(&mut self, call_id: &str);
+    /// An INVITE of the call failed: the call ends unless it was answered.
+    fn failed(&mut self, call_id: &str);
+    /// The call ended (BYE).
+    fn end(&mut self, call_id: &str);
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Send to a phone over its flow; if the flow is gone, send
+    /// `if_flow_gone` back to the node (430 Flow Failed, RFC 5626 §5.3).
+    ToPhone {
+        flow: Flow,
+        message: SipMessage,
+        if_flow_gone: Option<Box<(usize, SipMessage)>>,
+    },
+    ToNode {
+        node: usize,
+        message: SipMessage,
+    },
+    /// A node went up or down (for logs and metrics).
+    Node(NodeChange),
+}
+
+/// The inside's Via stack of a request we sent to a phone.
+#[derive(Debug)]
+struct Hidden {
+    vias: Vec<String>,
+    node: usize,
+    until: Instant,
+}
+
+/// How long a node→phone transaction's Vias are kept: the longest an
+/// INVITE may ring, then 2xx retransmissions.
+const HIDDEN_INVITE: Duration = Duration::from_secs(300);
+const HIDDEN_OTHER: Duration = Duration::from_secs(40);
+const PROBE_CALL_ID: &str = "sbc-probe-";
+
+pub struct Proxy<M> {
+    key: TokenKey,
+    config: ProxyConfig,
+    pub dispatcher: Dispatcher,
+    pub media: M,
+    hidden: HashMap<(String, String), Hidden>,
+}
+
+/// `z9hG4bK` and a hash of what identifies the transaction upstream, so a
+/// retransmission, the CANCEL and the non-2xx ACK of a request get the same
+/// branch as the request itself (RFC 3261 §16.11).
+fn derived_branch(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    format!("z9hG4bK{}", hex_prefix(&digest, 12))
+}
+
+fn hex_prefix(bytes: &[u8], len: usize) -> String {
+    bytes.iter().take(len).map(|b| format!("{b:02x}")).collect()
+}
+
+fn reply(request: &SipMessage, status: u16) -> SipMessage {
+    request.response(status)
+}
+
+fn is_sdp(message: &SipMessage) -> bool {
+    message.content_type().is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    }) && !message.body().is_empty()
+}
+
+/// The user part of a SIP URI `uri` if its host:port is `host`/`port`.
+fn user_at<'a>(uri: &'a Uri, host: &str, port: u16) -> Option<&'a str> {
+    let sip = uri.as_sip()?;
+    let host_matches = sip.host.eq_ignore_ascii_case(host)
+        || sip.host.trim_matches(['[', ']']) == host.trim_matches(['[', ']']);
+    (host_matches && sip.port.unwrap_or(5060) == port)
+        .then_some(sip.user.as_deref())
+        .flatten()
+}
+
+fn transport_param(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+        Transport::Ws => ";transport=ws",
+        Transport::Wss => ";transport=wss",
+    }
+}
+
+impl<M: MediaAnchor> Proxy<M> {
+    pub fn new(key: TokenKey, config: ProxyConfig, dispatcher: Dispatcher, media: M) -> Self {
+        Proxy {
+            key,
+            config,
+            dispatcher,
+            media,
+            hidden: HashMap::new(),
+        }
+    }
+
+    fn internal_host(&self) -> String {
+        match self.config.internal {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        }
+    }
+
+    /// A message from a phone, validated by the transport driver.
+    pub fn from_phone(&mut self, flow: Flow, message: SipMessage, now: Instant) -> Vec<Action> {
+        if message.is_request() {
+            self.request_from_phone(flow, message)
+        } else {
+            self.response_from_phone(flow, message, now)
+        }
+    }
+
+    /// A message from the node at `source`.
+    pub fn from_node(
+        &mut self,
+        source: SocketAddr,
+        message: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Some(node) = self.dispatcher.node_at(source) else {
+            tracing::warn!(%source, "SIP from an address that is no configured node: dropped");
+            return Vec::new();
+        };
+        if message.is_request() {
+            self.request_from_node(node, message, now)
+        } else {
+            self.response_from_node(node, message)
+        }
+    }
+
+    /// Decrements Max-Forwards; `false` when it was exhausted.
+    fn forward_hop(message: &mut SipMessage) -> bool {
+        match message.max_forwards() {
+            Ok(Some(0)) => false,
+            Ok(Some(n)) => {
+                message.headers.set("Max-Forwards", (n - 1).to_string());
+                true
+            }
+            _ => {
+                message.headers.set("Max-Forwards", "70");
+                true
+            }
+        }
+    }
+
+    fn request_from_phone(&mut self, flow: Flow, mut request: SipMessage) -> Vec<Action> {
+        let Some(method) = request.method().cloned() else {
+            return Vec::new();
+        };
+        let answer = |status: u16, request: &SipMessage| {
+            if method == Method::Ack {
+                Vec::new()
+            } else {
+                vec![Action::ToPhone {
+                    flow,
+                    message: reply(request, status),
+                    if_flow_gone: None,
+                }]
+            }
+        };
+        if !Self::forward_hop(&mut request) {
+            return answer(483, &request);
+        }
+        let call_id = request.call_id().unwrap_or_default().to_string();
+        // A phone with us as outbound proxy names us in a Route: consumed.
+        let public_port = self.config.public_ports.of(flow.transport);
+        while let Some(top) = request.headers.list("Route").first().copied() {
+            let ours = parse_name_addr(top).is_ok_and(|r| {
+                r.uri
+                    .as_sip()
+                    .is_some_and(|u| u.host.eq_ignore_ascii_case(&self.config.public_host))
+            });
+            if !ours {
+                break;
+            }
+            request.headers.pop_first("Route");
+        }
+        // In-dialog: the Request-URI is a node token we handed out.
+        let in_dialog = request
+            .request_uri()
+            .and_then(|uri| user_at(uri, &self.config.public_host, public_port))
+            .and_then(|user| self.key.open_node_contact(user));
+        let node = match in_dialog {
+            Some((node, user, params)) => {
+                let Some(addr) = self.dispatcher.addr(node) else {
+                    return answer(404, &request);
+                };
+                let uri = format!("sip:{user}@{addr}{params}");
+                match uri.parse() {
+                    Ok(uri) => set_request_uri(&mut request, uri),
+                    Err(_) => return answer(400, &request),
+                }
+                node
+            }
+            None => match self.dispatcher.pick(&call_id) {
+                Some(node) => node,
+                None => {
+                    tracing::warn!(%call_id, "no healthy pbx-node: 503");
+                    let mut busy = reply(&request, 503);
+                    busy.headers.push("Retry-After", "5");
+                    return if method == Method::Ack {
+                        Vec::new()
+                    } else {
+                        vec![Action::ToPhone {
+                            flow,
+                            message: busy,
+                            if_flow_gone: None,
+                        }]
+                    };
+                }
+            },
+        };
+        let top_branch = request
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
+        let flow_token = self.key.flow_token(&flow);
+        let branch = derived_branch(&[&top_branch, &flow_token]);
+        request.headers.push_front(
+            "Via",
+            format!(
+                "SIP/2.0/UDP {};branch={branch};ft={flow_token}",
+                self.config.internal
+            ),
+        );
+        if method == Method::Register {
+            request.headers.push_front(
+                "Path",
+                format!("<sip:{flow_token}@{};lr;ob>", self.config.internal),
+            );
+            if !request
+                .headers
+                .list("Supported")
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("path"))
+            {
+                request.headers.push("Supported", "path");
+            }
+        } else {
+            self.rewrite_phone_contact(&flow, &mut request);
+        }
+        if is_sdp(&request) {
+            if let Some(body) = self
+                .media
+                .rewrite(&call_id, Direction::Inward, request.body())
+            {
+                request.body = body;
+            }
+        }
+        if method == Method::Bye {
+            self.media.end(&call_id);
+        }
+        vec![Action::ToNode {
+            node,
+            message: request,
+        }]
+    }
+
+    /// The phone's Contact as the nodes must see it: at our internal
+    /// address, with its flow and its own URI in the token.
+    fn rewrite_phone_contact(&self, flow: &Flow, message: &mut SipMessage) {
+        let Some(contact) = message.headers.get("Contact") else {
+            return;
+        };
+        let Ok(address) = parse_name_addr(contact) else {
+            return;
+        };
+        let token = self.key.flow_contact_token(flow, &address.uri.to_string());
+        message
+            .headers
+            .set("Contact", format!("<sip:{token}@{}>", self.config.internal));
+    }
+
+    /// The node's Contact as phones must see it: a token at our public
+    /// address, for the transport of the phone's flow.
+    fn rewrite_node_contact(&self, node: usize, flow: &Flow, message: &mut SipMessage) {
+        let Some(contact) = message.headers.get("Contact") else {
+            return;
+        };
+        let Ok(address) = parse_name_addr(contact) else {
+            message.headers.remove("Contact");
+            return;
+        };
+        let Some(uri) = address.uri.as_sip() else {
+            message.headers.remove("Contact");
+            return;
+        };
+        let params: String = uri
+            .params
+            .iter()
+            .filter(|p| !p.name.eq_ignore_ascii_case("transport"))
+            .map(|p| p.to_string())
+            .collect();
+        let user = uri.user.clone().unwrap_or_default();
+        match self.key.node_contact_token(node, &user, &params) {
+            Some(token) => message.headers.set(
+                "Contact",
+                format!(
+                    "<sip:{token}@{}:{}{}>",
+                    self.config.public_host,
+                    self.config.public_ports.of(flow.transport),
+                    transport_param(flow.transport)
+                ),
+            ),
+            None => message.headers.remove("Contact"),
+        }
+    }
+
+    fn response_from_phone(
+        &mut self,
+        flow: Flow,
+        mut response: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Some(branch) = response
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_string))
+        else {
+            return Vec::new();
+        };
+        let Ok(cseq) = response.cseq() else {
+            return Vec::new();
+        };
+        let key = (branch, cseq.method.as_str().to_string());
+        let Some(hidden) = self.hidden.get_mut(&key) else {
+            tracing::debug!(branch = %key.0, "response to no request of ours: dropped");
+            return Vec::new();
+        };
+        hidden.until = hidden.until.max(now + HIDDEN_OTHER);
+        let (node, vias) = (hidden.node, hidden.vias.clone());
+        response.headers.remove("Via");
+        for via in vias.iter().rev() {
+            response.headers.push_front("Via", via.clone());
+        }
+        let status = response.status().unwrap_or(0);
+        let call_id = response.call_id().unwrap_or_default().to_string();
+        if cseq.method != Method::Register {
+            self.rewrite_phone_contact(&flow, &mut response);
+        }
+        if is_sdp(&response) {
+            if let Some(body) = self
+                .media
+                .rewrite(&call_id, Direction::Inward, response.body())
+            {
+                response.body = body;
+            }
+        }
+        self.note_invite_outcome(&cseq.method, status, &call_id);
+        vec![Action::ToNode {
+            node,
+            message: response,
+        }]
+    }
+
+    fn note_invite_outcome(&mut self, method: &Method, status: u16, call_id: &str) {
+        if *method != Method::Invite {
+            return;
+        }
+        match status {
+            200..=299 => self.media.answered(call_id),
+            300.. => self.media.failed(call_id),
+            _ => {}
+        }
+    }
+
+    fn request_from_node(
+        &mut self,
+        node: usize,
+        mut request: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Some(method) = request.method().cloned() else {
+            return Vec::new();
+        };
+        let original = request.clone();
+        let refuse = |status: u16| {
+            if method == Method::Ack {
+                Vec::new()
+            } else {
+                vec![Action::ToNode {
+                    node,
+                    message: reply(&original, status),
+                }]
+            }
+        };
+        if !Self::forward_hop(&mut request) {
+            return refuse(483);
+        }
+        let internal_host = self.internal_host();
+        let internal_port = self.config.internal.port();
+        // The Path (our flow token) as the top Route …
+        let mut flow = None;
+        if let Some(top) = request.headers.list("Route").first() {
+            if let Ok(route) = parse_name_addr(top) {
+                flow = user_at(&route.uri, &internal_host, internal_port)
+                    .and_then(|user| self.key.open_flow(user));
+            }
+            if flow.is_some() {
+                request.headers.pop_first("Route");
+            }
+        }
+        // … or a phone Contact we rewrote, as the Request-URI.
+        if flow.is_none() {
+            let target = request
+                .request_uri()
+                .and_then(|uri| user_at(uri, &internal_host, internal_port))
+                .and_then(|user| self.key.open_flow_contact(user));
+            if let Some((found, uri)) = target {
+                match uri.parse() {
+                    Ok(uri) => set_request_uri(&mut request, uri),
+                    Err(_) => return refuse(400),
+                }
+                flow = Some(found);
+            }
+        }
+        let Some(flow) = flow else {
+            tracing::warn!(method = %method.as_str(), "request from a node names no flow of ours: 404");
+            return refuse(404);
+        };
+        let call_id = request.call_id().unwrap_or_default().to_string();
+        let top_branch = request
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
+        let branch = derived_branch(&[&top_branch, &node.to_string()]);
+        let vias = request.headers.take_all("Via");
+        if method != Method::Ack {
+            let ttl = if method == Method::Invite {
+                HIDDEN_INVITE
+            } else {
+                HIDDEN_OTHER
+            };
+            self.hidden.insert(
+                (branch.clone(), method.as_str().to_string()),
+                Hidden {
+                    vias,
+                    node,
+                    until: now + ttl,
+                },
+            );
+        }
+        request.headers.push_front(
+            "Via",
+            format!(
+                "SIP/2.0/{} {}:{};branch={branch};rport",
+                flow.transport.via_name(),
+                self.config.public_host,
+                self.config.public_ports.of(flow.transport)
+            ),
+        );
+        request.headers.remove("Record-Route");
+        request.headers.remove("Route");
+        self.rewrite_node_contact(node, &flow, &mut request);
+        if is_sdp(&request) {
+            if let Some(body) = self
+                .media
+                .rewrite(&call_id, Direction::Outward, request.body())
+            {
+                request.body = body;
+            }
+        }
+        if method == Method::Bye {
+            self.media.end(&call_id);
+        }
+        let if_flow_gone = (method != Method::Ack).then(|| Box::new((node, reply(&original, 430))));
+        vec![Action::ToPhone {
+            flow,
+            message: request,
+            if_flow_gone,
+        }]
+    }
+
+    fn response_from_node(&mut self, node: usize, mut response: SipMessage) -> Vec<Action> {
+        let call_id = response.call_id().unwrap_or_default().to_string();
+        if let Some(probe) = call_id.strip_prefix(PROBE_CALL_ID) {
+            return probe
+                .parse()
+                .ok()
+                .and_then(|id| self.dispatcher.probe_answered(id))
+                .map(Action::Node)
+                .into_iter()
+                .collect();
+        }
+        let Some(ours) = response.headers.pop_first("Via") else {
+            return Vec::new();
+        };
+        let flow = sip::message::syntax::parse_via(&ours)
+            .ok()
+            .and_then(|via| via.param("ft").and_then(|p| p.value.clone()))
+            .and_then(|token| self.key.open_flow(&token));
+        let Some(flow) = flow else {
+            tracing::debug!("response from a node without our Via: dropped");
+            return Vec::new();
+        };
+        let Ok(cseq) = response.cseq() else {
+            return Vec::new();
+        };
+        // The inside's routing never leaves (RFC 3327 echoes Path in the 200).
+        response.headers.remove("Path");
+        response.headers.remove("Record-Route");
+        // A registrar's 200 lists the phone's own bindings: they stay.
+        if cseq.method != Method::Register {
+            self.rewrite_node_contact(node, &flow, &mut response);
+        }
+        if is_sdp(&response) {
+            if let Some(body) = self
+                .media
+                .rewrite(&call_id, Direction::Outward, response.body())
+            {
+                response.body = body;
+            }
+        }
+        self.note_invite_outcome(&cseq.method, response.status().unwrap_or(0), &call_id);
+        vec![Action::ToPhone {
+            flow,
+            message: response,
+            if_flow_gone: None,
+        }]
+    }
+
+    /// An OPTIONS probe of `probe.node`.
+    pub fn probe_request(&self, probe: &Probe) -> SipMessage {
+        let text = format!(
+            "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKprobe{id}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:sbc@{us}>;tag=sbc\r\nTo: <sip:{addr}>\r\n\
+             Call-ID: {PROBE_CALL_ID}{id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            addr = probe.addr,
+            us = self.config.internal,
+            id = probe.id
+        );
+        // Built from our own well-formed text: it parses.
+        sip::message::parse_datagram(text.as_bytes()).unwrap_or_else(|_| unreachable!())
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.dispatcher.poll_timeout()
+    }
+
+    /// Probes due and probes given up; forgets Vias past their time.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        self.hidden.retain(|_, h| h.until > now);
+        let mut actions: Vec<Action> = self
+            .dispatcher
+            .handle_timeout(now)
+            .into_iter()
+            .map(Action::Node)
+            .collect();
+        for probe in self.dispatcher.probes_due(now) {
+            actions.push(Action::ToNode {
+                node: probe.node,
+                message: self.probe_request(&probe),
+            });
+        }
+        actions
+    }
+
+    /// The driver could not send to `node`.
+    pub fn node_unreachable(&mut self, node: usize) -> Option<Action> {
+        self.dispatcher.send_failed(node).map(Action::Node)
+    }
+}
+
+fn set_request_uri(request: &mut SipMessage, uri: Uri) {
+    if let sip::message::StartLine::Request { uri: target, .. } = &mut request.start {
+        *target = uri;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::DispatchConfig;
+    use sip::message::parse_datagram;
+
+    /// Records what signalling told the media relay; answers with a marker SDP.
+    #[derive(Default)]
+    struct FakeMedia {
+        log: Vec<String>,
+    }
+
+    impl MediaAnchor for FakeMedia {
+        fn rewrite(
+            &mut self,
+            call_id: &str,
+            direction: Direction,
+            _body: &[u8],
+        ) -> Option<Vec<u8>> {
+            self.log.push(format!("rewrite {call_id} {direction:?}"));
+            Some(format!("v=0\r\nc=IN IP4 {direction:?}\r\n").into_bytes())
+        }
+        fn answered(&mut self, call_id: &str) {
+            self.log.push(format!("answered {call_id}"));
+        }
+        fn failed(&mut self, call_id: &str) {
+            self.log.push(format!("failed {call_id}"));
+        }
+        fn end(&mut self, call_id: &str) {
+            self.log.push(format!("end {call_id}"));
+        }
+    }
+
+    const NODES: [&str; 2] = ["10.0.0.1:5060", "10.0.0.2:5060"];
+
+    fn proxy(now: Instant) -> Proxy<FakeMedia> {
+        let nodes: Vec<SocketAddr> = NODES.iter().map(|n| n.parse().unwrap()).collect();
+        Proxy::new(
+            TokenKey::generate(),
+            ProxyConfig {
+                internal: "10.0.0.100:5080".parse().unwrap(),
+                public_host: "203.0.113.1".into(),
+                public_ports: PublicPorts {
+                    udp: 5060,
+                    tcp: 5060,
+                    tls: 5061,
+                    ws: 8443,
+                    wss: 8443,
+                },
+            },
+            Dispatcher::new(&nodes, DispatchConfig::default(), now),
+            FakeMedia::default(),
+        )
+    }
+
+    fn phone() -> Flow {
+        Flow {
+            transport: Transport::Tls,
+            remote: "198.51.100.7:40001".parse().unwrap(),
+        }
+    }
+
+    fn parse(text: &str) -> SipMessage {
+        parse_datagram(text.replace('\n', "\r\n").as_bytes()).expect("test message")
+    }
+
+    fn with_sdp(head: &str) -> SipMessage {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 192.168.1.7\r\ns=-\r\nc=IN IP4 192.168.1.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        parse(&format!(
+            "{head}Content-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            sdp.len()
+        ))
+    }
+
+    fn one(actions: Vec<Action>) -> Action {
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        actions.into_iter().next().unwrap()
+    }
+
+    fn to_node(action: Action) -> (usize, SipMessage) {
+        match action {
+            Action::ToNode { node, message } => (node, message),
+            other => panic!("expected ToNode, got {other:?}"),
+        }
+    }
+
+    fn to_phone(action: Action) -> (Flow, SipMessage, Option<Box<(usize, SipMessage)>>) {
+        match action {
+            Action::ToPhone {
+                flow,
+                message,
+                if_flow_gone,
+            } => (flow, message, if_flow_gone),
+            other => panic!("expected ToPhone, got {other:?}"),
+        }
+    }
+
+    /// Nothing of the inside may leave: no 10.0.0.x, whatever the header.
+    fn assert_hidden(message: &SipMessage) {
+        let text = String::from_utf8_lossy(&message.to_bytes()).into_owned();
+        assert!(
+            !text.contains("10.0.0."),
+            "internal address leaked:\n{text}"
+        );
+    }
+
+    #[test]
+    fn register_gets_a_path_with_the_flow_and_the_reply_comes_back_over_it() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let register = parse(
+            "REGISTER sip:demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKr1\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: reg-1\nCSeq: 1 REGISTER\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n\
+             Content-Length: 0\n\n",
+        );
+        let (node, forwarded) = to_node(one(p.from_phone(phone(), register.clone(), t0)));
+        let again = to_node(one(p.from_phone(phone(), register, t0)));
+        assert_eq!(again.0, node, "a retransmission goes to the same node");
+        assert_eq!(again.1.headers.get("Via"), forwarded.headers.get("Via"));
+        assert_eq!(forwarded.max_forwards().unwrap(), Some(69));
+        let path = forwarded.headers.get("Path").expect("Path");
+        assert!(path.starts_with("<sip:") && path.contains("@10.0.0.100:5080;lr;ob>"));
+        assert!(forwarded.headers.list("Supported").contains(&"path"));
+        assert_eq!(
+            forwarded.headers.get("Contact"),
+            Some("<sip:100@192.168.1.7:5061;transport=tls>"),
+            "a binding keeps the phone's own Contact"
+        );
+        assert_eq!(forwarded.headers.list("Via").len(), 2);
+
+        let mut ok = forwarded.response(200);
+        ok.headers.push("Path", path.to_string());
+        let bindings = "<sip:100@192.168.1.7:5061;transport=tls>;expires=300";
+        ok.headers.push("Contact", bindings);
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        let (flow, reply, _) = to_phone(one(p.from_node(source, ok, t0)));
+        assert_eq!(flow, phone());
+        assert_eq!(
+            reply.headers.list("Via"),
+            ["SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKr1"]
+        );
+        assert!(reply.headers.get("Path").is_none());
+        assert_eq!(
+            reply.headers.get("Contact"),
+            Some(bindings),
+            "bindings listed as they are"
+        );
+        assert_hidden(&reply);
+    }
+
+    #[test]
+    fn a_call_to_the_phone_hides_the_node_and_its_dialog_comes_back_over_the_flow() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let path = format!("<sip:{}@10.0.0.100:5080;lr;ob>", p.key.flow_token(&phone()));
+        let invite = with_sdp(&format!(
+            "INVITE sip:100@192.168.1.7:5061;transport=tls SIP/2.0\n\
+             Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKnode1\nRoute: {path}\nMax-Forwards: 70\n\
+             From: \"Demo 101\" <sip:101@demo.pbx.local>;tag=b2b\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: fork-1\nCSeq: 1 INVITE\nContact: <sip:pbx@10.0.0.2:5060>\n"
+        ));
+        let node_addr: SocketAddr = NODES[1].parse().unwrap();
+        let (flow, out, if_gone) = to_phone(one(p.from_node(node_addr, invite, t0)));
+        assert_eq!(flow, phone());
+        assert_hidden(&out);
+        let vias = out.headers.list("Via");
+        assert_eq!(vias.len(), 1);
+        assert!(vias[0].starts_with("SIP/2.0/TLS 203.0.113.1:5061;branch=z9hG4bK"));
+        assert!(out.headers.get("Route").is_none());
+        let contact = out.headers.get("Contact").expect("Contact").to_string();
+        assert!(
+            contact.ends_with("@203.0.113.1:5061;transport=tls>"),
+            "{contact}"
+        );
+        assert_eq!(out.body(), b"v=0\r\nc=IN IP4 Outward\r\n");
+        assert_eq!(
+            if_gone.expect("430 if the flow is gone").1.status(),
+            Some(430)
+        );
+
+        // The phone answers: the node gets its own Vias back, and a Contact
+        // at our internal address holding the flow.
+        let mut ok = out.response(200);
+        ok.ensure_to_tag("phone");
+        ok.headers
+            .push("Contact", "<sip:100@192.168.1.7:5061;transport=tls>");
+        ok.headers.set("Content-Type", "application/sdp");
+        ok.body = b"v=0\r\n".to_vec();
+        let (node, inside) = to_node(one(p.from_phone(phone(), ok, t0)));
+        assert_eq!(node, 1);
+        assert_eq!(
+            inside.headers.list("Via"),
+            ["SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKnode1"]
+        );
+        let phone_contact = parse_name_addr(inside.headers.get("Contact").unwrap()).unwrap();
+        assert_eq!(
+            phone_contact
+                .uri
+                .as_sip()
+                .map(|u| (u.host.as_str(), u.port)),
+            Some(("10.0.0.100", Some(5080)))
+        );
+        assert_eq!(
+            p.media.log,
+            [
+                "rewrite fork-1 Outward",
+                "rewrite fork-1 Inward",
+                "answered fork-1"
+            ]
+        );
+
+        // Any node's BYE to that Contact leaves over the phone's flow,
+        // addressed to the phone's own Contact.
+        let bye = parse(&format!(
+            "BYE {} SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKbye\nMax-Forwards: 70\n\
+             From: <sip:101@demo.pbx.local>;tag=b2b\nTo: <sip:100@demo.pbx.local>;tag=phone\n\
+             Call-ID: fork-1\nCSeq: 2 BYE\nContent-Length: 0\n\n",
+            phone_contact.uri
+        ));
+        let (flow, out, _) = to_phone(one(p.from_node(NODES[0].parse().unwrap(), bye, t0)));
+        assert_eq!(flow, phone());
+        assert_eq!(
+            out.request_uri().map(ToString::to_string).as_deref(),
+            Some("sip:100@192.168.1.7:5061;transport=tls")
+        );
+        assert_hidden(&out);
+        assert_eq!(p.media.log.last().map(String::as_str), Some("end fork-1"));
+    }
+
+    #[test]
+    fn a_call_from_the_phone_reaches_one_node_and_its_dialog_stays_there() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let invite = with_sdp(
+            "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKc1\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+             Call-ID: call-1\nCSeq: 1 INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n",
+        );
+        let (node, inside) = to_node(one(p.from_phone(phone(), invite, t0)));
+        assert!(inside
+            .headers
+            .get("Contact")
+            .is_some_and(|c| c.ends_with("@10.0.0.100:5080>")));
+        assert_eq!(inside.body(), b"v=0\r\nc=IN IP4 Inward\r\n");
+
+        let mut ok = inside.response(200);
+        ok.ensure_to_tag("node");
+        ok.headers
+            .push("Contact", format!("<sip:pbx@{}>", NODES[node]));
+        ok.headers.push("Record-Route", "<sip:10.0.0.9;lr>");
+        let (_, out, _) = to_phone(one(p.from_node(NODES[node].parse().unwrap(), ok, t0)));
+        assert_hidden(&out);
+        assert_eq!(
+            out.headers.list("Via"),
+            ["SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKc1"]
+        );
+        let node_contact = parse_name_addr(out.headers.get("Contact").unwrap()).unwrap();
+
+        // The phone's BYE goes to the node that owns the dialog, even if
+        // the hash would now pick another.
+        p.dispatcher.set_draining(node, true);
+        let bye = parse(&format!(
+            "BYE {} SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKc2\nMax-Forwards: 70\n\
+             From: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>;tag=node\n\
+             Call-ID: call-1\nCSeq: 2 BYE\nContent-Length: 0\n\n",
+            node_contact.uri
+        ));
+        let (bye_node, inside) = to_node(one(p.from_phone(phone(), bye, t0)));
+        assert_eq!(bye_node, node);
+        assert_eq!(
+            inside.request_uri().map(ToString::to_string),
+            Some(format!("sip:pbx@{}", NODES[node]))
+        );
+    }
+
+    #[test]
+    fn refusals_no_node_no_flow_and_exhausted_max_forwards() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        p.dispatcher.send_failed(0);
+        p.dispatcher.send_failed(1);
+        let options = parse(
+            "OPTIONS sip:demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKo\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:demo.pbx.local>\n\
+             Call-ID: o-1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n",
+        );
+        let (_, refusal, _) = to_phone(one(p.from_phone(phone(), options.clone(), t0)));
+        assert_eq!(refusal.status(), Some(503));
+        let mut looped = options;
+        looped.headers.set("Max-Forwards", "0");
+        let (_, refusal, _) = to_phone(one(p.from_phone(phone(), looped, t0)));
+        assert_eq!(refusal.status(), Some(483));
+
+        let stray = parse(
+            "INVITE sip:100@192.168.1.7 SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKs\n\
+             Max-Forwards: 70\nFrom: <sip:a@b>;tag=x\nTo: <sip:c@d>\nCall-ID: s-1\nCSeq: 1 INVITE\n\
+             Content-Length: 0\n\n",
+        );
+        let (node, refusal) = to_node(one(p.from_node(
+            NODES[0].parse().unwrap(),
+            stray.clone(),
+            t0,
+        )));
+        assert_eq!((node, refusal.status()), (0, Some(404)));
+        assert!(
+            p.from_node("10.9.9.9:5060".parse().unwrap(), stray, t0)
+                .is_empty(),
+            "not a configured node"
+        );
+    }
+
+    #[test]
+    fn probes_go_out_on_time_and_their_answers_keep_nodes_up() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let probes = p.handle_timeout(t0);
+        assert_eq!(probes.len(), 2);
+        let (node, options) = to_node(probes.into_iter().next().unwrap());
+        assert_eq!(node, 0);
+        assert_eq!(options.method(), Some(&Method::Options));
+        assert!(p
+            .from_node(NODES[0].parse().unwrap(), options.response(200), t0)
+            .is_empty());
+        let later = p.handle_timeout(t0 + Duration::from_millis(950));
+        assert!(
+            later
+                .iter()
+                .any(|a| matches!(a, Action::Node(NodeChange::Down(1)))),
+            "{later:?}"
+        );
+        assert!(!later
+            .iter()
+            .any(|a| matches!(a, Action::Node(NodeChange::Down(0)))));
+    }
+}

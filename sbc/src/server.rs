@@ -1,0 +1,381 @@
+//! The SBC process: the phone-facing listeners (UDP, TCP, TLS, WSS), the
+//! node-facing UDP socket, and one task driving the [`Proxy`] with their
+//! messages and its timers; SIGHUP reloads the TLS certificate.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use media::ports::PortPool;
+use sip::message::SipMessage;
+use sip::transport::{InboundMessage, Transport, TransportConfig, TransportLayer};
+use sip::validate::{classify, Inbound, Policy};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::SbcConfig;
+use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange};
+use crate::proxy::{Action, Proxy, ProxyConfig, PublicPorts};
+use crate::relay::{CallRelays, RelayAddresses};
+use crate::tls::{CertificateSource, Certificates};
+use crate::token::{Flow, TokenKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SbcError {
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{path}: {detail}")]
+    File {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("RTP ports: {0}")]
+    Ports(String),
+}
+
+/// A running SBC and where it listens.
+pub struct Sbc {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+    pub wss: SocketAddr,
+    pub internal: SocketAddr,
+    pub certificates: Arc<Certificates>,
+    status: watch::Receiver<Status>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the SBC is doing, for tests and the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// (node address, healthy) in configuration order.
+    pub nodes: Vec<(SocketAddr, bool)>,
+    pub relayed_calls: usize,
+    pub rtp_ports_in_use: usize,
+}
+
+/// The token key survives restarts, so the flow tokens in bindings the
+/// nodes stored stay valid.
+fn load_or_create_key(data_dir: &Path) -> Result<TokenKey, SbcError> {
+    let path = data_dir.join("flow-token.key");
+    let file_error = |detail: String| SbcError::File {
+        path: path.clone(),
+        detail,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| file_error("must hold exactly 32 bytes".into()))?;
+            Ok(TokenKey::from_bytes(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(|e| file_error(e.to_string()))?;
+            let key: [u8; 32] = rand::random();
+            std::fs::write(&path, key).map_err(|e| file_error(e.to_string()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| file_error(e.to_string()))?;
+            }
+            Ok(TokenKey::from_bytes(key))
+        }
+        Err(e) => Err(file_error(e.to_string())),
+    }
+}
+
+fn listen_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> SbcError {
+    move |source| SbcError::Listen { what, addr, source }
+}
+
+impl Sbc {
+    pub async fn start(config: &SbcConfig) -> Result<Sbc, SbcError> {
+        let key = load_or_create_key(&config.data_dir)?;
+        let public_host = config.public_host();
+        let certificates = Certificates::load(CertificateSource::resolve(
+            config.tls_cert.clone().zip(config.tls_key.clone()),
+            &config.data_dir,
+            &public_host,
+        )?)?;
+        let tls_config = certificates.server_config();
+
+        let (external, external_rx) = TransportLayer::new(TransportConfig::default());
+        let udp = external
+            .bind_udp(config.udp_listen)
+            .await
+            .map_err(listen_error("UDP", config.udp_listen))?;
+        let tcp = external
+            .listen_tcp(config.tcp_listen)
+            .await
+            .map_err(listen_error("TCP", config.tcp_listen))?;
+        let tls = external
+            .listen_tls(config.tls_listen, tls_config.clone())
+            .await
+            .map_err(listen_error("TLS", config.tls_listen))?;
+        let wss = external
+            .listen_wss(config.wss_listen, tls_config)
+            .await
+            .map_err(listen_error("WSS", config.wss_listen))?;
+        let (internal, internal_rx) = TransportLayer::new(TransportConfig::default());
+        let internal_addr = internal
+            .bind_udp(config.internal_listen)
+            .await
+            .map_err(listen_error("internal UDP", config.internal_listen))?;
+
+        let ports = PortPool::new(config.rtp_port_min, config.rtp_port_max)
+            .map_err(|e| SbcError::Ports(e.to_string()))?;
+        let (relays, abandoned) = CallRelays::new(
+            ports,
+            RelayAddresses {
+                public_bind: config.media_public_bind,
+                public_advertised: config.media_public_ip(),
+                internal: config.media_internal_ip(),
+            },
+        );
+        let dispatcher = Dispatcher::new(
+            &config.nodes,
+            DispatchConfig {
+                interval: std::time::Duration::from_millis(config.probe_interval_ms),
+                timeout: std::time::Duration::from_millis(config.probe_timeout_ms),
+            },
+            Instant::now(),
+        );
+        let proxy = Proxy::new(
+            key,
+            ProxyConfig {
+                internal: internal_addr,
+                public_host: public_host.clone(),
+                public_ports: PublicPorts {
+                    udp: udp.port(),
+                    tcp: tcp.port(),
+                    tls: tls.port(),
+                    ws: wss.port(),
+                    wss: wss.port(),
+                },
+            },
+            dispatcher,
+            relays,
+        );
+        let (status_tx, status) = watch::channel(Status::default());
+        let driver = Driver {
+            proxy,
+            external,
+            internal,
+            status: status_tx,
+            certificates: certificates.clone(),
+        };
+        let task = tokio::spawn(driver.run(external_rx, internal_rx, abandoned));
+        tracing::info!(
+            %udp, %tcp, %tls, %wss, internal = %internal_addr, host = %public_host,
+            nodes = ?config.nodes, "SBC listening"
+        );
+        Ok(Sbc {
+            udp,
+            tcp,
+            tls,
+            wss,
+            internal: internal_addr,
+            certificates,
+            status,
+            task,
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+struct Driver {
+    proxy: Proxy<CallRelays>,
+    external: TransportLayer,
+    internal: TransportLayer,
+    status: watch::Sender<Status>,
+    certificates: Arc<Certificates>,
+}
+
+/// A message from the network, checked as a proxy checks it; a request
+/// that fails gets its 4xx/5xx from here.
+fn checked(
+    inbound: InboundMessage,
+    policy: &Policy,
+) -> (
+    Transport,
+    SocketAddr,
+    Result<SipMessage, Option<SipMessage>>,
+) {
+    let verdict = match classify(inbound.parsed, policy) {
+        Inbound::Accept(message) => Ok(message),
+        Inbound::Reject {
+            status,
+            reason,
+            response,
+        } => {
+            tracing::debug!(source = %inbound.source, status, %reason, "refused");
+            Err(response)
+        }
+        Inbound::Drop { reason } => {
+            tracing::debug!(source = %inbound.source, %reason, "dropped");
+            Err(None)
+        }
+    };
+    (inbound.transport, inbound.source, verdict)
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut external_rx: mpsc::Receiver<InboundMessage>,
+        mut internal_rx: mpsc::Receiver<InboundMessage>,
+        mut abandoned: mpsc::UnboundedReceiver<String>,
+    ) {
+        let policy = Policy::proxy();
+        let mut hangup = signal_hangup();
+        loop {
+            self.publish_status();
+            let deadline = self.proxy.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let actions = tokio::select! {
+                Some(inbound) = external_rx.recv() => {
+                    let (transport, source, verdict) = checked(inbound, &policy);
+                    match verdict {
+                        Ok(message) => self.proxy.from_phone(
+                            Flow { transport, remote: source },
+                            message,
+                            Instant::now(),
+                        ),
+                        Err(Some(response)) => {
+                            let _ = self.external.send(transport, source, &response).await;
+                            Vec::new()
+                        }
+                        Err(None) => Vec::new(),
+                    }
+                }
+                Some(inbound) = internal_rx.recv() => {
+                    let (transport, source, verdict) = checked(inbound, &policy);
+                    match verdict {
+                        Ok(message) => self.proxy.from_node(source, message, Instant::now()),
+                        Err(Some(response)) => {
+                            let _ = self.internal.send(transport, source, &response).await;
+                            Vec::new()
+                        }
+                        Err(None) => Vec::new(),
+                    }
+                }
+                Some(call_id) = abandoned.recv() => {
+                    tracing::warn!(%call_id, "media silent both ways for an hour: relay stopped");
+                    crate::proxy::MediaAnchor::end(&mut self.proxy.media, &call_id);
+                    Vec::new()
+                }
+                () = sleep => self.proxy.handle_timeout(Instant::now()),
+                Some(()) = hangup.recv() => {
+                    if let Err(e) = self.certificates.reload() {
+                        tracing::error!(error = %e, "SIGHUP: certificate not reloaded, the old one stays");
+                    }
+                    Vec::new()
+                }
+            };
+            for action in actions {
+                self.carry_out(action).await;
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::ToPhone {
+                flow,
+                message,
+                if_flow_gone,
+            } => {
+                if let Err(e) = self
+                    .external
+                    .send(flow.transport, flow.remote, &message)
+                    .await
+                {
+                    tracing::info!(remote = %flow.remote, error = %e, "flow to the phone failed");
+                    if let Some(refusal) = if_flow_gone {
+                        let (node, response) = *refusal;
+                        self.send_to_node(node, &response).await;
+                    }
+                }
+            }
+            Action::ToNode { node, message } => self.send_to_node(node, &message).await,
+            Action::Node(change) => match change {
+                NodeChange::Up(node) => {
+                    tracing::info!(node = ?self.proxy.dispatcher.addr(node), "pbx-node up")
+                }
+                NodeChange::Down(node) => {
+                    tracing::warn!(node = ?self.proxy.dispatcher.addr(node), "pbx-node down: no new dialogs to it")
+                }
+            },
+        }
+    }
+
+    async fn send_to_node(&mut self, node: usize, message: &SipMessage) {
+        let Some(addr) = self.proxy.dispatcher.addr(node) else {
+            return;
+        };
+        if let Err(e) = self.internal.send(Transport::Udp, addr, message).await {
+            tracing::warn!(%addr, error = %e, "send to pbx-node failed");
+            if let Some(Action::Node(change)) = self.proxy.node_unreachable(node) {
+                Box::pin(self.carry_out(Action::Node(change))).await;
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = Status {
+            nodes: self
+                .proxy
+                .dispatcher
+                .status()
+                .iter()
+                .map(|n| (n.addr, n.healthy))
+                .collect(),
+            relayed_calls: self.proxy.media.active(),
+            rtp_ports_in_use: self.proxy.media.ports_in_use(),
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+}
+
+/// SIGHUP as a stream (never fires where there are no signals).
+fn signal_hangup() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
