@@ -18,7 +18,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SbcConfig {
     /// Phone-facing listeners.
@@ -51,6 +51,8 @@ pub struct SbcConfig {
     pub probe_timeout_ms: u64,
     /// Metrics (`/metrics`).
     pub http_listen: SocketAddr,
+    /// Rate limits, bans and allow/deny lists (`[guard]`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 impl Default for SbcConfig {
@@ -74,6 +76,7 @@ impl Default for SbcConfig {
             probe_interval_ms: 1000,
             probe_timeout_ms: 900,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }

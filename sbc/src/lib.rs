@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod guard;
 pub mod proxy;
 pub mod relay;
 pub mod server;

@@ -99,6 +99,13 @@ pub enum Action {
     },
     /// A node went up or down (for logs and metrics).
     Node(NodeChange),
+    /// A phone's request that carried credentials was answered: refused
+    /// (401, 407, 403: a failed authentication, what bans count) or not.
+    /// A first challenge, to a request without credentials, is neither.
+    Authenticated {
+        source: std::net::IpAddr,
+        failed: bool,
+    },
 }
 
 /// The inside's Via stack of a request we sent to a phone.
@@ -306,11 +313,16 @@ impl<M: MediaAnchor> Proxy<M> {
             .unwrap_or_default();
         let flow_token = self.key.flow_token(&flow);
         let branch = derived_branch(&[&top_branch, &flow_token]);
+        // Marks a request with credentials, so its answer can be told to
+        // the guard without keeping state.
+        let credentials =
+            request.authorization().is_some() || request.proxy_authorization().is_some();
         request.headers.push_front(
             "Via",
             format!(
-                "SIP/2.0/UDP {};branch={branch};ft={flow_token}",
-                self.config.internal
+                "SIP/2.0/UDP {};branch={branch};ft={flow_token}{}",
+                self.config.internal,
+                if credentials { ";cr" } else { "" }
             ),
         );
         if method == Method::Register {
@@ -576,14 +588,23 @@ impl<M: MediaAnchor> Proxy<M> {
         let Some(ours) = response.headers.pop_first("Via") else {
             return Vec::new();
         };
-        let flow = sip::message::syntax::parse_via(&ours)
-            .ok()
+        let via = sip::message::syntax::parse_via(&ours).ok();
+        let flow = via
+            .as_ref()
             .and_then(|via| via.param("ft").and_then(|p| p.value.clone()))
             .and_then(|token| self.key.open_flow(&token));
         let Some(flow) = flow else {
             tracing::debug!("response from a node without our Via: dropped");
             return Vec::new();
         };
+        let status = response.status().unwrap_or(0);
+        let mut actions = Vec::new();
+        if via.is_some_and(|v| v.param("cr").is_some()) && status >= 200 {
+            actions.push(Action::Authenticated {
+                source: flow.remote.ip(),
+                failed: matches!(status, 401 | 403 | 407),
+            });
+        }
         let Ok(cseq) = response.cseq() else {
             return Vec::new();
         };
@@ -602,12 +623,13 @@ impl<M: MediaAnchor> Proxy<M> {
                 response.body = body;
             }
         }
-        self.note_invite_outcome(&cseq.method, response.status().unwrap_or(0), &call_id);
-        vec![Action::ToPhone {
+        self.note_invite_outcome(&cseq.method, status, &call_id);
+        actions.push(Action::ToPhone {
             flow,
             message: response,
             if_flow_gone: None,
-        }]
+        });
+        actions
     }
 
     /// An OPTIONS probe of `probe.node`.
@@ -932,6 +954,38 @@ mod tests {
             inside.request_uri().map(ToString::to_string),
             Some(format!("sip:pbx@{}", NODES[node]))
         );
+    }
+
+    #[test]
+    fn only_answers_to_requests_with_credentials_count_for_bans() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let register = |authorization: &str| {
+            parse(&format!(
+                "REGISTER sip:demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKa\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:100@demo.pbx.local>\n\
+                 Call-ID: reg-2\nCSeq: 2 REGISTER\n{authorization}Content-Length: 0\n\n"
+            ))
+        };
+        let outcomes = |p: &mut Proxy<FakeMedia>, request: SipMessage, status: u16| {
+            let (node, inside) = to_node(one(p.from_phone(phone(), request, t0)));
+            p.from_node(NODES[node].parse().unwrap(), inside.response(status), t0)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Authenticated { source, failed } => Some((source, failed)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let ip = phone().remote.ip();
+        assert!(
+            outcomes(&mut p, register(""), 401).is_empty(),
+            "a first challenge"
+        );
+        let with = "Authorization: Digest username=\"100-DEMO\", response=\"x\"\n";
+        assert_eq!(outcomes(&mut p, register(with), 401), [(ip, true)]);
+        assert_eq!(outcomes(&mut p, register(with), 403), [(ip, true)]);
+        assert_eq!(outcomes(&mut p, register(with), 200), [(ip, false)]);
     }
 
     #[test]

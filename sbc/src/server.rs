@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::SbcConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange};
+use crate::guard::{Guard, Verdict};
 use crate::proxy::{Action, Proxy, ProxyConfig, PublicPorts};
 use crate::relay::{CallRelays, RelayAddresses};
 use crate::tls::{CertificateSource, Certificates};
@@ -37,15 +38,21 @@ pub enum SbcError {
     },
     #[error("RTP ports: {0}")]
     Ports(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A running SBC and where it listens.
 pub struct Sbc {
+    /// Prometheus metrics of the SBC (`sbc_...`).
+    pub registry: prometheus::Registry,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
     pub wss: SocketAddr,
     pub internal: SocketAddr,
+    /// Where `/metrics` is served.
+    pub http: SocketAddr,
     pub certificates: Arc<Certificates>,
     status: watch::Receiver<Status>,
     task: tokio::task::JoinHandle<()>,
@@ -163,25 +170,34 @@ impl Sbc {
             dispatcher,
             relays,
         );
+        let registry = prometheus::Registry::new();
+        let guard = Guard::new(config.guard.clone(), &registry)?;
+        let (http, http_task) = serve_metrics(config.http_listen, registry.clone()).await?;
         let (status_tx, status) = watch::channel(Status::default());
         let driver = Driver {
             proxy,
+            guard,
             external,
             internal,
             status: status_tx,
             certificates: certificates.clone(),
         };
-        let task = tokio::spawn(driver.run(external_rx, internal_rx, abandoned));
+        let task = tokio::spawn(async move {
+            driver.run(external_rx, internal_rx, abandoned).await;
+            http_task.abort();
+        });
         tracing::info!(
             %udp, %tcp, %tls, %wss, internal = %internal_addr, host = %public_host,
             nodes = ?config.nodes, "SBC listening"
         );
         Ok(Sbc {
+            registry,
             udp,
             tcp,
             tls,
             wss,
             internal: internal_addr,
+            http,
             certificates,
             status,
             task,
@@ -199,6 +215,7 @@ impl Sbc {
 
 struct Driver {
     proxy: Proxy<CallRelays>,
+    guard: Guard,
     external: TransportLayer,
     internal: TransportLayer,
     status: watch::Sender<Status>,
@@ -244,7 +261,10 @@ impl Driver {
         let mut hangup = signal_hangup();
         loop {
             self.publish_status();
-            let deadline = self.proxy.poll_timeout();
+            let deadline = [self.proxy.poll_timeout(), self.guard.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -253,6 +273,21 @@ impl Driver {
             };
             let actions = tokio::select! {
                 Some(inbound) = external_rx.recv() => {
+                    // A banned, denied or flooding source gets nothing
+                    // back, not even a 400: no reflection.
+                    let now = Instant::now();
+                    let is_request = match &inbound.parsed {
+                        Ok(message) => message.is_request(),
+                        Err(e) => e.recovered.is_request,
+                    };
+                    let admitted = if is_request {
+                        self.guard.check_request(inbound.source.ip(), now)
+                    } else {
+                        self.guard.check_message(inbound.source.ip(), now)
+                    };
+                    if admitted != Verdict::Admit {
+                        continue;
+                    }
                     let (transport, source, verdict) = checked(inbound, &policy);
                     match verdict {
                         Ok(message) => self.proxy.from_phone(
@@ -283,7 +318,11 @@ impl Driver {
                     crate::proxy::MediaAnchor::end(&mut self.proxy.media, &call_id);
                     Vec::new()
                 }
-                () = sleep => self.proxy.handle_timeout(Instant::now()),
+                () = sleep => {
+                    let now = Instant::now();
+                    self.guard.handle_timeout(now);
+                    self.proxy.handle_timeout(now)
+                }
                 Some(()) = hangup.recv() => {
                     if let Err(e) = self.certificates.reload() {
                         tracing::error!(error = %e, "SIGHUP: certificate not reloaded, the old one stays");
@@ -317,6 +356,14 @@ impl Driver {
                 }
             }
             Action::ToNode { node, message } => self.send_to_node(node, &message).await,
+            Action::Authenticated { source, failed } => {
+                if failed {
+                    tracing::info!(%source, "authentication failed");
+                    self.guard.auth_failed(source, Instant::now());
+                } else {
+                    self.guard.auth_succeeded(source);
+                }
+            }
             Action::Node(change) => match change {
                 NodeChange::Up(node) => {
                     tracing::info!(node = ?self.proxy.dispatcher.addr(node), "pbx-node up")
@@ -358,6 +405,42 @@ impl Driver {
             changed
         });
     }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+async fn serve_metrics(
+    listen: SocketAddr,
+    registry: prometheus::Registry,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SbcError> {
+    use prometheus::Encoder;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut text = Vec::new();
+                match prometheus::TextEncoder::new().encode(&registry.gather(), &mut text) {
+                    Ok(()) => (axum::http::StatusCode::OK, text),
+                    Err(e) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        e.to_string().into_bytes(),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(listen_error("HTTP", listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(listen_error("HTTP", listen))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok((addr, task))
 }
 
 /// SIGHUP as a stream (never fires where there are no signals).

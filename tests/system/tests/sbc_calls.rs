@@ -64,6 +64,10 @@ async fn start_node(dir: &Path) -> (PbxNode, Tenant) {
 }
 
 async fn start_sbc(dir: &Path, nodes: Vec<SocketAddr>) -> Sbc {
+    start_sbc_with(dir, nodes, sbc::guard::GuardConfig::default()).await
+}
+
+async fn start_sbc_with(dir: &Path, nodes: Vec<SocketAddr>, guard: sbc::guard::GuardConfig) -> Sbc {
     let config = SbcConfig {
         udp_listen: addr("127.0.0.1", 0),
         tcp_listen: addr("127.0.0.1", 0),
@@ -77,6 +81,7 @@ async fn start_sbc(dir: &Path, nodes: Vec<SocketAddr>) -> Sbc {
         rtp_port_max: 41_999,
         media_public_bind: "127.0.0.1".parse().expect("IP"),
         http_listen: addr("127.0.0.1", 0),
+        guard,
         ..SbcConfig::default()
     };
     Sbc::start(&config).await.expect("start SBC")
@@ -233,6 +238,64 @@ async fn a_call_through_the_sbc_is_answered_and_hides_the_inside() {
         "{status:?}"
     );
     assert_eq!(status.nodes, vec![(node.sip.udp_addr, true)]);
+    sbc.stop();
+    node.shutdown().await;
+}
+
+/// A plain HTTP/1.1 GET of `path`: the body.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.expect("read");
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_ban_the_source_which_then_hears_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = start_node(dir.path()).await;
+    let guard: sbc::guard::GuardConfig =
+        toml::from_str("ban_after_failures = 3").expect("guard config");
+    let sbc = start_sbc_with(dir.path(), vec![node.sip.udp_addr], guard).await;
+    let port = free_udp_port("127.0.0.1");
+    // Three wrong passwords: each is a first challenge (not counted) and
+    // a refused answer to credentials (counted).
+    for attempt in 0..3 {
+        let work = work_dir(dir.path(), &format!("wrong-{attempt}"));
+        let output = sipp("register_wrong_password.xml", port, Some(sbc.udp), &work)
+            .args([
+                "-s",
+                "101-TEST",
+                "-au",
+                "101-TEST",
+                "-ap",
+                "not the password",
+            ])
+            .output()
+            .await
+            .expect("sipp");
+        assert!(
+            passed(&output, &work),
+            "attempt {attempt} is challenged twice"
+        );
+    }
+    // Banned: even the right password gets no answer at all.
+    let work = work_dir(dir.path(), "banned");
+    let output = sipp("register.xml", port, Some(sbc.udp), &work)
+        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
+        .args(["-timeout", "3"])
+        .output()
+        .await
+        .expect("sipp");
+    assert!(!output.status.success(), "a banned source is not answered");
+    let seen = logs(&work);
+    assert!(!seen.contains("SIP/2.0 401"), "nothing came back:\n{seen}");
+    let metrics = http_get(sbc.http, "/metrics").await;
+    assert!(metrics.contains("sbc_bans_total 1"), "{metrics}");
+    assert!(!metrics.contains("sbc_banned_dropped_total 0"), "{metrics}");
     sbc.stop();
     node.shutdown().await;
 }
