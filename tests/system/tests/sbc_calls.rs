@@ -299,3 +299,133 @@ async fn failed_authentications_ban_the_source_which_then_hears_nothing() {
     sbc.stop();
     node.shutdown().await;
 }
+
+/// Three pbx-nodes forming one raft cluster, as production starts them
+/// (cluster CA files, peers), with tenant TEST and extensions 100, 101.
+async fn three_nodes(dir: &Path) -> Vec<PbxNode> {
+    let ca = raft_store::ClusterCa::generate("pbx").expect("cluster CA");
+    let raft: Vec<SocketAddr> = (0..3)
+        .map(|_| addr("127.0.0.1", free_udp_port("127.0.0.1")))
+        .collect();
+    let mut starting = Vec::new();
+    for id in 1..=3u64 {
+        let data = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&data).expect("data dir");
+        let identity = ca.issue_node(id).expect("node certificate");
+        let write = |name: &str, text: &str| {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        let config = NodeConfig {
+            node_id: id,
+            sip_udp_listen: addr(NODE_IP, 0),
+            sip_tcp_listen: addr(NODE_IP, 0),
+            http_listen: addr("127.0.0.1", 0),
+            raft_listen: raft[id as usize - 1],
+            peers: (1..=3u64)
+                .filter(|peer| *peer != id)
+                .map(|peer| format!("{peer}@{}", raft[peer as usize - 1]))
+                .collect(),
+            cluster_ca: Some(write("ca.pem", &ca.cert_pem)),
+            cluster_cert: Some(write("node.pem", &identity.cert_pem)),
+            cluster_key: Some(write("node.key", &identity.key_pem)),
+            sip_digest_sha256: false,
+            data_dir: data.clone(),
+            ..NodeConfig::default()
+        };
+        starting.push(tokio::spawn(async move { PbxNode::start(&config).await }));
+    }
+    let mut nodes = Vec::new();
+    for start in starting {
+        nodes.push(start.await.expect("join").expect("start pbx-node"));
+    }
+    let tenant = nodes[0]
+        .repo
+        .create_tenant("Test", "TEST", "test.pbx.local")
+        .await
+        .expect("tenant");
+    for number in ["100", "101"] {
+        nodes[0]
+            .repo
+            .create_extension(
+                &tenant,
+                NewExtension {
+                    number: number.into(),
+                    display_name: format!("Test {number}"),
+                    username: None,
+                    password: PASSWORD.into(),
+                },
+            )
+            .await
+            .expect("extension");
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_seconds_after_a_node_dies_calls_and_registrations_go_through_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = three_nodes(dir.path()).await;
+    let sbc = start_sbc(dir.path(), nodes.iter().map(|n| n.sip.udp_addr).collect()).await;
+    let callee_port = free_udp_port("127.0.0.1");
+    let reg = work_dir(dir.path(), "register");
+    let output = sipp("register.xml", callee_port, Some(sbc.udp), &reg)
+        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
+        .output()
+        .await
+        .expect("sipp must be installed (Debian package sip-tester)");
+    assert!(passed(&output, &reg), "101 registers through the SBC");
+
+    // One node stops answering; the registration it may have taken lives
+    // on in the replicated store.
+    let dead = nodes.remove(1);
+    let dead_addr = dead.sip.udp_addr;
+    dead.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        sbc.status().nodes.contains(&(dead_addr, false)),
+        "the SBC saw it go: {:?}",
+        sbc.status()
+    );
+
+    let work = work_dir(dir.path(), "register-after");
+    let output = sipp(
+        "register.xml",
+        free_udp_port("127.0.0.1"),
+        Some(sbc.udp),
+        &work,
+    )
+    .args(["-s", "100-TEST", "-au", "100-TEST", "-ap", PASSWORD])
+    .output()
+    .await
+    .expect("sipp");
+    assert!(passed(&output, &work), "a new registration goes through");
+    let uas = work_dir(dir.path(), "callee");
+    let callee = sipp("uas_answer.xml", callee_port, None, &uas)
+        .args(["-m", "5"])
+        .spawn()
+        .expect("sipp");
+    let uac = work_dir(dir.path(), "caller");
+    let output = sipp(
+        "uac_call.xml",
+        free_udp_port("127.0.0.1"),
+        Some(sbc.udp),
+        &uac,
+    )
+    .args(["-s", "101", "-au", "100-TEST", "-ap", PASSWORD, "-d", "500"])
+    .args(["-key", "caller", "100-TEST", "-m", "5", "-l", "1"])
+    .output()
+    .await
+    .expect("sipp");
+    assert!(passed(&output, &uac), "5 calls, each answered");
+    let output = tokio::time::timeout(Duration::from_secs(40), callee.wait_with_output())
+        .await
+        .expect("callee ends")
+        .expect("callee output");
+    assert!(passed(&output, &uas), "the callee answered 5 calls");
+    sbc.stop();
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
