@@ -429,3 +429,106 @@ async fn two_seconds_after_a_node_dies_calls_and_registrations_go_through_the_ot
         node.shutdown().await;
     }
 }
+
+/// A TLS client trusting exactly the certificate in `pem`.
+fn trusting(pem: &Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pem).expect("PEM") {
+        roots.add(cert.expect("certificate")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(sbc: &Sbc, pem: &Path) -> TlsStream {
+    let tcp = tokio::net::TcpStream::connect(sbc.tls).await.expect("TCP");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    trusting(pem)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+fn leaf(stream: &TlsStream) -> Vec<u8> {
+    stream.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
+}
+
+/// OPTIONS over the connection, through the SBC to the node: its status.
+async fn options(stream: &mut TlsStream, n: u32) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "OPTIONS sip:test.pbx.local SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:100-TEST@test.pbx.local>;tag=t{n}\r\nTo: <sip:test.pbx.local>\r\n\
+         Call-ID: tls-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("a reply in time")
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_renews_the_certificate_without_dropping_a_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = start_node(dir.path()).await;
+    let sbc = start_sbc(dir.path(), vec![node.sip.udp_addr]).await;
+    let cert = dir.path().join("sbc/tls-self-signed.pem");
+    let key = dir.path().join("sbc/tls-self-signed.key");
+    let mut before = tls_connect(&sbc, &cert).await;
+    assert_eq!(options(&mut before, 1).await, "SIP/2.0 200 OK");
+
+    // A renewed certificate is put in place and the SBC gets SIGHUP.
+    let renewed = rcgen_pair(&dir.path().join("renewed"));
+    std::fs::copy(&renewed.0, &cert).expect("copy certificate");
+    std::fs::copy(&renewed.1, &key).expect("copy key");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut after = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tcp = tokio::net::TcpStream::connect(sbc.tls).await.expect("TCP");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        if let Ok(stream) = trusting(&renewed.0).connect(name, tcp).await {
+            after = Some(stream);
+            break;
+        }
+    }
+    let mut after = after.expect("new handshakes get the renewed certificate");
+    assert_ne!(leaf(&after), leaf(&before));
+    assert_eq!(options(&mut after, 2).await, "SIP/2.0 200 OK");
+    // The connection made before the reload is still up and served.
+    assert_eq!(options(&mut before, 3).await, "SIP/2.0 200 OK");
+    sbc.stop();
+    node.shutdown().await;
+}
+
+/// A self-signed certificate and key for localhost, as PEM files in `dir`.
+fn rcgen_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    // The SBC's own generator, run in another directory, makes a fresh pair.
+    let source = sbc::tls::CertificateSource::resolve(None, dir, "127.0.0.1").expect("generate");
+    (source.cert, source.key)
+}
