@@ -14,7 +14,8 @@ use pbx_node::repo::NewExtension;
 use pbx_node::{NodeConfig, PbxNode};
 use sbc::{Sbc, SbcConfig};
 
-const PASSWORD: &str = "correct horse";
+// No space: baresip's account line would cut it.
+const PASSWORD: &str = "correct-horse";
 const SBC_INSIDE: &str = "127.0.0.2";
 const NODE_IP: &str = "127.0.0.3";
 
@@ -531,4 +532,147 @@ fn rcgen_pair(dir: &Path) -> (PathBuf, PathBuf) {
     // The SBC's own generator, run in another directory, makes a fresh pair.
     let source = sbc::tls::CertificateSource::resolve(None, dir, "127.0.0.1").expect("generate");
     (source.cert, source.key)
+}
+
+/// Sends a command to a baresip's UDP console (`cons` module).
+async fn console(at: SocketAddr, command: &str) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    socket
+        .send_to(format!("{command}\n").as_bytes(), at)
+        .await
+        .expect("console");
+}
+
+async fn wait_for_output(log: &Path, text: &str) {
+    for _ in 0..150 {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "baresip never printed '{text}':\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = start_node(dir.path()).await;
+    let sbc = start_sbc(dir.path(), vec![node.sip.udp_addr]).await;
+    let callee_port = free_udp_port("127.0.0.1");
+    let reg = work_dir(dir.path(), "register");
+    let output = sipp("register.xml", callee_port, Some(sbc.udp), &reg)
+        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
+        .output()
+        .await
+        .expect("sipp must be installed (Debian package sip-tester)");
+    assert!(passed(&output, &reg), "101 registers through the SBC");
+    let uas = work_dir(dir.path(), "callee");
+    let callee = sipp("uas_answer.xml", callee_port, None, &uas)
+        .spawn()
+        .expect("sipp");
+
+    // baresip trusts the SBC's self-signed certificate and registers over TLS.
+    let phone = work_dir(dir.path(), "baresip");
+    let console_at = addr("127.0.0.1", free_udp_port("127.0.0.1"));
+    let sip_port = loop {
+        let candidate = free_udp_port("127.0.0.1");
+        if candidate < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", candidate + 1)).is_ok()
+        {
+            break candidate;
+        }
+    };
+    std::fs::write(
+        phone.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_cafile {ca}\n\
+             module_path /usr/lib/baresip/modules\nmodule cons.so\nmodule g711.so\n\
+             module aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\n\
+             cons_listen {console_at}\naudio_source aufile,{tone}\nsnd_path {dump}\n",
+            ca = dir.path().join("sbc/tls-self-signed.pem").display(),
+            tone = tone_wav(&phone).display(),
+            dump = phone.display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(
+        phone.join("accounts"),
+        format!(
+            "<sip:100-TEST@127.0.0.1:{};transport=tls>;auth_pass={PASSWORD};regint=300\n",
+            sbc.tls.port()
+        ),
+    )
+    .expect("accounts");
+    let log = phone.join("baresip.log");
+    let log_file = std::fs::File::create(&log).expect("log");
+    let baresip = tokio::process::Command::new("baresip")
+        .args(["-s", "-f"])
+        .arg(&phone)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("baresip must be installed (Debian package baresip-core)");
+    wait_for_output(&log, "200 OK () [1 binding]").await;
+    console(console_at, "/dial 101").await;
+    wait_for_output(&log, "Call established").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    console(console_at, "/hangup").await;
+    let output = tokio::time::timeout(Duration::from_secs(40), callee.wait_with_output())
+        .await
+        .expect("callee ends")
+        .expect("callee output");
+    assert!(
+        passed(&output, &uas),
+        "the sipp extension answered and got the BYE"
+    );
+    let cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
+    assert_eq!(
+        cdrs.first().map(|c| c.disposition.as_str()),
+        Some("ANSWERED")
+    );
+    drop(baresip);
+    sbc.stop();
+    node.shutdown().await;
+}
+
+/// Ten seconds of a 1 kHz tone, 8 kHz mono 16-bit PCM: the phone's microphone.
+fn tone_wav(dir: &Path) -> PathBuf {
+    let samples: Vec<u8> = (0..80_000u32)
+        .flat_map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * 1000.0 * f64::from(n) / 8000.0;
+            ((phase.sin() * 8000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let data = samples.len() as u32;
+    let mut wav = Vec::with_capacity(44 + samples.len());
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    // PCM, mono, 8000 Hz, 16000 bytes/s, 2-byte frames, 16 bits.
+    for field in [
+        16u32.to_le_bytes().to_vec(),
+        1u16.to_le_bytes().to_vec(),
+        1u16.to_le_bytes().to_vec(),
+        8000u32.to_le_bytes().to_vec(),
+        16000u32.to_le_bytes().to_vec(),
+        2u16.to_le_bytes().to_vec(),
+        16u16.to_le_bytes().to_vec(),
+    ] {
+        wav.extend_from_slice(&field);
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    wav.extend_from_slice(&samples);
+    let path = dir.join("tone.wav");
+    std::fs::write(&path, wav).expect("tone WAV");
+    path
 }
