@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("encoding: {0}")]
 pub struct CodecError(#[from] postcard::Error);
 
@@ -23,6 +23,14 @@ pub fn encode_after<T: Serialize + ?Sized>(prefix: u8, value: &T) -> Result<Vec<
     let mut buf = Vec::with_capacity(INITIAL_CAPACITY);
     buf.push(prefix);
     Ok(postcard::to_extend(value, buf)?)
+}
+
+/// Encodes `value` into `buf`, replacing what it held but keeping its
+/// capacity: encoding many values, one buffer grows once.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    buf.clear();
+    *buf = postcard::to_extend(value, std::mem::take(buf))?;
+    Ok(())
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {

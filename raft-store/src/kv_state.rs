@@ -55,7 +55,8 @@ pub enum LeaseChange {
 #[derive(Debug)]
 pub struct Applied {
     pub result: CommandResult,
-    pub events: Option<WatchBatch>,
+    /// One batch per revision the command made, in revision order.
+    pub events: Vec<WatchBatch>,
     pub lease_change: Option<LeaseChange>,
 }
 
@@ -265,10 +266,19 @@ pub fn apply(
         cfs,
         revs,
         events: Vec::new(),
+        sealed: Vec::new(),
     };
     let mut lease_change = None;
     let result = match cmd {
         Command::Txn(txn) => writer.txn(txn)?,
+        Command::TxnBatch(txns) => {
+            let mut results = Vec::with_capacity(txns.len());
+            for txn in txns {
+                results.push(writer.txn(txn)?);
+                writer.seal_events();
+            }
+            CommandResult::TxnBatch(results)
+        }
         Command::LeaseGrant { ttl_ms } => {
             if *ttl_ms == 0 {
                 CommandResult::Rejected(Rejection::ZeroTtl)
@@ -299,17 +309,10 @@ pub fn apply(
         }
         Command::Compact { revision } => writer.compact(*revision)?,
     };
-    let events = if writer.events.is_empty() {
-        None
-    } else {
-        Some(WatchBatch {
-            revision: writer.revs.revision,
-            events: writer.events,
-        })
-    };
+    writer.seal_events();
     Ok(Applied {
         result,
-        events,
+        events: writer.sealed,
         lease_change,
     })
 }
@@ -318,10 +321,23 @@ struct Writer<'a, 'b, 'c> {
     pending: &'a mut Pending<'c>,
     cfs: &'a Cfs<'b>,
     revs: &'a mut Revisions,
+    /// Changes of the current revision.
     events: Vec<Event>,
+    /// Changes of the revisions already made, one batch each.
+    sealed: Vec<WatchBatch>,
 }
 
 impl Writer<'_, '_, '_> {
+    /// Closes the current revision's changes into a watch batch.
+    fn seal_events(&mut self) {
+        if !self.events.is_empty() {
+            self.sealed.push(WatchBatch {
+                revision: self.revs.revision,
+                events: std::mem::take(&mut self.events),
+            });
+        }
+    }
+
     fn txn(&mut self, txn: &Txn) -> io::Result<CommandResult> {
         let mut succeeded = true;
         for compare in &txn.compare {
@@ -773,7 +789,9 @@ mod tests {
         sm.put("reg/2", "c2-static");
         let a = sm.apply(Command::LeaseExpire { id: lease });
         assert_eq!(a.lease_change, Some(LeaseChange::Removed(lease)));
-        let batch = a.events.expect("events");
+        let [batch] = &a.events[..] else {
+            panic!("one revision of events: {:?}", a.events)
+        };
         assert_eq!(batch.revision, 4);
         assert_eq!(batch.events.len(), 1);
         assert_eq!(batch.events[0].kind, EventKind::Delete);
@@ -879,6 +897,42 @@ mod tests {
         ));
         assert_eq!(all.get("a").unwrap().version, 1);
         assert_eq!(all.history(0).first().map(|b| b.revision), Some(9));
+    }
+
+    /// Transactions carried by one entry get what they would get with an
+    /// entry each: results (a rejection included), revisions, watch
+    /// batches and rows.
+    #[test]
+    fn a_txn_batch_equals_one_entry_per_txn() {
+        let txns: Vec<Txn> = dependent_commands()
+            .into_iter()
+            .filter_map(|cmd| match cmd {
+                Command::Txn(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let mut each = Sm::new();
+        let applied: Vec<_> = txns
+            .iter()
+            .map(|t| each.apply(Command::Txn(t.clone())))
+            .collect();
+        let mut all = Sm::new();
+        let batched = all.apply(Command::TxnBatch(txns));
+        let results: Vec<_> = applied.iter().map(|a| a.result.clone()).collect();
+        assert_eq!(batched.result, CommandResult::TxnBatch(results));
+        let events: Vec<_> = applied.into_iter().flat_map(|a| a.events).collect();
+        assert_eq!(batched.events, events);
+        assert_eq!(each.revs, all.revs);
+        assert_eq!(each.dump(), all.dump());
+        // Without the lease, the leased puts were rejected, alone.
+        let CommandResult::TxnBatch(results) = &batched.result else {
+            unreachable!()
+        };
+        assert!(matches!(
+            results[4],
+            CommandResult::Rejected(Rejection::LeaseNotFound(5))
+        ));
+        assert!(events.len() > 5);
     }
 
     #[test]

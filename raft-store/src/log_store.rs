@@ -239,8 +239,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.cf(CF_LOGS)?;
         let mut batch = WriteBatch::default();
         let entries: Vec<_> = entries.into_iter().collect();
+        let mut buf = Vec::new();
         for entry in &entries {
-            batch.put_cf(cf, u64_key(entry.index()), codec::encode(entry)?);
+            codec::encode_into(entry, &mut buf)?;
+            batch.put_cf(cf, u64_key(entry.index()), &buf);
         }
         let mut recent = self.recent();
         if let Err(e) = self.db.write(batch) {

@@ -1,6 +1,7 @@
 //! Node-to-node transport: QUIC (quinn) with mutual TLS. Every RPC is one
 //! bidirectional stream on a cached connection; a snapshot is one stream
-//! carrying the file. A fault switch cuts a node off for partition tests.
+//! carrying the file. Client requests made to one node at the same time
+//! share a stream. A fault switch cuts a node off for partition tests.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +21,7 @@ use openraft::raft::{
 use openraft::type_config::alias::{SnapshotMetaOf, VoteOf};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::client::{ClientReply, ClientRequest};
 use crate::codec;
@@ -64,6 +66,34 @@ impl Peer {
     }
 }
 
+/// Client requests queued for one node, waiting for [`Transport::send_queued`].
+#[derive(Default)]
+struct Outbox {
+    queued: std::sync::Mutex<Vec<Queued>>,
+}
+
+struct Queued {
+    request: ClientRequest,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<ClientReply, TransportError>>,
+}
+
+impl Outbox {
+    /// Queues a request; true if it is the first, so nobody sends yet.
+    fn push(&self, queued: Queued) -> bool {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        q.push(queued);
+        q.len() == 1
+    }
+
+    fn take(&self) -> Vec<Queued> {
+        std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Most client requests one message carries.
+const MAX_CLIENT_BATCH: usize = 256;
+
 /// Largest RPC message accepted (an append batch or a client request).
 const MAX_MESSAGE: usize = 64 << 20;
 const STREAM_RPC: u8 = 1;
@@ -80,6 +110,9 @@ pub enum PeerRequest {
     PreVote(VoteRequest<TypeConfig>),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     Client(ClientRequest),
+    /// Client requests made at the same time, served concurrently; one
+    /// reply each, in order.
+    Clients(Vec<ClientRequest>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,6 +122,7 @@ pub enum PeerReply {
     TransferLeader(TransferLeaderResponse<TypeConfig>),
     Snapshot(SnapshotResponse<TypeConfig>),
     Client(ClientReply),
+    Clients(Vec<ClientReply>),
     /// The receiving node failed to handle the request.
     Failed(String),
 }
@@ -141,6 +175,23 @@ impl TransportError {
             TransportError::Isolated | TransportError::Connect { .. } | TransportError::Closed
         )
     }
+
+    /// This failure of a batch, for one of its requests: the same variant
+    /// where the caller tells them apart (`not_sent`), the message otherwise.
+    fn for_one_request(&self) -> TransportError {
+        match self {
+            TransportError::Isolated => TransportError::Isolated,
+            TransportError::Closed => TransportError::Closed,
+            TransportError::Connect { addr, detail } => TransportError::Connect {
+                addr: addr.clone(),
+                detail: detail.clone(),
+            },
+            TransportError::Timeout(t) => TransportError::Timeout(*t),
+            TransportError::Codec(e) => TransportError::Codec(e.clone()),
+            TransportError::Remote(detail) => TransportError::Remote(detail.clone()),
+            other => TransportError::Stream(other.to_string()),
+        }
+    }
 }
 
 /// The QUIC endpoint of one node (or of a client tool).
@@ -152,6 +203,8 @@ pub struct Transport {
     /// One entry per peer, so that dialling a dead peer never delays
     /// traffic to the live ones. Keyed by address, then by name.
     connections: std::sync::Mutex<HashMap<SocketAddr, Vec<Arc<Peer>>>>,
+    /// Client requests on their way, by node address and id.
+    outboxes: std::sync::Mutex<HashMap<(String, NodeId), Arc<Outbox>>>,
     isolated: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -169,6 +222,7 @@ impl Transport {
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             client_config: identity.quic_client_config()?,
             connections: std::sync::Mutex::new(HashMap::new()),
+            outboxes: std::sync::Mutex::new(HashMap::new()),
             isolated: AtomicBool::new(false),
             metrics: Some(metrics),
         }))
@@ -182,6 +236,7 @@ impl Transport {
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             client_config: identity.quic_client_config()?,
             connections: std::sync::Mutex::new(HashMap::new()),
+            outboxes: std::sync::Mutex::new(HashMap::new()),
             isolated: AtomicBool::new(false),
             metrics: None,
         }))
@@ -354,22 +409,83 @@ impl Transport {
     }
 
     /// Sends a client request to node `node` at `addr` and returns its reply.
+    /// Requests made to one node at the same time travel together: one
+    /// stream, one message and one task on the node for all of them.
     pub async fn call_client(
-        &self,
+        self: &Arc<Self>,
         addr: &str,
         node: NodeId,
         request: ClientRequest,
         timeout: Duration,
     ) -> Result<ClientReply, TransportError> {
-        let request = PeerRequest::Client(request);
-        match self
-            .call(addr, &node_dns_name(node), &request, timeout)
-            .await?
+        let outbox = {
+            let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+            outboxes
+                .entry((addr.to_string(), node))
+                .or_default()
+                .clone()
+        };
+        let (reply, replied) = oneshot::channel();
+        let queued = Queued {
+            request,
+            timeout,
+            reply,
+        };
+        if outbox.push(queued) {
+            tokio::spawn(self.clone().send_queued(addr.to_string(), node, outbox));
+        }
+        match tokio::time::timeout(timeout, replied).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(TransportError::Stream("request abandoned".into())),
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+
+    /// Sends what is queued for `node` as one message and hands out the
+    /// replies.
+    async fn send_queued(self: Arc<Self>, addr: String, node: NodeId, outbox: Arc<Outbox>) {
+        // Requests are made in bursts (one commit answers many writers,
+        // who all write again): let the rest of the burst join.
+        tokio::task::yield_now().await;
+        let mut queued = outbox.take();
+        while queued.len() > MAX_CLIENT_BATCH {
+            let rest = queued.split_off(MAX_CLIENT_BATCH);
+            tokio::spawn(self.clone().send_batch(addr.clone(), node, queued));
+            queued = rest;
+        }
+        self.send_batch(addr, node, queued).await;
+    }
+
+    async fn send_batch(self: Arc<Self>, addr: String, node: NodeId, queued: Vec<Queued>) {
+        let timeout = queued.iter().map(|q| q.timeout).max().unwrap_or_default();
+        let (mut requests, replies): (Vec<_>, Vec<_>) =
+            queued.into_iter().map(|q| (q.request, q.reply)).unzip();
+        let count = requests.len();
+        let request = match requests.pop() {
+            Some(one) if requests.is_empty() => PeerRequest::Client(one),
+            Some(last) => {
+                requests.push(last);
+                PeerRequest::Clients(requests)
+            }
+            None => return,
+        };
+        let results: Vec<_> = match self
+            .call(&addr, &node_dns_name(node), &request, timeout)
+            .await
         {
-            PeerReply::Client(reply) => Ok(reply),
-            other => Err(TransportError::Remote(format!(
-                "unexpected reply {other:?}"
-            ))),
+            Ok(PeerReply::Client(reply)) if count == 1 => vec![Ok(reply)],
+            Ok(PeerReply::Clients(replies)) if replies.len() == count => {
+                replies.into_iter().map(Ok).collect()
+            }
+            Ok(other) => {
+                let e = TransportError::Remote(format!("unexpected reply {other:?}"));
+                (0..count).map(|_| Err(e.for_one_request())).collect()
+            }
+            Err(e) => (0..count).map(|_| Err(e.for_one_request())).collect(),
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller past its deadline is gone; nobody else wants it.
+            let _ = reply.send(result);
         }
     }
 
@@ -536,6 +652,14 @@ async fn receive_snapshot(recv: &mut quinn::RecvStream, inbound: &dyn Inbound) -
 /// openraft's view of the transport: one client per peer.
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,
+    /// The least time an append (or heartbeat) may take. openraft allows
+    /// one heartbeat interval; on a busy machine a large append, fsync on
+    /// the follower included, takes longer. Giving up then wastes it (it is
+    /// sent again, with whatever was added meanwhile, so more likely to
+    /// time out again) and every failure counts towards openraft's
+    /// replication backoff, which stalls commits. A follower that does not
+    /// answer within an election timeout is treated as gone anyway.
+    pub append_timeout: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -546,6 +670,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             transport: self.transport.clone(),
             addr: node.addr.clone(),
             server_name: node_dns_name(target),
+            append_timeout: self.append_timeout,
         }
     }
 }
@@ -554,6 +679,7 @@ pub struct PeerClient {
     transport: Arc<Transport>,
     addr: String,
     server_name: String,
+    append_timeout: Duration,
 }
 
 fn rpc_error(e: TransportError) -> RPCError<TypeConfig> {
@@ -568,10 +694,10 @@ impl PeerClient {
     async fn call(
         &self,
         request: PeerRequest,
-        option: &RPCOption,
+        timeout: Duration,
     ) -> Result<PeerReply, RPCError<TypeConfig>> {
         self.transport
-            .call(&self.addr, &self.server_name, &request, option.hard_ttl())
+            .call(&self.addr, &self.server_name, &request, timeout)
             .await
             .map_err(rpc_error)
     }
@@ -591,7 +717,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::Append(rpc), &option).await? {
+        let timeout = option.hard_ttl().max(self.append_timeout);
+        match self.call(PeerRequest::Append(rpc), timeout).await? {
             PeerReply::Append(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -602,7 +729,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::Vote(rpc), &option).await? {
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await? {
             PeerReply::Vote(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -613,7 +740,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::PreVote(rpc), &option).await? {
+        match self
+            .call(PeerRequest::PreVote(rpc), option.hard_ttl())
+            .await?
+        {
             PeerReply::Vote(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -624,7 +754,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerRequest::TransferLeader(req), &option).await? {
+        match self
+            .call(PeerRequest::TransferLeader(req), option.hard_ttl())
+            .await?
+        {
             PeerReply::TransferLeader(r) => Ok(r),
             other => Err(unexpected(other)),
         }

@@ -18,7 +18,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use prometheus::Registry;
 use rocksdb::DB;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -118,8 +118,22 @@ struct Inner {
     watch_tx: broadcast::Sender<WatchSignal>,
     clock: LeaseClock,
     metrics: Arc<Metrics>,
+    /// Commands this node proposes as leader, to [`run_proposer`].
+    proposals: mpsc::UnboundedSender<Proposal>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// A command waiting to be proposed, and who waits for its result.
+struct Proposal {
+    command: Command,
+    /// `NoLeader` means it was refused before it was appended (this node
+    /// does not lead after all): safe to retry.
+    reply: oneshot::Sender<Result<CommandResult, StoreError>>,
+}
+
+/// Most transactions one log entry carries; beyond this a burst of
+/// writes takes several entries.
+const MAX_TXNS_PER_ENTRY: usize = 256;
 
 /// A running node. Cheap to clone.
 #[derive(Clone)]
@@ -147,6 +161,7 @@ impl RaftStore {
         let snapshot_dir = data.snapshot_dir();
         let (watch_tx, _) = broadcast::channel(4096);
         let (lease_tx, lease_rx) = mpsc::unbounded_channel();
+        let (proposals, proposal_rx) = mpsc::unbounded_channel();
         let sm = StateMachine::new(
             data.db.clone(),
             snapshot_dir.clone(),
@@ -172,6 +187,7 @@ impl RaftStore {
         .map_err(|e| StartError::Config(e.to_string()))?;
         let network = NetworkFactory {
             transport: transport.clone(),
+            append_timeout: config.election_timeout_min,
         };
         let raft = Raft::new(
             config.node_id,
@@ -194,13 +210,15 @@ impl RaftStore {
                 watch_tx,
                 clock: LeaseClock::default(),
                 metrics,
+                proposals,
                 tasks: std::sync::Mutex::new(Vec::new()),
             }),
         };
         let serve = tokio::spawn(transport.serve(Arc::new(store.clone())));
         let keeper = tokio::spawn(store.clone().lease_keeper(lease_rx));
         let gauges = tokio::spawn(store.clone().update_gauges());
-        store.track([serve, keeper, gauges]);
+        let proposer = tokio::spawn(run_proposer(store.inner.raft.clone(), proposal_rx));
+        store.track([serve, keeper, gauges, proposer]);
         tracing::info!(node = store.inner.id, listen = %store.inner.config.listen, "raft-store node started");
         Ok(store)
     }
@@ -381,22 +399,26 @@ impl RaftStore {
         loop {
             let leader = self.leader_if_known();
             if leader == Some(self.inner.id) {
-                let write = self.inner.raft.client_write(command.clone());
+                let (reply, written) = oneshot::channel();
+                let proposal = Proposal {
+                    command: command.clone(),
+                    reply,
+                };
+                if self.inner.proposals.send(proposal).is_err() {
+                    return Err(fatal("the node is shutting down"));
+                }
                 // A leader cut off from its quorum never commits: give up at
                 // the deadline without knowing whether it ever will.
-                let Ok(written) = tokio::time::timeout_at(deadline, write).await else {
-                    return Err(StoreError::Unknown(
-                        "not committed before the deadline".into(),
-                    ));
-                };
-                match written {
-                    Ok(resp) => return Ok(resp.data),
-                    // Refused before it was appended: safe to retry.
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                    Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                        return Err(StoreError::Unknown(format!("log entry discarded: {f}")))
+                match tokio::time::timeout_at(deadline, written).await {
+                    Err(_) => {
+                        return Err(StoreError::Unknown(
+                            "not committed before the deadline".into(),
+                        ))
                     }
-                    Err(e) => return Err(fatal(e)),
+                    Ok(Err(_)) => return Err(fatal("the node is shutting down")),
+                    // Refused before it was appended: safe to retry.
+                    Ok(Ok(Err(StoreError::NoLeader(_)))) => {}
+                    Ok(Ok(result)) => return result,
                 }
             } else if let Some((leader, addr)) =
                 leader.and_then(|l| self.node_addr(l).map(|a| (l, a)))
@@ -949,6 +971,84 @@ impl RaftStore {
     }
 }
 
+/// Proposes what [`RaftStore::propose_hops`] queues. The transactions
+/// queued by the time it runs share one log entry: concurrent writers then
+/// cost one entry to append, replicate and apply, not one each. It does not
+/// wait for an entry to commit before proposing the next, so a lone writer
+/// waits for nobody, and openraft still appends and replicates the entries
+/// proposed meanwhile together (group commit).
+async fn run_proposer(raft: RaftNode, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+    let mut queued = Vec::new();
+    while queue.recv_many(&mut queued, MAX_TXNS_PER_ENTRY).await > 0 {
+        let mut txns = Vec::new();
+        let mut txn_replies = Vec::new();
+        for proposal in queued.drain(..) {
+            match proposal.command {
+                Command::Txn(txn) => {
+                    txns.push(txn);
+                    txn_replies.push(proposal.reply);
+                }
+                // Lease ids are the index of the granting entry, so other
+                // commands each keep an entry of their own.
+                command => {
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        // A waiter past its deadline is gone: nobody else
+                        // wants the result.
+                        let _ = proposal.reply.send(write_entry(&raft, command).await);
+                    });
+                }
+            }
+        }
+        if !txns.is_empty() {
+            tokio::spawn(write_txns(raft.clone(), txns, txn_replies));
+        }
+    }
+}
+
+/// Writes `txns` as one entry and hands each waiter its own result.
+async fn write_txns(
+    raft: RaftNode,
+    mut txns: Vec<Txn>,
+    replies: Vec<oneshot::Sender<Result<CommandResult, StoreError>>>,
+) {
+    let results = if txns.len() == 1 {
+        vec![write_entry(&raft, Command::Txn(txns.remove(0))).await]
+    } else {
+        match write_entry(&raft, Command::TxnBatch(txns)).await {
+            Ok(CommandResult::TxnBatch(results)) if results.len() == replies.len() => {
+                results.into_iter().map(Ok).collect()
+            }
+            Ok(other) => vec![
+                Err(fatal(format!(
+                    "unexpected result for {} transactions: {other:?}",
+                    replies.len()
+                )));
+                replies.len()
+            ],
+            Err(e) => vec![Err(e); replies.len()],
+        }
+    };
+    for (reply, result) in replies.into_iter().zip(results) {
+        // As above: a waiter that gave up wants nothing.
+        let _ = reply.send(result);
+    }
+}
+
+/// Writes one entry; `NoLeader` if it was refused before it was appended.
+async fn write_entry(raft: &RaftNode, command: Command) -> Result<CommandResult, StoreError> {
+    match raft.client_write(command).await {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(StoreError::NoLeader(Duration::ZERO))
+        }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+            Err(StoreError::Unknown(format!("log entry discarded: {f}")))
+        }
+        Err(e) => Err(fatal(e)),
+    }
+}
+
 fn bump_hops(request: ClientRequest) -> ClientRequest {
     match request {
         ClientRequest::Write { command, hops } => ClientRequest::Write {
@@ -1045,6 +1145,11 @@ impl Inbound for RaftStore {
                     Err(e) => PeerReply::Failed(e.to_string()),
                 },
                 PeerRequest::Client(request) => PeerReply::Client(self.serve_client(request).await),
+                // Concurrently: the writes among them share a log entry.
+                PeerRequest::Clients(requests) => PeerReply::Clients(
+                    futures::future::join_all(requests.into_iter().map(|r| self.serve_client(r)))
+                        .await,
+                ),
             }
         }
         .boxed()

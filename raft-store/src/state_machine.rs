@@ -235,7 +235,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match applied {
                 None => CommandResult::None,
                 Some(applied) => {
-                    if let Some(events) = applied.events {
+                    for events in applied.events {
                         // No receiver is fine: nobody watches.
                         let _ = self.watch_tx.send(WatchSignal::Changes(Arc::new(events)));
                     }

@@ -280,6 +280,11 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// Transactions from concurrent clients carried by one log entry, so
+    /// they share its per-entry costs (log key, replication, apply call).
+    /// Each is applied in order as if it had its own entry: its own
+    /// revision, watch batch and result.
+    TxnBatch(Vec<Txn>),
 }
 
 impl fmt::Display for Command {
@@ -296,6 +301,7 @@ impl fmt::Display for Command {
             Command::LeaseRevoke { id } => write!(f, "lease-revoke({id})"),
             Command::LeaseExpire { id } => write!(f, "lease-expire({id})"),
             Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::TxnBatch(txns) => write!(f, "txn-batch({})", txns.len()),
         }
     }
 }
@@ -360,6 +366,9 @@ pub enum CommandResult {
         revision: u64,
     },
     Rejected(Rejection),
+    /// The results of a [`Command::TxnBatch`], in its order: each a `Txn`
+    /// or a `Rejected`.
+    TxnBatch(Vec<CommandResult>),
 }
 
 /// A lease as the state machine stores it. The deadline is not stored: it is

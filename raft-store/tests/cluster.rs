@@ -379,9 +379,12 @@ async fn a_far_behind_node_catches_up_by_snapshot_and_export_import_is_equal() {
     let leader = c.leader(Duration::from_secs(3)).await;
     let lagging = (1..=3).find(|id| *id != leader).unwrap();
     c.stop(lagging).await;
+    // Nothing keeps this lease alive: its TTL must outlast the 600 writes
+    // below however slow the machine (at 60 s a debug build under heavy
+    // load ran out, and the leader rightly expired it: LeaseNotFound).
     let lease = c
         .node(leader)
-        .lease_grant(Duration::from_secs(60))
+        .lease_grant(Duration::from_secs(3600))
         .await
         .unwrap();
     for i in 0..600 {
