@@ -5,6 +5,13 @@ use anyhow::Context;
 use clap::Parser;
 use pbx_node::{Args, PbxNode};
 
+// jemalloc, not glibc malloc: measured under 2,000 REGISTER/s, glibc kept
+// about half of the leader's heap (350 of 710 MB) as free memory it never
+// returned, spread over the per-thread arenas the runtime's workers use;
+// jemalloc hands freed pages back after its decay time.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -12,7 +12,9 @@
 #   kamailio_cps               the same through Kamailio (stateful proxy)
 #   rss_bytes_per_binding      VmRSS growth per binding over 100,000 new
 #                              registrations (the largest of the 3 nodes;
-#                              over fewer if 5 minutes do not suffice)
+#                              over fewer if 5 minutes do not suffice),
+#                              45 s after the last one, when their SIP
+#                              transactions are gone (Timer J, 32 s)
 # Progress goes to stderr; the last line on stdout is one JSON object.
 # Time: at most 15 minutes after the release build of pbx-node.
 #
@@ -316,16 +318,26 @@ read -r rss_ok rss_failed rss_elapsed <<<"$(SIPP_LIMIT=$RSS_INFLIGHT SIPP_TIMEOU
   "$WORK/rss-users.csv" "$RSS_RATE" "$RSS_COUNT" -key contact_port 5060 -key expires 7200)"
 log "  $rss_ok registered, $rss_failed failed, ${rss_elapsed}s (limit ${rss_secs}s)"
 wait_idle "${NODE_PID[@]:1}"
-RSS_PER_BINDING=null
-rss_note=" RSS over $rss_ok bindings:"
-if [ "$rss_ok" -gt 0 ]; then
+rss_growth() { # label: the RSS growth per binding of each node, into rss_note
+  local id after per
   worst=0
+  rss_note+=" $1:"
   for id in 1 2 3; do
     after=$(rss_kib "${NODE_PID[$id]}")
     per=$(((after - RSS_BEFORE[$id]) * 1024 / rss_ok))
     rss_note+=" node$id ${RSS_BEFORE[$id]}->${after} KiB (${per} B/binding);"
-    [ "$per" -gt "$worst" ] && worst=$per
+    if [ "$per" -gt "$worst" ]; then worst=$per; fi
   done
+}
+RSS_PER_BINDING=null
+rss_note=" RSS over $rss_ok bindings,"
+if [ "$rss_ok" -gt 0 ]; then
+  rss_growth "right after the last REGISTER"
+  # The figure is the bindings' memory, not the burst's: each REGISTER's
+  # server transaction lives on for Timer J (64*T1 = 32 s on UDP), and the
+  # allocator returns freed pages after its decay time (10 s).
+  sleep 45
+  rss_growth "45 s later"
   RSS_PER_BINDING=$worst
   log " $rss_note"
 fi
