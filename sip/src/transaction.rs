@@ -526,6 +526,19 @@ impl TransactionLayer {
         }
     }
 
+    /// A burst leaves the table sized for its peak (32 s of transactions at
+    /// the peak rate, tens of MB on a registrar); once it has drained to a
+    /// quarter of that, the memory goes back. Halving keeps the rehash
+    /// cost amortized over the removals that led to it.
+    fn release_spare_capacity(&mut self) {
+        const KEEP: usize = 1024;
+        let capacity = self.transactions.capacity();
+        if capacity > KEEP && self.transactions.len() * 4 < capacity {
+            self.transactions
+                .shrink_to((self.transactions.len() * 2).max(KEEP));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.transactions.len()
     }
@@ -677,6 +690,7 @@ impl TransactionLayer {
                 Action::Timeout => events.push(LayerEvent::Timeout { key: key.clone() }),
                 Action::Terminated => {
                     self.transactions.remove(key);
+                    self.release_spare_capacity();
                     events.push(LayerEvent::Terminated { key: key.clone() });
                 }
             }
@@ -1007,6 +1021,27 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(layer.len(), 2);
+    }
+
+    #[test]
+    fn the_table_gives_back_its_memory_after_a_burst() {
+        let t0 = Instant::now();
+        let mut layer = TransactionLayer::new(TimerConfig::default());
+        for _ in 0..20_000 {
+            layer
+                .send_request(request(Method::Options), false, t0)
+                .unwrap();
+        }
+        let peak = layer.transactions.capacity();
+        assert!(peak >= 20_000);
+        // Timer F ends every one of them.
+        layer.handle_timeouts(t0 + Duration::from_secs(40));
+        assert!(layer.is_empty());
+        assert!(
+            layer.transactions.capacity() <= 2048,
+            "{} of {peak} kept",
+            layer.transactions.capacity()
+        );
     }
 
     #[test]
