@@ -529,8 +529,21 @@ impl Repo {
         since_ms: u64,
         limit: u64,
     ) -> Result<Vec<Recording>, RepoError> {
-        let prefix = recording_prefix(tenant_id);
-        let end = format!("/t/{tenant_id}/rec0");
+        self.time_ordered(&recording_prefix(tenant_id), since_ms, limit)
+            .await
+    }
+
+    /// Records under `prefix` whose keys begin with a 16-digit time at or
+    /// after `since_ms`, oldest first, at most `limit`.
+    async fn time_ordered<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        since_ms: u64,
+        limit: u64,
+    ) -> Result<Vec<T>, RepoError> {
+        // The prefix ends in '/'; '0' is the byte after it, so the prefix
+        // with '0' in its place ends the prefix's key space.
+        let end = format!("{}0", prefix.trim_end_matches('/'));
         let range = self
             .store
             .range(
@@ -602,21 +615,8 @@ impl Repo {
         since_ms: u64,
         limit: u64,
     ) -> Result<Vec<Cdr>, RepoError> {
-        let prefix = cdr_prefix(tenant_id);
-        // '0' is the byte after '/': the end of the prefix's key space.
-        let end = format!("/t/{tenant_id}/cdr0");
-        let range = self
-            .store
-            .range(
-                KeyRange::between(format!("{prefix}{since_ms:016}"), end),
-                limit,
-            )
-            .await?;
-        range
-            .kvs
-            .iter()
-            .map(|kv| decode(&kv.key, &kv.value))
-            .collect()
+        self.time_ordered(&cdr_prefix(tenant_id), since_ms, limit)
+            .await
     }
 
     /// The extension's bindings as this node sees them after catching up with

@@ -125,6 +125,21 @@ fn sipp(
     command
 }
 
+/// Extension 101 registers through the SBC with a contact on a free port
+/// of 127.0.0.1, where a sipp UAS can then answer; sipp's logs go to
+/// `<root>/register`.
+async fn register_101(root: &Path, sbc: &Sbc) -> u16 {
+    let port = free_udp_port("127.0.0.1");
+    let work = work_dir(root, "register");
+    let output = sipp("register.xml", port, Some(sbc.udp), &work)
+        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
+        .output()
+        .await
+        .expect("sipp must be installed (Debian package sip-tester)");
+    assert!(passed(&output, &work), "101 registers through the SBC");
+    port
+}
+
 fn logs(work: &Path) -> String {
     std::fs::read_dir(work)
         .into_iter()
@@ -160,14 +175,8 @@ async fn a_call_through_the_sbc_is_answered_and_hides_the_inside() {
     let sbc = start_sbc(dir.path(), vec![node.sip.udp_addr]).await;
 
     // 101 registers through the SBC, then answers as a sipp UAS.
-    let callee_port = free_udp_port("127.0.0.1");
-    let reg = work_dir(dir.path(), "register");
-    let output = sipp("register.xml", callee_port, Some(sbc.udp), &reg)
-        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
-        .output()
-        .await
-        .expect("sipp must be installed (Debian package sip-tester)");
-    assert!(passed(&output, &reg), "101 registers through the SBC");
+    let callee_port = register_101(dir.path(), &sbc).await;
+    let reg = dir.path().join("register");
     let uas = work_dir(dir.path(), "callee");
     let callee = sipp("uas_answer.xml", callee_port, None, &uas)
         .spawn()
@@ -369,14 +378,7 @@ async fn two_seconds_after_a_node_dies_calls_and_registrations_go_through_the_ot
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = three_nodes(dir.path()).await;
     let sbc = start_sbc(dir.path(), nodes.iter().map(|n| n.sip.udp_addr).collect()).await;
-    let callee_port = free_udp_port("127.0.0.1");
-    let reg = work_dir(dir.path(), "register");
-    let output = sipp("register.xml", callee_port, Some(sbc.udp), &reg)
-        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
-        .output()
-        .await
-        .expect("sipp must be installed (Debian package sip-tester)");
-    assert!(passed(&output, &reg), "101 registers through the SBC");
+    let callee_port = register_101(dir.path(), &sbc).await;
 
     // One node stops answering; the registration it may have taken lives
     // on in the replicated store.
@@ -566,14 +568,7 @@ async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, tenant) = start_node(dir.path()).await;
     let sbc = start_sbc(dir.path(), vec![node.sip.udp_addr]).await;
-    let callee_port = free_udp_port("127.0.0.1");
-    let reg = work_dir(dir.path(), "register");
-    let output = sipp("register.xml", callee_port, Some(sbc.udp), &reg)
-        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
-        .output()
-        .await
-        .expect("sipp must be installed (Debian package sip-tester)");
-    assert!(passed(&output, &reg), "101 registers through the SBC");
+    let callee_port = register_101(dir.path(), &sbc).await;
     let uas = work_dir(dir.path(), "callee");
     let callee = sipp("uas_answer.xml", callee_port, None, &uas)
         .spawn()
