@@ -60,7 +60,7 @@ pub struct NodeConfig {
     pub sip_udp_listen: SocketAddr,
     pub sip_tcp_listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Metrics and API (loopback by default: the API has no login yet).
+    /// Metrics and the management API.
     pub http_listen: SocketAddr,
     pub raft_listen: SocketAddr,
     pub cluster_id: String,
@@ -98,6 +98,13 @@ pub struct NodeConfig {
     /// One password for every demo extension (tests, benchmarks); unset =
     /// a random password each, printed once.
     pub demo_password: Option<String>,
+    /// The password the system administrator `admin` gets when the cluster
+    /// has none yet; unset = a random one, printed once.
+    pub admin_password: Option<String>,
+    /// How long an API login session lasts, in seconds.
+    pub api_session_ttl_secs: u64,
+    /// Login attempts allowed per minute from one source address.
+    pub api_logins_per_minute: u32,
 }
 
 impl Default for NodeConfig {
@@ -127,6 +134,9 @@ impl Default for NodeConfig {
             demo: false,
             demo_extensions: "100-109".to_string(),
             demo_password: None,
+            admin_password: None,
+            api_session_ttl_secs: 8 * 3600,
+            api_logins_per_minute: 30,
         }
     }
 }
@@ -257,6 +267,16 @@ pub struct Args {
     /// One password for all demo extensions (default: random, printed once).
     #[arg(long, env = "PBX_DEMO_PASSWORD")]
     pub demo_password: Option<String>,
+    /// Password of the system administrator `admin` when none exists yet
+    /// (default: random, printed once).
+    #[arg(long, env = "PBX_ADMIN_PASSWORD")]
+    pub admin_password: Option<String>,
+    /// Lifetime of an API login session in seconds (default 28800).
+    #[arg(long, env = "PBX_API_SESSION_TTL_SECS")]
+    pub api_session_ttl_secs: Option<u64>,
+    /// Login attempts per minute from one source address (default 30).
+    #[arg(long, env = "PBX_API_LOGINS_PER_MINUTE")]
+    pub api_logins_per_minute: Option<u32>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PBX_LOG_JSON")]
     pub log_json: bool,
@@ -315,6 +335,14 @@ impl Args {
         if self.demo_password.is_some() {
             config.demo_password.clone_from(&self.demo_password);
         }
+        if self.admin_password.is_some() {
+            config.admin_password.clone_from(&self.admin_password);
+        }
+        set(&mut config.api_session_ttl_secs, &self.api_session_ttl_secs);
+        set(
+            &mut config.api_logins_per_minute,
+            &self.api_logins_per_minute,
+        );
         if self.cluster_ca.is_some() {
             config.cluster_ca.clone_from(&self.cluster_ca);
         }

@@ -234,6 +234,9 @@ mod tests {
             name: "Acme".into(),
             code: "ACME".into(),
             sip_domain: "acme.example".into(),
+            timezone: "UTC".into(),
+            limits: Default::default(),
+            enabled: true,
         }
     }
 
@@ -250,6 +253,7 @@ mod tests {
             max_expires: 7200,
             remove_existing_on_register: true,
             recording: Default::default(),
+            settings: Default::default(),
         }
     }
 

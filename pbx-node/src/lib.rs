@@ -3,6 +3,9 @@
 //! authentication, the registrar and the B2BUA (sans-IO cores with tokio
 //! drivers), and CDRs. See README.md.
 
+pub mod access;
+pub mod accounts;
+pub mod api;
 pub mod auth;
 pub mod b2bua;
 pub mod blobs;
@@ -16,6 +19,7 @@ pub mod node;
 pub mod recording;
 pub mod registrar;
 pub mod repo;
+mod repo_admin;
 pub mod retention;
 pub mod server;
 pub mod service;

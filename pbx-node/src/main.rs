@@ -40,6 +40,14 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(password) = &node.new_admin_password {
+        // Shown once: only the argon2 hash is stored.
+        println!("system administrator: username admin  password {password}");
+    }
+    println!(
+        "management API: http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)",
+        node.http.addr
+    );
     println!(
         "ready sip_udp={} sip_tcp={}",
         node.sip.udp_addr, node.sip.tcp_addr

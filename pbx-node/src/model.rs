@@ -1,6 +1,7 @@
 //! The domain records stored in raft-store as JSON.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
@@ -10,6 +11,29 @@ pub struct Tenant {
     pub code: String,
     /// The tenant's SIP domain; also the digest realm of its extensions.
     pub sip_domain: String,
+    /// IANA time zone of the tenant's office hours (`Europe/Rome`).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub limits: TenantLimits,
+    /// A disabled tenant's phones cannot register or call.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn default_timezone() -> String {
+    "UTC".to_string()
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// What a tenant may use; `None` = no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantLimits {
+    pub max_extensions: Option<u32>,
+    pub max_concurrent_calls: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,10 +56,127 @@ pub struct Extension {
     /// stored before recording existed, which then record nothing.
     #[serde(default)]
     pub recording: RecordingPolicy,
+    /// What the management plane sets beyond registration: kind, call
+    /// handling, security and the user's web access; absent in records
+    /// stored before the management API, which then get the defaults.
+    #[serde(default)]
+    pub settings: ExtensionSettings,
+}
+
+/// The three kinds of extension in reference/002.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtensionKind {
+    /// A phone that registers with its username and password.
+    #[default]
+    Phone,
+    /// Routes to a dial string or an external number.
+    Custom,
+    /// A number that rings a set of member extensions.
+    Virtual,
+}
+
+/// One forwarding rule: where calls go when its condition holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardRule {
+    pub enabled: bool,
+    /// An extension number of the tenant or an external number.
+    pub destination: String,
+}
+
+/// Call forwarding ("Additional Destinations" in reference/002).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Forwarding {
+    /// Every call, before the extension rings.
+    pub unconditional: ForwardRule,
+    /// After the ring timeout.
+    pub no_answer: ForwardRule,
+    /// When every device is busy.
+    pub busy: ForwardRule,
+    /// When no device is registered.
+    pub offline: ForwardRule,
+}
+
+/// Find-me/follow-me: an alternate number rung after a delay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FindMeFollowMe {
+    pub enabled: bool,
+    pub number: String,
+    /// Seconds the extension rings alone before the number is rung too.
+    pub delay_secs: u32,
+}
+
+/// Which outbound destinations an extension may dial.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum OutboundFilter {
+    #[default]
+    AllowAll,
+    Block,
+    /// Only numbers matching the regular expression (anchored).
+    Regex {
+        pattern: String,
+    },
+}
+
+/// When an extension may place outbound calls, in the tenant's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkingHours {
+    /// Days of the week, `mon` … `sun`.
+    pub days: Vec<String>,
+    /// `HH:MM`, inclusive.
+    pub start: String,
+    /// `HH:MM`, exclusive; after `start`.
+    pub end: String,
+}
+
+/// The caller identity presented on outbound calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CallerId {
+    pub number: String,
+    pub name: String,
+}
+
+/// Everything of an extension the management plane sets beyond its
+/// registration limits (reference/002 sections).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtensionSettings {
+    pub kind: ExtensionKind,
+    pub description: String,
+    pub email: String,
+    pub department: String,
+    /// Do not disturb: calls to the extension are not presented.
+    pub dnd: bool,
+    /// Seconds the extension rings; `None` = the node's ring timeout.
+    pub ring_timeout_secs: Option<u32>,
+    pub forwarding: Forwarding,
+    pub find_me_follow_me: FindMeFollowMe,
+    pub voicemail_enabled: bool,
+    /// argon2 hash of the voicemail PIN.
+    pub voicemail_pin_hash: Option<String>,
+    pub outbound_filter: OutboundFilter,
+    /// Longest outbound call in seconds; `None` = no limit.
+    pub max_call_duration_secs: Option<u32>,
+    /// `None` = outbound calls at any time.
+    pub working_hours: Option<WorkingHours>,
+    /// Registrations only from these networks; empty = from anywhere.
+    pub allowed_registration_cidrs: Vec<ipnet::IpNet>,
+    pub external_caller_id: CallerId,
+    pub emergency_caller_id: String,
+    /// Custom extensions: the dial string or external number called.
+    pub custom_destination: String,
+    /// Virtual extensions: the member extension numbers rung.
+    pub members: Vec<String>,
+    /// The extension's user may log in to the web portal and API.
+    pub web_panel_enabled: bool,
+    /// argon2 hash of the web password; `None` = no web login.
+    pub web_password_hash: Option<String>,
 }
 
 /// Which of an extension's calls are recorded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RecordingPolicy {
     /// Calls the extension receives.
     pub inbound: bool,
@@ -94,7 +235,7 @@ impl Binding {
 }
 
 /// One call's detail record (CDR), written once when the call ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Cdr {
     pub id: String,
     pub tenant_id: String,
@@ -123,7 +264,7 @@ pub struct Cdr {
 }
 
 /// One recorded call, indexed in raft-store; the audio is a blob.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Recording {
     pub id: String,
     pub tenant_id: String,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use raft_store::{ClusterCa, NodeIdentity, RaftStore, StoreConfig, StoreError};
 
+use crate::api::{ApiSettings, ApiState};
 use crate::auth::Authenticator;
 use crate::b2bua::{CallMetrics, MediaServices};
 use crate::blobs::{BlobStore, LocalDirStore};
@@ -165,6 +166,8 @@ pub struct PbxNode {
     recording_uploader: tokio::task::JoinHandle<()>,
     /// Demo extensions created by this start, with their only copy of the password.
     pub new_demo_credentials: Vec<NewCredentials>,
+    /// The password of `admin`, when this start created it.
+    pub new_admin_password: Option<String>,
 }
 
 impl PbxNode {
@@ -268,7 +271,21 @@ impl PbxNode {
         let sip = SipServer::start(services, config.sip_udp_listen, config.sip_tcp_listen)
             .await
             .map_err(NodeError::SipListen)?;
-        let http = HttpServer::start(config.http_listen, repo.clone(), blobs, registry)
+        let api_settings = ApiSettings {
+            session_ttl: Duration::from_secs(config.api_session_ttl_secs.max(60)),
+            logins_per_minute: std::num::NonZeroU32::new(config.api_logins_per_minute)
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            ..ApiSettings::default()
+        };
+        let api = ApiState::new(repo.clone(), blobs, api_settings);
+        let new_admin_password = until_leader(|| {
+            api.accounts.ensure_admin(
+                config.admin_password.as_deref(),
+                crate::service::unix_now_ms(),
+            )
+        })
+        .await?;
+        let http = HttpServer::start(config.http_listen, api, registry)
             .await
             .map_err(NodeError::HttpListen)?;
         let cdr_retention = crate::retention::start(repo.clone(), config.cdr_retention_days);
@@ -281,6 +298,7 @@ impl PbxNode {
             directory: directory_task,
             recording_uploader,
             new_demo_credentials,
+            new_admin_password,
         })
     }
 

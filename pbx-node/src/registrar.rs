@@ -339,6 +339,7 @@ mod tests {
             max_expires: 7200,
             remove_existing_on_register: remove_existing,
             recording: Default::default(),
+            settings: Default::default(),
         }
     }
 

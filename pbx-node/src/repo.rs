@@ -134,7 +134,7 @@ impl DirectoryKind {
 const DIRECTORY_PAGE: u64 = 1000;
 
 /// The first key after every key starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     // Every prefix here ends in '/', which is never 0xff.
     if let Some(last) = end.last_mut() {
@@ -176,7 +176,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T,
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
     serde_json::to_vec(value).map_err(|e| RepoError::Invalid {
         field: "value",
         detail: e.to_string(),
@@ -191,7 +191,7 @@ pub(crate) fn text(key: &[u8], value: Vec<u8>) -> Result<String, RepoError> {
 }
 
 /// Key segments must not contain `/`, or one tenant's keys could alias another's.
-fn check_segment(field: &'static str, value: &str) -> Result<(), RepoError> {
+pub(crate) fn check_segment(field: &'static str, value: &str) -> Result<(), RepoError> {
     let ok = !value.is_empty()
         && value
             .chars()
@@ -206,7 +206,7 @@ fn check_segment(field: &'static str, value: &str) -> Result<(), RepoError> {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut raw);
     hex::encode(raw)
@@ -326,23 +326,34 @@ impl Repo {
         }
     }
 
-    /// Creates a tenant with a fresh id; its code and domain must be unused.
+    /// Creates a tenant with a fresh id and default settings; its code and
+    /// domain must be unused.
     pub async fn create_tenant(
         &self,
         name: &str,
         code: &str,
         sip_domain: &str,
     ) -> Result<Tenant, RepoError> {
-        let code = code.to_ascii_uppercase();
-        let sip_domain = sip_domain.to_ascii_lowercase();
-        check_segment("code", &code)?;
-        check_segment("sip_domain", &sip_domain)?;
-        let tenant = Tenant {
+        self.insert_tenant(Tenant {
             id: random_hex(8),
             name: name.to_string(),
-            code: code.clone(),
-            sip_domain: sip_domain.clone(),
-        };
+            code: code.to_string(),
+            sip_domain: sip_domain.to_string(),
+            timezone: "UTC".to_string(),
+            limits: Default::default(),
+            enabled: true,
+        })
+        .await
+    }
+
+    /// Stores a new tenant (code upper-cased, domain lower-cased) if its
+    /// code and domain are unused.
+    pub async fn insert_tenant(&self, mut tenant: Tenant) -> Result<Tenant, RepoError> {
+        tenant.code = tenant.code.to_ascii_uppercase();
+        tenant.sip_domain = tenant.sip_domain.to_ascii_lowercase();
+        let (code, sip_domain) = (tenant.code.clone(), tenant.sip_domain.clone());
+        check_segment("code", &code)?;
+        check_segment("sip_domain", &sip_domain)?;
         let result = self
             .store
             .txn(
@@ -409,6 +420,7 @@ impl Repo {
             max_expires: crate::model::DEFAULT_MAX_EXPIRES,
             remove_existing_on_register: true,
             recording: Default::default(),
+            settings: Default::default(),
         };
         self.insert_extension(&tenant.id, &extension).await?;
         Ok(extension)
@@ -423,23 +435,10 @@ impl Repo {
     ) -> Result<(), RepoError> {
         check_segment("number", &extension.number)?;
         check_segment("username", &extension.username)?;
-        let ext_key = extension_key(tenant_id, &extension.number);
-        let idx_key = username_index_key(tenant_id, &extension.username);
-        let result = self
-            .store
-            .txn(
-                Txn::new()
-                    .when([
-                        Compare::absent(ext_key.clone()),
-                        Compare::absent(idx_key.clone()),
-                    ])
-                    .and_then([
-                        TxnOp::put(ext_key, encode(extension)?),
-                        TxnOp::put(idx_key, extension.number.clone()),
-                    ]),
-            )
-            .await?;
-        if !result.succeeded {
+        if !self
+            .write_extensions(tenant_id, std::slice::from_ref(extension), &[])
+            .await?
+        {
             return Err(RepoError::AlreadyExists {
                 what: format!(
                     "extension {} or username {}",
@@ -535,7 +534,7 @@ impl Repo {
 
     /// Records under `prefix` whose keys begin with a 16-digit time at or
     /// after `since_ms`, oldest first, at most `limit`.
-    async fn time_ordered<T: DeserializeOwned>(
+    pub(crate) async fn time_ordered<T: DeserializeOwned>(
         &self,
         prefix: &str,
         since_ms: u64,

@@ -946,6 +946,7 @@ mod tests {
             max_expires: 7200,
             remove_existing_on_register: true,
             recording: RecordingPolicy { inbound, outbound },
+            settings: Default::default(),
         }
     }
 

@@ -17,6 +17,8 @@ use tokio::net::UdpSocket;
 pub const TEST_CODE: &str = "TEST";
 pub const TEST_DOMAIN: &str = "test.pbx.local";
 pub const PASSWORD: &str = "correct horse";
+/// The system administrator's password on every test node.
+pub const ADMIN_PASSWORD: &str = "admin-pass-2024";
 
 /// A UDP port on 127.0.0.1 that was free a moment ago (raft's QUIC needs a
 /// real port because peers dial the advertised address).
@@ -35,6 +37,7 @@ pub fn loopback_config(node_id: u64, data_dir: &std::path::Path) -> NodeConfig {
         http_listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: data_dir.to_path_buf(),
         raft_listen: free_udp_addr(),
+        admin_password: Some(ADMIN_PASSWORD.into()),
         ..NodeConfig::default()
     }
 }
@@ -252,31 +255,37 @@ pub fn sipp_passed(output: &std::process::Output, work: &std::path::Path) -> boo
     output.status.success()
 }
 
-/// A plain HTTP/1.1 GET: the status code and the body as text.
+/// A GET as the system administrator: the status code and the body as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, body) = http_get_bytes(addr, path).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A plain HTTP/1.1 GET: the status code and the body.
+/// A GET as the system administrator: the status code and the body.
 pub async fn http_get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).await.expect("read");
-    let head_end = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of the header");
-    let head = String::from_utf8_lossy(&reply[..head_end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, reply[head_end + 4..].to_vec())
+    let client = reqwest::Client::new();
+    let token = admin_token(&client, addr).await;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.expect("body").to_vec())
+}
+
+/// Logs in as `admin` ([`ADMIN_PASSWORD`]); the bearer token.
+pub async fn admin_token(client: &reqwest::Client, addr: SocketAddr) -> String {
+    let response = client
+        .post(format!("http://{addr}/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status().as_u16(), 200, "admin login");
+    let body: serde_json::Value = response.json().await.expect("login body");
+    body["token"].as_str().expect("token").to_string()
 }
 
 /// Node logs, shown with a failing test's output.
