@@ -14,12 +14,24 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+# python3-venv: the virtualenv schemathesis is installed into.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
+
+# schemathesis (PyPI), pinned: pbx-node's tests/schemathesis.rs fuzzes the
+# management API from its live OpenAPI document with it.
+venv="${PBX_VENV:-$HOME/.cache/pbx-venv}"
+schemathesis_version=4.32.5
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==$schemathesis_version"
+fi
+export PBX_SCHEMATHESIS="$venv/bin/schemathesis"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -180,6 +180,23 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     }
 }
 
+/// [`verify_password`] on the blocking pool (argon2 spends tens of
+/// milliseconds of CPU, which must not stall the async workers). Without a
+/// hash the decoy is checked, so a missing account takes as long.
+pub async fn check_password(password: &str, hash: Option<&str>) -> bool {
+    let password = password.to_string();
+    let hash = hash.map(str::to_string);
+    tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => verify_password(&password, &hash),
+        None => {
+            verify_password(&password, decoy_hash());
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// The system administrator every cluster starts with.
 pub const ADMIN_USERNAME: &str = "admin";
 

@@ -203,6 +203,15 @@ impl Authenticator {
             v.verify(&credentials, method, ha1.as_ref(), now_secs)
         });
         Ok(match (outcome, extension) {
+            // A disabled tenant's phones neither register nor call; they
+            // proved who they are, so they may hear why.
+            (AuthOutcome::Authorized, Some(_)) if !tenant.enabled => {
+                Authenticated::Refused(sip::message::response_from_headers(
+                    &request.headers,
+                    403,
+                    "Tenant Disabled",
+                ))
+            }
             (AuthOutcome::Authorized, Some(extension)) => {
                 Authenticated::Extension { tenant, extension }
             }

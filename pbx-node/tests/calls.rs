@@ -1,7 +1,9 @@
 //! Calls between extensions through the B2BUA, with sipp as both phones:
 //! answered, busy, no answer, cancelled, unknown number, offline, forking
-//! to two devices, a 3-node cluster (register on A, call via B) and tenant
-//! isolation. Each call's CDR is checked in raft-store.
+//! to two devices, a 3-node cluster (register on A, call via B), tenant
+//! isolation, and the extension settings that act on calls (DND, busy,
+//! unconditional and offline forwarding, ring timeout, a disabled tenant)
+//! set through the REST API. Each call's CDR is checked in raft-store.
 
 mod common;
 
@@ -226,6 +228,130 @@ async fn busy_no_answer_cancel_unknown_and_offline_get_their_status() {
         assert_eq!(cdr.disposition, disposition, "{name}: {cdr:?}");
         assert_eq!(cdr.sip_status, Some(status), "{name}: {cdr:?}");
     }
+    node.shutdown().await;
+}
+
+/// Replaces extension `number`'s settings through the REST API, as an
+/// administrator would (PUT keeps its password).
+async fn set_extension(node: &PbxNode, number: &str, settings: serde_json::Value) {
+    let client = reqwest::Client::new();
+    let addr = node.http.addr;
+    let token = common::admin_token(&client, addr).await;
+    let mut body = serde_json::json!({"number": number});
+    body.as_object_mut()
+        .expect("object")
+        .extend(settings.as_object().expect("settings object").clone());
+    let response = client
+        .put(format!(
+            "http://{addr}/api/v1/tenants/{}/extensions/{number}",
+            common::TEST_CODE
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT extension");
+    assert_eq!(response.status().as_u16(), 200, "PUT {number}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnd_forwarding_and_ring_timeout_act_on_calls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    add_extension(&node.repo, &tenant, "103").await;
+    let sip = node.sip.udp_addr;
+    let port_101 = free_udp_addr().port();
+    let port_102 = free_udp_addr().port();
+    register(sip, "101-TEST", port_101, &work_dir(dir.path(), "reg101")).await;
+    // 102 is registered, but nothing answers at its contact: a call that
+    // reached it would ring out as 480 after the ring timeout.
+    register(sip, "102-TEST", port_102, &work_dir(dir.path(), "reg102")).await;
+
+    set_extension(&node, "102", serde_json::json!({"dnd": true})).await;
+    let uac = work_dir(dir.path(), "dnd");
+    assert!(
+        call(sip, &refused_scenario(486, &uac), "102", &uac).await,
+        "DND: busy at once"
+    );
+    let cdr = cdrs(&node.repo, &tenant, 1).await.remove(0);
+    assert_eq!(
+        (cdr.disposition.as_str(), cdr.hangup_cause.as_str()),
+        ("BUSY", "USER_BUSY")
+    );
+
+    // Each forward is answered by 101's phone.
+    let forwards = [
+        (
+            "102",
+            serde_json::json!({"dnd": true,
+                "forwarding": {"busy": {"enabled": true, "destination": "101"}}}),
+        ),
+        (
+            "102",
+            serde_json::json!({"forwarding": {"unconditional": {"enabled": true, "destination": "101"}}}),
+        ),
+        (
+            "103",
+            serde_json::json!({"forwarding": {"offline": {"enabled": true, "destination": "101"}}}),
+        ),
+    ];
+    for (index, (number, settings)) in forwards.into_iter().enumerate() {
+        set_extension(&node, number, settings.clone()).await;
+        let uas = work_dir(dir.path(), &format!("fwd{index}-uas"));
+        let phone = callee("uas_answer.xml", port_101, &uas);
+        let uac = work_dir(dir.path(), &format!("fwd{index}-uac"));
+        assert!(
+            call(sip, &sipp_scenario("uac_call.xml"), number, &uac).await,
+            "{number} with {settings}: answered"
+        );
+        assert!(finished(phone, &uas).await, "101 answered {number}'s call");
+    }
+
+    // 102's own ring timeout (1 s) instead of the node's (3 s).
+    set_extension(&node, "102", serde_json::json!({"ring_timeout_secs": 1})).await;
+    let uas = work_dir(dir.path(), "ring-uas");
+    let phone = callee("uas_ring_until_cancel.xml", port_102, &uas);
+    let uac = work_dir(dir.path(), "ring-uac");
+    let started = std::time::Instant::now();
+    assert!(
+        call(sip, &refused_scenario(480, &uac), "102", &uac).await,
+        "no answer: 480"
+    );
+    let rang = started.elapsed();
+    assert!(finished(phone, &uas).await, "102 rang and was CANCELled");
+    assert!(
+        rang < Duration::from_millis(2700),
+        "rang {rang:?}: the extension's 1 s, not the node's 3 s"
+    );
+
+    // A disabled tenant's phones are refused once they have authenticated.
+    let client = reqwest::Client::new();
+    let token = common::admin_token(&client, node.http.addr).await;
+    let response = client
+        .put(format!(
+            "http://{}/api/v1/tenants/{}",
+            node.http.addr,
+            common::TEST_CODE
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"enabled": false}))
+        .send()
+        .await
+        .expect("PUT tenant");
+    assert_eq!(response.status().as_u16(), 200);
+    let mut phone = common::TestPhone::new(sip, "101-TEST", PASSWORD).await;
+    let mut refused = None;
+    // The node's directory follows the change through the store's watch.
+    for _ in 0..50 {
+        let reply = phone.register("Contact: <sip:101@127.0.0.1:5999>\r\n").await;
+        if reply.status() == Some(403) {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("REGISTER of a disabled tenant gets 403");
+    assert_eq!(refused.reason(), Some("Tenant Disabled"));
     node.shutdown().await;
 }
 

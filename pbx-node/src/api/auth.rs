@@ -124,7 +124,7 @@ impl ApiState {
         password: &str,
     ) -> Result<Option<Subject>, ApiError> {
         if let Some(user) = self.accounts.user(username).await? {
-            let ok = accounts::verify_password(password, &user.password_hash) && user.enabled;
+            let ok = accounts::check_password(password, Some(&user.password_hash)).await && user.enabled;
             return Ok(ok.then(|| Subject::User {
                 username: user.username,
             }));
@@ -140,8 +140,8 @@ impl ApiState {
         };
         match (tenant, extension) {
             (Some(tenant), Some(ext)) if ext.settings.web_panel_enabled => {
-                let hash = ext.settings.web_password_hash.as_deref().unwrap_or("");
-                let ok = accounts::verify_password(password, hash);
+                let hash = ext.settings.web_password_hash.as_deref();
+                let ok = accounts::check_password(password, hash).await;
                 Ok(ok.then(|| Subject::Extension {
                     tenant_id: tenant.id,
                     number: ext.number,
@@ -150,7 +150,7 @@ impl ApiState {
             }
             _ => {
                 // Same work as a real check, so timing reveals nothing.
-                accounts::verify_password(password, accounts::decoy_hash());
+                accounts::check_password(password, None).await;
                 Ok(None)
             }
         }
@@ -238,7 +238,7 @@ pub async fn login(
     // after the same work as a real check.
     let lockout_name = username.to_ascii_lowercase();
     if !accounts::is_login_name(&lockout_name) {
-        accounts::verify_password(&request.password, accounts::decoy_hash());
+        accounts::check_password(&request.password, None).await;
         return Err(invalid());
     }
     let lockout = state.accounts.lockout(&lockout_name).await?;

@@ -9,6 +9,7 @@
 pub mod call;
 pub mod local;
 mod resend;
+pub mod routing;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,7 @@ use crate::service::unix_now_ms;
 use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side};
 use local::{LocalCall, LocalSetup, RemoteMedia};
 use media::ports::PortPool;
+use routing::{Refusal, Route};
 use sip::sdp;
 
 /// Settings of the call path.
@@ -446,36 +448,40 @@ impl B2bua {
             }
         }
         // Only the caller's own tenant is searched: 101 of one tenant can
-        // never reach 101 of another.
-        let callee = match self.repo.extension(&tenant.id, &dialled).await? {
-            Some(callee) => callee,
-            None => {
-                self.refuse(&key, request, 404, "UNALLOCATED_NUMBER", 1, &cdr)
-                    .await;
+        // never reach 101 of another. Forwards stay in the tenant too.
+        let mut number = dialled.clone();
+        let mut forwards = 0;
+        let (callee, forks) = loop {
+            let Some(callee) = self.repo.extension(&tenant.id, &number).await? else {
+                self.refuse(&key, request, routing::UNALLOCATED, &cdr).await;
                 return Ok(());
+            };
+            let mut route = routing::before_ringing(&callee);
+            let mut forks = Vec::new();
+            if let Route::Ring(numbers) = &route {
+                forks = self.forks_to(tenant, numbers, now_ms).await?;
+                if forks.is_empty() {
+                    route = routing::when_offline(&callee);
+                }
+            }
+            match route {
+                Route::Ring(_) => break (callee, forks),
+                Route::Forward(to) if forwards < routing::MAX_FORWARDS => {
+                    tracing::info!(from = %callee.number, %to, "call forwarded");
+                    forwards += 1;
+                    number = to;
+                }
+                Route::Forward(_) => {
+                    self.refuse(&key, request, routing::FORWARD_LOOP, &cdr)
+                        .await;
+                    return Ok(());
+                }
+                Route::Refuse(refusal) => {
+                    self.refuse(&key, request, refusal, &cdr).await;
+                    return Ok(());
+                }
             }
         };
-        let bindings = self
-            .repo
-            .bindings(&tenant.id, &callee.number, now_ms)
-            .await?;
-        let forks: Vec<ForkTarget> = bindings
-            .iter()
-            .filter_map(|stored| {
-                let binding = &stored.binding;
-                let peer = binding_peer(binding)?;
-                Some(ForkTarget {
-                    uri: binding.uri.parse().ok()?,
-                    route: binding.path.clone(),
-                    addr: self.local_addr_toward(peer),
-                })
-            })
-            .collect();
-        if forks.is_empty() {
-            self.refuse(&key, request, 480, "SUBSCRIBER_ABSENT", 20, &cdr)
-                .await;
-            return Ok(());
-        }
         tracing::info!(from = %caller.number, to = %callee.number, forks = forks.len(), "calling");
         let caller_addr = self.local_addr_toward(source);
         let mut media = CallMedia {
@@ -505,7 +511,12 @@ impl B2bua {
             ),
             callee_aor: format!("<sip:{}@{}>", callee.number, tenant.sip_domain),
             forks,
-            ring_timeout: self.config.ring_timeout,
+            ring_timeout: callee
+                .settings
+                .ring_timeout_secs
+                .map_or(self.config.ring_timeout, |secs| {
+                    Duration::from_secs(u64::from(secs))
+                }),
             timers: self.config.timers,
             music_on_hold: self
                 .media
@@ -517,6 +528,36 @@ impl B2bua {
         let call = Call::start(setup, tokio::time::Instant::now().into_std());
         self.spawn_call(call, cdr, None, media, &span);
         Ok(())
+    }
+
+    /// The devices registered to these extensions of the tenant, all of
+    /// them forked to at once; members in do-not-disturb are skipped.
+    async fn forks_to(
+        &self,
+        tenant: &Tenant,
+        numbers: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<ForkTarget>, crate::repo::RepoError> {
+        let mut forks = Vec::new();
+        for number in numbers {
+            if numbers.len() > 1 {
+                match self.repo.extension(&tenant.id, number).await? {
+                    Some(member) if !member.settings.dnd => {}
+                    _ => continue,
+                }
+            }
+            let bindings = self.repo.bindings(&tenant.id, number, now_ms).await?;
+            forks.extend(bindings.iter().filter_map(|stored| {
+                let binding = &stored.binding;
+                let peer = binding_peer(binding)?;
+                Some(ForkTarget {
+                    uri: binding.uri.parse().ok()?,
+                    route: binding.path.clone(),
+                    addr: self.local_addr_toward(peer),
+                })
+            }));
+        }
+        Ok(forks)
     }
 
     /// Registers the call's dialogs and runs it in a task of its own.
@@ -656,11 +697,14 @@ impl B2bua {
         &self,
         key: &TransactionKey,
         request: &SipMessage,
-        status: u16,
-        cause: &'static str,
-        q850: u16,
+        refusal: Refusal,
         cdr: &CdrContext,
     ) {
+        let Refusal {
+            status,
+            cause,
+            q850,
+        } = refusal;
         let mut response = request.response(status);
         response
             .headers
@@ -668,7 +712,12 @@ impl B2bua {
         self.endpoint.respond(key, response);
         tracing::info!(status, cause, "call refused");
         let end = CallEnd {
-            disposition: call::Disposition::Failed,
+            // Do-not-disturb refuses as busy, and the CDR says so.
+            disposition: if status == 486 {
+                call::Disposition::Busy
+            } else {
+                call::Disposition::Failed
+            },
             hangup_cause: cause,
             hangup_by: Side::System,
             answered_at: None,
