@@ -70,10 +70,20 @@ async fn start_sbc(dir: &Path, nodes: Vec<SocketAddr>) -> Sbc {
 
 async fn start_sbc_with(dir: &Path, nodes: Vec<SocketAddr>, guard: sbc::guard::GuardConfig) -> Sbc {
     let config = SbcConfig {
+        guard,
+        ..sbc_config(dir, nodes)
+    };
+    Sbc::start(&config).await.expect("start SBC")
+}
+
+/// Every listener on a free port of 127.0.0.1, the inside on 127.0.0.2.
+fn sbc_config(dir: &Path, nodes: Vec<SocketAddr>) -> SbcConfig {
+    SbcConfig {
         udp_listen: addr("127.0.0.1", 0),
         tcp_listen: addr("127.0.0.1", 0),
         tls_listen: addr("127.0.0.1", 0),
         wss_listen: addr("127.0.0.1", 0),
+        https_listen: addr("127.0.0.1", 0),
         public_host: Some("127.0.0.1".into()),
         internal_listen: addr(SBC_INSIDE, 0),
         nodes,
@@ -82,10 +92,8 @@ async fn start_sbc_with(dir: &Path, nodes: Vec<SocketAddr>, guard: sbc::guard::G
         rtp_port_max: 41_999,
         media_public_bind: "127.0.0.1".parse().expect("IP"),
         http_listen: addr("127.0.0.1", 0),
-        guard,
         ..SbcConfig::default()
-    };
-    Sbc::start(&config).await.expect("start SBC")
+    }
 }
 
 fn scenario(name: &str) -> PathBuf {
@@ -575,47 +583,13 @@ async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
         .expect("sipp");
 
     // baresip trusts the SBC's self-signed certificate and registers over TLS.
-    let phone = work_dir(dir.path(), "baresip");
-    let console_at = addr("127.0.0.1", free_udp_port("127.0.0.1"));
-    let sip_port = loop {
-        let candidate = free_udp_port("127.0.0.1");
-        if candidate < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", candidate + 1)).is_ok()
-        {
-            break candidate;
-        }
-    };
-    std::fs::write(
-        phone.join("config"),
-        format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_cafile {ca}\n\
-             module_path /usr/lib/baresip/modules\nmodule cons.so\nmodule g711.so\n\
-             module aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\n\
-             cons_listen {console_at}\naudio_source aufile,{tone}\nsnd_path {dump}\n",
-            ca = dir.path().join("sbc/tls-self-signed.pem").display(),
-            tone = tone_wav(&phone).display(),
-            dump = phone.display()
-        ),
-    )
-    .expect("config");
-    std::fs::write(
-        phone.join("accounts"),
-        format!(
-            "<sip:100-TEST@127.0.0.1:{};transport=tls>;auth_pass={PASSWORD};regint=300\n",
+    let (baresip, log, console_at) = start_baresip(
+        dir.path(),
+        &format!(
+            "<sip:100-TEST@127.0.0.1:{};transport=tls>;auth_pass={PASSWORD};regint=300",
             sbc.tls.port()
         ),
-    )
-    .expect("accounts");
-    let log = phone.join("baresip.log");
-    let log_file = std::fs::File::create(&log).expect("log");
-    let baresip = tokio::process::Command::new("baresip")
-        .args(["-s", "-f"])
-        .arg(&phone)
-        .stdin(std::process::Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("baresip must be installed (Debian package baresip-core)");
+    );
     wait_for_output(&log, "200 OK () [1 binding]").await;
     console(console_at, "/dial 101").await;
     wait_for_output(&log, "Call established").await;
@@ -634,6 +608,153 @@ async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
         cdrs.first().map(|c| c.disposition.as_str()),
         Some("ANSWERED")
     );
+    drop(baresip);
+    sbc.stop();
+    node.shutdown().await;
+}
+
+/// baresip with one account (`account`: its line in `accounts`), playing
+/// a tone as its microphone, trusting the SBC's certificate, taking
+/// commands on a UDP console and logging SIP and events (debug level, where
+/// it reports received DTMF) to `<root>/baresip/baresip.log`.
+fn start_baresip(root: &Path, account: &str) -> (tokio::process::Child, PathBuf, SocketAddr) {
+    let phone = work_dir(root, "baresip");
+    let console_at = addr("127.0.0.1", free_udp_port("127.0.0.1"));
+    let sip_port = loop {
+        let candidate = free_udp_port("127.0.0.1");
+        if candidate < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", candidate + 1)).is_ok()
+        {
+            break candidate;
+        }
+    };
+    std::fs::write(
+        phone.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_cafile {ca}\n\
+             module_path /usr/lib/baresip/modules\nmodule cons.so\nmodule g711.so\n\
+             module aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\n\
+             cons_listen {console_at}\naudio_source aufile,{tone}\nsnd_path {dump}\n",
+            ca = root.join("sbc/tls-self-signed.pem").display(),
+            tone = tone_wav(&phone).display(),
+            dump = phone.display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(phone.join("accounts"), format!("{account}\n")).expect("accounts");
+    let log = phone.join("baresip.log");
+    let log_file = std::fs::File::create(&log).expect("log");
+    let baresip = tokio::process::Command::new("baresip")
+        .args(["-s", "-v", "-f"])
+        .arg(&phone)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("baresip must be installed (Debian package baresip-core)");
+    (baresip, log, console_at)
+}
+
+/// This machine's address on its default route (no packet is sent).
+fn default_route_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    socket.connect("192.0.2.1:9").expect("a default route");
+    socket.local_addr().expect("local address").ip()
+}
+
+/// Browser side to SIP side: headless Chromium opens the softphone page
+/// the SBC serves, registers 100 over WSS, and calls 101, a baresip
+/// registered over UDP that answers by itself. The call goes through the
+/// SBC's WebRTC gateway (ICE-lite, DTLS-SRTP toward Chromium, plain RTP
+/// toward the pbx-node): Chromium's own counters show audio packets both
+/// ways, keypad presses reach baresip as RFC 4733 events, hold and resume
+/// are offered and answered, and the hang-up ends the call at both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sbc/softphone/test/call.mjs");
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sbc/softphone/node_modules");
+    assert!(
+        modules.join("playwright-core").exists(),
+        "run `npm ci` in sbc/softphone (tests/run-all.sh does)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = start_node(dir.path()).await;
+    // Chromium gathers no candidates on loopback: the browser-facing media
+    // sockets are on this machine's own address.
+    let media_ip = default_route_ip();
+    let config = SbcConfig {
+        media_public_bind: media_ip,
+        media_public_ip: Some(media_ip),
+        ..sbc_config(dir.path(), vec![node.sip.udp_addr])
+    };
+    let sbc = Sbc::start(&config).await.expect("start SBC");
+
+    let (baresip, log, _console) = start_baresip(
+        dir.path(),
+        &format!(
+            "<sip:101-TEST@127.0.0.1:{}>;auth_pass={PASSWORD};answermode=auto;regint=300",
+            sbc.udp.port()
+        ),
+    );
+    wait_for_output(&log, "200 OK () [1 binding]").await;
+
+    let digits = "159#";
+    let browser = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("https://127.0.0.1:{}/", sbc.https.port()))
+        .args(["100-TEST", "test.pbx.local", PASSWORD, "101", digits])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), browser)
+        .await
+        .expect("the browser test ends in time")
+        .expect("node must be installed (Debian package nodejs)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let baresip_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let results: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no results from the browser:\n{stdout}\n{stderr}"));
+    let context = || format!("{results}\n--- browser ---\n{stderr}\n--- baresip ---\n{baresip_log}");
+    assert!(output.status.success(), "{}", context());
+    for done in ["registered", "established", "held", "resumed", "ended"] {
+        assert_eq!(results[done], true, "{done}: {}", context());
+    }
+    // Audio both ways, and still flowing after the first two seconds.
+    let count = |when: &str, what: &str| results[when][what].as_u64().unwrap_or_default();
+    assert!(count("before", "sent") > 0 && count("before", "received") > 0, "{}", context());
+    assert!(count("after", "sent") > count("before", "sent"), "{}", context());
+    assert!(count("after", "received") > count("before", "received"), "{}", context());
+
+    // The far end heard every key as an RFC 4733 event.
+    for digit in digits.chars() {
+        wait_for_output(&log, &format!("received DTMF: '{digit}'")).await;
+    }
+    let mut cdrs = Vec::new();
+    for _ in 0..50 {
+        cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
+        if !cdrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cdrs.first().map(|c| c.disposition.as_str()),
+        Some("ANSWERED")
+    );
+    // The gateway and the relay are gone, their ports back.
+    for _ in 0..50 {
+        if sbc.status().relayed_calls == 0 && sbc.status().rtp_ports_in_use == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sbc.status().relayed_calls, 0, "{:?}", sbc.status());
     drop(baresip);
     sbc.stop();
     node.shutdown().await;
