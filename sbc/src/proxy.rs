@@ -483,7 +483,7 @@ impl<M: MediaAnchor> Proxy<M> {
             }
             Rewritten::AsIs => true,
             Rewritten::Unacceptable => {
-                if message.is_response() {
+                if !message.is_request() {
                     message.body = Vec::new();
                     message.headers.remove("Content-Type");
                 }

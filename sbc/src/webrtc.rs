@@ -605,31 +605,39 @@ mod tests {
         let mut browser_events = Vec::new();
         for _ in 0..2000 {
             act(gateway, browser, *now);
+            let mut to_browser = std::collections::VecDeque::new();
             loop {
-                match browser.poll_output().unwrap() {
-                    Output::Timeout(_) => break,
-                    Output::Transmit(t) => {
-                        assert_eq!(
-                            t.destination,
-                            addr(PUBLIC),
-                            "the browser sends to our candidate"
-                        );
-                        gateway.from_browser_socket(addr(BROWSER), &t.contents, *now);
+                // The browser's output after each datagram it is given:
+                // str0m holds one received RTP packet at a time.
+                loop {
+                    match browser.poll_output().unwrap() {
+                        Output::Timeout(_) => break,
+                        Output::Transmit(t) => {
+                            assert_eq!(
+                                t.destination,
+                                addr(PUBLIC),
+                                "the browser sends to our candidate"
+                            );
+                            gateway.from_browser_socket(addr(BROWSER), &t.contents, *now);
+                        }
+                        Output::Event(e) => browser_events.push(e),
                     }
-                    Output::Event(e) => browser_events.push(e),
                 }
-            }
-            for transmit in gateway.take_transmits() {
-                match transmit {
-                    Transmit::ToBrowser { destination, data } => {
-                        assert_eq!(destination, addr(BROWSER), "latched on the source");
-                        let receive =
-                            Receive::new(Protocol::Udp, addr(PUBLIC), addr(BROWSER), &data)
-                                .unwrap();
-                        browser.handle_input(Input::Receive(*now, receive)).unwrap();
+                for transmit in gateway.take_transmits() {
+                    match transmit {
+                        Transmit::ToBrowser { destination, data } => {
+                            assert_eq!(destination, addr(BROWSER), "latched on the source");
+                            to_browser.push_back(data);
+                        }
+                        to_node => sent_to_node.push(to_node),
                     }
-                    to_node => sent_to_node.push(to_node),
                 }
+                let Some(data) = to_browser.pop_front() else {
+                    break;
+                };
+                let receive =
+                    Receive::new(Protocol::Udp, addr(PUBLIC), addr(BROWSER), &data).unwrap();
+                browser.handle_input(Input::Receive(*now, receive)).unwrap();
             }
             if done(browser, &sent_to_node, &browser_events) {
                 return (sent_to_node, browser_events);
