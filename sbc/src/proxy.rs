@@ -476,7 +476,10 @@ impl<M: MediaAnchor> Proxy<M> {
         if !is_sdp(message) {
             return true;
         }
-        match self.media.rewrite(call_id, direction, phone, message.body()) {
+        match self
+            .media
+            .rewrite(call_id, direction, phone, message.body())
+        {
             Rewritten::Body(body) => {
                 message.body = body;
                 true

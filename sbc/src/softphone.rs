@@ -99,7 +99,9 @@ pub async fn serve(
                         Ok(Ok(tls)) => {
                             let _ = queue.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "softphone page: TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "softphone page: TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(%peer, "softphone page: TLS handshake timed out"),
                     }
                 });

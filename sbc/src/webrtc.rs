@@ -61,8 +61,8 @@ pub fn is_webrtc(body: &[u8]) -> bool {
 /// parser wants CRLF). Remote candidates are of no use to an ICE-lite
 /// agent, and Chrome's mDNS names (`<uuid>.local`) are not addresses.
 fn without_candidates(body: &[u8]) -> Result<String, GatewayError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| GatewayError::BrowserSdp("not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| GatewayError::BrowserSdp("not UTF-8".into()))?;
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
@@ -150,7 +150,10 @@ pub enum Transmit {
 enum Pending {
     Nothing,
     /// The browser offered; the node has yet to answer.
-    BrowserOffer { offer: String, audio: BrowserAudio },
+    BrowserOffer {
+        offer: String,
+        audio: BrowserAudio,
+    },
     /// We offered to the browser on behalf of the node.
     OurOffer(SdpPendingOffer),
 }
@@ -226,7 +229,8 @@ impl Gateway {
                 let offer = SdpOffer::from_sdp_string(&sdp)
                     .map_err(|e| GatewayError::BrowserSdp(e.to_string()))?;
                 let audio = browser_audio(&offer)?;
-                let plain = self.plain(audio.codecs.clone(), audio.telephone_event, audio.direction);
+                let plain =
+                    self.plain(audio.codecs.clone(), audio.telephone_event, audio.direction);
                 self.pending = Pending::BrowserOffer { offer: sdp, audio };
                 plain
             }
@@ -281,7 +285,12 @@ impl Gateway {
 
     /// A str0m instance for this call speaking `codecs` and, if given,
     /// telephone-event/8000 as payload type `event_pt`.
-    fn new_rtc(&self, codecs: &[AudioCodec], event_pt: Option<u8>, now: Instant) -> Result<Rtc, GatewayError> {
+    fn new_rtc(
+        &self,
+        codecs: &[AudioCodec],
+        event_pt: Option<u8>,
+        now: Instant,
+    ) -> Result<Rtc, GatewayError> {
         let mut config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -300,8 +309,8 @@ impl Gateway {
             );
         }
         let mut rtc = config.build(now);
-        let candidate = Candidate::host(self.public, "udp")
-            .map_err(|e| GatewayError::Rtc(e.to_string()))?;
+        let candidate =
+            Candidate::host(self.public, "udp").map_err(|e| GatewayError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(candidate);
         Ok(rtc)
     }
@@ -320,14 +329,21 @@ impl Gateway {
             .copied()
             .filter(|c| audio.codecs.contains(c))
             .ok_or(sip::sdp::SdpError::NoCommonCodec)?;
-        self.node_event_pt = stream.telephone_event.filter(|_| audio.telephone_event.is_some());
-        self.browser_event_pt = audio.telephone_event.filter(|_| self.node_event_pt.is_some());
+        self.node_event_pt = stream
+            .telephone_event
+            .filter(|_| audio.telephone_event.is_some());
+        self.browser_event_pt = audio
+            .telephone_event
+            .filter(|_| self.node_event_pt.is_some());
         let offer = SdpOffer::from_sdp_string(offer)
             .map_err(|e| GatewayError::BrowserSdp(e.to_string()))?;
         if self.rtc.is_none() {
             self.rtc = Some(self.new_rtc(&[codec], self.browser_event_pt, now)?);
         }
-        let rtc = self.rtc.as_mut().ok_or(GatewayError::Rtc("no session".into()))?;
+        let rtc = self
+            .rtc
+            .as_mut()
+            .ok_or(GatewayError::Rtc("no session".into()))?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -356,10 +372,15 @@ impl Gateway {
             self.browser_event_pt = stream.telephone_event;
             self.rtc = Some(self.new_rtc(&stream.codecs, stream.telephone_event, now)?);
         }
-        let rtc = self.rtc.as_mut().ok_or(GatewayError::Rtc("no session".into()))?;
+        let rtc = self
+            .rtc
+            .as_mut()
+            .ok_or(GatewayError::Rtc("no session".into()))?;
         let mut change = rtc.sdp_api();
         match self.mid {
-            None => self.mid = Some(change.add_media(MediaKind::Audio, direction, None, None, None)),
+            None => {
+                self.mid = Some(change.add_media(MediaKind::Audio, direction, None, None, None))
+            }
             Some(mid) => {
                 change.set_direction(mid, direction);
                 if !change.has_changes() {
@@ -391,7 +412,10 @@ impl Gateway {
             self.node_event_pt = None;
             self.browser_event_pt = None;
         }
-        let rtc = self.rtc.as_mut().ok_or(GatewayError::Rtc("no session".into()))?;
+        let rtc = self
+            .rtc
+            .as_mut()
+            .ok_or(GatewayError::Rtc("no session".into()))?;
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| GatewayError::Rtc(e.to_string()))?;
@@ -673,7 +697,13 @@ mod tests {
     }
 
     /// Sends `packets` (payload type, payload) from the browser, 20 ms apart.
-    fn browser_sends(rtc: &mut Rtc, mid: Mid, packets: &[(u8, &[u8])], now: Instant, sent: &mut usize) {
+    fn browser_sends(
+        rtc: &mut Rtc,
+        mid: Mid,
+        packets: &[(u8, &[u8])],
+        now: Instant,
+        sent: &mut usize,
+    ) {
         if *sent >= packets.len() || !rtc.is_connected() {
             return;
         }
@@ -681,7 +711,13 @@ mod tests {
         let mut api = rtc.direct_api();
         let stream = api.stream_tx_by_mid(mid, None).unwrap();
         let seq = *sent as u64 + 1;
-        stream.write_rtp(RtpWrite::new(pt.into(), seq.into(), 160 * seq as u32, now, payload.to_vec()));
+        stream.write_rtp(RtpWrite::new(
+            pt.into(),
+            seq.into(),
+            160 * seq as u32,
+            now,
+            payload.to_vec(),
+        ));
         *sent += 1;
     }
 
@@ -693,7 +729,10 @@ mod tests {
 
     #[test]
     fn webrtc_sdp_is_told_from_plain() {
-        assert!(!is_webrtc(&node_sdp(vec![AudioCodec::Pcmu], SdpDirection::SendRecv)));
+        assert!(!is_webrtc(&node_sdp(
+            vec![AudioCodec::Pcmu],
+            SdpDirection::SendRecv
+        )));
         let now = Instant::now();
         let mut rtc = browser(now);
         let mut change = rtc.sdp_api();
@@ -716,7 +755,11 @@ mod tests {
 
         // The node is offered plain RTP: the browser's G.711 and events.
         let plain = gateway.from_browser(offer.as_bytes(), now).unwrap();
-        assert_eq!(gateway.from_browser(offer.as_bytes(), now).unwrap(), plain, "a retransmission");
+        assert_eq!(
+            gateway.from_browser(offer.as_bytes(), now).unwrap(),
+            plain,
+            "a retransmission"
+        );
         let stream = sip::sdp::audio_stream(&plain).unwrap();
         assert_eq!(stream.rtp, addr(NODE_SIDE));
         assert_eq!(stream.codecs, [AudioCodec::Pcmu, AudioCodec::Pcma]);
@@ -732,18 +775,38 @@ mod tests {
         // an ICE-lite DTLS-SRTP answer with PCMA alone.
         let node_answer = node_sdp(vec![AudioCodec::Pcma], SdpDirection::SendRecv);
         let answer = String::from_utf8(gateway.from_node(&node_answer, now).unwrap()).unwrap();
-        assert_eq!(gateway.from_node(&node_answer, now).unwrap(), answer.as_bytes(), "the 200 after a 183");
-        for needed in ["a=ice-lite", "a=fingerprint:sha-256", "UDP/TLS/RTP/SAVPF", "a=rtcp-mux", "a=group:BUNDLE", "a=setup:", "PCMA/8000", "203.0.113.1 40000 typ host"] {
+        assert_eq!(
+            gateway.from_node(&node_answer, now).unwrap(),
+            answer.as_bytes(),
+            "the 200 after a 183"
+        );
+        for needed in [
+            "a=ice-lite",
+            "a=fingerprint:sha-256",
+            "UDP/TLS/RTP/SAVPF",
+            "a=rtcp-mux",
+            "a=group:BUNDLE",
+            "a=setup:",
+            "PCMA/8000",
+            "203.0.113.1 40000 typ host",
+        ] {
             assert!(answer.contains(needed), "{needed} missing in {answer}");
         }
-        assert!(!answer.contains("PCMU") && !answer.contains("opus"), "{answer}");
+        assert!(
+            !answer.contains("PCMU") && !answer.contains("opus"),
+            "{answer}"
+        );
         browser
             .sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
             .unwrap();
 
         // ICE, DTLS, then media both ways with DTMF renumbered.
-        let from_browser: &[(u8, &[u8])] = &[(8, b"alaw-1"), (BROWSER_EVENT_PT, &[5, 0x0a, 0, 160]), (8, b"alaw-2")];
+        let from_browser: &[(u8, &[u8])] = &[
+            (8, b"alaw-1"),
+            (BROWSER_EVENT_PT, &[5, 0x0a, 0, 160]),
+            (8, b"alaw-2"),
+        ];
         let mut sent = 0;
         let (to_node, _) = run(
             &mut gateway,
@@ -755,9 +818,17 @@ mod tests {
         assert!(gateway.is_connected());
         assert_eq!(
             rtp_to_node(&to_node),
-            [(8, b"alaw-1".to_vec()), (101, vec![5, 0x0a, 0, 160]), (8, b"alaw-2".to_vec())]
+            [
+                (8, b"alaw-1".to_vec()),
+                (101, vec![5, 0x0a, 0, 160]),
+                (8, b"alaw-2".to_vec())
+            ]
         );
-        let from_node = [plain_rtp(8, 1, b"node-1"), plain_rtp(101, 2, &[9, 0x8a, 1, 64]), plain_rtp(8, 3, b"node-2")];
+        let from_node = [
+            plain_rtp(8, 1, b"node-1"),
+            plain_rtp(101, 2, &[9, 0x8a, 1, 64]),
+            plain_rtp(8, 3, b"node-2"),
+        ];
         let mut next = 0;
         let (_, events) = run(
             &mut gateway,
@@ -773,7 +844,11 @@ mod tests {
         );
         assert_eq!(
             rtp_at_browser(&events),
-            [(8, b"node-1".to_vec()), (BROWSER_EVENT_PT, vec![9, 0x8a, 1, 64]), (8, b"node-2".to_vec())]
+            [
+                (8, b"node-1".to_vec()),
+                (BROWSER_EVENT_PT, vec![9, 0x8a, 1, 64]),
+                (8, b"node-2".to_vec())
+            ]
         );
         assert_eq!(gateway.relayed, [3, 3]);
     }
@@ -783,9 +858,21 @@ mod tests {
         let mut now = Instant::now();
         let mut gateway = Gateway::new(addr(PUBLIC), addr(NODE_SIDE));
         let mut browser = browser(now);
-        let node_offer = node_sdp(vec![AudioCodec::Pcmu, AudioCodec::Pcma], SdpDirection::SendRecv);
+        let node_offer = node_sdp(
+            vec![AudioCodec::Pcmu, AudioCodec::Pcma],
+            SdpDirection::SendRecv,
+        );
         let offer = String::from_utf8(gateway.from_node(&node_offer, now).unwrap()).unwrap();
-        for needed in ["a=ice-lite", "a=fingerprint:sha-256", "UDP/TLS/RTP/SAVPF", "a=rtcp-mux", "a=group:BUNDLE", "PCMU/8000", "PCMA/8000", "telephone-event/8000"] {
+        for needed in [
+            "a=ice-lite",
+            "a=fingerprint:sha-256",
+            "UDP/TLS/RTP/SAVPF",
+            "a=rtcp-mux",
+            "a=group:BUNDLE",
+            "PCMU/8000",
+            "PCMA/8000",
+            "telephone-event/8000",
+        ] {
             assert!(offer.contains(needed), "{needed} missing in {offer}");
         }
         let answer = browser
@@ -793,7 +880,9 @@ mod tests {
             .accept_offer(SdpOffer::from_sdp_string(&with_mdns_candidate(&offer)).unwrap())
             .unwrap()
             .to_sdp_string();
-        let plain = gateway.from_browser(with_mdns_candidate(&answer).as_bytes(), now).unwrap();
+        let plain = gateway
+            .from_browser(with_mdns_candidate(&answer).as_bytes(), now)
+            .unwrap();
         let stream = sip::sdp::audio_stream(&plain).unwrap();
         assert_eq!(stream.rtp, addr(NODE_SIDE));
         assert_eq!(stream.codecs, [AudioCodec::Pcmu]);
@@ -819,7 +908,10 @@ mod tests {
             .unwrap()
             .to_sdp_string();
         let plain = gateway.from_browser(answer.as_bytes(), now).unwrap();
-        assert_eq!(sip::sdp::audio_stream(&plain).unwrap().direction, SdpDirection::RecvOnly);
+        assert_eq!(
+            sip::sdp::audio_stream(&plain).unwrap().direction,
+            SdpDirection::RecvOnly
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ const state = {
   ua: null,
   session: null,
   held: false,
+  // A hold or resume re-INVITE is in flight: JsSIP refuses another one.
+  reoffering: false,
   registered: false,
   events: [],
 };
@@ -57,6 +59,7 @@ function callControls(inCall, ringing) {
 function attach(session) {
   state.session = session;
   state.held = false;
+  state.reoffering = false;
   $('hold').textContent = 'Hold';
   const incoming = session.direction === 'incoming';
   if (incoming) {
@@ -77,14 +80,15 @@ function attach(session) {
     callControls(true, false);
     log('in call');
   });
-  session.on('hold', () => {
-    state.held = true;
-    $('hold').textContent = 'Resume';
-    log('on hold');
+  // JsSIP reports our own hold when it sends the re-INVITE; the status
+  // changes when the answer comes (see hold()). The far end's hold is
+  // reported as it comes.
+  session.on('hold', (e) => {
+    if (e.originator === 'local') return;
+    log('held by the other party');
   });
-  session.on('unhold', () => {
-    state.held = false;
-    $('hold').textContent = 'Hold';
+  session.on('unhold', (e) => {
+    if (e.originator === 'local') return;
     log('in call');
   });
   const ended = (why) => (e) => {
@@ -167,10 +171,26 @@ function hangup() {
   if (state.session) state.session.terminate();
 }
 
+// Hold and resume take effect when the re-INVITE is answered; until then
+// the button waits (a failed re-INVITE ends the call, as JsSIP does).
 function hold() {
-  if (!state.session) return;
-  if (state.held) state.session.unhold();
-  else state.session.hold();
+  const session = state.session;
+  if (!session || state.reoffering) return;
+  const resume = state.held;
+  const done = () => {
+    state.reoffering = false;
+    state.held = !resume;
+    $('hold').disabled = false;
+    $('hold').textContent = state.held ? 'Resume' : 'Hold';
+    log(state.held ? 'on hold' : 'in call');
+  };
+  state.reoffering = true;
+  $('hold').disabled = true;
+  const sent = resume ? session.unhold({}, done) : session.hold({}, done);
+  if (!sent) {
+    state.reoffering = false;
+    $('hold').disabled = false;
+  }
 }
 
 // RFC 4733 events in the RTP stream (not SIP INFO): what the SBC relays.

@@ -5,6 +5,8 @@
 // results on its last stdout line.
 //
 //   node call.mjs <page url> <user> <domain> <password> <number> <digits>
+//
+// SOFTPHONE_DEBUG=1 adds JsSIP's session and transport log to the progress.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -54,6 +56,11 @@ try {
   });
   const page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => step(`console: ${m.text()}`));
+  if (process.env.SOFTPHONE_DEBUG) {
+    await page.addInitScript(() => {
+      localStorage.debug = 'JsSIP:RTCSession JsSIP:Transport';
+    });
+  }
   step(`opening ${url}`);
   await page.goto(url);
   await page.fill('#user', user);
@@ -77,15 +84,23 @@ try {
     results.digits += digit;
     await page.waitForTimeout(400);
   }
-  await page.waitForTimeout(1500);
+  // Chromium plays queued tones one after another: all must be out before
+  // the hold below, which (music on hold) renegotiates without events.
+  await page.waitForFunction(() => {
+    const pc = window.softphone.session && window.softphone.session.connection;
+    const sender = pc && pc.getSenders().find((s) => s.dtmf);
+    return sender && sender.dtmf.toneBuffer === '';
+  }, null, { timeout: 15000 });
+  await page.waitForTimeout(1000);
   results.after = await audioStats(page);
   step(`audio ${JSON.stringify(results.before)} -> ${JSON.stringify(results.after)}`);
 
+  // Each waits for the re-INVITE's answer.
   await page.click('#hold');
-  await status(page, 'on hold');
+  await page.waitForFunction(() => window.softphone.held && !window.softphone.reoffering, null, { timeout: 15000 });
   results.held = true;
   await page.click('#hold');
-  await page.waitForFunction(() => !window.softphone.held, null, { timeout: 15000 });
+  await page.waitForFunction(() => !window.softphone.held && !window.softphone.reoffering, null, { timeout: 15000 });
   results.resumed = true;
   step('held and resumed');
 

@@ -615,8 +615,8 @@ async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
 
 /// baresip with one account (`account`: its line in `accounts`), playing
 /// a tone as its microphone, trusting the SBC's certificate, taking
-/// commands on a UDP console and logging SIP and events (debug level, where
-/// it reports received DTMF) to `<root>/baresip/baresip.log`.
+/// commands on a UDP console and logging SIP and events (verbose, where it
+/// reports received RFC 4733 events) to `<root>/baresip/baresip.log`.
 fn start_baresip(root: &Path, account: &str) -> (tokio::process::Child, PathBuf, SocketAddr) {
     let phone = work_dir(root, "baresip");
     let console_at = addr("127.0.0.1", free_udp_port("127.0.0.1"));
@@ -643,8 +643,10 @@ fn start_baresip(root: &Path, account: &str) -> (tokio::process::Child, PathBuf,
     std::fs::write(phone.join("accounts"), format!("{account}\n")).expect("accounts");
     let log = phone.join("baresip.log");
     let log_file = std::fs::File::create(&log).expect("log");
-    let baresip = tokio::process::Command::new("baresip")
-        .args(["-s", "-v", "-f"])
+    // Line-buffered: baresip's stdout is a file, whose tail would
+    // otherwise sit in its buffer until it exits (or is killed).
+    let baresip = tokio::process::Command::new("stdbuf")
+        .args(["-oL", "baresip", "-s", "-v", "-f"])
         .arg(&phone)
         .stdin(std::process::Stdio::null())
         .stdout(log_file.try_clone().expect("log"))
@@ -671,6 +673,11 @@ fn default_route_ip() -> std::net::IpAddr {
 /// are offered and answered, and the hang-up ends the call at both ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
+    // RUST_LOG=sbc=debug shows what the SBC did with the call.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sbc/softphone/test/call.mjs");
     let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sbc/softphone/node_modules");
     assert!(
@@ -720,21 +727,58 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
         .last()
         .and_then(|line| serde_json::from_str(line).ok())
         .unwrap_or_else(|| panic!("no results from the browser:\n{stdout}\n{stderr}"));
-    let context = || format!("{results}\n--- browser ---\n{stderr}\n--- baresip ---\n{baresip_log}");
+    let context =
+        || format!("{results}\n--- browser ---\n{stderr}\n--- baresip ---\n{baresip_log}");
     assert!(output.status.success(), "{}", context());
     for done in ["registered", "established", "held", "resumed", "ended"] {
         assert_eq!(results[done], true, "{done}: {}", context());
     }
     // Audio both ways, and still flowing after the first two seconds.
     let count = |when: &str, what: &str| results[when][what].as_u64().unwrap_or_default();
-    assert!(count("before", "sent") > 0 && count("before", "received") > 0, "{}", context());
-    assert!(count("after", "sent") > count("before", "sent"), "{}", context());
-    assert!(count("after", "received") > count("before", "received"), "{}", context());
+    assert!(
+        count("before", "sent") > 0 && count("before", "received") > 0,
+        "{}",
+        context()
+    );
+    assert!(
+        count("after", "sent") > count("before", "sent"),
+        "{}",
+        context()
+    );
+    assert!(
+        count("after", "received") > count("before", "received"),
+        "{}",
+        context()
+    );
 
-    // The far end heard every key as an RFC 4733 event.
-    for digit in digits.chars() {
-        wait_for_output(&log, &format!("received DTMF: '{digit}'")).await;
+    // The far end heard every key, once and in order, as an RFC 4733
+    // event (baresip logs each event's start and its end packet).
+    let heard = || -> String {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .split("received event: '")
+            .skip(1)
+            .filter_map(|event| {
+                let mut chars = event.chars();
+                let key = chars.next()?;
+                chars.as_str().starts_with("' (end=1)").then_some(key)
+            })
+            .collect()
+    };
+    for _ in 0..50 {
+        if heard().len() >= digits.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(heard(), digits, "{}", context());
+    // Hold and resume reached the far end as re-INVITEs.
+    assert_eq!(
+        baresip_log.matches("call: got re-INVITE").count(),
+        2,
+        "{}",
+        context()
+    );
     let mut cdrs = Vec::new();
     for _ in 0..50 {
         cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
@@ -760,9 +804,13 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
     node.shutdown().await;
 }
 
-/// Ten seconds of a 1 kHz tone, 8 kHz mono 16-bit PCM: the phone's microphone.
+/// baresip hangs up when its tone file ends: long enough for every call.
+const TONE_SECONDS: u32 = 60;
+
+/// A 1 kHz tone, 8 kHz mono 16-bit PCM: the phone's microphone.
+
 fn tone_wav(dir: &Path) -> PathBuf {
-    let samples: Vec<u8> = (0..80_000u32)
+    let samples: Vec<u8> = (0..TONE_SECONDS * 8000)
         .flat_map(|n| {
             let phase = 2.0 * std::f64::consts::PI * 1000.0 * f64::from(n) / 8000.0;
             ((phase.sin() * 8000.0) as i16).to_le_bytes()
