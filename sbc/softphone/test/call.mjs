@@ -1,8 +1,10 @@
 // Drives the softphone page in headless Chromium (Debian's, through
 // playwright-core): log in, register over WSS, call, check from getStats()
 // that audio flows both ways, press keypad keys (RFC 4733 DTMF), hold and
-// resume, hang up. Prints progress to stderr and one JSON object of
-// results on its last stdout line.
+// resume, hang up; then wait for a call (the test has the far end dial
+// when it reads "waiting for an incoming call"), see it ring, answer it,
+// check its audio, hang up. Prints progress to stderr and one JSON object
+// of results on its last stdout line.
 //
 //   node call.mjs <page url> <user> <domain> <password> <number> <digits>
 //
@@ -108,6 +110,24 @@ try {
   await page.waitForFunction(() => window.softphone.session === null, null, { timeout: 15000 });
   results.ended = true;
   step('hung up');
+
+  // A call to the browser: the test has the far end dial us on this line.
+  step('waiting for an incoming call');
+  await page.waitForSelector('#incoming:not([hidden])', { timeout: 15000 });
+  results.rang = true;
+  await page.click('#answer');
+  await page.waitForFunction(
+    () => window.softphone.session && window.softphone.events.at(-1) === 'in call',
+    null,
+    { timeout: 15000 },
+  );
+  results.answered = true;
+  await page.waitForTimeout(2000);
+  results.incoming = await audioStats(page);
+  step(`incoming call audio ${JSON.stringify(results.incoming)}`);
+  await page.click('#hangup');
+  await page.waitForFunction(() => window.softphone.session === null, null, { timeout: 15000 });
+  results.incomingEnded = true;
 } catch (e) {
   results.error = String(e);
 } finally {

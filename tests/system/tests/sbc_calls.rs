@@ -13,6 +13,7 @@ use pbx_node::model::Tenant;
 use pbx_node::repo::NewExtension;
 use pbx_node::{NodeConfig, PbxNode};
 use sbc::{Sbc, SbcConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 // No space: baresip's account line would cut it.
 const PASSWORD: &str = "correct-horse";
@@ -671,6 +672,9 @@ fn default_route_ip() -> std::net::IpAddr {
 /// toward the pbx-node): Chromium's own counters show audio packets both
 /// ways, keypad presses reach baresip as RFC 4733 events, hold and resume
 /// are offered and answered, and the hang-up ends the call at both ends.
+/// Then baresip calls 100: the page rings, Chromium answers (the node's
+/// plain offer reaches it as a WebRTC offer), audio flows both ways, and
+/// it hangs up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
     // RUST_LOG=sbc=debug shows what the SBC did with the call.
@@ -696,7 +700,7 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
     };
     let sbc = Sbc::start(&config).await.expect("start SBC");
 
-    let (baresip, log, _console) = start_baresip(
+    let (baresip, log, console_at) = start_baresip(
         dir.path(),
         &format!(
             "<sip:101-TEST@127.0.0.1:{}>;auth_pass={PASSWORD};answermode=auto;regint=300",
@@ -706,7 +710,7 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
     wait_for_output(&log, "200 OK () [1 binding]").await;
 
     let digits = "159#";
-    let browser = tokio::process::Command::new("node")
+    let mut browser = tokio::process::Command::new("node")
         .arg(&script)
         .arg(format!("https://127.0.0.1:{}/", sbc.https.port()))
         .args(["100-TEST", "test.pbx.local", PASSWORD, "101", digits])
@@ -714,13 +718,38 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), browser)
-        .await
-        .expect("the browser test ends in time")
+        .spawn()
         .expect("node must be installed (Debian package nodejs)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (Some(mut results_pipe), Some(progress_pipe)) =
+        (browser.stdout.take(), browser.stderr.take())
+    else {
+        panic!("the browser's output is piped");
+    };
+    // The browser's progress, line by line: when it waits for a call,
+    // baresip dials it.
+    let progress = async {
+        let mut lines = tokio::io::BufReader::new(progress_pipe).lines();
+        let mut seen = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("waiting for an incoming call") {
+                console(console_at, "/dial 100").await;
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    };
+    let results_text = async {
+        let mut text = String::new();
+        let _ = results_pipe.read_to_string(&mut text).await;
+        text
+    };
+    let (stderr, stdout, status) = tokio::time::timeout(Duration::from_secs(120), async {
+        let (stderr, stdout) = tokio::join!(progress, results_text);
+        (stderr, stdout, browser.wait().await)
+    })
+    .await
+    .expect("the browser test ends in time");
     let baresip_log = std::fs::read_to_string(&log).unwrap_or_default();
     let results: serde_json::Value = stdout
         .lines()
@@ -729,8 +758,17 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
         .unwrap_or_else(|| panic!("no results from the browser:\n{stdout}\n{stderr}"));
     let context =
         || format!("{results}\n--- browser ---\n{stderr}\n--- baresip ---\n{baresip_log}");
-    assert!(output.status.success(), "{}", context());
-    for done in ["registered", "established", "held", "resumed", "ended"] {
+    assert!(status.is_ok_and(|s| s.success()), "{}", context());
+    for done in [
+        "registered",
+        "established",
+        "held",
+        "resumed",
+        "ended",
+        "rang",
+        "answered",
+        "incomingEnded",
+    ] {
         assert_eq!(results[done], true, "{done}: {}", context());
     }
     // Audio both ways, and still flowing after the first two seconds.
@@ -747,6 +785,12 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
     );
     assert!(
         count("after", "received") > count("before", "received"),
+        "{}",
+        context()
+    );
+    // The call to the browser carried audio both ways too.
+    assert!(
+        count("incoming", "sent") > 0 && count("incoming", "received") > 0,
         "{}",
         context()
     );
@@ -782,15 +826,13 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
     let mut cdrs = Vec::new();
     for _ in 0..50 {
         cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
-        if !cdrs.is_empty() {
+        if cdrs.len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        cdrs.first().map(|c| c.disposition.as_str()),
-        Some("ANSWERED")
-    );
+    let dispositions: Vec<&str> = cdrs.iter().map(|c| c.disposition.as_str()).collect();
+    assert_eq!(dispositions, ["ANSWERED", "ANSWERED"], "both calls");
     // The gateway and the relay are gone, their ports back.
     for _ in 0..50 {
         if sbc.status().relayed_calls == 0 && sbc.status().rtp_ports_in_use == 0 {
@@ -808,7 +850,6 @@ async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
 const TONE_SECONDS: u32 = 60;
 
 /// A 1 kHz tone, 8 kHz mono 16-bit PCM: the phone's microphone.
-
 fn tone_wav(dir: &Path) -> PathBuf {
     let samples: Vec<u8> = (0..TONE_SECONDS * 8000)
         .flat_map(|n| {
