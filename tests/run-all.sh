@@ -8,12 +8,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pbx-target}"
 # libclang-dev: RocksDB's bindings; sip-tester: sipp, the SIP load and
 # conformance client the pbx-node tests drive; iproute2: `ip netns` for the
 # pbx-node torture test (run as root); baresip-core: the softphone of the
-# two-phone call test.
+# two-phone call test; chromium and nodejs/npm: the browser softphone test
+# (Chromium driven by playwright-core, from npm).
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # python3-venv: the virtualenv schemathesis is installed into.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,6 +26,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
+
+# The softphone's npm packages (JsSIP, esbuild, playwright-core) at their
+# locked versions. The bundle the SBC serves is committed, so `cargo build`
+# needs no Node; rebuilding it here proves it is what the sources make.
+(cd sbc/softphone && npm ci --no-audit --no-fund && npm run build)
+git diff --exit-code -- sbc/softphone/dist \
+  || { echo "sbc/softphone/dist is stale: commit the output of 'npm run build'" >&2; exit 1; }
 
 # schemathesis (PyPI), pinned: pbx-node's tests/schemathesis.rs fuzzes the
 # management API from its live OpenAPI document with it.

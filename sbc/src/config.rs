@@ -26,6 +26,8 @@ pub struct SbcConfig {
     pub tcp_listen: SocketAddr,
     pub tls_listen: SocketAddr,
     pub wss_listen: SocketAddr,
+    /// The browser softphone page (HTTPS, the TLS certificate above).
+    pub https_listen: SocketAddr,
     /// The host phones are told in Via and Contact; unset = this machine's
     /// address on its default route.
     pub public_host: Option<String>,
@@ -62,6 +64,7 @@ impl Default for SbcConfig {
             tcp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
             tls_listen: SocketAddr::from(([0, 0, 0, 0], 5061)),
             wss_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            https_listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
             public_host: None,
             internal_listen: SocketAddr::from(([127, 0, 0, 1], 5080)),
             nodes: vec![SocketAddr::from(([127, 0, 0, 1], 5070))],
@@ -156,6 +159,8 @@ pub struct Args {
     pub tls_listen: Option<SocketAddr>,
     #[arg(long, env = "SBC_WSS_LISTEN")]
     pub wss_listen: Option<SocketAddr>,
+    #[arg(long, env = "SBC_HTTPS_LISTEN")]
+    pub https_listen: Option<SocketAddr>,
     #[arg(long, env = "SBC_PUBLIC_HOST")]
     pub public_host: Option<String>,
     #[arg(long, env = "SBC_INTERNAL_LISTEN")]
@@ -209,6 +214,7 @@ impl Args {
         set(&mut config.tcp_listen, &self.tcp_listen);
         set(&mut config.tls_listen, &self.tls_listen);
         set(&mut config.wss_listen, &self.wss_listen);
+        set(&mut config.https_listen, &self.https_listen);
         set_some(&mut config.public_host, &self.public_host);
         set(&mut config.internal_listen, &self.internal_listen);
         set(&mut config.nodes, &self.nodes);

@@ -9,8 +9,10 @@ pub mod guard;
 pub mod proxy;
 pub mod relay;
 pub mod server;
+pub mod softphone;
 pub mod tls;
 pub mod token;
+pub mod webrtc;
 
 pub use config::{Args, SbcConfig};
 pub use server::{Sbc, SbcError, Status};

@@ -21,6 +21,11 @@ async fn main() -> anyhow::Result<()> {
         "SBC ready: SIP udp/tcp {} tls {} wss {}; pbx-nodes {:?}",
         sbc.udp, sbc.tls, sbc.wss, config.nodes
     );
+    println!(
+        "Browser softphone: https://{}:{}/",
+        config.public_host(),
+        sbc.https.port()
+    );
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;

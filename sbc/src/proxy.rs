@@ -71,11 +71,30 @@ pub enum Direction {
     Outward,
 }
 
+/// What becomes of an SDP body on its way through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewritten {
+    /// Send this body instead.
+    Body(Vec<u8>),
+    /// Pass the body as it is (not something the relay can anchor).
+    AsIs,
+    /// The body cannot be given to its recipient (a browser's offer
+    /// without G.711, say): a request carrying it gets 488.
+    Unacceptable,
+}
+
 /// The media relay, as signalling steers it.
 pub trait MediaAnchor {
     /// An SDP body of call `call_id` going `direction`, re-addressed to our
-    /// relay's side facing its recipient; `None` = pass it unchanged.
-    fn rewrite(&mut self, call_id: &str, direction: Direction, body: &[u8]) -> Option<Vec<u8>>;
+    /// relay's side facing its recipient; `phone` is the transport of the
+    /// phone's flow (a browser's is WS or WSS).
+    fn rewrite(
+        &mut self,
+        call_id: &str,
+        direction: Direction,
+        phone: Transport,
+        body: &[u8],
+    ) -> Rewritten;
     /// A 2xx answered an INVITE of the call.
     fn answered(&mut self, call_id: &str);
     /// An INVITE of the call failed: the call ends unless it was answered.
@@ -341,13 +360,8 @@ impl<M: MediaAnchor> Proxy<M> {
         } else {
             self.rewrite_phone_contact(&flow, &mut request);
         }
-        if is_sdp(&request) {
-            if let Some(body) = self
-                .media
-                .rewrite(&call_id, Direction::Inward, request.body())
-            {
-                request.body = body;
-            }
+        if !self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut request) {
+            return answer(488, &request);
         }
         if method == Method::Bye {
             self.media.end(&call_id);
@@ -440,19 +454,45 @@ impl<M: MediaAnchor> Proxy<M> {
         if cseq.method != Method::Register {
             self.rewrite_phone_contact(&flow, &mut response);
         }
-        if is_sdp(&response) {
-            if let Some(body) = self
-                .media
-                .rewrite(&call_id, Direction::Inward, response.body())
-            {
-                response.body = body;
-            }
-        }
+        self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
         vec![Action::ToNode {
             node,
             message: response,
         }]
+    }
+
+    /// Re-addresses the SDP body of `message` (if any) to the call's media
+    /// relay or WebRTC gateway. `false` = the body is unacceptable to its
+    /// recipient: a request gets 488; a response loses the body, since
+    /// the recipient must never see what it cannot use.
+    fn anchor_sdp(
+        &mut self,
+        call_id: &str,
+        direction: Direction,
+        phone: Transport,
+        message: &mut SipMessage,
+    ) -> bool {
+        if !is_sdp(message) {
+            return true;
+        }
+        match self
+            .media
+            .rewrite(call_id, direction, phone, message.body())
+        {
+            Rewritten::Body(body) => {
+                message.body = body;
+                true
+            }
+            Rewritten::AsIs => true,
+            Rewritten::Unacceptable => {
+                if !message.is_request() {
+                    message.body = Vec::new();
+                    message.headers.remove("Content-Type");
+                }
+                false
+            }
+        }
     }
 
     fn note_invite_outcome(&mut self, method: &Method, status: u16, call_id: &str) {
@@ -555,13 +595,8 @@ impl<M: MediaAnchor> Proxy<M> {
         request.headers.remove("Record-Route");
         request.headers.remove("Route");
         self.rewrite_node_contact(node, &flow, &mut request);
-        if is_sdp(&request) {
-            if let Some(body) = self
-                .media
-                .rewrite(&call_id, Direction::Outward, request.body())
-            {
-                request.body = body;
-            }
+        if !self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut request) {
+            return refuse(488);
         }
         if method == Method::Bye {
             self.media.end(&call_id);
@@ -615,14 +650,7 @@ impl<M: MediaAnchor> Proxy<M> {
         if cseq.method != Method::Register {
             self.rewrite_node_contact(node, &flow, &mut response);
         }
-        if is_sdp(&response) {
-            if let Some(body) = self
-                .media
-                .rewrite(&call_id, Direction::Outward, response.body())
-            {
-                response.body = body;
-            }
-        }
+        self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
         actions.push(Action::ToPhone {
             flow,
@@ -697,10 +725,11 @@ mod tests {
             &mut self,
             call_id: &str,
             direction: Direction,
+            _phone: Transport,
             _body: &[u8],
-        ) -> Option<Vec<u8>> {
+        ) -> Rewritten {
             self.log.push(format!("rewrite {call_id} {direction:?}"));
-            Some(format!("v=0\r\nc=IN IP4 {direction:?}\r\n").into_bytes())
+            Rewritten::Body(format!("v=0\r\nc=IN IP4 {direction:?}\r\n").into_bytes())
         }
         fn answered(&mut self, call_id: &str) {
             self.log.push(format!("answered {call_id}"));

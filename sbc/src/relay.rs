@@ -4,18 +4,27 @@
 //! re-addressed to leg B and steers leg A toward the phone (latching then
 //! finds a NATed phone's real address); SDP from a node is re-addressed to
 //! leg A and steers leg B.
+//!
+//! A browser's call gets a WebRTC gateway ([`crate::webrtc`]) on the same
+//! ports instead: its first SDP is WebRTC (from the phone), or it goes to a
+//! phone connected over WebSocket (from a node). One task per gateway
+//! feeds it both sockets' datagrams and its timers.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use media::ports::PortPool;
 use media::relay::udp::{LegSockets, RelayCommand, UdpRelay};
 use media::relay::{LegConfig, RelayConfig, RelayEvent};
 use media::Leg;
-use tokio::sync::mpsc;
+use sip::transport::Transport;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify};
 
-use crate::proxy::{Direction, MediaAnchor};
+use crate::proxy::{Direction, MediaAnchor, Rewritten};
+use crate::webrtc::{self, Gateway, Transmit};
 
 /// Where the relay's sockets live and what the SDP says.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +43,35 @@ pub struct RelayAddresses {
 /// either, hence so long.)
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
+/// A gateway shared by the proxy (SDP) and its socket task.
+struct SharedGateway {
+    gateway: Mutex<Gateway>,
+    /// Wakes the task after the proxy changed the gateway: str0m may have
+    /// something to send, and a new timer.
+    changed: Notify,
+}
+
+impl SharedGateway {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gateway> {
+        self.gateway.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+enum Anchor {
+    Relay {
+        commands: mpsc::UnboundedSender<RelayCommand>,
+        phone_side: SocketAddr,
+        node_side: SocketAddr,
+    },
+    Gateway {
+        shared: Arc<SharedGateway>,
+        /// Dropping it stops the gateway's task.
+        _stop: mpsc::Sender<()>,
+    },
+}
+
 struct Session {
-    commands: mpsc::UnboundedSender<RelayCommand>,
-    phone_side: SocketAddr,
-    node_side: SocketAddr,
+    anchor: Anchor,
     answered: bool,
 }
 
@@ -74,15 +108,15 @@ impl CallRelays {
         self.ports.in_use()
     }
 
-    fn session(&mut self, call_id: &str) -> Option<&Session> {
+    fn session(&mut self, call_id: &str, browser: bool) -> Option<&Session> {
         if !self.sessions.contains_key(call_id) {
-            let session = self.start(call_id)?;
+            let session = self.start(call_id, browser)?;
             self.sessions.insert(call_id.to_string(), session);
         }
         self.sessions.get(call_id)
     }
 
-    fn start(&self, call_id: &str) -> Option<Session> {
+    fn start(&self, call_id: &str, browser: bool) -> Option<Session> {
         let bound = self
             .ports
             .bind_pair(self.addresses.public_bind)
@@ -96,6 +130,32 @@ impl CallRelays {
         };
         let phone_side = SocketAddr::new(self.addresses.public_advertised, lease_a.rtp_port);
         let node_side = SocketAddr::new(self.addresses.internal, lease_b.rtp_port);
+        if browser {
+            let shared = Arc::new(SharedGateway {
+                gateway: Mutex::new(Gateway::new(phone_side, node_side)),
+                changed: Notify::new(),
+            });
+            let (stop, stopped) = mpsc::channel(1);
+            let task = GatewayTask {
+                shared: shared.clone(),
+                browser: rtp_a,
+                node: rtp_b,
+                abandoned: self.abandoned.clone(),
+                call_id: call_id.to_string(),
+            };
+            tokio::spawn(async move {
+                task.run(stopped).await;
+                // The sockets are closed now: the ports may be reused.
+                drop((lease_a, lease_b, rtcp_a, rtcp_b));
+            });
+            return Some(Session {
+                anchor: Anchor::Gateway {
+                    shared,
+                    _stop: stop,
+                },
+                answered: false,
+            });
+        }
         let relay = UdpRelay::new(
             RelayConfig {
                 media_timeout: ABANDONED_AFTER,
@@ -138,34 +198,142 @@ impl CallRelays {
             drop((lease_a, lease_b));
         });
         Some(Session {
-            commands,
-            phone_side,
-            node_side,
+            anchor: Anchor::Relay {
+                commands,
+                phone_side,
+                node_side,
+            },
             answered: false,
         })
     }
 }
 
-impl MediaAnchor for CallRelays {
-    fn rewrite(&mut self, call_id: &str, direction: Direction, body: &[u8]) -> Option<Vec<u8>> {
-        let session = self.session(call_id)?;
-        let (ours, author) = match direction {
-            Direction::Inward => (session.node_side, Leg::A),
-            Direction::Outward => (session.phone_side, Leg::B),
-        };
-        let (body, stream) = match sip::sdp::anchor_audio(body, ours) {
-            Ok(rewritten) => rewritten,
-            Err(e) => {
-                tracing::warn!(%call_id, error = %e, "SDP not relayed");
-                return None;
+/// The IO of one WebRTC gateway: the browser-facing and node-facing RTP
+/// sockets and the gateway's timers.
+struct GatewayTask {
+    shared: Arc<SharedGateway>,
+    browser: UdpSocket,
+    node: UdpSocket,
+    abandoned: mpsc::UnboundedSender<String>,
+    call_id: String,
+}
+
+impl GatewayTask {
+    async fn run(self, mut stop: mpsc::Receiver<()>) {
+        let mut browser_buf = vec![0u8; 2048];
+        let mut node_buf = vec![0u8; 2048];
+        let mut last_heard = Instant::now();
+        loop {
+            let (transmits, deadline) = {
+                let mut gateway = self.shared.lock();
+                (gateway.take_transmits(), gateway.poll_timeout())
+            };
+            for transmit in transmits {
+                let sent = match &transmit {
+                    Transmit::ToBrowser { destination, data } => {
+                        self.browser.send_to(data, destination).await
+                    }
+                    Transmit::ToNode { destination, data } => {
+                        self.node.send_to(data, destination).await
+                    }
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(call_id = %self.call_id, error = %e, "WebRTC gateway send");
+                }
             }
+            // Nothing heard for this long is a call whose BYE was lost.
+            let abandon_at = last_heard + ABANDONED_AFTER;
+            let wake_at = deadline.map_or(abandon_at, |d| d.min(abandon_at));
+            tokio::select! {
+                received = self.browser.recv_from(&mut browser_buf) => {
+                    if let Ok((n, source)) = received {
+                        last_heard = Instant::now();
+                        let data = browser_buf.get(..n).unwrap_or_default();
+                        self.shared.lock().from_browser_socket(source, data, last_heard);
+                    }
+                }
+                received = self.node.recv_from(&mut node_buf) => {
+                    if let Ok((n, _)) = received {
+                        last_heard = Instant::now();
+                        let data = node_buf.get(..n).unwrap_or_default();
+                        self.shared.lock().from_node_socket(data, last_heard);
+                    }
+                }
+                () = tokio::time::sleep_until(wake_at.into()) => {
+                    let now = Instant::now();
+                    if now >= abandon_at {
+                        let _ = self.abandoned.send(self.call_id.clone());
+                        last_heard = now;
+                    }
+                    self.shared.lock().handle_timeout(now);
+                }
+                () = self.shared.changed.notified() => {}
+                _ = stop.recv() => return,
+            }
+        }
+    }
+}
+
+impl MediaAnchor for CallRelays {
+    fn rewrite(
+        &mut self,
+        call_id: &str,
+        direction: Direction,
+        phone: Transport,
+        body: &[u8],
+    ) -> Rewritten {
+        // A browser: its SDP says WebRTC, or (a call to it) it is
+        // connected over WebSocket, which only browsers use.
+        let browser = match direction {
+            Direction::Inward => webrtc::is_webrtc(body),
+            Direction::Outward => matches!(phone, Transport::Ws | Transport::Wss),
         };
-        let config = LegConfig::toward(stream.rtp, stream.rtcp_mux);
-        let _ = session.commands.send(RelayCommand::UpdateLeg {
-            leg: author,
-            config,
-        });
-        Some(body)
+        let Some(session) = self.session(call_id, browser) else {
+            return Rewritten::AsIs;
+        };
+        match &session.anchor {
+            Anchor::Relay {
+                commands,
+                phone_side,
+                node_side,
+            } => {
+                let (ours, author) = match direction {
+                    Direction::Inward => (*node_side, Leg::A),
+                    Direction::Outward => (*phone_side, Leg::B),
+                };
+                let (body, stream) = match sip::sdp::anchor_audio(body, ours) {
+                    Ok(rewritten) => rewritten,
+                    Err(e) => {
+                        tracing::warn!(%call_id, error = %e, "SDP not relayed");
+                        return Rewritten::AsIs;
+                    }
+                };
+                let config = LegConfig::toward(stream.rtp, stream.rtcp_mux);
+                let _ = commands.send(RelayCommand::UpdateLeg {
+                    leg: author,
+                    config,
+                });
+                Rewritten::Body(body)
+            }
+            Anchor::Gateway { shared, .. } => {
+                let now = Instant::now();
+                let translated = {
+                    let mut gateway = shared.lock();
+                    match direction {
+                        Direction::Inward => gateway.from_browser(body, now),
+                        Direction::Outward => gateway.from_node(body, now),
+                    }
+                };
+                shared.changed.notify_one();
+                match translated {
+                    Ok(body) => Rewritten::Body(body),
+                    Err(e) => {
+                        tracing::warn!(%call_id, error = %e, "WebRTC SDP not translated");
+                        Rewritten::Unacceptable
+                    }
+                }
+            }
+        }
     }
 
     fn answered(&mut self, call_id: &str) {

@@ -50,12 +50,15 @@ pub struct Sbc {
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
     pub wss: SocketAddr,
+    /// The browser softphone page.
+    pub https: SocketAddr,
     pub internal: SocketAddr,
     /// Where `/metrics` is served.
     pub http: SocketAddr,
     pub certificates: Arc<Certificates>,
     status: watch::Receiver<Status>,
     task: tokio::task::JoinHandle<()>,
+    page_task: tokio::task::JoinHandle<()>,
 }
 
 /// What the SBC is doing, for tests and the status page.
@@ -127,9 +130,13 @@ impl Sbc {
             .await
             .map_err(listen_error("TLS", config.tls_listen))?;
         let wss = external
-            .listen_wss(config.wss_listen, tls_config)
+            .listen_wss(config.wss_listen, tls_config.clone())
             .await
             .map_err(listen_error("WSS", config.wss_listen))?;
+        let (https, page_task) =
+            crate::softphone::serve(config.https_listen, tls_config, wss.port())
+                .await
+                .map_err(listen_error("HTTPS", config.https_listen))?;
         let (internal, internal_rx) = TransportLayer::new(TransportConfig::default());
         let internal_addr = internal
             .bind_udp(config.internal_listen)
@@ -187,7 +194,7 @@ impl Sbc {
             http_task.abort();
         });
         tracing::info!(
-            %udp, %tcp, %tls, %wss, internal = %internal_addr, host = %public_host,
+            %udp, %tcp, %tls, %wss, %https, internal = %internal_addr, host = %public_host,
             nodes = ?config.nodes, "SBC listening"
         );
         Ok(Sbc {
@@ -196,11 +203,13 @@ impl Sbc {
             tcp,
             tls,
             wss,
+            https,
             internal: internal_addr,
             http,
             certificates,
             status,
             task,
+            page_task,
         })
     }
 
@@ -210,6 +219,7 @@ impl Sbc {
 
     pub fn stop(&self) {
         self.task.abort();
+        self.page_task.abort();
     }
 }
 

@@ -13,6 +13,7 @@ use pbx_node::model::Tenant;
 use pbx_node::repo::NewExtension;
 use pbx_node::{NodeConfig, PbxNode};
 use sbc::{Sbc, SbcConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 // No space: baresip's account line would cut it.
 const PASSWORD: &str = "correct-horse";
@@ -70,10 +71,20 @@ async fn start_sbc(dir: &Path, nodes: Vec<SocketAddr>) -> Sbc {
 
 async fn start_sbc_with(dir: &Path, nodes: Vec<SocketAddr>, guard: sbc::guard::GuardConfig) -> Sbc {
     let config = SbcConfig {
+        guard,
+        ..sbc_config(dir, nodes)
+    };
+    Sbc::start(&config).await.expect("start SBC")
+}
+
+/// Every listener on a free port of 127.0.0.1, the inside on 127.0.0.2.
+fn sbc_config(dir: &Path, nodes: Vec<SocketAddr>) -> SbcConfig {
+    SbcConfig {
         udp_listen: addr("127.0.0.1", 0),
         tcp_listen: addr("127.0.0.1", 0),
         tls_listen: addr("127.0.0.1", 0),
         wss_listen: addr("127.0.0.1", 0),
+        https_listen: addr("127.0.0.1", 0),
         public_host: Some("127.0.0.1".into()),
         internal_listen: addr(SBC_INSIDE, 0),
         nodes,
@@ -82,10 +93,8 @@ async fn start_sbc_with(dir: &Path, nodes: Vec<SocketAddr>, guard: sbc::guard::G
         rtp_port_max: 41_999,
         media_public_bind: "127.0.0.1".parse().expect("IP"),
         http_listen: addr("127.0.0.1", 0),
-        guard,
         ..SbcConfig::default()
-    };
-    Sbc::start(&config).await.expect("start SBC")
+    }
 }
 
 fn scenario(name: &str) -> PathBuf {
@@ -575,47 +584,13 @@ async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
         .expect("sipp");
 
     // baresip trusts the SBC's self-signed certificate and registers over TLS.
-    let phone = work_dir(dir.path(), "baresip");
-    let console_at = addr("127.0.0.1", free_udp_port("127.0.0.1"));
-    let sip_port = loop {
-        let candidate = free_udp_port("127.0.0.1");
-        if candidate < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", candidate + 1)).is_ok()
-        {
-            break candidate;
-        }
-    };
-    std::fs::write(
-        phone.join("config"),
-        format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_cafile {ca}\n\
-             module_path /usr/lib/baresip/modules\nmodule cons.so\nmodule g711.so\n\
-             module aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\n\
-             cons_listen {console_at}\naudio_source aufile,{tone}\nsnd_path {dump}\n",
-            ca = dir.path().join("sbc/tls-self-signed.pem").display(),
-            tone = tone_wav(&phone).display(),
-            dump = phone.display()
-        ),
-    )
-    .expect("config");
-    std::fs::write(
-        phone.join("accounts"),
-        format!(
-            "<sip:100-TEST@127.0.0.1:{};transport=tls>;auth_pass={PASSWORD};regint=300\n",
+    let (baresip, log, console_at) = start_baresip(
+        dir.path(),
+        &format!(
+            "<sip:100-TEST@127.0.0.1:{};transport=tls>;auth_pass={PASSWORD};regint=300",
             sbc.tls.port()
         ),
-    )
-    .expect("accounts");
-    let log = phone.join("baresip.log");
-    let log_file = std::fs::File::create(&log).expect("log");
-    let baresip = tokio::process::Command::new("baresip")
-        .args(["-s", "-f"])
-        .arg(&phone)
-        .stdin(std::process::Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("baresip must be installed (Debian package baresip-core)");
+    );
     wait_for_output(&log, "200 OK () [1 binding]").await;
     console(console_at, "/dial 101").await;
     wait_for_output(&log, "Call established").await;
@@ -639,9 +614,244 @@ async fn baresip_over_tls_calls_a_sipp_extension_through_the_sbc() {
     node.shutdown().await;
 }
 
-/// Ten seconds of a 1 kHz tone, 8 kHz mono 16-bit PCM: the phone's microphone.
+/// baresip with one account (`account`: its line in `accounts`), playing
+/// a tone as its microphone, trusting the SBC's certificate, taking
+/// commands on a UDP console and logging SIP and events (verbose, where it
+/// reports received RFC 4733 events) to `<root>/baresip/baresip.log`.
+fn start_baresip(root: &Path, account: &str) -> (tokio::process::Child, PathBuf, SocketAddr) {
+    let phone = work_dir(root, "baresip");
+    let console_at = addr("127.0.0.1", free_udp_port("127.0.0.1"));
+    let sip_port = loop {
+        let candidate = free_udp_port("127.0.0.1");
+        if candidate < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", candidate + 1)).is_ok()
+        {
+            break candidate;
+        }
+    };
+    std::fs::write(
+        phone.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_cafile {ca}\n\
+             module_path /usr/lib/baresip/modules\nmodule cons.so\nmodule g711.so\n\
+             module aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\n\
+             cons_listen {console_at}\naudio_source aufile,{tone}\nsnd_path {dump}\n",
+            ca = root.join("sbc/tls-self-signed.pem").display(),
+            tone = tone_wav(&phone).display(),
+            dump = phone.display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(phone.join("accounts"), format!("{account}\n")).expect("accounts");
+    let log = phone.join("baresip.log");
+    let log_file = std::fs::File::create(&log).expect("log");
+    // Line-buffered: baresip's stdout is a file, whose tail would
+    // otherwise sit in its buffer until it exits (or is killed).
+    let baresip = tokio::process::Command::new("stdbuf")
+        .args(["-oL", "baresip", "-s", "-v", "-f"])
+        .arg(&phone)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("baresip must be installed (Debian package baresip-core)");
+    (baresip, log, console_at)
+}
+
+/// This machine's address on its default route (no packet is sent).
+fn default_route_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    socket.connect("192.0.2.1:9").expect("a default route");
+    socket.local_addr().expect("local address").ip()
+}
+
+/// Browser side to SIP side: headless Chromium opens the softphone page
+/// the SBC serves, registers 100 over WSS, and calls 101, a baresip
+/// registered over UDP that answers by itself. The call goes through the
+/// SBC's WebRTC gateway (ICE-lite, DTLS-SRTP toward Chromium, plain RTP
+/// toward the pbx-node): Chromium's own counters show audio packets both
+/// ways, keypad presses reach baresip as RFC 4733 events, hold and resume
+/// are offered and answered, and the hang-up ends the call at both ends.
+/// Then baresip calls 100: the page rings, Chromium answers (the node's
+/// plain offer reaches it as a WebRTC offer), audio flows both ways, and
+/// it hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_calls_an_extension_through_the_webrtc_gateway() {
+    // RUST_LOG=sbc=debug shows what the SBC did with the call.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sbc/softphone/test/call.mjs");
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sbc/softphone/node_modules");
+    assert!(
+        modules.join("playwright-core").exists(),
+        "run `npm ci` in sbc/softphone (tests/run-all.sh does)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = start_node(dir.path()).await;
+    // Chromium gathers no candidates on loopback: the browser-facing media
+    // sockets are on this machine's own address.
+    let media_ip = default_route_ip();
+    let config = SbcConfig {
+        media_public_bind: media_ip,
+        media_public_ip: Some(media_ip),
+        ..sbc_config(dir.path(), vec![node.sip.udp_addr])
+    };
+    let sbc = Sbc::start(&config).await.expect("start SBC");
+
+    let (baresip, log, console_at) = start_baresip(
+        dir.path(),
+        &format!(
+            "<sip:101-TEST@127.0.0.1:{}>;auth_pass={PASSWORD};answermode=auto;regint=300",
+            sbc.udp.port()
+        ),
+    );
+    wait_for_output(&log, "200 OK () [1 binding]").await;
+
+    let digits = "159#";
+    let mut browser = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("https://127.0.0.1:{}/", sbc.https.port()))
+        .args(["100-TEST", "test.pbx.local", PASSWORD, "101", digits])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed (Debian package nodejs)");
+    let (Some(mut results_pipe), Some(progress_pipe)) =
+        (browser.stdout.take(), browser.stderr.take())
+    else {
+        panic!("the browser's output is piped");
+    };
+    // The browser's progress, line by line: when it waits for a call,
+    // baresip dials it.
+    let progress = async {
+        let mut lines = tokio::io::BufReader::new(progress_pipe).lines();
+        let mut seen = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("waiting for an incoming call") {
+                console(console_at, "/dial 100").await;
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    };
+    let results_text = async {
+        let mut text = String::new();
+        let _ = results_pipe.read_to_string(&mut text).await;
+        text
+    };
+    let (stderr, stdout, status) = tokio::time::timeout(Duration::from_secs(120), async {
+        let (stderr, stdout) = tokio::join!(progress, results_text);
+        (stderr, stdout, browser.wait().await)
+    })
+    .await
+    .expect("the browser test ends in time");
+    let baresip_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let results: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no results from the browser:\n{stdout}\n{stderr}"));
+    let context =
+        || format!("{results}\n--- browser ---\n{stderr}\n--- baresip ---\n{baresip_log}");
+    assert!(status.is_ok_and(|s| s.success()), "{}", context());
+    for done in [
+        "registered",
+        "established",
+        "held",
+        "resumed",
+        "ended",
+        "rang",
+        "answered",
+        "incomingEnded",
+    ] {
+        assert_eq!(results[done], true, "{done}: {}", context());
+    }
+    // Audio both ways, and still flowing after the first two seconds.
+    let count = |when: &str, what: &str| results[when][what].as_u64().unwrap_or_default();
+    assert!(
+        count("before", "sent") > 0 && count("before", "received") > 0,
+        "{}",
+        context()
+    );
+    assert!(
+        count("after", "sent") > count("before", "sent"),
+        "{}",
+        context()
+    );
+    assert!(
+        count("after", "received") > count("before", "received"),
+        "{}",
+        context()
+    );
+    // The call to the browser carried audio both ways too.
+    assert!(
+        count("incoming", "sent") > 0 && count("incoming", "received") > 0,
+        "{}",
+        context()
+    );
+
+    // The far end heard every key, once and in order, as an RFC 4733
+    // event (baresip logs each event's start and its end packet).
+    let heard = || -> String {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .split("received event: '")
+            .skip(1)
+            .filter_map(|event| {
+                let mut chars = event.chars();
+                let key = chars.next()?;
+                chars.as_str().starts_with("' (end=1)").then_some(key)
+            })
+            .collect()
+    };
+    for _ in 0..50 {
+        if heard().len() >= digits.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(heard(), digits, "{}", context());
+    // Hold and resume reached the far end as re-INVITEs.
+    assert_eq!(
+        baresip_log.matches("call: got re-INVITE").count(),
+        2,
+        "{}",
+        context()
+    );
+    let mut cdrs = Vec::new();
+    for _ in 0..50 {
+        cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
+        if cdrs.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dispositions: Vec<&str> = cdrs.iter().map(|c| c.disposition.as_str()).collect();
+    assert_eq!(dispositions, ["ANSWERED", "ANSWERED"], "both calls");
+    // The gateway and the relay are gone, their ports back.
+    for _ in 0..50 {
+        if sbc.status().relayed_calls == 0 && sbc.status().rtp_ports_in_use == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sbc.status().relayed_calls, 0, "{:?}", sbc.status());
+    drop(baresip);
+    sbc.stop();
+    node.shutdown().await;
+}
+
+/// baresip hangs up when its tone file ends: long enough for every call.
+const TONE_SECONDS: u32 = 60;
+
+/// A 1 kHz tone, 8 kHz mono 16-bit PCM: the phone's microphone.
 fn tone_wav(dir: &Path) -> PathBuf {
-    let samples: Vec<u8> = (0..80_000u32)
+    let samples: Vec<u8> = (0..TONE_SECONDS * 8000)
         .flat_map(|n| {
             let phase = 2.0 * std::f64::consts::PI * 1000.0 * f64::from(n) / 8000.0;
             ((phase.sin() * 8000.0) as i16).to_le_bytes()
