@@ -308,6 +308,7 @@ pbx_recover() {
 sleep 3
 declare -A RSS_BEFORE
 for id in 1 2 3; do RSS_BEFORE[$id]=$(rss_kib "${NODE_PID[$id]}"); done
+log "  RSS before: $(for id in 1 2 3; do printf 'node%s %s KiB (RocksDB MiB: %s); ' "$id" "${RSS_BEFORE[$id]}" "$(rocksdb_mib "$id")"; done)"
 write_users $RSS_FIRST $((RSS_FIRST + RSS_COUNT - 1)) -DEMO "$WORK/rss-users.csv"
 log "RSS phase: $RSS_COUNT registrations, at most $RSS_RATE/s and $RSS_INFLIGHT in progress"
 # Bounded so that the four rate searches keep about 6 minutes.
@@ -318,6 +319,14 @@ read -r rss_ok rss_failed rss_elapsed <<<"$(SIPP_LIMIT=$RSS_INFLIGHT SIPP_TIMEOU
   "$WORK/rss-users.csv" "$RSS_RATE" "$RSS_COUNT" -key contact_port 5060 -key expires 7200)"
 log "  $rss_ok registered, $rss_failed failed, ${rss_elapsed}s (limit ${rss_secs}s)"
 wait_idle "${NODE_PID[@]:1}"
+# RocksDB's share of a node's memory, from its /metrics (MiB by kind).
+rocksdb_mib() { # id
+  curl -s --max-time 2 "http://127.0.0.1:${PBX_HTTP[$1]}/metrics" 2>/dev/null |
+    awk '/^raft_rocksdb_memory_bytes/ {
+      match($0, /kind="[a-z_]+"/); kind = substr($0, RSTART + 6, RLENGTH - 7);
+      printf "%s%s %.0f", sep, kind, $NF / 1048576; sep = ", "
+    }'
+}
 rss_growth() { # label: the RSS growth per binding of each node, into rss_note
   local id after per
   worst=0
@@ -325,7 +334,7 @@ rss_growth() { # label: the RSS growth per binding of each node, into rss_note
   for id in 1 2 3; do
     after=$(rss_kib "${NODE_PID[$id]}")
     per=$(((after - RSS_BEFORE[$id]) * 1024 / rss_ok))
-    rss_note+=" node$id ${RSS_BEFORE[$id]}->${after} KiB (${per} B/binding);"
+    rss_note+=" node$id ${RSS_BEFORE[$id]}->${after} KiB (${per} B/binding; RocksDB MiB: $(rocksdb_mib "$id"));"
     if [ "$per" -gt "$worst" ]; then worst=$per; fi
   done
 }
