@@ -680,9 +680,21 @@ impl Repo {
         number: &str,
         now_ms: u64,
     ) -> Result<Vec<StoredBinding>, RepoError> {
+        Ok(self.current_bindings(tenant_id, number).await?.live(now_ms))
+    }
+
+    /// The extension's bindings after this node caught up with the leader.
+    pub async fn current_bindings(
+        &self,
+        tenant_id: &str,
+        number: &str,
+    ) -> Result<AorBindings, RepoError> {
         let prefix = bindings_prefix(tenant_id, number);
-        let range = self.store.range(KeyRange::prefix(prefix.clone()), 0).await?;
-        Ok(AorBindings::from_range(prefix, range)?.live(now_ms))
+        let range = self
+            .store
+            .range(KeyRange::prefix(prefix.clone()), 0)
+            .await?;
+        AorBindings::from_range(prefix, range)
     }
 
     /// The extension's bindings as this node has applied them: no round
@@ -731,7 +743,12 @@ impl Repo {
             ops.push(TxnOp::put_on_new_lease(key.clone(), encode(binding)?, ttl));
             // The key moves to its new lease, so revoking the old one only
             // frees it.
-            ops.extend(previous.iter().filter_map(|p| p.lease).map(TxnOp::lease_revoke));
+            ops.extend(
+                previous
+                    .iter()
+                    .filter_map(|p| p.lease)
+                    .map(TxnOp::lease_revoke),
+            );
         }
         for removed in removals {
             ops.push(TxnOp::delete(KeyRange::key(removed.key.clone())));
@@ -739,10 +756,15 @@ impl Repo {
         }
         let result = self
             .store
-            .txn(Txn::new().when(compares).and_then(ops).or_else([TxnOp::Range {
-                range: KeyRange::prefix(read.prefix.clone()),
-                limit: 0,
-            }]))
+            .txn(
+                Txn::new()
+                    .when(compares)
+                    .and_then(ops)
+                    .or_else([TxnOp::Range {
+                        range: KeyRange::prefix(read.prefix.clone()),
+                        limit: 0,
+                    }]),
+            )
             .await?;
         if result.succeeded {
             return Ok(None);
@@ -998,7 +1020,9 @@ pub(crate) mod tests {
         let read = repo.local_bindings("t1", "100").expect("read");
         let live = read.live(now);
         assert_eq!(
-            repo.write_bindings(&read, &[], &live).await.expect("remove"),
+            repo.write_bindings(&read, &[], &live)
+                .await
+                .expect("remove"),
             None
         );
         assert!(repo

@@ -93,9 +93,10 @@ impl RegistrarService {
         // that the leader's copy is the same (another node may have
         // written since, or this node may lag) and else hands back the
         // current one to plan again from.
-        let mut bindings = self
-            .repo
-            .local_bindings(&tenant.id, &extension.number)?;
+        let mut bindings = self.repo.local_bindings(&tenant.id, &extension.number)?;
+        // Whether `bindings` are known to be the leader's: a refusal (too
+        // many contacts, out of order) must not come from a lagging copy.
+        let mut confirmed = false;
         let mut attempts = 0;
         let plan = loop {
             let plan = match plan_bindings(
@@ -107,6 +108,14 @@ impl RegistrarService {
                 now_ms,
             ) {
                 Ok(plan) => plan,
+                Err(_) if !confirmed => {
+                    bindings = self
+                        .repo
+                        .current_bindings(&tenant.id, &extension.number)
+                        .await?;
+                    confirmed = true;
+                    continue;
+                }
                 Err(refusal) => return Ok(refusal.response(request)),
             };
             match self
@@ -115,7 +124,10 @@ impl RegistrarService {
                 .await?
             {
                 None => break plan,
-                Some(current) => bindings = current,
+                Some(current) => {
+                    bindings = current;
+                    confirmed = true;
+                }
             }
             attempts += 1;
             if attempts == WRITE_ATTEMPTS {

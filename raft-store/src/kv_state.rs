@@ -1253,7 +1253,8 @@ mod tests {
         ]));
         assert_eq!(sm.revs.lease_id, 3);
         let path = sm._dir.path().join("state.snap");
-        let meta = openraft::type_config::alias::SnapshotMetaOf::<crate::types::TypeConfig>::default();
+        let meta =
+            openraft::type_config::alias::SnapshotMetaOf::<crate::types::TypeConfig>::default();
         crate::snapshot::write(&sm.data.db, sm.data.db.as_ref(), &meta, &path).unwrap();
 
         let mut restored = Sm::new();

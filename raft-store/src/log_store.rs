@@ -63,7 +63,11 @@ impl Recent {
     fn push(&mut self, entry: EntryOf<TypeConfig>, size: usize) {
         let index = entry.index();
         self.truncate_from(index);
-        if self.entries.back().is_some_and(|(e, _)| e.index() + 1 != index) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.index() + 1 != index)
+        {
             self.clear();
         }
         self.entries.push_back((entry, size));
@@ -98,7 +102,11 @@ impl Recent {
 
     /// Forgets entries up to and including `index`.
     fn purge_to(&mut self, index: u64) {
-        while self.entries.front().is_some_and(|(e, _)| e.index() <= index) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.index() <= index)
+        {
             self.pop_front();
         }
     }

@@ -113,6 +113,8 @@ struct Inner {
     config: StoreConfig,
     raft: RaftNode,
     db: Arc<DB>,
+    /// Shared by every column family of `db`.
+    block_cache: rocksdb::Cache,
     snapshot_dir: PathBuf,
     transport: Arc<Transport>,
     watch_tx: broadcast::Sender<WatchSignal>,
@@ -205,6 +207,7 @@ impl RaftStore {
                 config,
                 raft,
                 db: data.db,
+                block_cache: data.block_cache,
                 snapshot_dir,
                 transport: transport.clone(),
                 watch_tx,
@@ -976,27 +979,33 @@ impl RaftStore {
 const MEMORY_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 impl RaftStore {
-    /// Mirrors RocksDB's memory use (every column family) into
-    /// `raft_rocksdb_memory_bytes`.
+    /// Mirrors RocksDB's memory use into `raft_rocksdb_memory_bytes`.
     async fn update_memory_gauges(self) {
         let mut tick = tokio::time::interval(MEMORY_GAUGES_EVERY);
         loop {
             tick.tick().await;
             let db = &self.inner.db;
-            let gauge = &self.inner.metrics.rocksdb_memory_bytes;
-            for (kind, property) in [
-                ("memtables", "rocksdb.cur-size-all-mem-tables"),
-                ("block_cache", "rocksdb.block-cache-usage"),
-                ("table_readers", "rocksdb.estimate-table-readers-mem"),
-            ] {
-                let total: u64 = ALL_CFS
+            // Summed over every column family; the block cache is one for all.
+            let per_cf = |property: &str| -> u64 {
+                ALL_CFS
                     .iter()
                     .filter_map(|name| db.cf_handle(name))
                     .filter_map(|cf| db.property_int_value_cf(cf, property).ok().flatten())
-                    .sum();
+                    .sum()
+            };
+            let block_cache = u64::try_from(self.inner.block_cache.get_usage()).unwrap_or(u64::MAX);
+            let gauge = &self.inner.metrics.rocksdb_memory_bytes;
+            for (kind, bytes) in [
+                ("memtables", per_cf("rocksdb.cur-size-all-mem-tables")),
+                ("block_cache", block_cache),
+                (
+                    "table_readers",
+                    per_cf("rocksdb.estimate-table-readers-mem"),
+                ),
+            ] {
                 gauge
                     .with_label_values(&[kind])
-                    .set(i64::try_from(total).unwrap_or(i64::MAX));
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
         }
     }

@@ -362,11 +362,20 @@ impl fmt::Display for Command {
 /// The result of one operation of the taken branch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
-    Put { prev: Option<KeyValue> },
-    Delete { deleted: Vec<KeyValue> },
+    Put {
+        prev: Option<KeyValue>,
+    },
+    Delete {
+        deleted: Vec<KeyValue>,
+    },
     Range(RangeResult),
-    PutOnNewLease { prev: Option<KeyValue>, lease: LeaseId },
-    LeaseRevoke { found: bool },
+    PutOnNewLease {
+        prev: Option<KeyValue>,
+        lease: LeaseId,
+    },
+    LeaseRevoke {
+        found: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

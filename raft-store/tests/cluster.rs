@@ -348,10 +348,7 @@ async fn leases_granted_in_a_txn_are_the_same_everywhere_and_expire_through_the_
     for id in 1..=3 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mine = c
-                .node(id)
-                .range_stale(KeyRange::prefix("reg/"), 0)
-                .unwrap();
+            let mine = c.node(id).range_stale(KeyRange::prefix("reg/"), 0).unwrap();
             if mine.revision >= second.revision {
                 let got: Vec<_> = mine.kvs.into_iter().map(|kv| (kv.key, kv.lease)).collect();
                 assert_eq!(got, expected, "node {id}");
@@ -378,7 +375,10 @@ async fn leases_granted_in_a_txn_are_the_same_everywhere_and_expire_through_the_
             .len()
             == 1
         {
-            assert!(Instant::now() < deadline, "reg/a never expired on node {id}");
+            assert!(
+                Instant::now() < deadline,
+                "reg/a never expired on node {id}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let b = c.node(id).range_stale(KeyRange::key("reg/b"), 0).unwrap();
