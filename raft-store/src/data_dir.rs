@@ -74,8 +74,8 @@ pub enum DataDirError {
 /// memtables only need to be large enough to batch flushes, and reads of
 /// live keys mostly hit bloom filters or the newest memtable. With
 /// RocksDB's defaults (a 64 MiB memtable per column family, two of them,
-/// and a 32 MiB block cache per column family) a node's RSS grew by about
-/// 1.7 KB per registration binding for the first few hundred thousand.
+/// and a 32 MiB block cache per column family) its memory could grow with
+/// the data to over 1 GiB.
 ///
 /// One block cache shared by every column family.
 const BLOCK_CACHE_BYTES: usize = 16 << 20;
