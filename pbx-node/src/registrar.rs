@@ -369,6 +369,7 @@ mod tests {
             .map(|(i, u)| StoredBinding {
                 key: u.key.clone(),
                 lease: Some(i as u64 + 1),
+                mod_revision: i as u64 + 1,
                 binding: u.binding.clone(),
             })
             .collect()

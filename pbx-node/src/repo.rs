@@ -14,7 +14,8 @@
 use std::time::Duration;
 
 use raft_store::{
-    Compare, CompareOp, KeyRange, KeyValue, LeaseId, OpResult, RaftStore, StoreError, Txn, TxnOp,
+    Compare, CompareOp, KeyRange, KeyValue, LeaseId, OpResult, RaftStore, RangeResult, StoreError,
+    Txn, TxnOp,
 };
 use rand::RngCore;
 use serde::de::DeserializeOwned;
@@ -33,6 +34,8 @@ pub enum RepoError {
     AlreadyExists { what: String },
     #[error("invalid {field}: {detail}")]
     Invalid { field: &'static str, detail: String },
+    #[error("{what} kept changing: {attempts} attempts")]
+    Conflict { what: String, attempts: u32 },
 }
 
 const NONCE_SECRET_KEY: &str = "/sys/sip/nonce-secret";
@@ -143,12 +146,61 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     end
 }
 
-/// A stored binding with its key and lease.
+/// A stored binding with its key, lease and the revision of its last write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBinding {
     pub key: String,
     pub lease: Option<LeaseId>,
+    pub mod_revision: u64,
     pub binding: Binding,
+}
+
+impl StoredBinding {
+    fn from_kv(kv: KeyValue) -> Result<StoredBinding, RepoError> {
+        let binding: Binding = decode(&kv.key, &kv.value)?;
+        Ok(StoredBinding {
+            key: text(&kv.key, kv.key.clone())?,
+            lease: kv.lease,
+            mod_revision: kv.mod_revision,
+            binding,
+        })
+    }
+}
+
+/// An extension's bindings as read at one store revision: what a
+/// REGISTER plans from, and what [`Repo::write_bindings`] checks is still
+/// there when it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AorBindings {
+    prefix: String,
+    /// The store revision the read saw.
+    pub revision: u64,
+    /// Every stored binding, with those whose time is up but whose lease
+    /// the leader has not expired yet.
+    stored: Vec<StoredBinding>,
+}
+
+impl AorBindings {
+    fn from_range(prefix: String, range: RangeResult) -> Result<AorBindings, RepoError> {
+        Ok(AorBindings {
+            prefix,
+            revision: range.revision,
+            stored: range
+                .kvs
+                .into_iter()
+                .map(StoredBinding::from_kv)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The bindings whose time is not up at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> Vec<StoredBinding> {
+        self.stored
+            .iter()
+            .filter(|s| s.binding.expires_at_ms > now_ms)
+            .cloned()
+            .collect()
+    }
 }
 
 /// A binding to write, with the stored one it replaces (if any).
@@ -627,34 +679,59 @@ impl Repo {
         number: &str,
         now_ms: u64,
     ) -> Result<Vec<StoredBinding>, RepoError> {
-        let range = self
-            .store
-            .range(KeyRange::prefix(bindings_prefix(tenant_id, number)), 0)
-            .await?;
-        let mut out = Vec::with_capacity(range.kvs.len());
-        for kv in range.kvs {
-            let binding: Binding = decode(&kv.key, &kv.value)?;
-            if binding.expires_at_ms > now_ms {
-                out.push(StoredBinding {
-                    key: text(&kv.key, kv.key.clone())?,
-                    lease: kv.lease,
-                    binding,
-                });
-            }
-        }
-        Ok(out)
+        Ok(self.current_bindings(tenant_id, number).await?.live(now_ms))
     }
 
-    /// Writes `upserts` (each on its own lease whose TTL is the binding's
-    /// expiry) and removes `removals`. A refresh with an unchanged expiry
-    /// keeps the lease alive; otherwise a new lease replaces the old one.
-    pub async fn apply_bindings(
+    /// The extension's bindings after this node caught up with the leader.
+    pub async fn current_bindings(
         &self,
+        tenant_id: &str,
+        number: &str,
+    ) -> Result<AorBindings, RepoError> {
+        let prefix = bindings_prefix(tenant_id, number);
+        let range = self
+            .store
+            .range(KeyRange::prefix(prefix.clone()), 0)
+            .await?;
+        AorBindings::from_range(prefix, range)
+    }
+
+    /// The extension's bindings as this node has applied them: no round
+    /// trip, but possibly behind the leader, which [`Repo::write_bindings`]
+    /// detects.
+    pub fn local_bindings(&self, tenant_id: &str, number: &str) -> Result<AorBindings, RepoError> {
+        let prefix = bindings_prefix(tenant_id, number);
+        let range = self
+            .store
+            .range_stale(KeyRange::prefix(prefix.clone()), 0)?;
+        AorBindings::from_range(prefix, range)
+    }
+
+    /// Writes `upserts` (each on a new lease whose TTL is the binding's
+    /// expiry, the lease it had revoked) and removes `removals`, in one
+    /// transaction (one Raft entry), if the extension's bindings are still
+    /// those of `read`: nothing written under them since, none of them
+    /// gone. Otherwise nothing is written and the bindings as they are now
+    /// come back, to plan again from. A plan with no writes is checked
+    /// the same way, so its answer is never older than the leader's state.
+    pub async fn write_bindings(
+        &self,
+        read: &AorBindings,
         upserts: &[BindingUpsert],
         removals: &[StoredBinding],
-    ) -> Result<(), RepoError> {
-        let mut ops = Vec::with_capacity(upserts.len() + removals.len());
-        let mut stale_leases = Vec::new();
+    ) -> Result<Option<AorBindings>, RepoError> {
+        let mut compares = Vec::with_capacity(read.stored.len() + 1);
+        compares.push(Compare::prefix_mod_revision(
+            read.prefix.clone(),
+            CompareOp::Less,
+            read.revision + 1,
+        ));
+        compares.extend(
+            read.stored
+                .iter()
+                .map(|s| Compare::mod_revision(s.key.clone(), CompareOp::Equal, s.mod_revision)),
+        );
+        let mut ops = Vec::with_capacity(2 * (upserts.len() + removals.len()));
         for BindingUpsert {
             key,
             binding,
@@ -662,45 +739,44 @@ impl Repo {
         } in upserts
         {
             let ttl = Duration::from_secs(u64::from(binding.expires_secs));
-            let reused = match previous {
-                Some(prev) if prev.binding.expires_secs == binding.expires_secs => match prev.lease
-                {
-                    Some(lease) => match self.store.lease_keep_alive(lease).await {
-                        Ok(_) => Some(lease),
-                        Err(StoreError::LeaseNotFound(_)) => None,
-                        Err(e) => return Err(e.into()),
-                    },
-                    None => None,
-                },
-                _ => None,
-            };
-            let lease = match reused {
-                Some(lease) => lease,
-                None => {
-                    if let Some(old) = previous.as_ref().and_then(|p| p.lease) {
-                        stale_leases.push(old);
-                    }
-                    self.store.lease_grant(ttl).await?
-                }
-            };
-            ops.push(TxnOp::put_with_lease(key.clone(), encode(binding)?, lease));
+            ops.push(TxnOp::put_on_new_lease(key.clone(), encode(binding)?, ttl));
+            // The key moves to its new lease, so revoking the old one only
+            // frees it.
+            ops.extend(
+                previous
+                    .iter()
+                    .filter_map(|p| p.lease)
+                    .map(TxnOp::lease_revoke),
+            );
         }
         for removed in removals {
             ops.push(TxnOp::delete(KeyRange::key(removed.key.clone())));
-            stale_leases.extend(removed.lease);
+            ops.extend(removed.lease.map(TxnOp::lease_revoke));
         }
-        if !ops.is_empty() {
-            self.store.txn(Txn::new().and_then(ops)).await?;
+        let result = self
+            .store
+            .txn(
+                Txn::new()
+                    .when(compares)
+                    .and_then(ops)
+                    .or_else([TxnOp::Range {
+                        range: KeyRange::prefix(read.prefix.clone()),
+                        limit: 0,
+                    }]),
+            )
+            .await?;
+        if result.succeeded {
+            return Ok(None);
         }
-        // The keys have moved off these leases (or are deleted), so revoking
-        // them only frees the leases; one that already expired is fine.
-        for lease in stale_leases {
-            match self.store.lease_revoke(lease).await {
-                Ok(_) | Err(StoreError::LeaseNotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+        match result.results.into_iter().next() {
+            Some(OpResult::Range(range)) => {
+                Ok(Some(AorBindings::from_range(read.prefix.clone(), range)?))
             }
+            _ => Err(RepoError::Corrupt {
+                key: read.prefix.clone(),
+                detail: "unexpected transaction result".into(),
+            }),
         }
-        Ok(())
     }
 }
 
@@ -859,7 +935,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn bindings_live_on_leases_and_expire() {
+    async fn bindings_live_on_leases_and_are_written_only_over_what_was_read() {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = Repo::new(one_node_store(dir.path()).await);
         let now = crate::service::unix_now_ms();
@@ -873,15 +949,33 @@ pub(crate) mod tests {
             binding: binding("sip:b@192.0.2.2", 60, now),
             previous: None,
         };
-        repo.apply_bindings(&[short.clone(), long.clone()], &[])
+        let empty = repo.local_bindings("t1", "100").expect("read");
+        assert!(empty.live(now).is_empty());
+        let written = repo
+            .write_bindings(&empty, &[short.clone(), long.clone()], &[])
             .await
-            .expect("apply");
+            .expect("write");
+        assert_eq!(written, None);
         let stored = repo.bindings("t1", "100", now).await.expect("read");
         assert_eq!(stored.len(), 2);
-        assert!(stored.iter().all(|s| s.lease.is_some()));
+        assert!(stored[0].lease.is_some() && stored[0].lease != stored[1].lease);
 
-        // Refreshing with the same expiry keeps the lease; a new expiry moves
-        // the binding to a new lease and frees the old one.
+        // Planned from a read that no longer holds: nothing is written, and
+        // the bindings as they are come back.
+        let third = BindingUpsert {
+            key: binding_key("t1", "100", "uri:sip:c@192.0.2.3"),
+            binding: binding("sip:c@192.0.2.3", 60, now),
+            previous: None,
+        };
+        let current = repo
+            .write_bindings(&empty, std::slice::from_ref(&third), &[])
+            .await
+            .expect("write")
+            .expect("a conflict");
+        assert_eq!(current.live(now), stored);
+        assert_eq!(repo.bindings("t1", "100", now).await.expect("read"), stored);
+
+        // A refresh moves the binding to a new lease and revokes the old.
         let long_stored = stored
             .iter()
             .find(|s| s.key == long.key)
@@ -891,13 +985,22 @@ pub(crate) mod tests {
             previous: Some(long_stored.clone()),
             ..long.clone()
         };
-        repo.apply_bindings(&[refresh], &[]).await.expect("refresh");
+        let written = repo
+            .write_bindings(&current, &[refresh], &[])
+            .await
+            .expect("refresh");
+        assert_eq!(written, None);
         let after = repo.bindings("t1", "100", now).await.expect("read");
-        let lease_after = after
+        let refreshed = after
             .iter()
             .find(|s| s.key == long.key)
-            .and_then(|s| s.lease);
-        assert_eq!(lease_after, long_stored.lease);
+            .expect("still there");
+        assert!(refreshed.lease > long_stored.lease);
+        let old_lease = long_stored.lease.expect("on a lease");
+        assert!(matches!(
+            repo.store().lease_keep_alive(old_lease).await,
+            Err(StoreError::LeaseNotFound(_))
+        ));
 
         // The leader expires the 1 s lease, deleting the key in the store.
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -913,12 +1016,25 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(keys, vec![long.key.clone()]);
 
-        let current = repo.bindings("t1", "100", now).await.expect("read");
-        repo.apply_bindings(&[], &current).await.expect("remove");
+        let read = repo.local_bindings("t1", "100").expect("read");
+        let live = read.live(now);
+        assert_eq!(
+            repo.write_bindings(&read, &[], &live)
+                .await
+                .expect("remove"),
+            None
+        );
         assert!(repo
             .bindings("t1", "100", now)
             .await
             .expect("read")
+            .is_empty());
+        assert!(repo
+            .store()
+            .range(KeyRange::prefix("/t/t1/reg/"), 0)
+            .await
+            .expect("range")
+            .kvs
             .is_empty());
         repo.store().shutdown().await;
     }

@@ -17,6 +17,11 @@ pub fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How many times a REGISTER plans and writes before giving up: each
+/// retry follows a write by someone else to the same extension's bindings
+/// (or this node's lag, once).
+const WRITE_ATTEMPTS: u32 = 5;
+
 /// Answers REGISTER for every tenant.
 pub struct RegistrarService {
     repo: Repo,
@@ -37,6 +42,16 @@ impl RegistrarService {
     ) -> SipMessage {
         match self.register(request, received_from, now_ms).await {
             Ok(response) => response,
+            Err(e @ RepoError::Conflict { .. }) => {
+                tracing::warn!(error = %e, "REGISTER gave up");
+                let mut response = sip::message::response_from_headers(
+                    &request.headers,
+                    500,
+                    "Server Internal Error (bindings changed concurrently)",
+                );
+                response.headers.push("Retry-After", "1");
+                response
+            }
             Err(e) => {
                 tracing::error!(error = %e, "REGISTER failed on the store");
                 sip::message::response_from_headers(
@@ -74,24 +89,54 @@ impl RegistrarService {
                 "Forbidden (credentials do not match the address of record)",
             ));
         }
-        let existing = self
-            .repo
-            .bindings(&tenant.id, &extension.number, now_ms)
-            .await?;
-        let plan = match plan_bindings(
-            &register,
-            &extension,
-            &tenant.id,
-            &existing,
-            received_from,
-            now_ms,
-        ) {
-            Ok(plan) => plan,
-            Err(refusal) => return Ok(refusal.response(request)),
+        // Planned from this node's copy of the bindings; the write checks
+        // that the leader's copy is the same (another node may have
+        // written since, or this node may lag) and else hands back the
+        // current one to plan again from.
+        let mut bindings = self.repo.local_bindings(&tenant.id, &extension.number)?;
+        // Whether `bindings` are known to be the leader's: a refusal (too
+        // many contacts, out of order) must not come from a lagging copy.
+        let mut confirmed = false;
+        let mut attempts = 0;
+        let plan = loop {
+            let plan = match plan_bindings(
+                &register,
+                &extension,
+                &tenant.id,
+                &bindings.live(now_ms),
+                received_from,
+                now_ms,
+            ) {
+                Ok(plan) => plan,
+                Err(_) if !confirmed => {
+                    bindings = self
+                        .repo
+                        .current_bindings(&tenant.id, &extension.number)
+                        .await?;
+                    confirmed = true;
+                    continue;
+                }
+                Err(refusal) => return Ok(refusal.response(request)),
+            };
+            match self
+                .repo
+                .write_bindings(&bindings, &plan.upserts, &plan.removals)
+                .await?
+            {
+                None => break plan,
+                Some(current) => {
+                    bindings = current;
+                    confirmed = true;
+                }
+            }
+            attempts += 1;
+            if attempts == WRITE_ATTEMPTS {
+                return Err(RepoError::Conflict {
+                    what: format!("the bindings of {}", extension.number),
+                    attempts,
+                });
+            }
         };
-        self.repo
-            .apply_bindings(&plan.upserts, &plan.removals)
-            .await?;
         // Debug, not info: at thousands of REGISTERs a second the log would
         // cost more than the registration.
         tracing::debug!(

@@ -274,3 +274,46 @@ async fn binding_registered_on_one_node_is_found_on_another() {
         store.shutdown().await;
     }
 }
+
+/// Phones registering one extension at the same time through three nodes:
+/// each REGISTER is planned from a read of the bindings that the write
+/// checks is still current, so the limit of contacts holds cluster-wide
+/// (3, the oldest removed first) instead of each node adding to what it
+/// saw. Every phone gets its 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_through_three_nodes_keep_the_contact_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nodes, _) = common::three_node_cluster(dir.path(), 3).await;
+    let tenant = create_test_tenant(&nodes[0].repo).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..3 {
+        for (n, node) in nodes.iter().enumerate() {
+            let addr = node.sip.udp_addr;
+            tasks.spawn(async move {
+                let mut phone = TestPhone::new(addr, "100-TEST", PASSWORD).await;
+                phone
+                    .register(&format!(
+                        "Contact: <sip:100@192.0.2.{}:5060>\r\n",
+                        10 * round + n + 1
+                    ))
+                    .await
+            });
+        }
+        while let Some(reply) = tasks.join_next().await {
+            let reply = reply.expect("phone task");
+            assert_eq!(reply.status(), Some(200), "{reply:?}");
+            assert!(reply.headers.get_all("Contact").count() <= 3, "{reply:?}");
+        }
+    }
+    for node in &nodes {
+        let bindings = node
+            .repo
+            .bindings(&tenant.id, "100", unix_now_ms())
+            .await
+            .expect("read");
+        assert_eq!(bindings.len(), 3, "{bindings:?}");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

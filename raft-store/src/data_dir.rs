@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -69,10 +69,28 @@ pub enum DataDirError {
     WrongOwner { path: PathBuf, detail: String },
 }
 
+/// RocksDB's memory is bounded, not proportional to the data: writes are
+/// durable once in the WAL (fsynced by the log's group commit), so
+/// memtables only need to be large enough to batch flushes, and reads of
+/// live keys mostly hit bloom filters or the newest memtable. With
+/// RocksDB's defaults (a 64 MiB memtable per column family, two of them,
+/// and a 32 MiB block cache per column family) its memory could grow with
+/// the data to over 1 GiB.
+///
+/// One block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+/// One memtable (of at most two) of a column family that takes a write
+/// per command (log entries, live keys, history); the others take small
+/// rows.
+const BUSY_MEMTABLE_BYTES: usize = 8 << 20;
+const QUIET_MEMTABLE_BYTES: usize = 2 << 20;
+
 /// An open data directory.
 pub struct DataDir {
     pub db: Arc<DB>,
     pub root: PathBuf,
+    /// The block cache every column family shares (for its usage figure).
+    pub block_cache: Cache,
 }
 
 impl DataDir {
@@ -142,9 +160,10 @@ impl DataDir {
         // appends and applies costs one write(2) and one fsync, not one
         // write(2) each. Sync writes (vote, snapshot install) flush it too.
         opts.set_manual_wal_flush(true);
+        let block_cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &block_cache)));
         let db = DB::open_cf_descriptors(&opts, &db_path, cfs)
             .map_err(|e| classify_open_error(&db_path, e))?;
         if fresh {
@@ -167,6 +186,7 @@ impl DataDir {
         Ok(DataDir {
             db,
             root: root.to_path_buf(),
+            block_cache,
         })
     }
 }
@@ -212,19 +232,24 @@ fn check_identity(found: &Identity, want: &Identity, db_path: &Path) -> Result<(
     Ok(())
 }
 
-fn cf_options(name: &str) -> Options {
+fn cf_options(name: &str, block_cache: &Cache) -> Options {
     let mut o = Options::default();
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.set_write_buffer_size(match name {
+        CF_LOGS | CF_KV | CF_HISTORY => BUSY_MEMTABLE_BYTES,
+        _ => QUIET_MEMTABLE_BYTES,
+    });
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(block_cache);
     if name == CF_KV {
         // Every put looks its key up first (for version and create
         // revision); most new keys are absent, which bloom filters answer
         // without searching the memtable or reading table blocks.
-        let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        o.set_block_based_table_factory(&table);
         o.set_memtable_prefix_bloom_ratio(0.02);
         o.set_memtable_whole_key_filtering(true);
     }
+    o.set_block_based_table_factory(&table);
     o
 }
 
@@ -282,4 +307,58 @@ pub fn set_format_version_for_test(root: &Path, version: u32) -> Result<(), Data
         })?;
     db.put_cf(meta, IDENTITY_KEY, bytes)
         .map_err(|e| classify_open_error(&db_path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::RngCore;
+
+    use super::*;
+
+    fn memtables_bytes(db: &DB, name: &str) -> u64 {
+        let cf = db.cf_handle(name).expect("column family");
+        db.property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+            .expect("property")
+            .expect("value")
+    }
+
+    /// Memtables and the block cache stay within their bounds however much
+    /// is written and read: the node's memory does not grow with its data.
+    #[test]
+    fn rocksdb_memory_is_bounded_not_proportional_to_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path(), "test", 1).unwrap();
+        let db = &data.db;
+        // Random values: compression cannot make them small.
+        let mut value = vec![0u8; 4096];
+        let mut rng = rand::rng();
+        for (name, count) in [(CF_KV, 12_000u32), (CF_LEASES, 2_000)] {
+            let cf = db.cf_handle(name).unwrap();
+            for i in 0..count {
+                rng.fill_bytes(&mut value);
+                db.put_cf(cf, i.to_be_bytes(), &value).unwrap();
+            }
+        }
+        // 48 MiB into kv, 8 MiB into leases: more than a memtable each.
+        let kv = memtables_bytes(db, CF_KV);
+        assert!(kv <= 2 * BUSY_MEMTABLE_BYTES as u64, "kv memtables {kv}");
+        let leases = memtables_bytes(db, CF_LEASES);
+        assert!(
+            leases <= 2 * QUIET_MEMTABLE_BYTES as u64,
+            "leases memtables {leases}"
+        );
+        // Reading everything back goes through the one shared cache.
+        for name in [CF_KV, CF_LEASES] {
+            let cf = db.cf_handle(name).unwrap();
+            db.flush_cf(cf).unwrap();
+            for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                item.unwrap();
+            }
+        }
+        let cached = data.block_cache.get_usage();
+        assert!(
+            cached > BLOCK_CACHE_BYTES / 2 && cached <= BLOCK_CACHE_BYTES,
+            "block cache {cached}"
+        );
+    }
 }

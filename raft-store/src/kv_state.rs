@@ -13,12 +13,15 @@ use crate::codec;
 use crate::data_dir::{u64_key, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
 use crate::pending::Pending;
 use crate::types::{
-    Command, CommandResult, Event, EventKind, KeyRange, KeyValue, Lease, LeaseId, OpResult,
-    RangeResult, Rejection, Txn, TxnOp, TxnResult, WatchBatch,
+    Command, CommandResult, Compare, CompareTarget, Event, EventKind, KeyRange, KeyValue, Lease,
+    LeaseId, OpResult, RangeResult, Rejection, Txn, TxnOp, TxnResult, WatchBatch,
 };
 
 pub const REVISION_KEY: &[u8] = b"revision";
 pub const COMPACT_REVISION_KEY: &[u8] = b"compact_revision";
+/// The last lease id given (absent in stores from before leases were
+/// granted inside transactions: every id until then was its entry's index).
+pub const LEASE_ID_KEY: &[u8] = b"lease_id";
 
 /// A stored value: a [`KeyValue`] without its key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,7 +60,8 @@ pub struct Applied {
     pub result: CommandResult,
     /// One batch per revision the command made, in revision order.
     pub events: Vec<WatchBatch>,
-    pub lease_change: Option<LeaseChange>,
+    /// For the leader's lease clock, in the order they happened.
+    pub lease_changes: Vec<LeaseChange>,
 }
 
 /// How many column families the state machine has.
@@ -235,11 +239,14 @@ pub fn list_leases(reader: &impl KvRead, cfs: &Cfs<'_>) -> io::Result<Vec<Lease>
         .collect()
 }
 
-/// Revision counters kept in memory, mirrored in `sm_meta`.
+/// The state machine's counters (revisions, lease ids) kept in memory,
+/// mirrored in `sm_meta`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Revisions {
     pub revision: u64,
     pub compact_revision: u64,
+    /// The last lease id given; see [`LeaseId`].
+    pub lease_id: LeaseId,
 }
 
 impl Revisions {
@@ -247,6 +254,7 @@ impl Revisions {
         Ok(Revisions {
             revision: read_u64(reader, cfs.meta, REVISION_KEY)?,
             compact_revision: read_u64(reader, cfs.meta, COMPACT_REVISION_KEY)?,
+            lease_id: read_u64(reader, cfs.meta, LEASE_ID_KEY)?,
         })
     }
 }
@@ -265,10 +273,11 @@ pub fn apply(
         pending,
         cfs,
         revs,
+        index,
         events: Vec::new(),
         sealed: Vec::new(),
+        lease_changes: Vec::new(),
     };
-    let mut lease_change = None;
     let result = match cmd {
         Command::Txn(txn) => writer.txn(txn)?,
         Command::TxnBatch(txns) => {
@@ -283,25 +292,24 @@ pub fn apply(
             if *ttl_ms == 0 {
                 CommandResult::Rejected(Rejection::ZeroTtl)
             } else {
-                let lease = Lease {
-                    id: index,
-                    ttl_ms: *ttl_ms,
-                };
-                writer
-                    .pending
-                    .put(cfs.leases, &u64_key(lease.id), codec::encode(&lease)?)?;
-                lease_change = Some(LeaseChange::Granted(lease));
+                let id = writer.grant_lease(*ttl_ms)?;
                 CommandResult::LeaseGranted {
-                    id: index,
+                    id,
                     ttl_ms: *ttl_ms,
                 }
             }
         }
         Command::LeaseRevoke { id } | Command::LeaseExpire { id } => {
-            let found = writer.revoke_lease(*id)?;
-            if found {
-                lease_change = Some(LeaseChange::Removed(*id));
-            }
+            let found = match writer.lease_rows(*id)? {
+                Some(rows) => {
+                    if !rows.attached.is_empty() {
+                        writer.bump_revision()?;
+                    }
+                    writer.remove_lease(*id, rows)?;
+                    true
+                }
+                None => false,
+            };
             CommandResult::LeaseRevoked {
                 found,
                 revision: writer.revs.revision,
@@ -313,7 +321,7 @@ pub fn apply(
     Ok(Applied {
         result,
         events: writer.sealed,
-        lease_change,
+        lease_changes: writer.lease_changes,
     })
 }
 
@@ -321,10 +329,19 @@ struct Writer<'a, 'b, 'c> {
     pending: &'a mut Pending<'c>,
     cfs: &'a Cfs<'b>,
     revs: &'a mut Revisions,
+    /// The log index of the command.
+    index: u64,
     /// Changes of the current revision.
     events: Vec<Event>,
     /// Changes of the revisions already made, one batch each.
     sealed: Vec<WatchBatch>,
+    lease_changes: Vec<LeaseChange>,
+}
+
+/// A lease's rows: its `lease_keys` entries and the keys they attach.
+struct LeaseRows {
+    lease_keys: Vec<Box<[u8]>>,
+    attached: Vec<KeyValue>,
 }
 
 impl Writer<'_, '_, '_> {
@@ -341,8 +358,7 @@ impl Writer<'_, '_, '_> {
     fn txn(&mut self, txn: &Txn) -> io::Result<CommandResult> {
         let mut succeeded = true;
         for compare in &txn.compare {
-            let current = get_kv(&*self.pending, self.cfs, &compare.key)?;
-            if !compare.holds(current.as_ref()) {
+            if !self.compare_holds(compare)? {
                 succeeded = false;
                 break;
             }
@@ -362,7 +378,7 @@ impl Writer<'_, '_, '_> {
         let mut changes = false;
         for op in ops {
             let plan = match op {
-                TxnOp::Put { key, .. } => {
+                TxnOp::Put { key, .. } | TxnOp::PutOnNewLease { key, .. } => {
                     changes = true;
                     Plan::Put(get_kv(&*self.pending, self.cfs, key)?)
                 }
@@ -379,8 +395,28 @@ impl Writer<'_, '_, '_> {
                         revision: self.revs.revision,
                     })
                 }
+                TxnOp::LeaseRevoke { id } => Plan::Revoke(self.lease_rows(*id)?),
             };
             plans.push(plan);
+        }
+        // A revoke deletes only the keys the rest of the branch leaves
+        // alone: a key put by the branch has moved off the lease, a deleted
+        // one is gone, and one on a lease revoked twice goes once.
+        let mut claimed: HashSet<Vec<u8>> = HashSet::new();
+        for (op, plan) in ops.iter().zip(&plans) {
+            match (op, plan) {
+                (TxnOp::Put { key, .. } | TxnOp::PutOnNewLease { key, .. }, _) => {
+                    claimed.insert(key.clone());
+                }
+                (_, Plan::Delete(found)) => claimed.extend(found.iter().map(|kv| kv.key.clone())),
+                _ => {}
+            }
+        }
+        for plan in &mut plans {
+            if let Plan::Revoke(Some(rows)) = plan {
+                rows.attached.retain(|kv| claimed.insert(kv.key.clone()));
+                changes |= !rows.attached.is_empty();
+            }
         }
         if changes {
             self.bump_revision()?;
@@ -390,27 +426,13 @@ impl Writer<'_, '_, '_> {
         for (op, plan) in ops.iter().zip(plans) {
             results.push(match (op, plan) {
                 (TxnOp::Put { key, value, lease }, Plan::Put(prev)) => {
-                    let stored = StoredValue {
-                        value: value.clone(),
-                        create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
-                        mod_revision: revision,
-                        version: prev.as_ref().map_or(1, |p| p.version + 1),
-                        lease: *lease,
-                    };
-                    if let Some(old) = prev.as_ref().and_then(|p| p.lease) {
-                        if Some(old) != *lease {
-                            self.pending
-                                .delete(self.cfs.lease_keys, &lease_key(old, key))?;
-                        }
-                    }
-                    if let Some(new) = lease {
-                        self.pending
-                            .put(self.cfs.lease_keys, &lease_key(*new, key), Vec::new())?;
-                    }
-                    self.pending
-                        .put(self.cfs.kv, key, codec::encode(&stored)?)?;
-                    self.record(EventKind::Put, stored.into_kv(key.clone()))?;
+                    self.put_key(key, value, *lease, prev.as_ref(), revision)?;
                     OpResult::Put { prev }
+                }
+                (TxnOp::PutOnNewLease { key, value, ttl_ms }, Plan::Put(prev)) => {
+                    let lease = self.grant_lease(*ttl_ms)?;
+                    self.put_key(key, value, Some(lease), prev.as_ref(), revision)?;
+                    OpResult::PutOnNewLease { prev, lease }
                 }
                 (TxnOp::Delete { .. }, Plan::Delete(found)) => {
                     for kv in &found {
@@ -419,6 +441,13 @@ impl Writer<'_, '_, '_> {
                     OpResult::Delete { deleted: found }
                 }
                 (_, Plan::Range(result)) => OpResult::Range(result),
+                (TxnOp::LeaseRevoke { id }, Plan::Revoke(rows)) => {
+                    let found = rows.is_some();
+                    if let Some(rows) = rows {
+                        self.remove_lease(*id, rows)?;
+                    }
+                    OpResult::LeaseRevoke { found }
+                }
                 _ => {
                     return Err(io::Error::other(
                         "transaction plan out of step with its ops",
@@ -433,20 +462,81 @@ impl Writer<'_, '_, '_> {
         }))
     }
 
-    /// Refuses a branch that writes one key twice or names a missing lease.
+    fn compare_holds(&self, compare: &Compare) -> io::Result<bool> {
+        if let CompareTarget::PrefixModRevision(_) = compare.target {
+            let prefix = KeyRange::Prefix(compare.key.clone());
+            let (kvs, _) = range_kvs(&*self.pending, self.cfs, &prefix, 0)?;
+            return Ok(kvs.iter().all(|kv| compare.holds(Some(kv))));
+        }
+        let current = get_kv(&*self.pending, self.cfs, &compare.key)?;
+        Ok(compare.holds(current.as_ref()))
+    }
+
+    /// Writes `key` at `revision`, moving it from its previous lease (if
+    /// any) to `lease`.
+    fn put_key(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: Option<LeaseId>,
+        prev: Option<&KeyValue>,
+        revision: u64,
+    ) -> io::Result<()> {
+        let stored = StoredValue {
+            value: value.to_vec(),
+            create_revision: prev.map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.map_or(1, |p| p.version + 1),
+            lease,
+        };
+        if let Some(old) = prev.and_then(|p| p.lease) {
+            if Some(old) != lease {
+                self.pending
+                    .delete(self.cfs.lease_keys, &lease_key(old, key))?;
+            }
+        }
+        if let Some(new) = lease {
+            self.pending
+                .put(self.cfs.lease_keys, &lease_key(new, key), Vec::new())?;
+        }
+        self.pending
+            .put(self.cfs.kv, key, codec::encode(&stored)?)?;
+        self.record(EventKind::Put, stored.into_kv(key.to_vec()))
+    }
+
+    /// Refuses a branch that writes one key twice, names a missing lease,
+    /// grants one of no time, or writes to a lease it revokes.
     fn check_branch(&self, ops: &[TxnOp]) -> io::Result<Option<Rejection>> {
+        let revoked: HashSet<LeaseId> = ops
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::LeaseRevoke { id } => Some(*id),
+                _ => None,
+            })
+            .collect();
         let mut put_keys = HashSet::new();
         for op in ops {
-            if let TxnOp::Put { key, lease, .. } = op {
-                if !put_keys.insert(key.as_slice()) {
-                    return Ok(Some(Rejection::DuplicateKey(
-                        String::from_utf8_lossy(key).into_owned(),
-                    )));
-                }
-                if let Some(id) = lease {
-                    if KvRead::get(&*self.pending, self.cfs.leases, &u64_key(*id))?.is_none() {
-                        return Ok(Some(Rejection::LeaseNotFound(*id)));
+            let (key, lease) = match op {
+                TxnOp::Put { key, lease, .. } => (key, *lease),
+                TxnOp::PutOnNewLease { key, ttl_ms, .. } => {
+                    if *ttl_ms == 0 {
+                        return Ok(Some(Rejection::ZeroTtl));
                     }
+                    (key, None)
+                }
+                _ => continue,
+            };
+            if !put_keys.insert(key.as_slice()) {
+                return Ok(Some(Rejection::DuplicateKey(
+                    String::from_utf8_lossy(key).into_owned(),
+                )));
+            }
+            if let Some(id) = lease {
+                if revoked.contains(&id) {
+                    return Ok(Some(Rejection::LeaseUsedAndRevoked(id)));
+                }
+                if KvRead::get(&*self.pending, self.cfs.leases, &u64_key(id))?.is_none() {
+                    return Ok(Some(Rejection::LeaseNotFound(id)));
                 }
             }
         }
@@ -460,6 +550,19 @@ impl Writer<'_, '_, '_> {
             }
         }
         Ok(None)
+    }
+
+    /// Gives the next lease id (see [`LeaseId`]) to a new lease of `ttl_ms`.
+    fn grant_lease(&mut self, ttl_ms: u64) -> io::Result<LeaseId> {
+        let id = self.index.max(self.revs.lease_id + 1);
+        self.revs.lease_id = id;
+        self.pending
+            .put(self.cfs.meta, LEASE_ID_KEY, codec::encode(&id)?)?;
+        let lease = Lease { id, ttl_ms };
+        self.pending
+            .put(self.cfs.leases, &u64_key(id), codec::encode(&lease)?)?;
+        self.lease_changes.push(LeaseChange::Granted(lease));
+        Ok(id)
     }
 
     fn bump_revision(&mut self) -> io::Result<()> {
@@ -498,35 +601,41 @@ impl Writer<'_, '_, '_> {
         Ok(())
     }
 
-    /// Deletes the lease and every key attached to it, as one revision.
-    fn revoke_lease(&mut self, id: LeaseId) -> io::Result<bool> {
+    /// The lease's rows, or `None` if there is no such lease.
+    fn lease_rows(&self, id: LeaseId) -> io::Result<Option<LeaseRows>> {
         if KvRead::get(&*self.pending, self.cfs.leases, &u64_key(id))?.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
         let prefix = u64_key(id);
-        let mut lease_keys = Vec::new();
+        let mut rows = LeaseRows {
+            lease_keys: Vec::new(),
+            attached: Vec::new(),
+        };
         for item in self.pending.scan_from(self.cfs.lease_keys, &prefix) {
             let (lk, _) = item?;
             if !lk.starts_with(&prefix) {
                 break;
             }
-            lease_keys.push(lk);
-        }
-        let mut attached = Vec::new();
-        for lk in lease_keys {
             if let Some(kv) = get_kv(&*self.pending, self.cfs, &lk[prefix.len()..])? {
-                attached.push(kv);
+                rows.attached.push(kv);
             }
-            self.pending.delete(self.cfs.lease_keys, &lk)?;
+            rows.lease_keys.push(lk);
         }
-        if !attached.is_empty() {
-            self.bump_revision()?;
-            for kv in &attached {
-                self.delete_key(kv)?;
-            }
+        Ok(Some(rows))
+    }
+
+    /// Deletes the lease, its `lease_keys` rows and the keys in
+    /// `rows.attached`, in the current revision.
+    fn remove_lease(&mut self, id: LeaseId, rows: LeaseRows) -> io::Result<()> {
+        for lk in &rows.lease_keys {
+            self.pending.delete(self.cfs.lease_keys, lk)?;
         }
-        self.pending.delete(self.cfs.leases, &prefix)?;
-        Ok(true)
+        for kv in &rows.attached {
+            self.delete_key(kv)?;
+        }
+        self.pending.delete(self.cfs.leases, &u64_key(id))?;
+        self.lease_changes.push(LeaseChange::Removed(id));
+        Ok(())
     }
 
     fn compact(&mut self, revision: u64) -> io::Result<CommandResult> {
@@ -558,6 +667,8 @@ enum Plan {
     Put(Option<KeyValue>),
     Delete(Vec<KeyValue>),
     Range(RangeResult),
+    /// The lease's rows, if it exists.
+    Revoke(Option<LeaseRows>),
 }
 
 fn lease_key(lease: LeaseId, key: &[u8]) -> Vec<u8> {
@@ -569,6 +680,8 @@ fn lease_key(lease: LeaseId, key: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::data_dir::DataDir;
     use crate::types::{Compare, CompareOp, Lease, Rejection};
 
@@ -772,14 +885,14 @@ mod tests {
     #[test]
     fn revoking_a_lease_deletes_its_keys_in_one_revision() {
         let mut sm = Sm::new();
-        let lease = match sm.apply(Command::LeaseGrant { ttl_ms: 1000 }) {
-            Applied {
-                result: CommandResult::LeaseGranted { id, .. },
-                lease_change: Some(LeaseChange::Granted(Lease { ttl_ms: 1000, .. })),
-                ..
-            } => id,
-            other => panic!("{other:?}"),
+        let granted = sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
+        let CommandResult::LeaseGranted { id: lease, .. } = granted.result else {
+            panic!("{granted:?}")
         };
+        assert!(matches!(
+            granted.lease_changes[..],
+            [LeaseChange::Granted(Lease { ttl_ms: 1000, .. })]
+        ));
         sm.txn(Txn::new().and_then([
             TxnOp::put_with_lease("reg/1", "c1", lease),
             TxnOp::put_with_lease("reg/2", "c2", lease),
@@ -788,7 +901,7 @@ mod tests {
         // Re-putting without the lease detaches the key.
         sm.put("reg/2", "c2-static");
         let a = sm.apply(Command::LeaseExpire { id: lease });
-        assert_eq!(a.lease_change, Some(LeaseChange::Removed(lease)));
+        assert_eq!(a.lease_changes, [LeaseChange::Removed(lease)]);
         let [batch] = &a.events[..] else {
             panic!("one revision of events: {:?}", a.events)
         };
@@ -933,6 +1046,232 @@ mod tests {
             CommandResult::Rejected(Rejection::LeaseNotFound(5))
         ));
         assert!(events.len() > 5);
+    }
+
+    fn new_lease_of(result: &OpResult) -> LeaseId {
+        match result {
+            OpResult::PutOnNewLease { lease, .. } => *lease,
+            other => panic!("not a put on a new lease: {other:?}"),
+        }
+    }
+
+    fn leases_and_lease_keys(sm: &Sm) -> (Vec<LeaseId>, Vec<(LeaseId, Vec<u8>)>) {
+        let cfs = Cfs::of(&sm.data.db).unwrap();
+        let leases = list_leases(sm.data.db.as_ref(), &cfs)
+            .unwrap()
+            .iter()
+            .map(|l| l.id)
+            .collect();
+        let lease_keys = sm.dump()[2]
+            .iter()
+            .map(|(k, _)| {
+                let (id, key) = k.split_at(8);
+                (u64::from_be_bytes(id.try_into().unwrap()), key.to_vec())
+            })
+            .collect();
+        (leases, lease_keys)
+    }
+
+    #[test]
+    fn a_txn_grants_leases_and_revokes_stale_ones_in_one_revision() {
+        let mut sm = Sm::new();
+        sm.put("x", "1");
+        // Entry 2: two keys, each on a lease of its own, in one revision.
+        let a = sm.apply(Command::Txn(Txn::new().and_then([
+            TxnOp::put_on_new_lease("reg/1", "c1", Duration::from_secs(60)),
+            TxnOp::put_on_new_lease("reg/2", "c2", Duration::from_secs(30)),
+        ])));
+        let CommandResult::Txn(r) = &a.result else {
+            panic!("{a:?}")
+        };
+        let (l1, l2) = (new_lease_of(&r.results[0]), new_lease_of(&r.results[1]));
+        assert_eq!((l1, l2), (2, 3), "the entry's index, then the next id");
+        assert_eq!(r.revision, 2);
+        assert_eq!(
+            a.lease_changes,
+            [
+                LeaseChange::Granted(Lease {
+                    id: 2,
+                    ttl_ms: 60_000
+                }),
+                LeaseChange::Granted(Lease {
+                    id: 3,
+                    ttl_ms: 30_000
+                }),
+            ]
+        );
+        assert_eq!(sm.get("reg/1").unwrap().lease, Some(l1));
+        assert_eq!(sm.get("reg/2").unwrap().lease, Some(l2));
+        // A plain grant at entry 3 cannot have 3 again.
+        assert!(matches!(
+            sm.apply(Command::LeaseGrant { ttl_ms: 1000 }).result,
+            CommandResult::LeaseGranted { id: 4, .. }
+        ));
+
+        // A re-registration: reg/1 moves to a new lease and its old one is
+        // revoked; revoking reg/2's lease deletes reg/2; a lease that is
+        // gone already is no error. All in one revision.
+        let a = sm.apply(Command::Txn(Txn::new().and_then([
+            TxnOp::lease_revoke(l1),
+            TxnOp::put_on_new_lease("reg/1", "c1b", Duration::from_secs(60)),
+            TxnOp::lease_revoke(l2),
+            TxnOp::lease_revoke(99),
+        ])));
+        let CommandResult::Txn(r) = &a.result else {
+            panic!("{a:?}")
+        };
+        assert_eq!(r.revision, 3);
+        assert_eq!(r.results[0], OpResult::LeaseRevoke { found: true });
+        let l1b = new_lease_of(&r.results[1]);
+        assert_eq!(l1b, 5);
+        assert_eq!(r.results[2], OpResult::LeaseRevoke { found: true });
+        assert_eq!(r.results[3], OpResult::LeaseRevoke { found: false });
+        assert_eq!(
+            a.lease_changes,
+            [
+                LeaseChange::Removed(l1),
+                LeaseChange::Granted(Lease {
+                    id: l1b,
+                    ttl_ms: 60_000
+                }),
+                LeaseChange::Removed(l2),
+            ]
+        );
+        let [batch] = &a.events[..] else {
+            panic!("one revision of events: {:?}", a.events)
+        };
+        let events: Vec<_> = batch
+            .events
+            .iter()
+            .map(|e| (e.kind, e.kv.key.as_slice()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (EventKind::Put, b"reg/1".as_slice()),
+                (EventKind::Delete, b"reg/2".as_slice())
+            ]
+        );
+        let reg1 = sm.get("reg/1").unwrap();
+        assert_eq!((reg1.lease, reg1.version), (Some(l1b), 2));
+        assert_eq!(sm.get("reg/2"), None);
+        assert_eq!(
+            leases_and_lease_keys(&sm),
+            (vec![4, l1b], vec![(l1b, b"reg/1".to_vec())])
+        );
+        // The new lease expires like any other.
+        sm.apply(Command::LeaseExpire { id: l1b });
+        assert_eq!(sm.get("reg/1"), None);
+        assert_eq!(leases_and_lease_keys(&sm), (vec![4], vec![]));
+    }
+
+    #[test]
+    fn a_branch_may_not_write_to_a_lease_it_revokes_nor_grant_no_time() {
+        let mut sm = Sm::new();
+        let CommandResult::LeaseGranted { id: lease, .. } =
+            sm.apply(Command::LeaseGrant { ttl_ms: 1000 }).result
+        else {
+            panic!("no lease")
+        };
+        let before = sm.revs;
+        for (txn, expected) in [
+            (
+                Txn::new().and_then([
+                    TxnOp::put_with_lease("k", "v", lease),
+                    TxnOp::lease_revoke(lease),
+                ]),
+                Rejection::LeaseUsedAndRevoked(lease),
+            ),
+            (
+                Txn::new().and_then([TxnOp::put_on_new_lease("k", "v", Duration::ZERO)]),
+                Rejection::ZeroTtl,
+            ),
+            (
+                Txn::new().and_then([
+                    TxnOp::put_on_new_lease("k", "v", Duration::from_secs(1)),
+                    TxnOp::put("k", "w"),
+                ]),
+                Rejection::DuplicateKey("k".into()),
+            ),
+        ] {
+            assert_eq!(
+                sm.apply(Command::Txn(txn)).result,
+                CommandResult::Rejected(expected)
+            );
+        }
+        assert_eq!(sm.revs, before);
+        assert_eq!(sm.get("k"), None);
+        assert_eq!(leases_and_lease_keys(&sm), (vec![lease], vec![]));
+    }
+
+    #[test]
+    fn a_prefix_compare_sees_any_write_under_the_prefix_since_a_read() {
+        let mut sm = Sm::new();
+        sm.put("aor/1", "a");
+        sm.put("other", "x");
+        let read = sm.range(KeyRange::prefix("aor/"), 0);
+        let guarded = |revision: u64| {
+            Txn::new()
+                .when([Compare::prefix_mod_revision(
+                    "aor/",
+                    CompareOp::Less,
+                    revision + 1,
+                )])
+                .and_then([TxnOp::put("aor/2", "b")])
+                .or_else([TxnOp::Range {
+                    range: KeyRange::prefix("aor/"),
+                    limit: 0,
+                }])
+        };
+        // A write elsewhere does not matter.
+        sm.put("other", "y");
+        assert!(sm.txn(guarded(read.revision)).succeeded);
+        // The prefix changed since the read: the compare fails, and the
+        // failure branch reads what is there now.
+        let r = sm.txn(guarded(read.revision));
+        assert!(!r.succeeded);
+        let OpResult::Range(now) = &r.results[0] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(now.kvs.len(), 2);
+        assert!(sm.txn(guarded(now.revision)).succeeded);
+        // Nothing under a prefix: it holds.
+        let empty = Txn::new().when([Compare::prefix_mod_revision("none/", CompareOp::Less, 1)]);
+        assert!(sm.txn(empty).succeeded);
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_leases_and_the_last_lease_id() {
+        let mut sm = Sm::new();
+        let ttl = Duration::from_secs(60);
+        sm.apply(Command::TxnBatch(vec![
+            Txn::new().and_then([TxnOp::put_on_new_lease("reg/1", "c", ttl)]),
+            Txn::new().and_then([
+                TxnOp::put_on_new_lease("reg/2", "c", ttl),
+                TxnOp::put_on_new_lease("reg/3", "c", ttl),
+            ]),
+        ]));
+        assert_eq!(sm.revs.lease_id, 3);
+        let path = sm._dir.path().join("state.snap");
+        let meta =
+            openraft::type_config::alias::SnapshotMetaOf::<crate::types::TypeConfig>::default();
+        crate::snapshot::write(&sm.data.db, sm.data.db.as_ref(), &meta, &path).unwrap();
+
+        let mut restored = Sm::new();
+        let mut batch = rocksdb::WriteBatch::default();
+        crate::snapshot::load_into_batch(&restored.data.db, &path, &mut batch).unwrap();
+        restored.data.db.write(batch).unwrap();
+        let cfs = Cfs::of(&restored.data.db).unwrap();
+        restored.revs = Revisions::load(restored.data.db.as_ref(), &cfs).unwrap();
+        assert_eq!(restored.revs, sm.revs);
+        assert_eq!(restored.dump(), sm.dump());
+        // The next grant, at the next entry, gets the same fresh id on both.
+        restored.index = sm.index;
+        for node in [&mut sm, &mut restored] {
+            let r = node.txn(Txn::new().and_then([TxnOp::put_on_new_lease("reg/4", "c", ttl)]));
+            assert_eq!(new_lease_of(&r.results[0]), 4);
+        }
+        assert_eq!(restored.dump(), sm.dump());
     }
 
     #[test]

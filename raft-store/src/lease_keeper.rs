@@ -4,7 +4,7 @@
 //! the moment it takes over: a leader change can delay an expiry by up to
 //! one TTL but never bring one forward.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +16,22 @@ use crate::types::{Lease, LeaseId};
 struct ClockState {
     /// Term in which this node leads, if it does.
     leading_term: Option<u64>,
+    /// Each lease's deadline and TTL.
     deadlines: HashMap<LeaseId, (Instant, Duration)>,
+    /// The same deadlines in time order: a tick looks only at the expired
+    /// ones, not at every lease (hundreds of thousands, one per binding).
+    by_deadline: BTreeSet<(Instant, LeaseId)>,
     /// Expiry proposed, not yet applied: keepalives are refused.
     expiring: HashSet<LeaseId>,
+}
+
+impl ClockState {
+    fn set_deadline(&mut self, id: LeaseId, deadline: Instant, ttl: Duration) {
+        if let Some((old, _)) = self.deadlines.insert(id, (deadline, ttl)) {
+            self.by_deadline.remove(&(old, id));
+        }
+        self.by_deadline.insert((deadline, id));
+    }
 }
 
 /// What a keepalive found.
@@ -52,8 +65,10 @@ impl LeaseClock {
         s.leading_term = Some(term);
         s.expiring.clear();
         for lease in leases {
-            let ttl = Duration::from_millis(lease.ttl_ms);
-            s.deadlines.entry(lease.id).or_insert((now + ttl, ttl));
+            if !s.deadlines.contains_key(&lease.id) {
+                let ttl = Duration::from_millis(lease.ttl_ms);
+                s.set_deadline(lease.id, now + ttl, ttl);
+            }
         }
     }
 
@@ -66,13 +81,15 @@ impl LeaseClock {
         let mut s = self.lock();
         if s.leading_term.is_some() {
             let ttl = Duration::from_millis(lease.ttl_ms);
-            s.deadlines.insert(lease.id, (now + ttl, ttl));
+            s.set_deadline(lease.id, now + ttl, ttl);
         }
     }
 
     pub fn removed(&self, id: LeaseId) {
         let mut s = self.lock();
-        s.deadlines.remove(&id);
+        if let Some((deadline, _)) = s.deadlines.remove(&id) {
+            s.by_deadline.remove(&(deadline, id));
+        }
         s.expiring.remove(&id);
     }
 
@@ -85,10 +102,10 @@ impl LeaseClock {
         if s.expiring.contains(&id) {
             return KeepAlive::NotFound;
         }
-        match s.deadlines.get_mut(&id) {
-            Some((deadline, ttl)) => {
-                *deadline = now + *ttl;
-                KeepAlive::Renewed(*ttl)
+        match s.deadlines.get(&id) {
+            Some(&(_, ttl)) => {
+                s.set_deadline(id, now + ttl, ttl);
+                KeepAlive::Renewed(ttl)
             }
             None => KeepAlive::NotFound,
         }
@@ -98,10 +115,11 @@ impl LeaseClock {
     pub fn take_expired(&self, now: Instant) -> Vec<LeaseId> {
         let mut s = self.lock();
         let expired: Vec<LeaseId> = s
-            .deadlines
+            .by_deadline
             .iter()
-            .filter(|(id, (deadline, _))| *deadline <= now && !s.expiring.contains(id))
-            .map(|(id, _)| *id)
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, id)| *id)
+            .filter(|id| !s.expiring.contains(id))
             .collect();
         s.expiring.extend(expired.iter().copied());
         expired
@@ -181,6 +199,33 @@ mod tests {
         clock.granted(&lease(1, 10), now);
         assert!(clock.take_expired(now + Duration::from_secs(10)).is_empty());
         assert_eq!(clock.keep_alive(1, now), KeepAlive::NotLeader);
+    }
+
+    #[test]
+    fn only_leases_past_their_deadline_expire_in_deadline_order() {
+        let clock = LeaseClock::default();
+        let t0 = Instant::now();
+        clock.start_leading(1, (1..=1000).map(|id| lease(id, 1000 + id)), t0);
+        // A keepalive moves lease 1 behind the others; 3 is revoked.
+        clock.keep_alive(1, t0 + Duration::from_millis(500));
+        clock.removed(3);
+        assert_eq!(
+            clock.take_expired(t0 + Duration::from_millis(1004)),
+            vec![2, 4]
+        );
+        assert_eq!(
+            clock.take_expired(t0 + Duration::from_millis(1501)),
+            (5..=500).chain([1, 501]).collect::<Vec<_>>()
+        );
+        clock.removed(2);
+        assert_eq!(
+            clock.keep_alive(1000, t0),
+            KeepAlive::Renewed(Duration::from_millis(2000))
+        );
+        assert_eq!(
+            clock.take_expired(t0 + Duration::from_millis(1999)),
+            (502..=999).collect::<Vec<_>>()
+        );
     }
 
     #[test]

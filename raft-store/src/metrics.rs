@@ -1,7 +1,9 @@
 //! Prometheus metrics of one node, registered in the registry the caller
 //! gives (each process exposes its own on `/metrics`).
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub term: IntGauge,
@@ -13,6 +15,9 @@ pub struct Metrics {
     pub snapshot_duration_seconds: Histogram,
     pub peer_rtt_seconds: HistogramVec,
     pub peer_refused_total: IntCounter,
+    /// RocksDB's memory by kind: `memtables`, `block_cache`, `table_readers`
+    /// (indexes and bloom filters of open table files).
+    pub rocksdb_memory_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -53,6 +58,14 @@ impl Metrics {
             "Connections refused because the peer's certificate is not from the cluster CA",
         ))?;
         registry.register(Box::new(peer_refused_total.clone()))?;
+        let rocksdb_memory_bytes = IntGaugeVec::new(
+            Opts::new(
+                "raft_rocksdb_memory_bytes",
+                "Memory RocksDB holds, by kind (memtables, block_cache, table_readers)",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(rocksdb_memory_bytes.clone()))?;
         Ok(Metrics {
             term: gauge("raft_term", "Current Raft term")?,
             leader_id: gauge(
@@ -72,6 +85,7 @@ impl Metrics {
             snapshot_duration_seconds,
             peer_rtt_seconds,
             peer_refused_total,
+            rocksdb_memory_bytes,
         })
     }
 }

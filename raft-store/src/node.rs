@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::client::{ClientReply, ClientRequest, NodeStatus, StoreError, MAX_HOPS};
-use crate::data_dir::{DataDir, DataDirError};
+use crate::data_dir::{DataDir, DataDirError, ALL_CFS};
 use crate::kv_state::LeaseChange;
 use crate::kv_state::{self, Cfs, Revisions};
 use crate::lease_keeper::{KeepAlive, LeaseClock};
@@ -113,6 +113,8 @@ struct Inner {
     config: StoreConfig,
     raft: RaftNode,
     db: Arc<DB>,
+    /// Shared by every column family of `db`.
+    block_cache: rocksdb::Cache,
     snapshot_dir: PathBuf,
     transport: Arc<Transport>,
     watch_tx: broadcast::Sender<WatchSignal>,
@@ -205,6 +207,7 @@ impl RaftStore {
                 config,
                 raft,
                 db: data.db,
+                block_cache: data.block_cache,
                 snapshot_dir,
                 transport: transport.clone(),
                 watch_tx,
@@ -217,8 +220,9 @@ impl RaftStore {
         let serve = tokio::spawn(transport.serve(Arc::new(store.clone())));
         let keeper = tokio::spawn(store.clone().lease_keeper(lease_rx));
         let gauges = tokio::spawn(store.clone().update_gauges());
+        let memory = tokio::spawn(store.clone().update_memory_gauges());
         let proposer = tokio::spawn(run_proposer(store.inner.raft.clone(), proposal_rx));
-        store.track([serve, keeper, gauges, proposer]);
+        store.track([serve, keeper, gauges, memory, proposer]);
         tracing::info!(node = store.inner.id, listen = %store.inner.config.listen, "raft-store node started");
         Ok(store)
     }
@@ -971,6 +975,42 @@ impl RaftStore {
     }
 }
 
+/// How often RocksDB's memory figures are read into the gauges.
+const MEMORY_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+impl RaftStore {
+    /// Mirrors RocksDB's memory use into `raft_rocksdb_memory_bytes`.
+    async fn update_memory_gauges(self) {
+        let mut tick = tokio::time::interval(MEMORY_GAUGES_EVERY);
+        loop {
+            tick.tick().await;
+            let db = &self.inner.db;
+            // Summed over every column family; the block cache is one for all.
+            let per_cf = |property: &str| -> u64 {
+                ALL_CFS
+                    .iter()
+                    .filter_map(|name| db.cf_handle(name))
+                    .filter_map(|cf| db.property_int_value_cf(cf, property).ok().flatten())
+                    .sum()
+            };
+            let block_cache = u64::try_from(self.inner.block_cache.get_usage()).unwrap_or(u64::MAX);
+            let gauge = &self.inner.metrics.rocksdb_memory_bytes;
+            for (kind, bytes) in [
+                ("memtables", per_cf("rocksdb.cur-size-all-mem-tables")),
+                ("block_cache", block_cache),
+                (
+                    "table_readers",
+                    per_cf("rocksdb.estimate-table-readers-mem"),
+                ),
+            ] {
+                gauge
+                    .with_label_values(&[kind])
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
 /// Proposes what [`RaftStore::propose_hops`] queues. The transactions
 /// queued by the time it runs share one log entry: concurrent writers then
 /// cost one entry to append, replicate and apply, not one each. It does not
@@ -988,8 +1028,8 @@ async fn run_proposer(raft: RaftNode, mut queue: mpsc::UnboundedReceiver<Proposa
                     txns.push(txn);
                     txn_replies.push(proposal.reply);
                 }
-                // Lease ids are the index of the granting entry, so other
-                // commands each keep an entry of their own.
+                // The rare others (lease grant and revoke outside a
+                // transaction, compaction) keep an entry each.
                 command => {
                     let raft = raft.clone();
                     tokio::spawn(async move {

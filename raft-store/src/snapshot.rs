@@ -15,7 +15,7 @@ use rocksdb::{ColumnFamily, WriteBatch, DB};
 
 use crate::codec;
 use crate::data_dir::{CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
-use crate::kv_state::{KvRead, COMPACT_REVISION_KEY, REVISION_KEY};
+use crate::kv_state::{KvRead, COMPACT_REVISION_KEY, LEASE_ID_KEY, REVISION_KEY};
 use crate::types::TypeConfig;
 
 const MAGIC: &[u8; 8] = b"PBXSNAP1";
@@ -31,7 +31,7 @@ const ROW_CFS: [(u8, &str); 5] = [
 ];
 /// sm_meta keys that travel in a snapshot; applied log id and membership
 /// travel in the openraft meta record instead.
-const SNAPSHOT_SM_META_KEYS: [&[u8]; 2] = [REVISION_KEY, COMPACT_REVISION_KEY];
+const SNAPSHOT_SM_META_KEYS: [&[u8]; 3] = [REVISION_KEY, COMPACT_REVISION_KEY, LEASE_ID_KEY];
 /// A record longer than this is corruption, not data.
 const MAX_RECORD: u32 = 256 << 20;
 

@@ -239,7 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // No receiver is fine: nobody watches.
                         let _ = self.watch_tx.send(WatchSignal::Changes(Arc::new(events)));
                     }
-                    if let Some(change) = applied.lease_change {
+                    for change in applied.lease_changes {
                         let _ = self.lease_tx.send(LeaseSignal::Changed(change));
                     }
                     applied.result

@@ -10,8 +10,11 @@ use crate::snapshot::SnapshotFile;
 
 /// Identifies a node in the cluster.
 pub type NodeId = u64;
-/// Identifies a lease. It is the log index of the entry that granted it, so
-/// ids are unique for the life of the cluster and never reused.
+/// Identifies a lease: unique for the life of the cluster, never reused.
+/// The state machine gives the log index of the granting entry, or one more
+/// than the last id it gave if that is larger (one entry can grant several
+/// leases: a `TxnBatch` of transactions with `PutOnNewLease`), so every
+/// replica gives the same id.
 pub type LeaseId = u64;
 
 openraft::declare_raft_types!(
@@ -100,6 +103,11 @@ pub enum CompareTarget {
     Version(u64),
     CreateRevision(u64),
     ModRevision(u64),
+    /// The compare's key is a prefix: every key under it has a
+    /// `mod_revision` that compares so (true when there is none). With
+    /// `Less` than a read's revision + 1 it says "nothing under the prefix
+    /// was written since that read", as etcd's compare with a range end.
+    PrefixModRevision(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +159,16 @@ impl Compare {
         }
     }
 
+    /// Every key starting with `prefix` has a mod_revision that compares
+    /// so to `revision`; see [`CompareTarget::PrefixModRevision`].
+    pub fn prefix_mod_revision(prefix: impl Into<Vec<u8>>, op: CompareOp, revision: u64) -> Self {
+        Compare {
+            key: prefix.into(),
+            op,
+            target: CompareTarget::PrefixModRevision(revision),
+        }
+    }
+
     /// The key exists (version > 0).
     pub fn exists(key: impl Into<Vec<u8>>) -> Self {
         Self::version(key, CompareOp::Greater, 0)
@@ -162,7 +180,9 @@ impl Compare {
     }
 
     /// Evaluates against the key's current state (`None` = absent).
-    /// As in etcd, a value compare against an absent key is false.
+    /// As in etcd, a value compare against an absent key is false. For a
+    /// [`CompareTarget::PrefixModRevision`] this judges one key under the
+    /// prefix; the compare holds if it holds for each.
     pub fn holds(&self, current: Option<&KeyValue>) -> bool {
         use std::cmp::Ordering;
         let ordering: Ordering = match (&self.target, current) {
@@ -170,7 +190,9 @@ impl Compare {
             (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
             (CompareTarget::Version(v), kv) => kv.map_or(0, |kv| kv.version).cmp(v),
             (CompareTarget::CreateRevision(r), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(r),
-            (CompareTarget::ModRevision(r), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(r),
+            (CompareTarget::ModRevision(r) | CompareTarget::PrefixModRevision(r), kv) => {
+                kv.map_or(0, |kv| kv.mod_revision).cmp(r)
+            }
         };
         match self.op {
             CompareOp::Equal => ordering == Ordering::Equal,
@@ -198,6 +220,21 @@ pub enum TxnOp {
         /// 0 = no limit.
         limit: u64,
     },
+    /// Grants a lease of `ttl_ms` and puts the key on it: one write where
+    /// `lease_grant` then `put_with_lease` take two. The result names the
+    /// lease.
+    PutOnNewLease {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    /// Revokes a lease after the branch's other writes: the keys still on
+    /// it (not put or deleted by the branch) are deleted in the
+    /// transaction's revision. A lease that is gone already (it expired) is
+    /// no error: the result says whether it was found.
+    LeaseRevoke {
+        id: LeaseId,
+    },
 }
 
 impl TxnOp {
@@ -221,8 +258,24 @@ impl TxnOp {
         }
     }
 
+    pub fn put_on_new_lease(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        TxnOp::PutOnNewLease {
+            key: key.into(),
+            value: value.into(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn delete(range: KeyRange) -> Self {
         TxnOp::Delete { range }
+    }
+
+    pub fn lease_revoke(id: LeaseId) -> Self {
+        TxnOp::LeaseRevoke { id }
     }
 
     pub fn get(key: impl Into<Vec<u8>>) -> Self {
@@ -309,9 +362,20 @@ impl fmt::Display for Command {
 /// The result of one operation of the taken branch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
-    Put { prev: Option<KeyValue> },
-    Delete { deleted: Vec<KeyValue> },
+    Put {
+        prev: Option<KeyValue>,
+    },
+    Delete {
+        deleted: Vec<KeyValue>,
+    },
     Range(RangeResult),
+    PutOnNewLease {
+        prev: Option<KeyValue>,
+        lease: LeaseId,
+    },
+    LeaseRevoke {
+        found: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,6 +409,8 @@ pub enum Rejection {
     FutureRevision { requested: u64, current: u64 },
     #[error("lease ttl must be at least 1 ms")]
     ZeroTtl,
+    #[error("lease {0} is both written to and revoked in one transaction branch")]
+    LeaseUsedAndRevoked(LeaseId),
 }
 
 /// What applying a [`Command`] returns.

@@ -12,7 +12,8 @@ use std::time::Duration;
 use cluster::{fast_timeouts, TestCluster};
 use openraft::type_config::async_runtime::WatchReceiver;
 use raft_store::{
-    ClientRequest, ClusterCa, Compare, EventKind, KeyRange, RemoteClient, StoreError, Txn, TxnOp,
+    ClientRequest, ClusterCa, Compare, EventKind, KeyRange, LeaseId, OpResult, RemoteClient,
+    StoreError, Txn, TxnOp,
 };
 use tokio::time::Instant;
 
@@ -305,6 +306,92 @@ async fn leases_outlive_a_leader_change_and_expire_through_the_log() {
         Err(StoreError::LeaseNotFound(_))
     ));
     c.shutdown().await;
+}
+
+/// Leases granted inside a transaction (`PutOnNewLease`) get the same ids
+/// on every node, a later transaction moves a key to a new lease and
+/// revokes the old one, and the leader alone expires them, through the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_granted_in_a_txn_are_the_same_everywhere_and_expire_through_the_log() {
+    init_tracing();
+    let c = TestCluster::start(3, fast_timeouts).await;
+    let leader = c.leader(Duration::from_secs(3)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let hour = Duration::from_secs(3600);
+    let first = c
+        .node(follower)
+        .txn(Txn::new().and_then([
+            TxnOp::put_on_new_lease("reg/a", "1", Duration::from_secs(2)),
+            TxnOp::put_on_new_lease("reg/b", "2", hour),
+        ]))
+        .await
+        .unwrap();
+    let leases: Vec<LeaseId> = first.results.iter().map(new_lease_of).collect();
+    assert!(leases[0] != leases[1]);
+    let second = c
+        .node(follower)
+        .txn(Txn::new().and_then([
+            TxnOp::put_on_new_lease("reg/b", "3", hour),
+            TxnOp::lease_revoke(leases[1]),
+        ]))
+        .await
+        .unwrap();
+    let moved = new_lease_of(&second.results[0]);
+    assert!(moved > leases[1]);
+    assert_eq!(second.results[1], OpResult::LeaseRevoke { found: true });
+
+    // Every node applied the same leases.
+    let expected = vec![
+        (b"reg/a".to_vec(), Some(leases[0])),
+        (b"reg/b".to_vec(), Some(moved)),
+    ];
+    for id in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mine = c.node(id).range_stale(KeyRange::prefix("reg/"), 0).unwrap();
+            if mine.revision >= second.revision {
+                let got: Vec<_> = mine.kvs.into_iter().map(|kv| (kv.key, kv.lease)).collect();
+                assert_eq!(got, expected, "node {id}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not apply");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The leader's lease clock knows the new lease and forgot the old one.
+    c.node(follower).lease_keep_alive(moved).await.unwrap();
+    assert!(matches!(
+        c.node(follower).lease_keep_alive(leases[1]).await,
+        Err(StoreError::LeaseNotFound(_))
+    ));
+    // The 2 s lease expires through the log, on every node.
+    for id in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while c
+            .node(id)
+            .range_stale(KeyRange::key("reg/a"), 0)
+            .unwrap()
+            .kvs
+            .len()
+            == 1
+        {
+            assert!(
+                Instant::now() < deadline,
+                "reg/a never expired on node {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let b = c.node(id).range_stale(KeyRange::key("reg/b"), 0).unwrap();
+        assert_eq!(b.kvs[0].lease, Some(moved), "node {id}");
+    }
+    c.shutdown().await;
+}
+
+fn new_lease_of(result: &OpResult) -> LeaseId {
+    match result {
+        OpResult::PutOnNewLease { lease, .. } => *lease,
+        other => panic!("not a put on a new lease: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,8 @@
 # Env: BENCH_TRIAL_SECS (5), BENCH_RSS_RATE (2000/s) and BENCH_RSS_INFLIGHT
 # (32) for the RSS phase, BENCH_KEEP=1 keeps the work dir with every log,
 # BENCH_SKIP_BUILD=1 runs the pbx-node already built (e.g. while the tree
-# does not compile).
+# does not compile), BENCH_TARGET_DIR is the cargo target dir of that
+# release build (default ~/.cache/pbx-bench-target).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,7 +34,7 @@ RSS_RATE=${BENCH_RSS_RATE:-2000}
 RSS_INFLIGHT=${BENCH_RSS_INFLIGHT:-32}
 PASSWORD=bench-secret # also in kamailio.cfg
 DOMAIN=demo.pbx.local
-TARGET_DIR=$HOME/.cache/pbx-bench-target
+TARGET_DIR=${BENCH_TARGET_DIR:-$HOME/.cache/pbx-bench-target}
 BIN=$TARGET_DIR/release/pbx-node
 START_TIME=$(date +%s)
 # Other work on the machine skews every figure: the load is reported too.
@@ -90,6 +91,7 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
@@ -119,6 +121,14 @@ PIDS+=("$WATCHDOG")
 
 # --- helpers -----------------------------------------------------------------
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# RocksDB's share of a node's memory, from its /metrics (MiB by kind).
+rocksdb_mib() { # id
+  curl -s --max-time 2 "http://127.0.0.1:${PBX_HTTP[$1]}/metrics" 2>/dev/null |
+    awk '/^raft_rocksdb_memory_bytes/ {
+      match($0, /kind="[a-z_]+"/); kind = substr($0, RSTART + 6, RLENGTH - 7);
+      printf "%s%s %.0f", sep, kind, $NF / 1048576; sep = ", "
+    }'
+}
 
 wait_for_line() { # file pattern timeout_secs pid
   local until=$(($(date +%s) + $3))
@@ -308,6 +318,7 @@ pbx_recover() {
 sleep 3
 declare -A RSS_BEFORE
 for id in 1 2 3; do RSS_BEFORE[$id]=$(rss_kib "${NODE_PID[$id]}"); done
+log "  RSS before: $(for id in 1 2 3; do printf 'node%s %s KiB (RocksDB MiB: %s); ' "$id" "${RSS_BEFORE[$id]}" "$(rocksdb_mib "$id")"; done)"
 write_users $RSS_FIRST $((RSS_FIRST + RSS_COUNT - 1)) -DEMO "$WORK/rss-users.csv"
 log "RSS phase: $RSS_COUNT registrations, at most $RSS_RATE/s and $RSS_INFLIGHT in progress"
 # Bounded so that the four rate searches keep about 6 minutes.
@@ -325,7 +336,7 @@ rss_growth() { # label: the RSS growth per binding of each node, into rss_note
   for id in 1 2 3; do
     after=$(rss_kib "${NODE_PID[$id]}")
     per=$(((after - RSS_BEFORE[$id]) * 1024 / rss_ok))
-    rss_note+=" node$id ${RSS_BEFORE[$id]}->${after} KiB (${per} B/binding);"
+    rss_note+=" node$id ${RSS_BEFORE[$id]}->${after} KiB (${per} B/binding; RocksDB MiB: $(rocksdb_mib "$id"));"
     if [ "$per" -gt "$worst" ]; then worst=$per; fi
   done
 }
