@@ -58,7 +58,7 @@ impl ChallengeKind {
 pub enum Authenticated {
     Extension {
         tenant: Tenant,
-        extension: Extension,
+        extension: Box<Extension>,
     },
     /// Answer the request with this (a challenge or 400).
     Refused(SipMessage),
@@ -205,16 +205,13 @@ impl Authenticator {
         Ok(match (outcome, extension) {
             // A disabled tenant's phones neither register nor call; they
             // proved who they are, so they may hear why.
-            (AuthOutcome::Authorized, Some(_)) if !tenant.enabled => {
-                Authenticated::Refused(sip::message::response_from_headers(
-                    &request.headers,
-                    403,
-                    "Tenant Disabled",
-                ))
-            }
-            (AuthOutcome::Authorized, Some(extension)) => {
-                Authenticated::Extension { tenant, extension }
-            }
+            (AuthOutcome::Authorized, Some(_)) if !tenant.enabled => Authenticated::Refused(
+                sip::message::response_from_headers(&request.headers, 403, "Tenant Disabled"),
+            ),
+            (AuthOutcome::Authorized, Some(extension)) => Authenticated::Extension {
+                tenant,
+                extension: Box::new(extension),
+            },
             (AuthOutcome::Challenge(values), _) => {
                 Authenticated::Refused(self.challenge(request, kind, values))
             }

@@ -35,7 +35,7 @@ const RESUME_PAUSE: Duration = Duration::from_millis(500);
 enum Record {
     Index(String),
     Tenant(Tenant),
-    Extension(Extension),
+    Extension(Box<Extension>),
 }
 
 /// Directory records by their raft-store key: lookups build keys with the
@@ -56,7 +56,7 @@ impl Replica {
         let decoded = match kind {
             DirectoryKind::Index => text(key, value.to_vec()).map(Record::Index),
             DirectoryKind::Tenant => decode(key, value).map(Record::Tenant),
-            DirectoryKind::Extension => decode(key, value).map(Record::Extension),
+            DirectoryKind::Extension => decode(key, value).map(|e| Record::Extension(Box::new(e))),
         };
         // DirectoryKind::of accepted the key, so it is UTF-8.
         let key = String::from_utf8_lossy(key).into_owned();
@@ -102,7 +102,7 @@ impl Replica {
 
     fn extension(&self, tenant_id: &str, number: &str) -> Option<Extension> {
         match self.records.get(&extension_key(tenant_id, number))? {
-            Record::Extension(extension) => Some(extension.clone()),
+            Record::Extension(extension) => Some(Extension::clone(extension)),
             _ => None,
         }
     }

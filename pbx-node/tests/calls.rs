@@ -343,7 +343,9 @@ async fn dnd_forwarding_and_ring_timeout_act_on_calls() {
     let mut refused = None;
     // The node's directory follows the change through the store's watch.
     for _ in 0..50 {
-        let reply = phone.register("Contact: <sip:101@127.0.0.1:5999>\r\n").await;
+        let reply = phone
+            .register("Contact: <sip:101@127.0.0.1:5999>\r\n")
+            .await;
         if reply.status() == Some(403) {
             refused = Some(reply);
             break;

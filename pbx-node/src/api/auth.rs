@@ -124,8 +124,9 @@ impl ApiState {
         password: &str,
     ) -> Result<Option<Subject>, ApiError> {
         if let Some(user) = self.accounts.user(username).await? {
-            let ok = accounts::check_password(password, Some(&user.password_hash)).await && user.enabled;
-            return Ok(ok.then(|| Subject::User {
+            let ok =
+                accounts::check_password(password, Some(&user.password_hash)).await && user.enabled;
+            return Ok(ok.then_some(Subject::User {
                 username: user.username,
             }));
         }
@@ -142,7 +143,7 @@ impl ApiState {
             (Some(tenant), Some(ext)) if ext.settings.web_panel_enabled => {
                 let hash = ext.settings.web_password_hash.as_deref();
                 let ok = accounts::check_password(password, hash).await;
-                Ok(ok.then(|| Subject::Extension {
+                Ok(ok.then_some(Subject::Extension {
                     tenant_id: tenant.id,
                     number: ext.number,
                     username: ext.username,

@@ -81,9 +81,10 @@ impl From<RepoError> for ApiError {
             RepoError::AlreadyExists { what } => {
                 ApiError::conflict(format!("{what} already exists"))
             }
-            // The store could not answer (no leader, shutting down) or holds
-            // something this build cannot read: not the client's fault.
-            RepoError::Store(_) | RepoError::Corrupt { .. } => {
+            // The store could not answer (no leader, shutting down), holds
+            // something this build cannot read, or kept changing under a
+            // retried write: not the client's fault, and worth a retry.
+            RepoError::Store(_) | RepoError::Corrupt { .. } | RepoError::Conflict { .. } => {
                 tracing::warn!(error = %e, "store request failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

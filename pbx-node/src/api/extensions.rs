@@ -433,17 +433,18 @@ pub fn build_extension(
         check_dialable("emergency_caller_id", &input.emergency_caller_id)?;
     }
     match input.kind {
-        ExtensionKind::Custom => {
+        ExtensionKind::Custom
             if !matches_chars(&input.custom_destination, 1..=128, |c| {
                 c.is_ascii_alphanumeric()
                     || matches!(c, '*' | '#' | '+' | '@' | '.' | ':' | '_' | '-')
-            }) {
-                return Err(ApiError::invalid(
-                    "custom_destination",
-                    "a custom extension needs a dial string: 1 to 128 of A-Z a-z 0-9 * # + @ . : _ -",
-                ));
-            }
+            }) =>
+        {
+            return Err(ApiError::invalid(
+                "custom_destination",
+                "a custom extension needs a dial string: 1 to 128 of A-Z a-z 0-9 * # + @ . : _ -",
+            ));
         }
+        ExtensionKind::Custom => {}
         _ if !input.custom_destination.is_empty() => {
             return Err(ApiError::invalid(
                 "custom_destination",

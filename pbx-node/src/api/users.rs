@@ -284,7 +284,7 @@ pub async fn update_user(
     let own = user.username == principal.username && principal.extension.is_none();
     let only_password = update.role.is_none() && update.enabled.is_none();
     // Everyone may change their own password, name and email.
-    if !(own && only_password) && !may_manage(&principal, user.tenant_id.as_deref()) {
+    if !(may_manage(&principal, user.tenant_id.as_deref()) || own && only_password) {
         return Err(ApiError::forbidden("you may not manage this user"));
     }
     if let Some(password) = &update.password {
