@@ -84,7 +84,10 @@ pub struct RowError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImportRefused {
     pub error: ErrorDetail,
-    pub rows: Vec<RowError>,
+    /// Every bad row; absent when the file as a whole was refused (not
+    /// CSV, no header row), which is a plain error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<RowError>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -305,7 +308,7 @@ fn refused(rows: Vec<RowError>) -> Response {
             message: format!("{} bad rows; nothing was imported", rows.len()),
             field: None,
         },
-        rows,
+        rows: Some(rows),
     };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
@@ -317,7 +320,7 @@ fn refused(rows: Vec<RowError>) -> Response {
         description = "A CSV with a header row naming columns of the export; rows create new extensions and replace existing ones, empty secrets keep theirs"),
     responses(
         (status = 200, description = "Every row applied", body = ImportReport),
-        (status = 400, description = "Bad rows, each listed; nothing written", body = ImportRefused),
+        (status = 400, description = "Bad rows, each listed, or the file refused as a whole; nothing written", body = ImportRefused),
         (status = 401, description = "Not logged in", body = ErrorBody),
         (status = 403, description = "Needs Users: Full Access", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
