@@ -340,17 +340,7 @@ impl Accounts {
             field: "username",
             detail,
         })?;
-        let key = user_key(&user.username);
-        let result = self
-            .repo
-            .store()
-            .txn(
-                Txn::new()
-                    .when([Compare::absent(key.clone())])
-                    .and_then([TxnOp::put(key, encode_json(user)?)]),
-            )
-            .await?;
-        if !result.succeeded {
+        if !self.put_user_if(user, Compare::absent).await? {
             return Err(RepoError::AlreadyExists {
                 what: format!("user {}", user.username),
             });
@@ -360,23 +350,32 @@ impl Accounts {
 
     /// Replaces an existing user.
     pub async fn update_user(&self, user: &User) -> Result<(), RepoError> {
-        let key = user_key(&user.username);
-        let result = self
-            .repo
-            .store()
-            .txn(
-                Txn::new()
-                    .when([Compare::exists(key.clone())])
-                    .and_then([TxnOp::put(key, encode_json(user)?)]),
-            )
-            .await?;
-        if !result.succeeded {
+        if !self.put_user_if(user, Compare::exists).await? {
             return Err(RepoError::Invalid {
                 field: "username",
                 detail: format!("no user {}", user.username),
             });
         }
         Ok(())
+    }
+
+    /// Writes `user` if its key passes `condition`; whether it did.
+    async fn put_user_if(
+        &self,
+        user: &User,
+        condition: fn(String) -> Compare,
+    ) -> Result<bool, RepoError> {
+        let key = user_key(&user.username);
+        let result = self
+            .repo
+            .store()
+            .txn(
+                Txn::new()
+                    .when([condition(key.clone())])
+                    .and_then([TxnOp::put(key, encode_json(user)?)]),
+            )
+            .await?;
+        Ok(result.succeeded)
     }
 
     /// Deletes a user, its API keys and its lockout record; its sessions

@@ -30,7 +30,7 @@ use crate::media::echo::start_echo;
 use crate::media::moh::MusicOnHold;
 use crate::media::prompts::Prompts;
 use crate::media::MediaApp;
-use crate::model::{Binding, Cdr, Extension, Tenant};
+use crate::model::{Binding, Cdr, Extension, ExtensionKind, Tenant};
 use crate::recording::{RecordingStart, Recordings};
 use crate::repo::Repo;
 use crate::service::unix_now_ms;
@@ -459,7 +459,8 @@ impl B2bua {
             let mut route = routing::before_ringing(&callee);
             let mut forks = Vec::new();
             if let Route::Ring(numbers) = &route {
-                forks = self.forks_to(tenant, numbers, now_ms).await?;
+                let members = callee.settings.kind == ExtensionKind::Virtual;
+                forks = self.forks_to(tenant, numbers, members, now_ms).await?;
                 if forks.is_empty() {
                     route = routing::when_offline(&callee);
                 }
@@ -531,16 +532,19 @@ impl B2bua {
     }
 
     /// The devices registered to these extensions of the tenant, all of
-    /// them forked to at once; members in do-not-disturb are skipped.
+    /// them forked to at once. When they are a virtual extension's
+    /// `members`, those in do-not-disturb are skipped (a phone's own DND
+    /// was decided before it got here).
     async fn forks_to(
         &self,
         tenant: &Tenant,
         numbers: &[String],
+        members: bool,
         now_ms: u64,
     ) -> Result<Vec<ForkTarget>, crate::repo::RepoError> {
         let mut forks = Vec::new();
         for number in numbers {
-            if numbers.len() > 1 {
+            if members {
                 match self.repo.extension(&tenant.id, number).await? {
                     Some(member) if !member.settings.dnd => {}
                     _ => continue,
