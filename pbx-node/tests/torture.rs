@@ -4,7 +4,7 @@
 //! nothing it answers can leak to (or depend on) the host network and the
 //! well-known ports are free. The test binary re-runs itself inside the
 //! namespace as the sender (this same test, switched by an env var): it sends
-//! every message of `shared/conformance/rfc4475/verdicts.tsv` from its own
+//! every message of `tests/conformance/rfc4475/verdicts.tsv` from its own
 //! socket, records what comes back, then probes with OPTIONS. The outer run
 //! judges the answers against the table and owns every cleanup.
 //!
@@ -43,7 +43,7 @@ const SENDER_TIMEOUT: Duration = Duration::from_secs(40);
 const REJECTION_CODES: &[u16] = &[400, 406, 413, 416, 420, 483, 501, 505, 513];
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/rfc4475")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance/rfc4475")
 }
 
 struct Row {
@@ -56,7 +56,7 @@ fn verdict_table() -> Vec<Row> {
     let path = corpus_dir().join("verdicts.tsv");
     let table = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (the shared folder must sit beside the checkout)",
+            "{}: {e} (the RFC 4475 corpus is vendored in the repository)",
             path.display()
         )
     });
