@@ -1,13 +1,12 @@
 //! Every RFC 4475 torture message gets the RFC's verdict (as an endpoint
-//! receiving it over UDP). The corpus lives in the shared folder beside the
-//! repository checkout.
+//! receiving it over UDP). The corpus is vendored in `tests/conformance`.
 
 use std::path::PathBuf;
 
 use sip::validate::{classify_datagram, Inbound, Policy};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/rfc4475")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance/rfc4475")
 }
 
 /// Our verdict in the table's vocabulary: `accept`, `drop` or a status code.
