@@ -37,7 +37,7 @@ fn rfc4475_verdicts() {
     let path = corpus_dir().join("verdicts.tsv");
     let table = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (the shared folder must sit beside the checkout)",
+            "{}: {e} (the RFC 4475 corpus is vendored in the repository)",
             path.display()
         )
     });
