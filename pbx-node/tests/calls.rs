@@ -358,6 +358,77 @@ async fn dnd_forwarding_and_ring_timeout_act_on_calls() {
     node.shutdown().await;
 }
 
+/// Busy and no-answer forwarding take over after the phones rang, and
+/// find-me/follow-me rings its number beside them after its delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_no_answer_and_follow_me_act_after_the_phones_rang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let port_101 = free_udp_addr().port();
+    let port_102 = free_udp_addr().port();
+    register(sip, "101-TEST", port_101, &work_dir(dir.path(), "reg101")).await;
+    register(sip, "102-TEST", port_102, &work_dir(dir.path(), "reg102")).await;
+
+    // Each case: 102's settings, what its phone does, and how long the
+    // caller waits at least before 101's phone answers.
+    let cases = [
+        (
+            "busy",
+            serde_json::json!({"forwarding": {"busy": {"enabled": true, "destination": "101"}}}),
+            "uas_busy.xml",
+            Duration::ZERO,
+        ),
+        (
+            "no-answer",
+            serde_json::json!({"ring_timeout_secs": 5,
+                "forwarding": {"busy": {"enabled": false, "destination": ""},
+                               "no_answer": {"enabled": true, "destination": "101"}}}),
+            "uas_ring_until_cancel.xml",
+            Duration::from_secs(5),
+        ),
+        (
+            "follow-me",
+            serde_json::json!({"ring_timeout_secs": 30,
+                "forwarding": {"no_answer": {"enabled": false, "destination": ""}},
+                "find_me_follow_me": {"enabled": true, "number": "101", "delay_secs": 1}}),
+            "uas_ring_until_cancel.xml",
+            Duration::from_secs(1),
+        ),
+    ];
+    for (index, (case, settings, phone_102, at_least)) in cases.into_iter().enumerate() {
+        set_extension(&node, "102", settings).await;
+        let work_102 = work_dir(dir.path(), &format!("{case}-102"));
+        let rang_102 = callee(phone_102, port_102, &work_102);
+        let work_101 = work_dir(dir.path(), &format!("{case}-101"));
+        let answers = callee("uas_answer.xml", port_101, &work_101);
+        let uac = work_dir(dir.path(), &format!("{case}-uac"));
+        let started = std::time::Instant::now();
+        assert!(
+            call(sip, &sipp_scenario("uac_call.xml"), "102", &uac).await,
+            "{case}: the caller is answered"
+        );
+        assert!(
+            finished(rang_102, &work_102).await,
+            "{case}: 102 rang first"
+        );
+        assert!(finished(answers, &work_101).await, "{case}: 101 answered");
+        // The caller's script holds the answered call 1 s, then hangs up.
+        let took = started.elapsed();
+        assert!(
+            took >= at_least + Duration::from_secs(1),
+            "{case}: answered after {took:?}, before 102 had its {at_least:?}"
+        );
+        let cdrs = cdrs(&node.repo, &tenant, index + 1).await;
+        assert!(
+            cdrs.iter()
+                .all(|cdr| cdr.disposition == "ANSWERED" && cdr.to == "102"),
+            "{case}: {cdrs:?}"
+        );
+    }
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_forks_to_every_contact_and_cancels_the_losers() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -19,6 +19,7 @@ use sip::message::{reason_phrase, Method, RequestBuilder, SipMessage, Uri};
 use sip::transaction::{TimerConfig, TransactionKey};
 
 use super::resend::{Resend, ResendDue};
+use super::routing::{ForwardWhen, Refusal, Unanswered};
 
 /// How the B2BUA reaches one side and names itself there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,15 +49,26 @@ pub struct CallSetup {
     pub caller: LegAddr,
     /// The caller as the callee sees it, e.g. `"Demo 100" <sip:100@demo.pbx.local>`.
     pub caller_identity: String,
-    /// The callee's address of record, e.g. `<sip:101@demo.pbx.local>`.
-    pub callee_aor: String,
-    pub forks: Vec<ForkTarget>,
-    pub ring_timeout: Duration,
+    pub target: Target,
     pub timers: TimerConfig,
     /// The node's music-on-hold stream; `None` = a held party hears silence.
     pub music_on_hold: Option<std::net::SocketAddr>,
     /// Where the node relays this call's media; `None` = end to end.
     pub anchor: Option<MediaAnchor>,
+}
+
+/// Who a call rings, and what happens when nobody there answers.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The callee's address of record, e.g. `<sip:101@demo.pbx.local>`.
+    pub callee_aor: String,
+    pub forks: Vec<ForkTarget>,
+    pub ring_timeout: Duration,
+    /// The outcomes the callee forwards: the driver is asked for a new
+    /// target instead of the caller getting the failure.
+    pub forward_when: ForwardWhen,
+    /// Find-me/follow-me: after this long the driver is asked for more forks.
+    pub follow_me_after: Option<Duration>,
 }
 
 /// The two faces of a call's media relay at the node.
@@ -151,6 +163,12 @@ pub enum Output {
     },
     /// The caller got the 2xx: the conversation begins.
     Answered,
+    /// Nobody at the target took the call, and the callee forwards such
+    /// calls: the driver answers with [`Input::Retarget`] or [`Input::Refuse`].
+    Unanswered(Unanswered),
+    /// Find-me/follow-me is due: the driver answers with [`Input::AddForks`]
+    /// (empty when the number cannot be rung).
+    FollowMeDue,
 }
 
 /// What the driver feeds in.
@@ -167,6 +185,13 @@ pub enum Input {
     StrayResponse(SipMessage),
     /// An event of client transaction `txn`.
     Client { txn: u64, event: ClientEvent },
+    /// After [`Output::Unanswered`]: ring this target instead.
+    Retarget(Target),
+    /// After [`Output::Unanswered`]: the forward leads nowhere; the caller
+    /// hears this.
+    Refuse(Refusal),
+    /// After [`Output::FollowMeDue`]: ring these too.
+    AddForks(Vec<ForkTarget>),
 }
 
 /// Which leg of the call.
@@ -247,7 +272,19 @@ pub struct Call {
     /// Our To tag toward the caller.
     local_tag: String,
     caller_100rel: bool,
+    caller_identity: String,
+    /// The To of every fork's INVITE: the current target's address of record.
+    callee_aor: String,
+    /// Max-Forwards of every fork's INVITE.
+    max_forwards: u8,
     forks: Vec<Fork>,
+    /// The first fork of the current target (earlier ones belong to a
+    /// target the call was forwarded away from).
+    target_start: usize,
+    forward_when: ForwardWhen,
+    follow_me_at: Option<Instant>,
+    /// [`Output::Unanswered`] was sent: the driver's answer is awaited.
+    awaiting_route: bool,
     winner: Option<usize>,
     phase: Phase,
     ring_deadline: Option<Instant>,
@@ -356,6 +393,13 @@ impl Call {
     pub fn start(setup: CallSetup, now: Instant) -> Call {
         let caller_100rel = header_has_token(&setup.invite, "Supported", "100rel")
             || header_has_token(&setup.invite, "Require", "100rel");
+        let max_forwards = setup
+            .invite
+            .max_forwards()
+            .ok()
+            .flatten()
+            .unwrap_or(70)
+            .saturating_sub(1);
         let mut call = Call {
             timers: setup.timers,
             invite_key: setup.invite_key,
@@ -363,10 +407,17 @@ impl Call {
             caller_dialog: None,
             local_tag: sip::message::new_tag(),
             caller_100rel,
+            caller_identity: setup.caller_identity,
+            callee_aor: String::new(),
+            max_forwards,
             forks: Vec::new(),
+            target_start: 0,
+            forward_when: ForwardWhen::default(),
+            follow_me_at: None,
+            awaiting_route: false,
             winner: None,
             phase: Phase::Ringing,
-            ring_deadline: Some(now + setup.ring_timeout),
+            ring_deadline: None,
             relays: HashMap::new(),
             unacked: Vec::new(),
             unpracked: None,
@@ -384,42 +435,56 @@ impl Call {
             outputs: Vec::new(),
             invite: setup.invite,
         };
-        let max_forwards = call
-            .invite
-            .max_forwards()
-            .ok()
-            .flatten()
-            .unwrap_or(70)
-            .saturating_sub(1);
-        for (index, target) in setup.forks.into_iter().enumerate() {
+        call.ring(setup.target, now);
+        call
+    }
+
+    /// Rings a target: its forks, its ring timer, its forwards.
+    fn ring(&mut self, target: Target, now: Instant) {
+        self.callee_aor = target.callee_aor;
+        self.target_start = self.forks.len();
+        self.forward_when = target.forward_when;
+        self.ring_deadline = Some(now + target.ring_timeout);
+        self.follow_me_at = target.follow_me_after.map(|delay| now + delay);
+        self.awaiting_route = false;
+        self.add_forks(target.forks);
+        if self.forks.len() == self.target_start {
+            self.fail_caller(480, now);
+        }
+    }
+
+    /// One INVITE per contact, all at once.
+    fn add_forks(&mut self, targets: Vec<ForkTarget>) {
+        for target in targets {
+            let index = self.forks.len();
             let mut builder = via(
                 RequestBuilder::new(Method::Invite, target.uri.clone()),
                 &target.addr,
             )
-            .from(&setup.caller_identity, None)
-            .to(&setup.callee_aor)
+            .from(&self.caller_identity, None)
+            .to(&self.callee_aor)
             .cseq(1)
-            .header("Max-Forwards", max_forwards.to_string())
+            .header("Max-Forwards", self.max_forwards.to_string())
             .header("Contact", contact_of(&target.addr, "pbx"));
             for route in &target.route {
                 builder = builder.header("Route", route.clone());
             }
             // Only offer reliable provisionals if the caller can take them.
-            if caller_100rel {
+            if self.caller_100rel {
                 builder = builder.header("Supported", "100rel");
             }
             for name in ["Allow", "Accept"] {
-                if let Some(value) = call.invite.headers.get(name) {
+                if let Some(value) = self.invite.headers.get(name) {
                     builder = builder.header(name, value);
                 }
             }
-            let caller_invite = call.invite.clone();
-            let invite = call
+            let caller_invite = self.invite.clone();
+            let invite = self
                 .copy_body(builder, Leg::Fork(index), &caller_invite)
                 .build();
-            let txn = call.send_request(Leg::Fork(index), invite.clone(), target.addr.peer);
-            call.fork_of_txn.insert(txn, index);
-            call.forks.push(Fork {
+            let txn = self.send_request(Leg::Fork(index), invite.clone(), target.addr.peer);
+            self.fork_of_txn.insert(txn, index);
+            self.forks.push(Fork {
                 target,
                 invite,
                 state: ForkState::Calling,
@@ -428,10 +493,29 @@ impl Call {
                 final_status: None,
             });
         }
-        if call.forks.is_empty() {
-            call.fail_caller(480, now);
+    }
+
+    /// Whether the call still rings its target (not answered, not over,
+    /// not waiting for the driver to say where it goes next).
+    fn ringing(&self) -> bool {
+        self.phase == Phase::Ringing && !self.awaiting_route
+    }
+
+    /// Nobody at the target took the call: forwarded if the callee says
+    /// so, else the caller gets `status`.
+    fn unanswered(&mut self, status: u16, now: Instant) {
+        let why = match status {
+            486 | 600 | 603 => Unanswered::Busy,
+            _ => Unanswered::NoAnswer,
+        };
+        if self.forward_when.covers(why) {
+            self.awaiting_route = true;
+            self.ring_deadline = None;
+            self.follow_me_at = None;
+            self.outputs.push(Output::Unanswered(why));
+        } else {
+            self.fail_caller(status, now);
         }
-        call
     }
 
     /// The Call-ID and our tag of every dialog this call owns: the caller's
@@ -464,17 +548,27 @@ impl Call {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ring = self.ring_deadline.filter(|_| self.phase == Phase::Ringing);
+        let ringing = self.ringing();
+        let ring = self.ring_deadline.filter(|_| ringing);
+        let follow_me = self.follow_me_at.filter(|_| ringing);
         let unacked = self.unacked.iter().map(|u| u.resend.poll_timeout());
         let unpracked = self.unpracked.as_ref().map(|u| u.resend.poll_timeout());
-        ring.into_iter().chain(unacked).chain(unpracked).min()
+        ring.into_iter()
+            .chain(follow_me)
+            .chain(unacked)
+            .chain(unpracked)
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.phase == Phase::Ringing && self.ring_deadline.is_some_and(|at| at <= now) {
+        if self.ringing() && self.ring_deadline.is_some_and(|at| at <= now) {
             self.ring_deadline = None;
             self.cancel_forks(None);
-            self.fail_caller(480, now);
+            self.unanswered(480, now);
+        }
+        if self.ringing() && self.follow_me_at.is_some_and(|at| at <= now) {
+            self.follow_me_at = None;
+            self.outputs.push(Output::FollowMeDue);
         }
         let mut gave_up = false;
         for unacked in &mut self.unacked {
@@ -520,6 +614,21 @@ impl Call {
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::Cancel => self.on_caller_cancel(now),
+            Input::Retarget(target) => {
+                if self.phase == Phase::Ringing && self.awaiting_route {
+                    self.ring(target, now);
+                }
+            }
+            Input::Refuse(refusal) => {
+                if self.phase == Phase::Ringing && self.awaiting_route {
+                    self.refuse_caller(refusal, now);
+                }
+            }
+            Input::AddForks(forks) => {
+                if self.ringing() {
+                    self.add_forks(forks);
+                }
+            }
             Input::Request { key, request } => self.on_request(key, request, now),
             Input::StrayResponse(response) => self.on_stray_response(&response),
             Input::Client { txn, event } => {
@@ -645,20 +754,36 @@ impl Call {
         }
     }
 
-    /// Sends a final failure to the caller and ends the call.
+    /// Sends the final failure the forks' `status` makes, and ends the call.
     fn fail_caller(&mut self, status: u16, now: Instant) {
-        let (disposition, cause, status) = failure_outcome(status);
-        let mut response = self.respond_caller(status, reason_phrase(status));
-        response.headers.push(
-            "Reason",
-            format!("Q.850;cause={};text=\"{cause}\"", q850(cause)),
+        let (_, cause, status) = failure_outcome(status);
+        self.refuse_caller(
+            Refusal {
+                status,
+                cause,
+                q850: q850(cause),
+            },
+            now,
         );
+    }
+
+    /// Sends a final failure to the caller and ends the call.
+    fn refuse_caller(&mut self, refusal: Refusal, now: Instant) {
+        let Refusal {
+            status,
+            cause,
+            q850,
+        } = refusal;
+        let mut response = self.respond_caller(status, reason_phrase(status));
+        response
+            .headers
+            .push("Reason", format!("Q.850;cause={q850};text=\"{cause}\""));
         self.outputs.push(Output::Respond {
             key: self.invite_key.clone(),
             response,
         });
         self.end(CallEnd {
-            disposition,
+            disposition: failure_outcome(status).0,
             hangup_cause: cause,
             hangup_by: Side::Callee,
             answered_at: None,
@@ -758,12 +883,14 @@ impl Call {
         }
     }
 
-    /// When every fork has failed, the caller gets the best failure.
+    /// When every fork of the target has failed, the best failure decides
+    /// whether the call is forwarded or what the caller hears.
     fn after_fork_failure(&mut self, now: Instant) {
-        let all_done = self.forks.iter().all(|f| f.state == ForkState::Done);
-        if all_done && self.winner.is_none() && self.phase == Phase::Ringing {
-            let statuses: Vec<u16> = self.forks.iter().filter_map(|f| f.final_status).collect();
-            self.fail_caller(best_failure(&statuses), now);
+        let target = self.forks.get(self.target_start..).unwrap_or_default();
+        let all_done = target.iter().all(|f| f.state == ForkState::Done);
+        if all_done && self.winner.is_none() && self.ringing() {
+            let statuses: Vec<u16> = target.iter().filter_map(|f| f.final_status).collect();
+            self.unanswered(best_failure(&statuses), now);
         }
     }
 
@@ -1275,6 +1402,29 @@ mod tests {
         parse_datagram(text.as_bytes()).expect("INVITE")
     }
 
+    /// `forks` devices of extension `number`, on ports 7000 + 10 × (number − 101) up.
+    fn target(number: u16, forks: usize, forward_when: ForwardWhen) -> Target {
+        let first_port = 7000 + 10 * (number - 101);
+        Target {
+            callee_aor: format!("<sip:{number}@test.pbx.local>"),
+            forks: (0..forks)
+                .map(|i| {
+                    let port = first_port + u16::try_from(i).expect("small");
+                    ForkTarget {
+                        uri: format!("sip:{number}@127.0.0.1:{port}")
+                            .parse()
+                            .expect("uri"),
+                        route: Vec::new(),
+                        addr: udp(port),
+                    }
+                })
+                .collect(),
+            ring_timeout: Duration::from_secs(30),
+            forward_when,
+            follow_me_after: None,
+        }
+    }
+
     fn start(forks: usize, extra: &str, t0: Instant) -> (Call, Vec<Output>) {
         start_anchored(forks, extra, None, t0)
     }
@@ -1285,23 +1435,27 @@ mod tests {
         anchor: Option<MediaAnchor>,
         t0: Instant,
     ) -> (Call, Vec<Output>) {
+        start_full(
+            target(101, forks, ForwardWhen::default()),
+            extra,
+            anchor,
+            t0,
+        )
+    }
+
+    fn start_full(
+        target: Target,
+        extra: &str,
+        anchor: Option<MediaAnchor>,
+        t0: Instant,
+    ) -> (Call, Vec<Output>) {
         let invite = caller_invite(extra);
         let setup = CallSetup {
             invite_key: TransactionKey::for_request(&invite).expect("key"),
             invite,
             caller: udp(6000),
             caller_identity: "\"Test 100\" <sip:100@test.pbx.local>".into(),
-            callee_aor: "<sip:101@test.pbx.local>".into(),
-            forks: (0..forks)
-                .map(|i| ForkTarget {
-                    uri: format!("sip:101@127.0.0.1:{}", 7000 + i)
-                        .parse()
-                        .expect("uri"),
-                    route: Vec::new(),
-                    addr: udp(7000 + u16::try_from(i).expect("small")),
-                })
-                .collect(),
-            ring_timeout: Duration::from_secs(30),
+            target,
             timers: TimerConfig::default(),
             music_on_hold: Some("10.9.9.9:30000".parse().expect("addr")),
             anchor,
@@ -1652,6 +1806,154 @@ mod tests {
         assert!(call.is_finished());
         assert_eq!(best_failure(&[408, 503]), 503);
         assert_eq!(best_failure(&[486, 603]), 603);
+    }
+
+    fn unanswered(outputs: &[Output]) -> Option<Unanswered> {
+        outputs.iter().find_map(|o| match o {
+            Output::Unanswered(why) => Some(*why),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn busy_devices_hand_the_call_back_and_the_forward_target_answers() {
+        let t0 = Instant::now();
+        let forwards = ForwardWhen {
+            busy: true,
+            no_answer: false,
+        };
+        let (mut call, out) = start_full(target(101, 2, forwards), "", None, t0);
+        let invites = requests(&out);
+        feed(
+            &mut call,
+            invites[0].0,
+            answer(&invites[0].2, 486, "b0", false),
+            t0,
+        );
+        // A decline counts as busy too.
+        let out = feed(
+            &mut call,
+            invites[1].0,
+            answer(&invites[1].2, 603, "b1", false),
+            t0,
+        );
+        assert_eq!(unanswered(&out), Some(Unanswered::Busy));
+        assert!(responses(&out).is_empty(), "the caller still waits");
+        assert!(ended(&out).is_none());
+        assert_eq!(call.poll_timeout(), None, "no ring timer while rerouting");
+
+        call.handle(
+            Input::Retarget(target(102, 1, ForwardWhen::default())),
+            t0 + MS(10),
+        );
+        let out = call.drain_outputs();
+        let (txn, method, invite) = requests(&out).remove(0);
+        assert_eq!(method, Method::Invite);
+        assert!(invite
+            .headers
+            .get("To")
+            .is_some_and(|to| to.contains("sip:102@")));
+        assert_eq!(
+            call.poll_timeout(),
+            Some(t0 + MS(10) + Duration::from_secs(30))
+        );
+        let out = feed(
+            &mut call,
+            txn,
+            answer(&invite, 200, "c0", true),
+            t0 + MS(20),
+        );
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        assert!(out.iter().any(|o| matches!(o, Output::Answered)));
+    }
+
+    #[test]
+    fn no_answer_forward_cancels_the_phones_and_a_dead_end_refuses_the_caller() {
+        let t0 = Instant::now();
+        let forwards = ForwardWhen {
+            busy: false,
+            no_answer: true,
+        };
+        let (mut call, out) = start_full(target(101, 1, forwards), "", None, t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        feed(&mut call, txn, answer(&invite, 180, "b0", false), t0);
+        call.handle_timeout(t0 + Duration::from_secs(30));
+        let out = call.drain_outputs();
+        assert_eq!(requests(&out)[0].1, Method::Cancel);
+        assert_eq!(unanswered(&out), Some(Unanswered::NoAnswer));
+        assert!(responses(&out).is_empty());
+        // The cancelled phone's 487 does not fail the call meanwhile.
+        let out = feed(
+            &mut call,
+            txn,
+            answer(&invite, 487, "b0", false),
+            t0 + Duration::from_secs(30),
+        );
+        assert!(responses(&out).is_empty() && ended(&out).is_none());
+
+        call.handle(
+            Input::Refuse(Refusal {
+                status: 404,
+                cause: "UNALLOCATED_NUMBER",
+                q850: 1,
+            }),
+            t0 + Duration::from_secs(31),
+        );
+        let out = call.drain_outputs();
+        assert_eq!(responses(&out)[0].status(), Some(404));
+        let end = ended(&out).expect("ended");
+        assert_eq!(
+            (end.disposition, end.hangup_cause),
+            (Disposition::Failed, "UNALLOCATED_NUMBER")
+        );
+    }
+
+    #[test]
+    fn unforwarded_outcomes_fail_as_before_and_forwarded_ones_only_for_their_kind() {
+        let t0 = Instant::now();
+        let busy_only = ForwardWhen {
+            busy: true,
+            no_answer: false,
+        };
+        let (mut call, out) = start_full(target(101, 1, busy_only), "", None, t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        let out = feed(&mut call, txn, answer(&invite, 408, "b0", false), t0);
+        assert_eq!(unanswered(&out), None);
+        assert_eq!(responses(&out)[0].status(), Some(480));
+    }
+
+    #[test]
+    fn follow_me_adds_forks_after_its_delay_under_the_same_ring_timer() {
+        let t0 = Instant::now();
+        let mut first = target(101, 1, ForwardWhen::default());
+        first.follow_me_after = Some(Duration::from_secs(10));
+        let (mut call, out) = start_full(first, "", None, t0);
+        let (txn, _, invite) = requests(&out).remove(0);
+        feed(&mut call, txn, answer(&invite, 180, "b0", false), t0);
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        call.handle_timeout(t0 + Duration::from_secs(10));
+        let out = call.drain_outputs();
+        assert!(out.iter().any(|o| matches!(o, Output::FollowMeDue)));
+        call.handle(
+            Input::AddForks(target(105, 1, ForwardWhen::default()).forks),
+            t0 + Duration::from_secs(10),
+        );
+        let out = call.drain_outputs();
+        let (txn2, method, invite2) = requests(&out).remove(0);
+        assert_eq!(method, Method::Invite);
+        assert!(invite2
+            .request_uri()
+            .is_some_and(|u| u.to_string().contains(":7040")));
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        // The follow-me number answers; the phone is cancelled.
+        let out = feed(
+            &mut call,
+            txn2,
+            answer(&invite2, 200, "f0", true),
+            t0 + Duration::from_secs(12),
+        );
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        assert_eq!(requests(&out)[0].1, Method::Cancel);
     }
 
     #[test]

@@ -212,8 +212,13 @@ impl LocalCall {
                 // Only our BYE is ever sent; any outcome closes it.
                 self.outstanding.remove(&txn);
             }
-            // Answered at once: a CANCEL comes too late, a stray 2xx is not ours.
-            Input::Cancel | Input::StrayResponse(_) => {}
+            // Answered at once: a CANCEL comes too late, a stray 2xx is not
+            // ours, and there are no forks to reroute.
+            Input::Cancel
+            | Input::StrayResponse(_)
+            | Input::Retarget(_)
+            | Input::Refuse(_)
+            | Input::AddForks(_) => {}
         }
     }
 

@@ -34,10 +34,10 @@ use crate::model::{Binding, Cdr, Extension, ExtensionKind, Tenant};
 use crate::recording::{RecordingStart, Recordings};
 use crate::repo::Repo;
 use crate::service::unix_now_ms;
-use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side};
+use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side, Target};
 use local::{LocalCall, LocalSetup, RemoteMedia};
 use media::ports::PortPool;
-use routing::{Refusal, Route};
+use routing::{ForwardWhen, Refusal, Route, Unanswered};
 use sip::sdp;
 
 /// Settings of the call path.
@@ -194,6 +194,25 @@ struct CdrContext {
     to: String,
     start_ms: u64,
     started: tokio::time::Instant,
+}
+
+/// Where a number of the tenant leads once its forwards are followed.
+enum Resolution {
+    Ring {
+        callee: Box<Extension>,
+        forks: Vec<ForkTarget>,
+        /// Forwards followed to get here, counting earlier ones of the call.
+        forwards: usize,
+    },
+    Refuse(Refusal),
+}
+
+/// What the driver keeps to forward a call after its phones rang.
+struct Rerouting {
+    tenant: Tenant,
+    /// The extension ringing now.
+    callee: Box<Extension>,
+    forwards: usize,
 }
 
 /// A call's media as the node handles it, beside its signalling.
@@ -447,42 +466,18 @@ impl B2bua {
                 return Ok(());
             }
         }
-        // Only the caller's own tenant is searched: 101 of one tenant can
-        // never reach 101 of another. Forwards stay in the tenant too.
-        let mut number = dialled.clone();
-        let mut forwards = 0;
-        let (callee, forks) = loop {
-            let Some(callee) = self.repo.extension(&tenant.id, &number).await? else {
-                self.refuse(&key, request, routing::UNALLOCATED, &cdr).await;
-                return Ok(());
-            };
-            let mut route = routing::before_ringing(&callee);
-            let mut forks = Vec::new();
-            if let Route::Ring(numbers) = &route {
-                let members = callee.settings.kind == ExtensionKind::Virtual;
-                forks = self.forks_to(tenant, numbers, members, now_ms).await?;
-                if forks.is_empty() {
-                    route = routing::when_offline(&callee);
-                }
-            }
-            match route {
-                Route::Ring(_) => break (callee, forks),
-                Route::Forward(to) if forwards < routing::MAX_FORWARDS => {
-                    tracing::info!(from = %callee.number, %to, "call forwarded");
-                    forwards += 1;
-                    number = to;
-                }
-                Route::Forward(_) => {
-                    self.refuse(&key, request, routing::FORWARD_LOOP, &cdr)
-                        .await;
-                    return Ok(());
-                }
-                Route::Refuse(refusal) => {
+        let (callee, forks, forwards) =
+            match self.resolve(tenant, dialled.clone(), 0, now_ms).await? {
+                Resolution::Ring {
+                    callee,
+                    forks,
+                    forwards,
+                } => (callee, forks, forwards),
+                Resolution::Refuse(refusal) => {
                     self.refuse(&key, request, refusal, &cdr).await;
                     return Ok(());
                 }
-            }
-        };
+            };
         tracing::info!(from = %caller.number, to = %callee.number, forks = forks.len(), "calling");
         let caller_addr = self.local_addr_toward(source);
         let mut media = CallMedia {
@@ -510,14 +505,7 @@ impl B2bua {
                 caller.number,
                 tenant.sip_domain
             ),
-            callee_aor: format!("<sip:{}@{}>", callee.number, tenant.sip_domain),
-            forks,
-            ring_timeout: callee
-                .settings
-                .ring_timeout_secs
-                .map_or(self.config.ring_timeout, |secs| {
-                    Duration::from_secs(u64::from(secs))
-                }),
+            target: self.target(tenant, &callee, forks),
             timers: self.config.timers,
             music_on_hold: self
                 .media
@@ -527,8 +515,133 @@ impl B2bua {
             anchor: media.anchored.as_ref().map(|a| a.anchor),
         };
         let call = Call::start(setup, tokio::time::Instant::now().into_std());
-        self.spawn_call(call, cdr, None, media, &span);
+        let rerouting = Rerouting {
+            tenant: tenant.clone(),
+            callee,
+            forwards,
+        };
+        self.spawn_call(call, cdr, None, media, Some(rerouting), &span);
         Ok(())
+    }
+
+    /// Follows `number`'s forwards within the tenant (101 of one tenant
+    /// can never reach 101 of another) to the devices that ring or the
+    /// refusal the caller hears. `forwards` were followed before.
+    async fn resolve(
+        &self,
+        tenant: &Tenant,
+        mut number: String,
+        mut forwards: usize,
+        now_ms: u64,
+    ) -> Result<Resolution, crate::repo::RepoError> {
+        loop {
+            let Some(callee) = self.repo.extension(&tenant.id, &number).await? else {
+                return Ok(Resolution::Refuse(routing::UNALLOCATED));
+            };
+            let mut route = routing::before_ringing(&callee);
+            let mut forks = Vec::new();
+            if let Route::Ring(numbers) = &route {
+                let members = callee.settings.kind == ExtensionKind::Virtual;
+                forks = self.forks_to(tenant, numbers, members, now_ms).await?;
+                if forks.is_empty() {
+                    route = routing::when_offline(&callee);
+                }
+            }
+            match route {
+                Route::Ring(_) => {
+                    return Ok(Resolution::Ring {
+                        callee: Box::new(callee),
+                        forks,
+                        forwards,
+                    })
+                }
+                Route::Forward(to) if forwards < routing::MAX_FORWARDS => {
+                    tracing::info!(from = %callee.number, %to, "call forwarded");
+                    forwards += 1;
+                    number = to;
+                }
+                Route::Forward(_) => return Ok(Resolution::Refuse(routing::FORWARD_LOOP)),
+                Route::Refuse(refusal) => return Ok(Resolution::Refuse(refusal)),
+            }
+        }
+    }
+
+    /// How the call core rings `callee`'s `forks`.
+    fn target(&self, tenant: &Tenant, callee: &Extension, forks: Vec<ForkTarget>) -> Target {
+        Target {
+            callee_aor: format!("<sip:{}@{}>", callee.number, tenant.sip_domain),
+            forks,
+            ring_timeout: callee
+                .settings
+                .ring_timeout_secs
+                .map_or(self.config.ring_timeout, |secs| {
+                    Duration::from_secs(u64::from(secs))
+                }),
+            forward_when: ForwardWhen::of(callee),
+            follow_me_after: routing::follow_me(callee).map(|(_, delay)| delay),
+        }
+    }
+
+    /// The phones rang and nobody took the call: where the callee's
+    /// forward leads, or what the caller hears.
+    async fn reroute(&self, rerouting: &mut Rerouting, why: Unanswered) -> Input {
+        let Some(to) = routing::when_unanswered(&rerouting.callee, why) else {
+            return Input::Refuse(routing::unanswered_refusal(why));
+        };
+        if rerouting.forwards >= routing::MAX_FORWARDS {
+            return Input::Refuse(routing::FORWARD_LOOP);
+        }
+        tracing::info!(from = %rerouting.callee.number, %to, ?why, "call forwarded after ringing");
+        let resolved = self
+            .resolve(&rerouting.tenant, to, rerouting.forwards + 1, unix_now_ms())
+            .await;
+        match resolved {
+            Ok(Resolution::Ring {
+                callee,
+                forks,
+                forwards,
+            }) => {
+                let target = self.target(&rerouting.tenant, &callee, forks);
+                rerouting.callee = callee;
+                rerouting.forwards = forwards;
+                Input::Retarget(target)
+            }
+            Ok(Resolution::Refuse(refusal)) => Input::Refuse(refusal),
+            Err(e) => {
+                tracing::error!(error = %e, "forward not followed: store unavailable");
+                Input::Refuse(routing::unanswered_refusal(why))
+            }
+        }
+    }
+
+    /// Find-me/follow-me is due: the devices its number rings (none if it
+    /// leads to a refusal).
+    async fn follow_me_forks(&self, rerouting: &Rerouting) -> Vec<ForkTarget> {
+        let Some((number, _)) = routing::follow_me(&rerouting.callee) else {
+            return Vec::new();
+        };
+        let resolved = self
+            .resolve(
+                &rerouting.tenant,
+                number.clone(),
+                rerouting.forwards + 1,
+                unix_now_ms(),
+            )
+            .await;
+        match resolved {
+            Ok(Resolution::Ring { forks, .. }) => {
+                tracing::info!(%number, forks = forks.len(), "find-me/follow-me rings");
+                forks
+            }
+            Ok(Resolution::Refuse(refusal)) => {
+                tracing::info!(%number, status = refusal.status, "find-me/follow-me number not rung");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "find-me/follow-me: store unavailable");
+                Vec::new()
+            }
+        }
     }
 
     /// The devices registered to these extensions of the tenant, all of
@@ -571,24 +684,32 @@ impl B2bua {
         cdr: CdrContext,
         app: Option<MediaApp>,
         media: CallMedia,
+        rerouting: Option<Rerouting>,
         span: &tracing::Span,
     ) {
         let (inbox, inputs) = mpsc::unbounded_channel();
-        {
-            let mut table = self.table();
-            for dialog_key in call.dialog_keys() {
-                table.by_dialog.insert(dialog_key, inbox.clone());
-            }
-            table
-                .by_invite
-                .insert(call.caller_invite_key().clone(), inbox);
-        }
+        self.table()
+            .by_invite
+            .insert(call.caller_invite_key().clone(), inbox);
+        self.index_dialogs(&call);
         self.metrics.active.inc();
         let b2bua = self.clone();
         tokio::spawn(
-            async move { b2bua.drive(call, inputs, cdr, app, media).await }
+            async move { b2bua.drive(call, inputs, cdr, app, media, rerouting).await }
                 .instrument(span.clone()),
         );
+    }
+
+    /// Routes every dialog of the call to its task, forks added since it
+    /// started included.
+    fn index_dialogs<C: CallCore>(&self, call: &C) {
+        let mut table = self.table();
+        let Some(inbox) = table.by_invite.get(call.caller_invite_key()).cloned() else {
+            return;
+        };
+        for dialog_key in call.dialog_keys() {
+            table.by_dialog.insert(dialog_key, inbox.clone());
+        }
     }
 
     /// The service a dialled number names, if the node answers it itself.
@@ -665,7 +786,7 @@ impl B2bua {
             }
         };
         tracing::info!(%local_rtp, ?service, "answered by the node");
-        self.spawn_call(call, cdr, Some(app), CallMedia::default(), span);
+        self.spawn_call(call, cdr, Some(app), CallMedia::default(), None, span);
     }
 
     /// 488 for an offer we cannot take (RFC 3261 §21.4.26, Warning 304/305).
@@ -741,14 +862,28 @@ impl B2bua {
         cdr: CdrContext,
         mut app: Option<MediaApp>,
         mut media: CallMedia,
+        mut rerouting: Option<Rerouting>,
     ) {
         let (replies, mut reply_rx) = mpsc::unbounded_channel();
+        let now = || tokio::time::Instant::now().into_std();
         loop {
             if let (Some(app), Some(media)) = (app.as_ref(), call.remote_media()) {
                 app.update(media);
             }
+            let mut answers = Vec::new();
             for output in call.drain_outputs() {
-                self.carry_out(output, &replies, &cdr, &mut media).await;
+                let answer = self
+                    .carry_out(output, &replies, &cdr, &mut media, rerouting.as_mut())
+                    .await;
+                answers.extend(answer);
+            }
+            if !answers.is_empty() {
+                for answer in answers {
+                    call.handle(answer, now());
+                }
+                // A new target's forks have dialogs of their own.
+                self.index_dialogs(&call);
+                continue;
             }
             if call.is_finished() {
                 break;
@@ -766,7 +901,6 @@ impl B2bua {
                     None => std::future::pending().await,
                 }
             };
-            let now = || tokio::time::Instant::now().into_std();
             tokio::select! {
                 Some(input) = inputs.recv() => call.handle(input, now()),
                 Some((txn, event)) = reply_rx.recv() => {
@@ -803,7 +937,8 @@ impl B2bua {
         replies: &mpsc::UnboundedSender<(u64, sip::endpoint::ClientEvent)>,
         cdr: &CdrContext,
         media: &mut CallMedia,
-    ) {
+        rerouting: Option<&mut Rerouting>,
+    ) -> Option<Input> {
         // Listener keys: the call's number with the leg in the low bits.
         let music_key = |listener: usize| (cdr.call_number << 16) | (listener as u64 & 0xffff);
         match output {
@@ -829,6 +964,18 @@ impl B2bua {
                 }
             }
             Output::Answered => self.start_recording(cdr, media),
+            Output::Unanswered(why) => {
+                return Some(match rerouting {
+                    Some(rerouting) => self.reroute(rerouting, why).await,
+                    None => Input::Refuse(routing::unanswered_refusal(why)),
+                });
+            }
+            Output::FollowMeDue => {
+                return Some(Input::AddForks(match rerouting {
+                    Some(rerouting) => self.follow_me_forks(rerouting).await,
+                    None => Vec::new(),
+                }));
+            }
             Output::Respond { key, response } => self.endpoint.respond(&key, response),
             Output::Request {
                 txn,
@@ -857,6 +1004,7 @@ impl B2bua {
                 self.write_cdr(cdr, &end, media.recording_id.clone()).await;
             }
         }
+        None
     }
 
     /// Records an anchored call from its answer on.

@@ -1,8 +1,13 @@
-//! Where a call to an extension goes before any of its phones ring
-//! (reference/002): a custom extension's destination, unconditional
+//! Where a call to an extension goes (reference/002). Before any of its
+//! phones ring: a custom extension's destination, unconditional
 //! forwarding, do-not-disturb (treated as busy, so the busy forward
-//! applies), and offline forwarding when no device is registered. Sans IO:
-//! the B2BUA looks the numbers up and follows the forwards.
+//! applies), and offline forwarding when no device is registered. After
+//! they rang: the busy forward when every device refused, the no-answer
+//! forward when nobody answered in time, and find-me/follow-me's number
+//! rung beside the phones after its delay. Sans IO: the B2BUA looks the
+//! numbers up and follows the forwards.
+
+use std::time::Duration;
 
 use crate::model::{Extension, ExtensionKind, ForwardRule};
 
@@ -71,6 +76,77 @@ pub fn when_offline(callee: &Extension) -> Route {
     active(&callee.settings.forwarding.offline).map_or(OFFLINE, Route::Forward)
 }
 
+/// Why the phones of an extension that rang did not take the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Every device refused: busy, or the user declined.
+    Busy,
+    /// The ring timeout passed, or every device failed otherwise.
+    NoAnswer,
+}
+
+/// For which outcomes the callee has a forward: the call core then hands
+/// the call back for a new route instead of failing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardWhen {
+    pub busy: bool,
+    pub no_answer: bool,
+}
+
+impl ForwardWhen {
+    pub fn of(callee: &Extension) -> ForwardWhen {
+        ForwardWhen {
+            busy: when_unanswered(callee, Unanswered::Busy).is_some(),
+            no_answer: when_unanswered(callee, Unanswered::NoAnswer).is_some(),
+        }
+    }
+
+    pub fn covers(self, why: Unanswered) -> bool {
+        match why {
+            Unanswered::Busy => self.busy,
+            Unanswered::NoAnswer => self.no_answer,
+        }
+    }
+}
+
+/// Where the call goes after the extension's phones rang without taking it.
+pub fn when_unanswered(callee: &Extension, why: Unanswered) -> Option<String> {
+    let forwarding = &callee.settings.forwarding;
+    active(match why {
+        Unanswered::Busy => &forwarding.busy,
+        Unanswered::NoAnswer => &forwarding.no_answer,
+    })
+}
+
+/// What the caller hears when an unanswered call is not forwarded.
+pub fn unanswered_refusal(why: Unanswered) -> Refusal {
+    match why {
+        Unanswered::Busy => Refusal {
+            status: 486,
+            cause: "USER_BUSY",
+            q850: 17,
+        },
+        Unanswered::NoAnswer => Refusal {
+            status: 480,
+            cause: "NO_ANSWER",
+            q850: 19,
+        },
+    }
+}
+
+/// Find-me/follow-me: the number rung beside the extension's phones, and
+/// after how long.
+pub fn follow_me(callee: &Extension) -> Option<(String, Duration)> {
+    let fmfm = &callee.settings.find_me_follow_me;
+    let number = fmfm.number.trim();
+    (fmfm.enabled && !number.is_empty()).then(|| {
+        (
+            number.to_string(),
+            Duration::from_secs(fmfm.delay_secs.into()),
+        )
+    })
+}
+
 /// The refusal of a number that is no extension of the tenant.
 pub const UNALLOCATED: Refusal = Refusal {
     status: 404,
@@ -88,7 +164,7 @@ pub const FORWARD_LOOP: Refusal = Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ExtensionSettings;
+    use crate::model::{ExtensionSettings, FindMeFollowMe};
 
     fn extension(settings: ExtensionSettings) -> Extension {
         Extension {
@@ -159,6 +235,47 @@ mod tests {
         assert_eq!(
             when_offline(&extension(settings)),
             Route::Forward("400".into())
+        );
+    }
+
+    #[test]
+    fn busy_and_no_answer_forwards_apply_after_ringing() {
+        let mut settings = ExtensionSettings::default();
+        settings.forwarding.busy = rule(true, "200");
+        settings.forwarding.no_answer = rule(false, "300");
+        let callee = extension(settings);
+        assert_eq!(
+            ForwardWhen::of(&callee),
+            ForwardWhen {
+                busy: true,
+                no_answer: false
+            }
+        );
+        assert_eq!(
+            when_unanswered(&callee, Unanswered::Busy),
+            Some("200".into())
+        );
+        assert_eq!(when_unanswered(&callee, Unanswered::NoAnswer), None);
+        assert_eq!(unanswered_refusal(Unanswered::NoAnswer).status, 480);
+        // Neither forward changes where the call goes before it rings.
+        assert_eq!(before_ringing(&callee), Route::Ring(vec!["100".into()]));
+    }
+
+    #[test]
+    fn follow_me_needs_to_be_enabled_with_a_number() {
+        let mut settings = ExtensionSettings {
+            find_me_follow_me: FindMeFollowMe {
+                enabled: false,
+                number: "555".into(),
+                delay_secs: 10,
+            },
+            ..Default::default()
+        };
+        assert_eq!(follow_me(&extension(settings.clone())), None);
+        settings.find_me_follow_me.enabled = true;
+        assert_eq!(
+            follow_me(&extension(settings)),
+            Some(("555".into(), Duration::from_secs(10)))
         );
     }
 
