@@ -9,6 +9,8 @@
 //! - `/t/<tenant id>/cdr/<start ms, 16 digits>-<id>` → [`Cdr`], in time order
 //! - `/t/<tenant id>/rec/<recording id>` → [`Recording`]; ids begin with the
 //!   start time (16 digits), so these are in time order too
+//! - `/t/<tenant id>/calls/<node id>-<call number>` → empty, on the node's
+//!   lease: a call in progress of a tenant with a concurrent-call limit
 //! - `/sys/sip/nonce-secret` → hex secret shared by all nodes for digest nonces
 
 use std::time::Duration;
@@ -80,6 +82,10 @@ pub(crate) fn domain_index_key(domain: &str) -> String {
 
 pub(crate) fn code_index_key(code: &str) -> String {
     format!("/idx/code/{}", code.to_ascii_uppercase())
+}
+
+fn call_slots_prefix(tenant_id: &str) -> String {
+    format!("/t/{tenant_id}/calls/")
 }
 
 fn bindings_prefix(tenant_id: &str, number: &str) -> String {
@@ -705,6 +711,55 @@ impl Repo {
             .store
             .range_stale(KeyRange::prefix(prefix.clone()), 0)?;
         AorBindings::from_range(prefix, range)
+    }
+
+    /// How many calls of the tenant are in progress cluster-wide (counting
+    /// stops past `up_to`), and the store revision they were counted at.
+    pub async fn count_call_slots(
+        &self,
+        tenant_id: &str,
+        up_to: u64,
+    ) -> Result<(usize, u64), RepoError> {
+        let range = self
+            .store
+            .range(KeyRange::prefix(call_slots_prefix(tenant_id)), up_to + 1)
+            .await?;
+        Ok((range.kvs.len(), range.revision))
+    }
+
+    /// Takes call slot `name` on `lease` if no slot of the tenant was taken
+    /// or freed since `counted_at`; `false` = they changed, count again.
+    pub async fn take_call_slot(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        lease: LeaseId,
+        counted_at: u64,
+    ) -> Result<bool, RepoError> {
+        let prefix = call_slots_prefix(tenant_id);
+        let result = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([Compare::prefix_mod_revision(
+                        prefix.clone(),
+                        CompareOp::Less,
+                        counted_at + 1,
+                    )])
+                    .and_then([TxnOp::put_with_lease(
+                        format!("{prefix}{name}"),
+                        Vec::new(),
+                        lease,
+                    )]),
+            )
+            .await?;
+        Ok(result.succeeded)
+    }
+
+    pub async fn free_call_slot(&self, tenant_id: &str, name: &str) -> Result<(), RepoError> {
+        let key = format!("{}{name}", call_slots_prefix(tenant_id));
+        self.store.delete(KeyRange::key(key)).await?;
+        Ok(())
     }
 
     /// Writes `upserts` (each on a new lease whose TTL is the binding's

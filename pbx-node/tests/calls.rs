@@ -69,15 +69,29 @@ async fn finished(child: Child, work: &Path) -> bool {
     sipp_passed(&output, work)
 }
 
-/// Extension 100 calls `number` via `node` with `scenario`.
-async fn call(node: SocketAddr, scenario: &Path, number: &str, work: &Path) -> bool {
-    let output = sipp_command(scenario, free_udp_addr().port(), work)
+/// Extension 100 calling `number` via `node` with `scenario`, holding an
+/// answered call for `hold`.
+fn caller(
+    node: SocketAddr,
+    scenario: &Path,
+    number: &str,
+    work: &Path,
+    hold: Duration,
+) -> tokio::process::Command {
+    let mut command = sipp_command(scenario, free_udp_addr().port(), work);
+    command
         .arg(node.to_string())
         .args(["-s", number, "-au", "100-TEST", "-ap", PASSWORD, "-t", "u1"])
-        .args(["-d", "1000"])
+        .args(["-d", &hold.as_millis().to_string()])
         // Like a phone given the PBX's IP address: the tenant is only in
         // the username's -CODE suffix.
-        .args(["-key", "caller", "100-TEST"])
+        .args(["-key", "caller", "100-TEST"]);
+    command
+}
+
+/// Extension 100 calls `number` via `node` with `scenario`.
+async fn call(node: SocketAddr, scenario: &Path, number: &str, work: &Path) -> bool {
+    let output = caller(node, scenario, number, work, Duration::from_secs(1))
         .output()
         .await
         .expect("sipp must be installed (Debian package sip-tester)");
@@ -426,6 +440,75 @@ async fn busy_no_answer_and_follow_me_act_after_the_phones_rang() {
             "{case}: {cdrs:?}"
         );
     }
+    node.shutdown().await;
+}
+
+/// A tenant at its maximum concurrent calls refuses the next one with 503
+/// until a call ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenants_concurrent_call_limit_refuses_the_call_past_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let port_101 = free_udp_addr().port();
+    let port_102 = free_udp_addr().port();
+    register(sip, "101-TEST", port_101, &work_dir(dir.path(), "reg101")).await;
+    register(sip, "102-TEST", port_102, &work_dir(dir.path(), "reg102")).await;
+    let client = reqwest::Client::new();
+    let token = common::admin_token(&client, node.http.addr).await;
+    let response = client
+        .put(format!(
+            "http://{}/api/v1/tenants/{}",
+            node.http.addr,
+            common::TEST_CODE
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"limits": {"max_concurrent_calls": 1}}))
+        .send()
+        .await
+        .expect("PUT tenant");
+    assert_eq!(response.status().as_u16(), 200);
+    // The node's directory follows the change through the store's watch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let work_101 = work_dir(dir.path(), "first-101");
+    let first_phone = callee("uas_answer.xml", port_101, &work_101);
+    let first_work = work_dir(dir.path(), "first-uac");
+    let first = caller(
+        sip,
+        &sipp_scenario("uac_call.xml"),
+        "101",
+        &first_work,
+        Duration::from_secs(4),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("sipp");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let uac = work_dir(dir.path(), "second-uac");
+    assert!(
+        call(sip, &refused_scenario(503, &uac), "102", &uac).await,
+        "a second call while the first lasts: 503"
+    );
+    assert!(finished(first, &first_work).await, "the first call went on");
+    assert!(finished(first_phone, &work_101).await);
+    let refused = cdrs(&node.repo, &tenant, 2)
+        .await
+        .into_iter()
+        .find(|cdr| cdr.to == "102")
+        .expect("CDR of the refused call");
+    assert_eq!(refused.hangup_cause, "NO_CIRCUIT_AVAILABLE");
+
+    // The first call's slot is free again.
+    let work_102 = work_dir(dir.path(), "third-102");
+    let phone = callee("uas_answer.xml", port_102, &work_102);
+    let uac = work_dir(dir.path(), "third-uac");
+    assert!(
+        call(sip, &sipp_scenario("uac_call.xml"), "102", &uac).await,
+        "after the first call ended, a call goes through"
+    );
+    assert!(finished(phone, &work_102).await);
     node.shutdown().await;
 }
 

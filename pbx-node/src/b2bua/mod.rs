@@ -10,6 +10,7 @@ pub mod call;
 pub mod local;
 mod resend;
 pub mod routing;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,7 @@ use local::{LocalCall, LocalSetup, RemoteMedia};
 use media::ports::PortPool;
 use routing::{ForwardWhen, Refusal, Route, Unanswered};
 use sip::sdp;
+use slots::{CallSlot, CallSlots, Claim};
 
 /// Settings of the call path.
 #[derive(Debug, Clone)]
@@ -121,6 +123,7 @@ pub struct B2bua {
     config: CallConfig,
     metrics: CallMetrics,
     media: MediaServices,
+    slots: Arc<CallSlots>,
     calls: Mutex<CallTable>,
     next_call: std::sync::atomic::AtomicU64,
 }
@@ -207,6 +210,13 @@ enum Resolution {
     Refuse(Refusal),
 }
 
+enum Admission {
+    /// The call may go on, holding this slot if its tenant has a limit.
+    Admitted(Option<CallSlot>),
+    /// The caller was refused.
+    Refused,
+}
+
 /// What the driver keeps to forward a call after its phones rang.
 struct Rerouting {
     tenant: Tenant,
@@ -215,9 +225,11 @@ struct Rerouting {
     forwards: usize,
 }
 
-/// A call's media as the node handles it, beside its signalling.
+/// What a call holds beside its signalling: its media as the node handles
+/// it, and its place among the tenant's concurrent calls.
 #[derive(Default)]
-struct CallMedia {
+struct CallResources {
+    slot: Option<CallSlot>,
     /// Music-on-hold listener keys this call added.
     music_listeners: std::collections::HashSet<u64>,
     anchored: Option<AnchoredMedia>,
@@ -313,6 +325,7 @@ impl B2bua {
     ) -> Arc<B2bua> {
         Arc::new(B2bua {
             auth,
+            slots: CallSlots::new(repo.clone(), config.node_id),
             repo,
             endpoint,
             config,
@@ -453,7 +466,7 @@ impl B2bua {
         };
         let span = tracing::Span::current();
         if let Some(service) = self.local_service(&tenant.id, &dialled) {
-            self.answer_locally(key, request, source, cdr, service, &span)
+            self.answer_locally(key, request, source, tenant, cdr, service)
                 .await;
             return Ok(());
         }
@@ -478,11 +491,15 @@ impl B2bua {
                     return Ok(());
                 }
             };
+        let Admission::Admitted(slot) = self.admit(&key, request, tenant, &cdr).await? else {
+            return Ok(());
+        };
         tracing::info!(from = %caller.number, to = %callee.number, forks = forks.len(), "calling");
         let caller_addr = self.local_addr_toward(source);
-        let mut media = CallMedia {
+        let mut media = CallResources {
+            slot,
             record_reason: record_reason(caller, &callee),
-            ..CallMedia::default()
+            ..CallResources::default()
         };
         if media.record_reason.is_some() {
             let caller_ip = self.media_ip_toward(&caller_addr);
@@ -522,6 +539,27 @@ impl B2bua {
         };
         self.spawn_call(call, cdr, None, media, Some(rerouting), &span);
         Ok(())
+    }
+
+    /// Takes the call's place among the tenant's concurrent calls, or
+    /// refuses it when they are at the tenant's limit.
+    async fn admit(
+        &self,
+        key: &TransactionKey,
+        request: &SipMessage,
+        tenant: &Tenant,
+        cdr: &CdrContext,
+    ) -> Result<Admission, crate::repo::RepoError> {
+        match self.slots.claim(tenant, cdr.call_number).await? {
+            Claim::Unlimited => Ok(Admission::Admitted(None)),
+            Claim::Held(slot) => Ok(Admission::Admitted(Some(slot))),
+            Claim::Full { max } => {
+                tracing::info!(max, "tenant at its concurrent-call limit");
+                self.refuse(key, request, routing::TENANT_CALL_LIMIT, cdr)
+                    .await;
+                Ok(Admission::Refused)
+            }
+        }
     }
 
     /// Follows `number`'s forwards within the tenant (101 of one tenant
@@ -683,7 +721,7 @@ impl B2bua {
         call: C,
         cdr: CdrContext,
         app: Option<MediaApp>,
-        media: CallMedia,
+        media: CallResources,
         rerouting: Option<Rerouting>,
         span: &tracing::Span,
     ) {
@@ -728,9 +766,9 @@ impl B2bua {
         key: TransactionKey,
         request: &SipMessage,
         source: Peer,
+        tenant: &Tenant,
         cdr: CdrContext,
         service: LocalService,
-        span: &tracing::Span,
     ) {
         let offer = match sdp::audio_stream(request.body()) {
             Ok(offer) => offer,
@@ -753,6 +791,15 @@ impl B2bua {
             Ok(bound) => bound,
             Err(e) => {
                 tracing::warn!(error = %e, "no RTP port for a local call");
+                self.endpoint.respond(&key, request.response(503));
+                return;
+            }
+        };
+        let slot = match self.admit(&key, request, tenant, &cdr).await {
+            Ok(Admission::Admitted(slot)) => slot,
+            Ok(Admission::Refused) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "INVITE: store unavailable");
                 self.endpoint.respond(&key, request.response(503));
                 return;
             }
@@ -786,7 +833,12 @@ impl B2bua {
             }
         };
         tracing::info!(%local_rtp, ?service, "answered by the node");
-        self.spawn_call(call, cdr, Some(app), CallMedia::default(), None, span);
+        let resources = CallResources {
+            slot,
+            ..CallResources::default()
+        };
+        let span = tracing::Span::current();
+        self.spawn_call(call, cdr, Some(app), resources, None, &span);
     }
 
     /// 488 for an offer we cannot take (RFC 3261 §21.4.26, Warning 304/305).
@@ -861,7 +913,7 @@ impl B2bua {
         mut inputs: mpsc::UnboundedReceiver<Input>,
         cdr: CdrContext,
         mut app: Option<MediaApp>,
-        mut media: CallMedia,
+        mut media: CallResources,
         mut rerouting: Option<Rerouting>,
     ) {
         let (replies, mut reply_rx) = mpsc::unbounded_channel();
@@ -923,6 +975,9 @@ impl B2bua {
         if let Some(anchored) = media.anchored {
             anchored.stop().await;
         }
+        if let Some(slot) = media.slot {
+            self.slots.release(slot).await;
+        }
         self.metrics.active.dec();
         let mut table = self.table();
         for dialog_key in call.dialog_keys() {
@@ -936,7 +991,7 @@ impl B2bua {
         output: Output,
         replies: &mpsc::UnboundedSender<(u64, sip::endpoint::ClientEvent)>,
         cdr: &CdrContext,
-        media: &mut CallMedia,
+        media: &mut CallResources,
         rerouting: Option<&mut Rerouting>,
     ) -> Option<Input> {
         // Listener keys: the call's number with the leg in the low bits.
@@ -1008,7 +1063,7 @@ impl B2bua {
     }
 
     /// Records an anchored call from its answer on.
-    fn start_recording(&self, cdr: &CdrContext, media: &mut CallMedia) {
+    fn start_recording(&self, cdr: &CdrContext, media: &mut CallResources) {
         let (Some(anchored), Some(reason)) = (&media.anchored, media.record_reason) else {
             return;
         };

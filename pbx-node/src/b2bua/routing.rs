@@ -154,6 +154,14 @@ pub const UNALLOCATED: Refusal = Refusal {
     q850: 1,
 };
 
+/// The refusal of a call past its tenant's maximum concurrent calls
+/// (RFC 3398 maps cause 34 to 503).
+pub const TENANT_CALL_LIMIT: Refusal = Refusal {
+    status: 503,
+    cause: "NO_CIRCUIT_AVAILABLE",
+    q850: 34,
+};
+
 /// The refusal of a call that forwarded more than [`MAX_FORWARDS`] times.
 pub const FORWARD_LOOP: Refusal = Refusal {
     status: 482,
