@@ -105,6 +105,10 @@ pub struct NodeConfig {
     pub api_session_ttl_secs: u64,
     /// Login attempts allowed per minute from one source address.
     pub api_logins_per_minute: u32,
+    /// Edge proxies (the SBC's inside addresses) trusted to name a
+    /// device's address in its Via: what an extension's allowed
+    /// registration networks are checked against.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for NodeConfig {
@@ -137,6 +141,11 @@ impl Default for NodeConfig {
             admin_password: None,
             api_session_ttl_secs: 8 * 3600,
             api_logins_per_minute: 30,
+            // The embedded appliance runs its SBC on the same host.
+            trusted_proxies: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|net| net.parse().ok())
+                .collect(),
         }
     }
 }
@@ -277,6 +286,10 @@ pub struct Args {
     /// Login attempts per minute from one source address (default 30).
     #[arg(long, env = "PBX_API_LOGINS_PER_MINUTE")]
     pub api_logins_per_minute: Option<u32>,
+    /// Edge proxies trusted to name devices' addresses, comma separated
+    /// CIDRs (default 127.0.0.0/8,::1/128).
+    #[arg(long, env = "PBX_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PBX_LOG_JSON")]
     pub log_json: bool,
@@ -328,6 +341,7 @@ impl Args {
             config.media_ip = self.media_ip;
         }
         set(&mut config.recording_stereo, &self.recording_stereo);
+        set(&mut config.trusted_proxies, &self.trusted_proxies);
         if self.blob_dir.is_some() {
             config.blob_dir.clone_from(&self.blob_dir);
         }

@@ -257,6 +257,7 @@ impl PbxNode {
             echo_test_number: config.echo_test_number.clone(),
             conference_prefix: config.conference_prefix.clone(),
             media_ip: config.media_ip,
+            trusted_proxies: config.trusted_proxies.clone(),
             media: MediaServices {
                 ports,
                 music,

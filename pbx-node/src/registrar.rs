@@ -3,10 +3,47 @@
 //! bindings in, a plan of binding writes or a refusal out. The service
 //! module does the authentication and the store reads and writes.
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use sip::message::{Contact, NameAddr, SipMessage};
 
 use crate::model::{Binding, Extension};
 use crate::repo::{binding_key, BindingUpsert, StoredBinding};
+
+/// The address a REGISTER came from as the device sent it: the packet's
+/// source, or, when that is a trusted edge proxy (the SBC), the address
+/// the proxy recorded in the device's Via (`received`, else its sent-by
+/// host). `None` when a trusted proxy's request names no device address.
+pub fn device_ip(
+    request: &SipMessage,
+    source: IpAddr,
+    trusted_proxies: &[IpNet],
+) -> Option<IpAddr> {
+    if !trusted_proxies.iter().any(|net| net.contains(&source)) {
+        return Some(source);
+    }
+    let vias = request.vias().ok()?;
+    match vias.get(1) {
+        // The proxy's own Via on top, the device's under it.
+        Some(device) => device
+            .param("received")
+            .and_then(|p| p.value.as_deref())
+            .unwrap_or(&device.host)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok(),
+        // Sent from the proxy's host itself: no proxy in between.
+        None => Some(source),
+    }
+}
+
+/// Whether an extension's allowed registration networks admit `device`.
+pub fn registration_allowed(extension: &Extension, device: Option<IpAddr>) -> bool {
+    let allowed = &extension.settings.allowed_registration_cidrs;
+    allowed.is_empty() || device.is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
+}
 
 /// What a REGISTER asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +378,67 @@ mod tests {
             recording: Default::default(),
             settings: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_device_address_is_the_source_unless_a_trusted_proxy_names_it() {
+        let via_sbc = |device_via: &str| {
+            let text = format!(
+                "REGISTER sip:demo.pbx.local SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKsbc\r\n\
+                 Via: {device_via}\r\n\
+                 From: <sip:100@demo.pbx.local>;tag=a\r\nTo: <sip:100@demo.pbx.local>\r\n\
+                 Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+            );
+            parse_datagram(text.as_bytes()).expect("REGISTER")
+        };
+        let sbc: IpAddr = "10.0.0.5".parse().expect("ip");
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().expect("net")];
+        let natted = via_sbc(
+            "SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bK1;received=198.51.100.9;rport=4444",
+        );
+        assert_eq!(
+            device_ip(&natted, sbc, &trusted),
+            Some("198.51.100.9".parse().expect("ip"))
+        );
+        let public = via_sbc("SIP/2.0/TLS [2001:db8::7]:5061;branch=z9hG4bK1");
+        assert_eq!(
+            device_ip(&public, sbc, &trusted),
+            Some("2001:db8::7".parse().expect("ip"))
+        );
+        // From an untrusted source, what its Vias say does not count.
+        assert_eq!(device_ip(&natted, sbc, &[]), Some(sbc));
+        // The proxy's host registering itself.
+        let direct = register("d2", 1, "");
+        assert_eq!(device_ip(&direct, sbc, &trusted), Some(sbc));
+        let named = via_sbc("SIP/2.0/UDP phone.example;branch=z9hG4bK1");
+        assert_eq!(device_ip(&named, sbc, &trusted), None);
+    }
+
+    #[test]
+    fn allowed_networks_admit_only_their_devices() {
+        let mut phone = extension(1, true);
+        assert!(registration_allowed(&phone, None), "empty = from anywhere");
+        phone.settings.allowed_registration_cidrs = vec![
+            "198.51.100.0/24".parse().expect("net"),
+            "2001:db8::/32".parse().expect("net"),
+        ];
+        assert!(registration_allowed(
+            &phone,
+            Some("198.51.100.9".parse().expect("ip"))
+        ));
+        assert!(registration_allowed(
+            &phone,
+            Some("2001:db8::7".parse().expect("ip"))
+        ));
+        assert!(!registration_allowed(
+            &phone,
+            Some("203.0.113.1".parse().expect("ip"))
+        ));
+        assert!(
+            !registration_allowed(&phone, None),
+            "an unknown address is not allowed"
+        );
     }
 
     fn register(call_id: &str, cseq: u32, extra: &str) -> SipMessage {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sip::endpoint::{Endpoint, EndpointEvent, Peer};
 use sip::message::{Method, SipMessage};
 use sip::transaction::{TimerConfig, TransactionKey};
-use sip::transport::{Transport, TransportConfig, TransportLayer};
+use sip::transport::{TransportConfig, TransportLayer};
 use sip::validate::Policy;
 use tokio::task::JoinHandle;
 
@@ -31,6 +31,8 @@ pub struct SipServices {
     pub conference_prefix: String,
     pub media_ip: Option<std::net::IpAddr>,
     pub media: MediaServices,
+    /// Edge proxies whose requests name the device's address in its Via.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The bound SIP listeners.
@@ -55,6 +57,7 @@ impl SipServer {
         let registrar = Arc::new(RegistrarService::new(
             services.repo.clone(),
             services.auth.clone(),
+            services.trusted_proxies,
         ));
         let b2bua = B2bua::new(
             services.auth,
@@ -97,16 +100,6 @@ impl SipServer {
     }
 }
 
-fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-        Transport::Ws => "ws",
-        Transport::Wss => "wss",
-    }
-}
-
 struct Front {
     endpoint: Endpoint,
     registrar: Arc<RegistrarService>,
@@ -138,10 +131,8 @@ impl Front {
                 // Each REGISTER waits on the store; running them apart keeps
                 // one slow write from holding up every other phone.
                 tokio::spawn(async move {
-                    let received_from =
-                        format!("{}:{}", transport_name(source.transport), source.addr);
                     let response = registrar
-                        .handle_register(&request, &received_from, unix_now_ms())
+                        .handle_register(&request, source, unix_now_ms())
                         .await;
                     endpoint.respond(&key, response);
                 });

@@ -4,10 +4,14 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ipnet::IpNet;
+use sip::endpoint::Peer;
 use sip::message::SipMessage;
 
 use crate::auth::{Authenticated, Authenticator, ChallengeKind};
-use crate::registrar::{ok_response, parse_register, plan_bindings};
+use crate::registrar::{
+    device_ip, ok_response, parse_register, plan_bindings, registration_allowed,
+};
 use crate::repo::{Repo, RepoError};
 
 pub fn unix_now_ms() -> u64 {
@@ -26,21 +30,35 @@ const WRITE_ATTEMPTS: u32 = 5;
 pub struct RegistrarService {
     repo: Repo,
     auth: Arc<Authenticator>,
+    /// Edge proxies (the SBC) whose requests name the device's address in
+    /// its Via.
+    trusted_proxies: Vec<IpNet>,
+}
+
+/// `udp:192.0.2.1:5060`: where a binding's device is reached when it has
+/// no Path.
+fn received_from(source: Peer) -> String {
+    let transport = source.transport.via_name().to_ascii_lowercase();
+    format!("{transport}:{}", source.addr)
 }
 
 impl RegistrarService {
-    pub fn new(repo: Repo, auth: Arc<Authenticator>) -> Self {
-        RegistrarService { repo, auth }
+    pub fn new(repo: Repo, auth: Arc<Authenticator>, trusted_proxies: Vec<IpNet>) -> Self {
+        RegistrarService {
+            repo,
+            auth,
+            trusted_proxies,
+        }
     }
 
-    /// The response to a validated REGISTER.
+    /// The response to a validated REGISTER from `source`.
     pub async fn handle_register(
         &self,
         request: &SipMessage,
-        received_from: &str,
+        source: Peer,
         now_ms: u64,
     ) -> SipMessage {
-        match self.register(request, received_from, now_ms).await {
+        match self.register(request, source, now_ms).await {
             Ok(response) => response,
             Err(e @ RepoError::Conflict { .. }) => {
                 tracing::warn!(error = %e, "REGISTER gave up");
@@ -66,7 +84,7 @@ impl RegistrarService {
     async fn register(
         &self,
         request: &SipMessage,
-        received_from: &str,
+        source: Peer,
         now_ms: u64,
     ) -> Result<SipMessage, RepoError> {
         let (tenant, extension) = match self
@@ -89,6 +107,23 @@ impl RegistrarService {
                 "Forbidden (credentials do not match the address of record)",
             ));
         }
+        // Checked only once authenticated, so it reveals nothing to a
+        // stranger.
+        let device = device_ip(request, source.addr.ip(), &self.trusted_proxies);
+        if !registration_allowed(&extension, device) {
+            tracing::info!(
+                tenant = %tenant.code,
+                extension = %extension.number,
+                device = ?device,
+                "REGISTER from outside the extension's allowed networks"
+            );
+            return Ok(sip::message::response_from_headers(
+                &request.headers,
+                403,
+                "Forbidden (registration not allowed from this network)",
+            ));
+        }
+        let received_from = received_from(source);
         // Planned from this node's copy of the bindings; the write checks
         // that the leader's copy is the same (another node may have
         // written since, or this node may lag) and else hands back the
@@ -104,7 +139,7 @@ impl RegistrarService {
                 &extension,
                 &tenant.id,
                 &bindings.live(now_ms),
-                received_from,
+                &received_from,
                 now_ms,
             ) {
                 Ok(plan) => plan,

@@ -317,3 +317,55 @@ async fn concurrent_registrations_through_three_nodes_keep_the_contact_limit() {
         node.shutdown().await;
     }
 }
+
+/// An extension's allowed registration networks are checked against the
+/// device's address: the packet's source, or the address a trusted edge
+/// proxy (loopback, by default) names in the device's Via.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_only_from_the_allowed_networks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = single_node(dir.path(), false).await;
+    let client = reqwest::Client::new();
+    let token = common::admin_token(&client, node.http.addr).await;
+    let response = client
+        .put(format!(
+            "http://{}/api/v1/tenants/{}/extensions/100",
+            node.http.addr,
+            common::TEST_CODE
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"allowed_registration_cidrs": ["198.51.100.0/24"]}))
+        .send()
+        .await
+        .expect("PUT extension");
+    assert_eq!(response.status().as_u16(), 200);
+
+    let mut phone = TestPhone::new(node.sip.udp_addr, "100-TEST", PASSWORD).await;
+    let contact = "Contact: <sip:100@192.0.2.1:5060>\r\n";
+    // The node's directory follows the change through the store's watch.
+    let mut refused = None;
+    for _ in 0..50 {
+        let reply = phone.register(contact).await;
+        if reply.status() == Some(403) {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("REGISTER from 127.0.0.1 itself: 403");
+    assert_eq!(
+        refused.reason(),
+        Some("Forbidden (registration not allowed from this network)")
+    );
+
+    // The same socket as an edge proxy relaying a device in the allowed
+    // network, and one outside it.
+    let relayed = |device: &str| {
+        format!("Via: SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bKdev;received={device};rport=4000\r\n{contact}")
+    };
+    let allowed = phone.register(&relayed("198.51.100.9")).await;
+    assert_eq!(allowed.status(), Some(200));
+    let outside = phone.register(&relayed("203.0.113.9")).await;
+    assert_eq!(outside.status(), Some(403));
+    node.shutdown().await;
+}
