@@ -14,7 +14,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::message::{Method, SipMessage};
-use crate::transaction::{LayerEvent, TimerConfig, TransactionKey, TransactionLayer};
+use crate::transaction::{
+    release_spare_capacity, LayerEvent, TimerConfig, TransactionKey, TransactionLayer,
+};
 use crate::transport::{InboundMessage, Transport, TransportError, TransportLayer};
 use crate::validate::{classify, Inbound, Policy};
 
@@ -329,8 +331,13 @@ impl Driver {
                     }
                 }
                 LayerEvent::Terminated { key } => {
-                    self.server_sources.remove(&key);
-                    self.clients.remove(&key);
+                    // Both tables shrink back after a burst, as the layer's does.
+                    if self.server_sources.remove(&key).is_some() {
+                        release_spare_capacity(&mut self.server_sources);
+                    }
+                    if self.clients.remove(&key).is_some() {
+                        release_spare_capacity(&mut self.clients);
+                    }
                 }
             }
         }

@@ -503,6 +503,18 @@ pub enum LayerEvent {
     },
 }
 
+/// A burst leaves a table sized for its peak (32 s of transactions at the
+/// peak rate, tens of MB on a registrar); once it has drained to a quarter
+/// of that, the memory goes back. Halving keeps the rehash cost amortized
+/// over the removals that led to it.
+pub(crate) fn release_spare_capacity<K: Eq + std::hash::Hash, V>(table: &mut HashMap<K, V>) {
+    const KEEP: usize = 1024;
+    let capacity = table.capacity();
+    if capacity > KEEP && table.len() * 4 < capacity {
+        table.shrink_to((table.len() * 2).max(KEEP));
+    }
+}
+
 /// All live transactions of one element.
 #[derive(Debug, Default)]
 pub struct TransactionLayer {
@@ -523,19 +535,6 @@ impl TransactionLayer {
             transactions: HashMap::new(),
             deadlines: BTreeMap::new(),
             next_seq: 0,
-        }
-    }
-
-    /// A burst leaves the table sized for its peak (32 s of transactions at
-    /// the peak rate, tens of MB on a registrar); once it has drained to a
-    /// quarter of that, the memory goes back. Halving keeps the rehash
-    /// cost amortized over the removals that led to it.
-    fn release_spare_capacity(&mut self) {
-        const KEEP: usize = 1024;
-        let capacity = self.transactions.capacity();
-        if capacity > KEEP && self.transactions.len() * 4 < capacity {
-            self.transactions
-                .shrink_to((self.transactions.len() * 2).max(KEEP));
         }
     }
 
@@ -690,7 +689,7 @@ impl TransactionLayer {
                 Action::Timeout => events.push(LayerEvent::Timeout { key: key.clone() }),
                 Action::Terminated => {
                     self.transactions.remove(key);
-                    self.release_spare_capacity();
+                    release_spare_capacity(&mut self.transactions);
                     events.push(LayerEvent::Terminated { key: key.clone() });
                 }
             }
