@@ -31,7 +31,7 @@ enum Control {
     List,
     /// Days of the week as a group of checkboxes.
     Days,
-    /// One of fixed choices.
+    /// One of fixed choices; none = left out (the default).
     Choice(&'static [(&'static str, &'static str)]),
     /// A time of day `HH:MM`; empty = left out.
     Time,
@@ -247,7 +247,7 @@ pub fn input_from_form(form: &FormData, kind: ExtensionKind) -> Result<Extension
         let text = form.text(field.name);
         let value = match field.control {
             Text => Some(Value::String(text.to_string())),
-            Optional | Secret | Time if text.is_empty() => None,
+            Optional | Secret | Time | Choice(_) if text.is_empty() => None,
             Optional | Time => Some(Value::String(text.to_string())),
             // Secrets are sent exactly as typed: spaces may belong to them.
             Secret => form.get(field.name).map(|v| Value::String(v.to_string())),
@@ -284,10 +284,15 @@ pub fn input_from_form(form: &FormData, kind: ExtensionKind) -> Result<Extension
     if no_hours {
         object.remove("working_hours");
     }
-    if form.text("outbound_filter.mode") != "regex" {
-        if let Some(Value::Object(filter)) = object.get_mut("outbound_filter") {
+    let mut no_filter = false;
+    if let Some(Value::Object(filter)) = object.get_mut("outbound_filter") {
+        if form.text("outbound_filter.mode") != "regex" {
             filter.remove("pattern");
         }
+        no_filter = filter.is_empty();
+    }
+    if no_filter {
+        object.remove("outbound_filter");
     }
     let json = serde_json::to_vec(&Value::Object(object))
         .map_err(|e| ApiError::invalid("form", e.to_string()))?;

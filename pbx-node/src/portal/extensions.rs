@@ -374,6 +374,7 @@ pub async fn new_page(
 pub async fn create(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
+    session.require_user_admin()?;
     let kind = kind_of(form.text("kind"));
     let created = match input_from_form(&form, kind) {
         Ok(input) => extensions::create(&state, &session.principal, code, input).await,
@@ -426,6 +427,7 @@ pub async fn update(
 ) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
+    session.require_user_admin()?;
     let current = extensions::get(&state, &session.principal, code, &number).await?;
     let updated = match input_from_form(&form, current.kind) {
         Ok(input) => extensions::update(&state, &session.principal, code, &number, input).await,
@@ -523,6 +525,7 @@ pub async fn bulk_create_page(session: PortalSession) -> Result<Response, Portal
 pub async fn bulk_create(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
+    session.require_user_admin()?;
     let optional = |name: &str| Some(form.text(name).to_string()).filter(|v| !v.is_empty());
     let created = match form.text("count").parse::<u32>() {
         Ok(count) => {
@@ -594,6 +597,7 @@ pub async fn import(
     mut multipart: Multipart,
 ) -> Result<Response, PortalError> {
     let code = session.tenant_code()?;
+    session.require_user_admin()?;
     let mut token = None;
     let mut file = None;
     loop {

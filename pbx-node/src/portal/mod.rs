@@ -186,6 +186,13 @@ impl PortalSession {
         self.principal.holds(Area::Users, Level::FullAccess)
     }
 
+    /// Refuses a change to extensions, users or roles from a principal
+    /// that may only look, before its form is even read: the API's own
+    /// check, which the API functions repeat.
+    pub fn require_user_admin(&self) -> Result<(), PortalError> {
+        crate::api::require(&self.principal, Area::Users, Level::FullAccess).map_err(Into::into)
+    }
+
     /// Refuses a form whose CSRF field (`submitted`) is not this session's.
     pub fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PortalError> {
         if csrf_matches(&self.csrf, submitted) {
