@@ -114,10 +114,19 @@ impl Browser {
         let done = browser
             .post(
                 "/login",
-                &[("csrf", &csrf), ("username", username), ("password", password)],
+                &[
+                    ("csrf", &csrf),
+                    ("username", username),
+                    ("password", password),
+                ],
             )
             .await;
-        assert_eq!(done.status, StatusCode::SEE_OTHER, "login {username}: {}", done.body);
+        assert_eq!(
+            done.status,
+            StatusCode::SEE_OTHER,
+            "login {username}: {}",
+            done.body
+        );
         assert_eq!(done.location.as_deref(), Some("/extensions"));
         assert!(browser.cookie("pbx_session").is_some(), "a session cookie");
         browser
@@ -207,18 +216,25 @@ async fn node_with_two_tenants(dir: &Path) -> (PbxNode, Api) {
             .call(
                 Method::POST,
                 "/api/v1/users",
-                Some(json!({"username": format!("admin@{lower}"), "password": TENANT_PASSWORD,
-                            "role": "tenant_admin", "tenant_code": code})),
+                Some(
+                    json!({"username": format!("admin@{lower}"), "password": TENANT_PASSWORD,
+                            "role": "tenant_admin", "tenant_code": code}),
+                ),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        for number in ["100", "555"].iter().take(if code == "ACME" { 1 } else { 2 }) {
+        for number in ["100", "555"]
+            .iter()
+            .take(if code == "ACME" { 1 } else { 2 })
+        {
             let (status, body) = system
                 .call(
                     Method::POST,
                     &format!("/api/v1/tenants/{code}/extensions"),
-                    Some(json!({"number": number, "display_name": format!("{code} {number}"),
-                                "password": format!("{lower}-secret-{number}")})),
+                    Some(
+                        json!({"number": number, "display_name": format!("{code} {number}"),
+                                "password": format!("{lower}-secret-{number}")}),
+                    ),
                 )
                 .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -261,7 +277,12 @@ async fn without_a_session_every_page_leads_to_the_login() {
     let page = anonymous
         .post(
             "/extensions/new",
-            &[("csrf", "x"), ("kind", "phone"), ("number", "300"), ("password", "sneaky-pass-1")],
+            &[
+                ("csrf", "x"),
+                ("kind", "phone"),
+                ("number", "300"),
+                ("password", "sneaky-pass-1"),
+            ],
         )
         .await;
     assert_eq!(page.location.as_deref(), Some("/login"));
@@ -272,8 +293,14 @@ async fn without_a_session_every_page_leads_to_the_login() {
     assert!(!extension_exists(&system, "ACME", "300").await);
     // The login page itself, and the assets, need none.
     assert_eq!(anonymous.get("/login").await.status, StatusCode::OK);
-    assert_eq!(anonymous.get("/assets/portal.css").await.status, StatusCode::OK);
-    assert_eq!(anonymous.get("/assets/portal.js").await.status, StatusCode::OK);
+    assert_eq!(
+        anonymous.get("/assets/portal.css").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        anonymous.get("/assets/portal.js").await.status,
+        StatusCode::OK
+    );
     node.shutdown().await;
 }
 
@@ -303,13 +330,31 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
             pairs.push(("csrf", token));
         }
         let page = admin.post("/extensions/new", &pairs).await;
-        assert_eq!(page.status, StatusCode::FORBIDDEN, "{what} token: {}", page.body);
+        assert_eq!(
+            page.status,
+            StatusCode::FORBIDDEN,
+            "{what} token: {}",
+            page.body
+        );
         assert!(page.body.contains("Nothing was changed"), "{}", page.body);
     }
     for (path, pairs) in [
-        ("/extensions/100", vec![("kind", "phone"), ("number", "100"), ("dnd", "on")]),
-        ("/extensions/bulk-delete", vec![("numbers", "100"), ("confirmed", "yes")]),
-        ("/users", vec![("username", "intruder"), ("password", "intruder pass 1"), ("role", "tenant_admin")]),
+        (
+            "/extensions/100",
+            vec![("kind", "phone"), ("number", "100"), ("dnd", "on")],
+        ),
+        (
+            "/extensions/bulk-delete",
+            vec![("numbers", "100"), ("confirmed", "yes")],
+        ),
+        (
+            "/users",
+            vec![
+                ("username", "intruder"),
+                ("password", "intruder pass 1"),
+                ("role", "tenant_admin"),
+            ],
+        ),
         ("/roles", vec![("name", "sneaky"), ("grant.Users", "full")]),
         ("/logout", vec![]),
     ] {
@@ -321,7 +366,9 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
         .call(Method::GET, "/api/v1/tenants/ACME/extensions/100", None)
         .await;
     assert_eq!(ext["dnd"], false, "the forged edit changed nothing");
-    let (status, _) = system.call(Method::GET, "/api/v1/users/intruder", None).await;
+    let (status, _) = system
+        .call(Method::GET, "/api/v1/users/intruder", None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // The refused logout left the session alive.
     assert_eq!(admin.get("/extensions").await.status, StatusCode::OK);
@@ -338,7 +385,11 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
     let page = fresh
         .post(
             "/login",
-            &[("csrf", "forged"), ("username", "admin@acme"), ("password", TENANT_PASSWORD)],
+            &[
+                ("csrf", "forged"),
+                ("username", "admin@acme"),
+                ("password", TENANT_PASSWORD),
+            ],
         )
         .await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
@@ -346,10 +397,18 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
     let page = fresh
         .post(
             "/login",
-            &[("csrf", &login.csrf()), ("username", "admin@acme"), ("password", TENANT_PASSWORD)],
+            &[
+                ("csrf", &login.csrf()),
+                ("username", "admin@acme"),
+                ("password", TENANT_PASSWORD),
+            ],
         )
         .await;
-    assert_eq!(page.status, StatusCode::FORBIDDEN, "the failed attempt used the token up");
+    assert_eq!(
+        page.status,
+        StatusCode::FORBIDDEN,
+        "the failed attempt used the token up"
+    );
     node.shutdown().await;
 }
 
@@ -365,7 +424,10 @@ async fn a_tenant_administrator_never_sees_another_tenant() {
     assert_eq!(list.status, StatusCode::OK);
     assert!(list.body.contains("ACME 100"), "{}", list.body);
     assert!(!list.body.contains("GLOBEX"), "{}", list.body);
-    assert!(!list.body.contains("tenant-switch"), "no switcher for a tenant admin");
+    assert!(
+        !list.body.contains("tenant-switch"),
+        "no switcher for a tenant admin"
+    );
     // GLOBEX's 555 does not exist for ACME, read or written.
     let page = acme.get("/extensions/555").await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
@@ -373,7 +435,12 @@ async fn a_tenant_administrator_never_sees_another_tenant() {
     let page = acme
         .post(
             "/extensions/555",
-            &[("csrf", &csrf), ("kind", "phone"), ("number", "555"), ("dnd", "on")],
+            &[
+                ("csrf", &csrf),
+                ("kind", "phone"),
+                ("number", "555"),
+                ("dnd", "on"),
+            ],
         )
         .await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
@@ -404,7 +471,10 @@ async fn a_tenant_administrator_never_sees_another_tenant() {
     let mut admin = Browser::login(node.http.addr, "admin", ADMIN_PASSWORD).await;
     let list = admin.get("/extensions").await;
     assert!(list.body.contains("tenant-switch"));
-    assert!(list.body.contains("ACME 100"), "the first tenant by default");
+    assert!(
+        list.body.contains("ACME 100"),
+        "the first tenant by default"
+    );
     let page = admin
         .post("/tenant", &[("csrf", &list.csrf()), ("tenant", "GLOBEX")])
         .await;
@@ -443,18 +513,38 @@ async fn without_write_permission_no_write_buttons_and_a_forged_post_gets_403() 
     for (path, pairs) in [
         (
             "/extensions/new",
-            vec![("kind", "phone"), ("number", "301"), ("password", "viewer-pass-301")],
+            vec![
+                ("kind", "phone"),
+                ("number", "301"),
+                ("password", "viewer-pass-301"),
+            ],
         ),
-        ("/extensions/100", vec![("kind", "phone"), ("number", "100"), ("dnd", "on")]),
-        ("/extensions/bulk-delete", vec![("numbers", "100"), ("confirmed", "yes")]),
-        ("/extensions/bulk-create", vec![("first", "400"), ("count", "2")]),
-        ("/roles", vec![("name", "sneaky"), ("grant.Analytics", "view")]),
+        (
+            "/extensions/100",
+            vec![("kind", "phone"), ("number", "100"), ("dnd", "on")],
+        ),
+        (
+            "/extensions/bulk-delete",
+            vec![("numbers", "100"), ("confirmed", "yes")],
+        ),
+        (
+            "/extensions/bulk-create",
+            vec![("first", "400"), ("count", "2")],
+        ),
+        (
+            "/roles",
+            vec![("name", "sneaky"), ("grant.Analytics", "view")],
+        ),
     ] {
         let mut pairs = pairs;
         pairs.push(("csrf", &csrf));
         let page = viewer.post(path, &pairs).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.body);
-        assert!(page.body.contains("needs Users: Full Access"), "{path}: {}", page.body);
+        assert!(
+            page.body.contains("needs Users: Full Access"),
+            "{path}: {}",
+            page.body
+        );
     }
     assert!(!extension_exists(&system, "ACME", "301").await);
     assert!(!extension_exists(&system, "ACME", "400").await);
@@ -493,7 +583,10 @@ async fn the_portal_session_is_the_apis_and_output_is_escaped() {
         .expect("a session cookie")
         .to_string();
     assert!(session_cookie.contains("HttpOnly"), "{session_cookie}");
-    assert!(session_cookie.contains("SameSite=Strict"), "{session_cookie}");
+    assert!(
+        session_cookie.contains("SameSite=Strict"),
+        "{session_cookie}"
+    );
 
     let mut acme = Browser::login(addr, "admin@acme", TENANT_PASSWORD).await;
     let token = acme.cookie("pbx_session").expect("token").to_string();
@@ -503,7 +596,11 @@ async fn the_portal_session_is_the_apis_and_output_is_escaped() {
         token,
     };
     let (status, me) = api.call(Method::GET, "/api/v1/auth/me", None).await;
-    assert_eq!(status, StatusCode::OK, "the cookie's token is an API session");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the cookie's token is an API session"
+    );
     assert_eq!(me["username"], "admin@acme");
 
     // Whatever a user typed is shown as text, never as markup.
@@ -517,7 +614,10 @@ async fn the_portal_session_is_the_apis_and_output_is_escaped() {
     assert_eq!(status, StatusCode::OK, "{body}");
     for path in ["/extensions", "/extensions/100"] {
         let page = acme.get(path).await;
-        assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{path}");
+        assert!(
+            page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{path}"
+        );
         assert!(!page.body.contains("<script>alert"), "{path}");
     }
     let search = acme.get("/extensions?search=%22%3E%3Cimg+src%3Dx%3E").await;
@@ -602,7 +702,10 @@ async fn the_portal_works_in_a_real_browser() {
         .as_array()
         .map(|s| s.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    assert!(screenshots.len() >= 14, "a screenshot of each page: {results}");
+    assert!(
+        screenshots.len() >= 14,
+        "a screenshot of each page: {results}"
+    );
     for file in &screenshots {
         let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1000, "{file} is a real image");
@@ -610,7 +713,13 @@ async fn the_portal_works_in_a_real_browser() {
     println!("{} screenshots in {}", screenshots.len(), shots.display());
     // What the browser did is what the API sees.
     assert!(!extension_exists(&system, "GLOBEX", "250").await, "deleted");
-    assert!(!extension_exists(&system, "GLOBEX", "260").await, "import refused whole");
-    assert!(!extension_exists(&system, "ACME", "250").await, "in GLOBEX only");
+    assert!(
+        !extension_exists(&system, "GLOBEX", "260").await,
+        "import refused whole"
+    );
+    assert!(
+        !extension_exists(&system, "ACME", "250").await,
+        "in GLOBEX only"
+    );
     node.shutdown().await;
 }

@@ -231,7 +231,9 @@ pub async fn bulk_delete(
     Path(code): Path<String>,
     ApiJson(request): ApiJson<BulkDelete>,
 ) -> Result<Json<BulkDeleted>, ApiError> {
-    Ok(Json(delete_numbers(&state, &principal, &code, request).await?))
+    Ok(Json(
+        delete_numbers(&state, &principal, &code, request).await?,
+    ))
 }
 
 /// Deletes the listed extensions of tenant `code`, all or none.

@@ -757,7 +757,9 @@ pub async fn update_extension(
     Path((code, number)): Path<(String, String)>,
     ApiJson(input): ApiJson<ExtensionInput>,
 ) -> Result<Json<ExtensionView>, ApiError> {
-    Ok(Json(update(&state, &principal, &code, &number, input).await?))
+    Ok(Json(
+        update(&state, &principal, &code, &number, input).await?,
+    ))
 }
 
 /// Replaces the settings of extension `number` of tenant `code`.

@@ -299,7 +299,9 @@ pub async fn update_user(
     Path(username): Path<String>,
     ApiJson(update): ApiJson<UserUpdate>,
 ) -> Result<Json<UserView>, ApiError> {
-    Ok(Json(self::update(&state, &principal, &username, update).await?))
+    Ok(Json(
+        self::update(&state, &principal, &username, update).await?,
+    ))
 }
 
 /// Changes user `username` as `update` says.
@@ -485,7 +487,9 @@ pub async fn put_role(
     Path((code, name)): Path<(String, String)>,
     ApiJson(input): ApiJson<RoleInput>,
 ) -> Result<Json<CustomRole>, ApiError> {
-    Ok(Json(save_role(&state, &principal, &code, name, input).await?))
+    Ok(Json(
+        save_role(&state, &principal, &code, name, input).await?,
+    ))
 }
 
 /// Creates or replaces custom role `name` of tenant `code`.

@@ -49,6 +49,8 @@ struct Field {
 
 struct Section {
     title: &'static str,
+    /// Laid out in two columns: a switch and its destination per line.
+    paired: bool,
     fields: &'static [Field],
 }
 
@@ -95,6 +97,7 @@ use Control::*;
 const SECTIONS: &[Section] = &[
     Section {
         title: "Information",
+        paired: false,
         fields: &[
             field("number", "Extension number", Text, "1 to 16 digits.", ALL),
             field("display_name", "Display name", Text, "Shown as the caller name; defaults to the number.", ALL),
@@ -110,6 +113,7 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         title: "Call Settings",
+        paired: false,
         fields: &[
             field("max_call_duration_secs", "Maximum call duration (seconds)", Number, "1 to 86400; empty = no limit.", ALL),
             field("max_contacts", "Maximum contacts", Number, "Devices registered at once, 1 to 100 (default 3).", PHONE),
@@ -121,14 +125,17 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         title: "Inbound Recording",
+        paired: false,
         fields: &[field("recording.inbound", "Record calls received", Check, "", ALL)],
     },
     Section {
         title: "Outbound Recording",
+        paired: false,
         fields: &[field("recording.outbound", "Record calls placed", Check, "", ALL)],
     },
     Section {
         title: "Security",
+        paired: false,
         fields: &[
             field("allowed_registration_cidrs", "Allowed registration networks", List, "Addresses or networks such as 192.0.2.0/24; empty = anywhere.", PHONE),
             field("working_hours.days", "Outbound calls allowed on", Days, "No day ticked = at any time.", ALL),
@@ -138,6 +145,7 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         title: "Web User Panel",
+        paired: false,
         fields: &[
             field("web_panel_enabled", "Web user panel", Check, "The extension's user may log in to the portal.", ALL),
             field("web_password", "Web password", Secret, "Leave empty to keep the current one.", ALL),
@@ -145,6 +153,7 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         title: "Outbound Calls",
+        paired: false,
         fields: &[
             field("external_caller_id.number", "External caller ID number", Text, "", ALL),
             field("external_caller_id.name", "External caller ID name", Text, "", ALL),
@@ -155,6 +164,7 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         title: "Find me/Follow me",
+        paired: false,
         fields: &[
             field("find_me_follow_me.enabled", "Find me/Follow me", Check, "", ALL),
             field("find_me_follow_me.number", "Alternate number", Text, "", ALL),
@@ -163,19 +173,21 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         title: "Additional Destinations",
+        paired: true,
         fields: &[
             field("forwarding.unconditional.enabled", "Forward every call", Check, "", ALL),
-            field("forwarding.unconditional.destination", "to", Text, "", ALL),
+            field("forwarding.unconditional.destination", "Destination", Text, "", ALL),
             field("forwarding.no_answer.enabled", "Forward on no answer", Check, "", ALL),
-            field("forwarding.no_answer.destination", "to", Text, "", ALL),
+            field("forwarding.no_answer.destination", "Destination", Text, "", ALL),
             field("forwarding.busy.enabled", "Forward when busy", Check, "", ALL),
-            field("forwarding.busy.destination", "to", Text, "", ALL),
+            field("forwarding.busy.destination", "Destination", Text, "", ALL),
             field("forwarding.offline.enabled", "Forward when offline", Check, "", ALL),
-            field("forwarding.offline.destination", "to", Text, "", ALL),
+            field("forwarding.offline.destination", "Destination", Text, "", ALL),
         ],
     },
     Section {
         title: "Note",
+        paired: false,
         fields: &[
             field("email", "Email", Text, "", ALL),
             field("department", "Department", Text, "", ALL),
@@ -352,7 +364,7 @@ pub fn render_sections(
             @if !fields.is_empty() {
                 fieldset.section {
                     legend { (section.title) }
-                    div.grid {
+                    div class={ "grid" @if section.paired { " pairs" } } {
                         @for f in fields {
                             (render_field(f, values, errors, existing))
                         }
@@ -463,7 +475,10 @@ mod tests {
         );
         let hours = input.working_hours.expect("hours");
         assert_eq!(hours.days, ["mon", "fri"]);
-        assert_eq!(input.voicemail_pin, None, "an empty secret keeps the stored one");
+        assert_eq!(
+            input.voicemail_pin, None,
+            "an empty secret keeps the stored one"
+        );
         assert_eq!(input.find_me_follow_me.delay_secs, 0);
         assert_eq!(input.remove_existing_on_register, Some(true));
     }

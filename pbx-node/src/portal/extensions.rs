@@ -75,7 +75,12 @@ impl ListState {
             search: query.text("search").to_string(),
             sort: known(query.text("sort")).unwrap_or("number"),
             descending: query.text("desc") == "1",
-            page: query.text("page").parse().ok().filter(|p| *p >= 1).unwrap_or(1),
+            page: query
+                .text("page")
+                .parse()
+                .ok()
+                .filter(|p| *p >= 1)
+                .unwrap_or(1),
             size,
             columns,
         }
@@ -371,7 +376,10 @@ pub async fn new_page(
 }
 
 /// `POST /extensions/new`.
-pub async fn create(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
+pub async fn create(
+    State(state): State<ApiState>,
+    posted: Posted,
+) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
     session.require_user_admin()?;
@@ -381,7 +389,9 @@ pub async fn create(State(state): State<ApiState>, posted: Posted) -> Result<Res
         Err(e) => Err(e),
     };
     match created {
-        Ok(view) => Ok(Redirect::to(&format!("/extensions/{}?done=created", view.number)).into_response()),
+        Ok(view) => {
+            Ok(Redirect::to(&format!("/extensions/{}?done=created", view.number)).into_response())
+        }
         Err(e) if is_form_error(&e) => {
             let errors = FormErrors::place(&e, &field_names(kind));
             let content = html! {
@@ -389,7 +399,13 @@ pub async fn create(State(state): State<ApiState>, posted: Posted) -> Result<Res
                 (extension_form(&session, kind, &form.values(), &errors, None))
             };
             let title = format!("New {} extension", kind_name(kind));
-            Ok(page_with_status(e.status, &session, Nav::Extensions, &title, content))
+            Ok(page_with_status(
+                e.status,
+                &session,
+                Nav::Extensions,
+                &title,
+                content,
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -434,12 +450,26 @@ pub async fn update(
         Err(e) => Err(e),
     };
     match updated {
-        Ok(view) => Ok(Redirect::to(&format!("/extensions/{}?done=saved", view.number)).into_response()),
+        Ok(view) => {
+            Ok(Redirect::to(&format!("/extensions/{}?done=saved", view.number)).into_response())
+        }
         Err(e) if is_form_error(&e) => {
             let errors = FormErrors::place(&e, &field_names(current.kind));
-            let content = extension_form(&session, current.kind, &form.values(), &errors, Some(&current));
+            let content = extension_form(
+                &session,
+                current.kind,
+                &form.values(),
+                &errors,
+                Some(&current),
+            );
             let title = format!("Extension {} · {}", current.number, current.display_name);
-            Ok(page_with_status(e.status, &session, Nav::Extensions, &title, content))
+            Ok(page_with_status(
+                e.status,
+                &session,
+                Nav::Extensions,
+                &title,
+                content,
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -447,12 +477,22 @@ pub async fn update(
 
 /// `POST /extensions/bulk-delete`: without `confirmed`, the confirmation
 /// page; with it, the deletion (all or none).
-pub async fn bulk_delete(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
+pub async fn bulk_delete(
+    State(state): State<ApiState>,
+    posted: Posted,
+) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
-    let numbers: Vec<String> = form.all("numbers").into_iter().map(str::to_string).collect();
+    let numbers: Vec<String> = form
+        .all("numbers")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     if numbers.is_empty() {
-        return Err(PortalError::new(StatusCode::BAD_REQUEST, "Select at least one extension to delete."));
+        return Err(PortalError::new(
+            StatusCode::BAD_REQUEST,
+            "Select at least one extension to delete.",
+        ));
     }
     if form.get("confirmed").is_some() {
         bulk::delete_numbers(&state, &session.principal, code, BulkDelete { numbers }).await?;
@@ -476,13 +516,19 @@ pub async fn bulk_delete(State(state): State<ApiState>, posted: Posted) -> Resul
 }
 
 /// `GET /extensions/export.csv`: the API's export, as a download.
-pub async fn export(State(state): State<ApiState>, session: PortalSession) -> Result<Response, PortalError> {
+pub async fn export(
+    State(state): State<ApiState>,
+    session: PortalSession,
+) -> Result<Response, PortalError> {
     let code = session.tenant_code()?;
     let (file_name, csv) = bulk::export(&state, &session.principal, code).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file_name}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
         ],
         csv,
     )
@@ -517,12 +563,20 @@ fn bulk_create_form(session: &PortalSession, values: &FieldValues, errors: &Form
 pub async fn bulk_create_page(session: PortalSession) -> Result<Response, PortalError> {
     session.tenant_code()?;
     let content = bulk_create_form(&session, &FieldValues::new(), &FormErrors::default());
-    Ok(page(&session, Nav::Extensions, "Bulk create extensions", content))
+    Ok(page(
+        &session,
+        Nav::Extensions,
+        "Bulk create extensions",
+        content,
+    ))
 }
 
 /// `POST /extensions/bulk-create`: the created numbers with their
 /// passwords, shown this once.
-pub async fn bulk_create(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
+pub async fn bulk_create(
+    State(state): State<ApiState>,
+    posted: Posted,
+) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
     session.require_user_admin()?;
@@ -555,12 +609,23 @@ pub async fn bulk_create(State(state): State<ApiState>, posted: Posted) -> Resul
                 }
                 p { a.btn href="/extensions" { "Back to the list" } }
             };
-            Ok(page(&session, Nav::Extensions, "Extensions created", content))
+            Ok(page(
+                &session,
+                Nav::Extensions,
+                "Extensions created",
+                content,
+            ))
         }
         Err(e) if is_form_error(&e) => {
             let errors = FormErrors::place(&e, BULK_FIELDS);
             let content = bulk_create_form(&session, &form.values(), &errors);
-            Ok(page_with_status(e.status, &session, Nav::Extensions, "Bulk create extensions", content))
+            Ok(page_with_status(
+                e.status,
+                &session,
+                Nav::Extensions,
+                "Bulk create extensions",
+                content,
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -586,7 +651,12 @@ fn import_form(session: &PortalSession) -> Markup {
 /// `GET /extensions/import`.
 pub async fn import_page(session: PortalSession) -> Result<Response, PortalError> {
     session.tenant_code()?;
-    Ok(page(&session, Nav::Extensions, "Import extensions", import_form(&session)))
+    Ok(page(
+        &session,
+        Nav::Extensions,
+        "Import extensions",
+        import_form(&session),
+    ))
 }
 
 /// `POST /extensions/import` (multipart): the CSRF field is checked before
@@ -619,7 +689,10 @@ pub async fn import(
     }
     session.check_csrf(token.as_deref())?;
     let Some(file) = file else {
-        return Err(PortalError::new(StatusCode::BAD_REQUEST, "Choose a CSV file to import."));
+        return Err(PortalError::new(
+            StatusCode::BAD_REQUEST,
+            "Choose a CSV file to import.",
+        ));
     };
     let outcome = bulk::import(&state, &session.principal, code, &file).await;
     let (status, result) = match outcome {
@@ -649,5 +722,11 @@ pub async fn import(
         Err(e) => return Err(e.into()),
     };
     let content = html! { (result) (import_form(&session)) };
-    Ok(page_with_status(status, &session, Nav::Extensions, "Import extensions", content))
+    Ok(page_with_status(
+        status,
+        &session,
+        Nav::Extensions,
+        "Import extensions",
+        content,
+    ))
 }

@@ -108,7 +108,10 @@ impl FormErrors {
     /// belongs to: `members[1]` on `members`, `working_hours` on the first
     /// `working_hours.` field; otherwise above the form.
     pub fn place(error: &ApiError, fields: &[&str]) -> FormErrors {
-        let field = error.field.as_deref().and_then(|path| form_field_of(path, fields));
+        let field = error
+            .field
+            .as_deref()
+            .and_then(|path| form_field_of(path, fields));
         FormErrors {
             field: field.map(str::to_string),
             message: Some(error.message.clone()),

@@ -168,12 +168,15 @@ pub struct PortalSession {
 impl PortalSession {
     /// The shown tenant's code, or a page saying there is none.
     pub fn tenant_code(&self) -> Result<&str, PortalError> {
-        self.tenant.as_ref().map(|t| t.code.as_str()).ok_or_else(|| {
-            PortalError::new(
-                StatusCode::NOT_FOUND,
-                "There is no tenant to show yet: create one through the API first.",
-            )
-        })
+        self.tenant
+            .as_ref()
+            .map(|t| t.code.as_str())
+            .ok_or_else(|| {
+                PortalError::new(
+                    StatusCode::NOT_FOUND,
+                    "There is no tenant to show yet: create one through the API first.",
+                )
+            })
     }
 
     /// Not bound to a tenant: a system administrator.

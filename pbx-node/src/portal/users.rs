@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::form::{first, FieldValues, FormErrors};
-use super::layout::{alert, csrf, notice, page, page_with_status, role_label, row, time_label, Nav};
+use super::layout::{
+    alert, csrf, notice, page, page_with_status, role_label, row, time_label, Nav,
+};
 use super::{PortalError, PortalSession, Posted};
 use crate::access::{Area, Grant, Level, Role};
 use crate::api::listing::ListParams;
@@ -36,7 +38,10 @@ fn role_choices(session: &PortalSession, custom: &[String]) -> Vec<(String, Stri
             .map(|name| (format!("custom:{name}"), format!("Custom: {name}"))),
     );
     if session.is_system_wide() {
-        choices.push(("system_admin".to_string(), "System admin (no tenant)".to_string()));
+        choices.push((
+            "system_admin".to_string(),
+            "System admin (no tenant)".to_string(),
+        ));
     }
     choices
 }
@@ -166,7 +171,10 @@ pub async fn users_page(
 }
 
 /// `POST /users`: a user of the shown tenant (or a system administrator).
-pub async fn create_user(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
+pub async fn create_user(
+    State(state): State<ApiState>,
+    posted: Posted,
+) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?.to_string();
     let role = role_of(form.text("role"));
@@ -184,7 +192,13 @@ pub async fn create_user(State(state): State<ApiState>, posted: Posted) -> Resul
         Err(e) if matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
             let errors = FormErrors::place(&e, USER_FIELDS);
             let content = users_content(&state, &session, &form.values(), &errors, None).await?;
-            Ok(page_with_status(e.status, &session, Nav::Users, "Users", content))
+            Ok(page_with_status(
+                e.status,
+                &session,
+                Nav::Users,
+                "Users",
+                content,
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -217,7 +231,11 @@ fn grants_label(grants: &[Grant]) -> String {
     if grants.is_empty() {
         return "—".into();
     }
-    grants.iter().map(Grant::to_string).collect::<Vec<_>>().join(", ")
+    grants
+        .iter()
+        .map(Grant::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn roles_content(
@@ -312,7 +330,10 @@ pub async fn roles_page(
 }
 
 /// `POST /roles`.
-pub async fn save_role(State(state): State<ApiState>, posted: Posted) -> Result<Response, PortalError> {
+pub async fn save_role(
+    State(state): State<ApiState>,
+    posted: Posted,
+) -> Result<Response, PortalError> {
     let Posted { session, form } = posted;
     let code = session.tenant_code()?;
     let grants = ROLE_AREAS
@@ -332,7 +353,13 @@ pub async fn save_role(State(state): State<ApiState>, posted: Posted) -> Result<
         Err(e) if e.status == StatusCode::BAD_REQUEST => {
             let errors = FormErrors::place(&e, &["name", "grants"]);
             let content = roles_content(&state, &session, &form.values(), &errors, None).await?;
-            Ok(page_with_status(e.status, &session, Nav::Roles, "Roles", content))
+            Ok(page_with_status(
+                e.status,
+                &session,
+                Nav::Roles,
+                "Roles",
+                content,
+            ))
         }
         Err(e) => Err(e.into()),
     }
