@@ -632,6 +632,167 @@ async fn the_portal_session_is_the_apis_and_output_is_escaped() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_roles_follow_the_apis_rules_with_messages_beside_the_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, system) = node_with_two_tenants(dir.path()).await;
+    let mut acme = Browser::login(node.http.addr, "admin@acme", TENANT_PASSWORD).await;
+    let users = acme.get("/users").await;
+    assert!(users.body.contains("admin@acme"));
+    assert!(!users.body.contains("admin@globex"));
+    let csrf = users.csrf();
+    // The API's password policy, shown beside the password field.
+    let page = acme
+        .post(
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("username", "clerk@acme"),
+                ("password", "short"),
+                ("display_name", "Clerk"),
+                ("role", "queue_manager"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.body.contains("id=\"u-password-error\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("value=\"Clerk\""),
+        "the form keeps what was typed"
+    );
+    let page = acme
+        .post(
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("username", "clerk@acme"),
+                ("password", "clerk pass 12"),
+                ("display_name", "Clerk"),
+                ("role", "queue_manager"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/users?done=created"),
+        "{}",
+        page.body
+    );
+    let (_, clerk) = system
+        .call(Method::GET, "/api/v1/users/clerk@acme", None)
+        .await;
+    assert_eq!(clerk["tenant_code"], "ACME");
+    assert_eq!(clerk["role"], "queue_manager");
+    // A tenant administrator cannot make a system administrator.
+    let page = acme
+        .post(
+            "/users/clerk@acme",
+            &[
+                ("csrf", &csrf),
+                ("display_name", "Clerk"),
+                ("role", "system_admin"),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+    // Disabling works, and the clerk's portal session stops at once.
+    let mut clerk_browser = Browser::login(node.http.addr, "clerk@acme", "clerk pass 12").await;
+    assert_eq!(
+        clerk_browser.get("/extensions").await.status,
+        StatusCode::OK
+    );
+    let page = acme
+        .post(
+            "/users/clerk@acme",
+            &[
+                ("csrf", &csrf),
+                ("display_name", "Clerk Kent"),
+                ("role", "queue_manager"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/users/clerk@acme?done=updated"),
+        "{}",
+        page.body
+    );
+    let (_, clerk) = system
+        .call(Method::GET, "/api/v1/users/clerk@acme", None)
+        .await;
+    assert_eq!(clerk["enabled"], false);
+    assert_eq!(clerk["display_name"], "Clerk Kent");
+    assert_eq!(
+        clerk_browser.get("/extensions").await.location.as_deref(),
+        Some("/login")
+    );
+
+    // A custom role: only the grants the administrator holds.
+    let page = acme
+        .post(
+            "/roles",
+            &[
+                ("csrf", &csrf),
+                ("name", "Bad Name!"),
+                ("grant.Analytics", "view"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("id=\"r-name-error\""), "{}", page.body);
+    let page = acme
+        .post(
+            "/roles",
+            &[
+                ("csrf", &csrf),
+                ("name", "auditor"),
+                ("grant.Analytics", "view"),
+                ("grant.Users", ""),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/roles?done=saved"),
+        "{}",
+        page.body
+    );
+    let (_, role) = system
+        .call(Method::GET, "/api/v1/tenants/ACME/roles/auditor", None)
+        .await;
+    assert_eq!(
+        role["grants"],
+        json!([{"area": "Analytics", "level": "View Only"}])
+    );
+    assert!(acme
+        .get("/roles")
+        .await
+        .body
+        .contains("Analytics: View Only"));
+    let page = acme.post("/roles/auditor/delete", &[("csrf", &csrf)]).await;
+    assert_eq!(page.location.as_deref(), Some("/roles?done=role-deleted"));
+
+    // The audit log shows what the portal did, under the portal user's name.
+    let audit = acme.get("/audit").await;
+    for entry in ["user clerk@acme", "role auditor"] {
+        assert!(audit.body.contains(entry), "{entry}: {}", audit.body);
+    }
+    // A system administrator also sees the system administrators.
+    let mut admin = Browser::login(node.http.addr, "admin", ADMIN_PASSWORD).await;
+    let users = admin.get("/users").await;
+    assert!(
+        users.body.contains("href=\"/users/admin\""),
+        "{}",
+        users.body
+    );
+    node.shutdown().await;
+}
+
 /// Where the browser test's screenshots go: `PBX_PORTAL_SCREENSHOTS`, else
 /// `portal-screenshots` in cargo's temporary directory under the target dir.
 fn screenshot_dir() -> PathBuf {

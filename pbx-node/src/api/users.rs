@@ -277,8 +277,17 @@ pub async fn get_user(
     principal: Principal,
     Path(username): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = visible_user(&state, &principal, &username).await?;
-    Ok(Json(view(&state, user).await?))
+    Ok(Json(get(&state, &principal, &username).await?))
+}
+
+/// User `username`, if the caller may see it.
+pub async fn get(
+    state: &ApiState,
+    principal: &Principal,
+    username: &str,
+) -> Result<UserView, ApiError> {
+    let user = visible_user(state, principal, username).await?;
+    view(state, user).await
 }
 
 #[utoipa::path(

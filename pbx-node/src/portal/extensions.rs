@@ -15,7 +15,7 @@ use super::extension_form::{
 };
 use super::form::{first, FieldValues, FormData, FormErrors};
 use super::layout::{alert, csrf, notice, page, page_with_status, row, Nav};
-use super::{PortalError, PortalSession, Posted, CSRF_FIELD};
+use super::{shown_on_form, PortalError, PortalSession, Posted, CSRF_FIELD};
 use crate::api::bulk::{self, BulkCreate, BulkCreated, BulkDelete, ImportOutcome};
 use crate::api::error::ApiError;
 use crate::api::extensions::{self, ExtensionView};
@@ -203,7 +203,7 @@ pub async fn list_page(
                     placeholder="Search number, name, username, email…";
                 button.btn type="submit" id="search-button" { "Search" }
                 @if !list.search.is_empty() {
-                    a.btn.ghost href=(ListState { search: String::new(), ..ListState::from_query(&query) }.url(|q| q.page = 1)) { "Clear" }
+                    a.btn.ghost href=(list.url(|q| { q.search.clear(); q.page = 1; })) { "Clear" }
                 }
             }
             div.actions {
@@ -392,7 +392,7 @@ pub async fn create(
         Ok(view) => {
             Ok(Redirect::to(&format!("/extensions/{}?done=created", view.number)).into_response())
         }
-        Err(e) if is_form_error(&e) => {
+        Err(e) if shown_on_form(&e) => {
             let errors = FormErrors::place(&e, &field_names(kind));
             let content = html! {
                 (kind_tabs(kind))
@@ -409,12 +409,6 @@ pub async fn create(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// A refusal the form itself can show (bad field, taken number, limit),
-/// rather than a page of its own (no permission, no such tenant).
-fn is_form_error(e: &ApiError) -> bool {
-    matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT)
 }
 
 /// `GET /extensions/{number}`.
@@ -453,7 +447,7 @@ pub async fn update(
         Ok(view) => {
             Ok(Redirect::to(&format!("/extensions/{}?done=saved", view.number)).into_response())
         }
-        Err(e) if is_form_error(&e) => {
+        Err(e) if shown_on_form(&e) => {
             let errors = FormErrors::place(&e, &field_names(current.kind));
             let content = extension_form(
                 &session,
@@ -616,7 +610,7 @@ pub async fn bulk_create(
                 content,
             ))
         }
-        Err(e) if is_form_error(&e) => {
+        Err(e) if shown_on_form(&e) => {
             let errors = FormErrors::place(&e, BULK_FIELDS);
             let content = bulk_create_form(&session, &form.values(), &errors);
             Ok(page_with_status(
@@ -718,7 +712,7 @@ pub async fn import(
                 }
             },
         ),
-        Err(e) if is_form_error(&e) => (e.status, alert(&e.message)),
+        Err(e) if shown_on_form(&e) => (e.status, alert(&e.message)),
         Err(e) => return Err(e.into()),
     };
     let content = html! { (result) (import_form(&session)) };

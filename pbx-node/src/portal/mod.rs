@@ -78,6 +78,10 @@ pub fn router(state: ApiState) -> Router {
             get(extensions::edit_page).post(extensions::update),
         )
         .route("/users", get(users::users_page).post(users::create_user))
+        .route(
+            "/users/{username}",
+            get(users::user_page).post(users::update_user),
+        )
         .route("/users/{username}/delete", post(users::delete_user))
         .route("/roles", get(users::roles_page).post(users::save_role))
         .route("/roles/{name}/delete", post(users::delete_role))
@@ -300,6 +304,13 @@ impl PortalError {
             message: message.into(),
         }
     }
+}
+
+/// A refusal a form shows beside its fields (a bad field, a taken name, a
+/// limit reached) rather than on a page of its own (no permission, no
+/// such tenant).
+pub fn shown_on_form(e: &ApiError) -> bool {
+    matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT)
 }
 
 impl From<ApiError> for PortalError {

@@ -1,7 +1,6 @@
 //! The users and roles pages, acting through `crate::api::users`.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
@@ -9,10 +8,10 @@ use super::form::{first, FieldValues, FormErrors};
 use super::layout::{
     alert, csrf, notice, page, page_with_status, role_label, row, time_label, Nav,
 };
-use super::{PortalError, PortalSession, Posted};
+use super::{shown_on_form, PortalError, PortalSession, Posted};
 use crate::access::{Area, Grant, Level, Role};
 use crate::api::listing::ListParams;
-use crate::api::users::{self, NewUser, RoleInput};
+use crate::api::users::{self, NewUser, RoleInput, UserUpdate, UserView};
 use crate::api::ApiState;
 
 const USER_FIELDS: &[&str] = &[
@@ -46,6 +45,17 @@ fn role_choices(session: &PortalSession, custom: &[String]) -> Vec<(String, Stri
     choices
 }
 
+/// The role select's value for `role`.
+fn choice_of(role: &Role) -> String {
+    match role {
+        Role::SystemAdmin => "system_admin".into(),
+        Role::TenantAdmin => "tenant_admin".into(),
+        Role::QueueManager => "queue_manager".into(),
+        Role::User => "user".into(),
+        Role::Custom(name) => format!("custom:{name}"),
+    }
+}
+
 fn role_of(choice: &str) -> Role {
     match choice {
         "system_admin" => Role::SystemAdmin,
@@ -60,6 +70,7 @@ fn role_of(choice: &str) -> Role {
 fn done_notice(done: Option<&str>) -> Option<Markup> {
     let text = match done? {
         "created" => "The user was created.",
+        "updated" => "The user was saved.",
         "deleted" => "The user was deleted.",
         "saved" => "The role was saved.",
         "role-deleted" => "The role was deleted.",
@@ -90,12 +101,7 @@ async fn users_content(
         };
         listed.extend(users::list(state, &session.principal, &params).await?.items);
     }
-    let custom: Vec<String> = users::roles(state, &session.principal, code)
-        .await?
-        .items
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let custom = custom_role_names(state, session).await?;
     let writable = session.can_manage_users();
     let chosen_role = first(values, "role");
     Ok(html! {
@@ -106,7 +112,7 @@ async fn users_content(
                 tbody {
                     @for u in &listed {
                         tr {
-                            td { (u.username) }
+                            td { a href={ "/users/" (u.username) } { (u.username) } }
                             td { (u.display_name) }
                             td { (u.email) }
                             td { span.badge { (role_label(&u.role)) } }
@@ -189,7 +195,7 @@ pub async fn create_user(
     };
     match users::create(&state, &session.principal, new).await {
         Ok(_) => Ok(Redirect::to("/users?done=created").into_response()),
-        Err(e) if matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
+        Err(e) if shown_on_form(&e) => {
             let errors = FormErrors::place(&e, USER_FIELDS);
             let content = users_content(&state, &session, &form.values(), &errors, None).await?;
             Ok(page_with_status(
@@ -197,6 +203,141 @@ pub async fn create_user(
                 &session,
                 Nav::Users,
                 "Users",
+                content,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+const EDIT_FIELDS: &[&str] = &["password", "display_name", "email", "role", "enabled"];
+
+fn user_form(
+    session: &PortalSession,
+    user: &UserView,
+    custom: &[String],
+    values: &FieldValues,
+    errors: &FormErrors,
+) -> Markup {
+    let writable = session.can_manage_users();
+    let chosen_role = first(values, "role");
+    let mut choices = role_choices(session, custom);
+    if !choices.iter().any(|(value, _)| value == chosen_role) {
+        choices.push((chosen_role.to_string(), role_label(&role_of(chosen_role))));
+    }
+    html! {
+        @if let Some(summary) = errors.summary() { (alert(&summary)) }
+        form.card method="post" action={ "/users/" (user.username) } {
+            (csrf(session))
+            fieldset.plain disabled[!writable] {
+                div.grid {
+                    (row("Username", "u-username", html! { input #u-username type="text" value=(user.username) readonly; }, "", None))
+                    (row("Tenant", "u-tenant", html! { input #u-tenant type="text" value=(user.tenant_code.as_deref().unwrap_or("— (system)")) readonly; }, "", None))
+                    (row("Name", "u-display_name", html! { input #u-display_name type="text" name="display_name" value=(first(values, "display_name")); }, "", errors.on("display_name")))
+                    (row("Email", "u-email", html! { input #u-email type="text" name="email" value=(first(values, "email")); }, "", errors.on("email")))
+                    (row("Role", "u-role", html! {
+                        select #u-role name="role" {
+                            @for (value, label) in &choices {
+                                option value=(value) selected[value == chosen_role] { (label) }
+                            }
+                        }
+                    }, "", errors.on("role")))
+                    (row("Status", "u-enabled", html! {
+                        label.check {
+                            input #u-enabled type="checkbox" name="enabled" checked[!first(values, "enabled").is_empty()];
+                            span { "Enabled" }
+                        }
+                    }, "A disabled user cannot log in; its sessions stop working at once.", errors.on("enabled")))
+                    (row("New password", "u-password", html! { input #u-password type="password" name="password" autocomplete="new-password"; }, "Leave empty to keep the current one.", errors.on("password")))
+                }
+            }
+            div.form-actions {
+                @if writable { button.btn.primary type="submit" id="save-user" { "Save user" } }
+                a.btn.ghost href="/users" { "Back to the users" }
+            }
+        }
+    }
+}
+
+fn values_of(user: &UserView) -> FieldValues {
+    let mut values = FieldValues::new();
+    values.insert("display_name".into(), vec![user.display_name.clone()]);
+    values.insert("email".into(), vec![user.email.clone()]);
+    values.insert("role".into(), vec![choice_of(&user.role)]);
+    if user.enabled {
+        values.insert("enabled".into(), vec!["on".into()]);
+    }
+    values
+}
+
+/// The custom roles a user of the shown tenant may get.
+async fn custom_role_names(
+    state: &ApiState,
+    session: &PortalSession,
+) -> Result<Vec<String>, PortalError> {
+    let code = session.tenant_code()?;
+    Ok(users::roles(state, &session.principal, code)
+        .await?
+        .items
+        .into_iter()
+        .map(|r| r.name)
+        .collect())
+}
+
+/// `GET /users/{username}`.
+pub async fn user_page(
+    State(state): State<ApiState>,
+    session: PortalSession,
+    Path(username): Path<String>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Response, PortalError> {
+    let user = users::get(&state, &session.principal, &username).await?;
+    let custom = custom_role_names(&state, &session).await?;
+    let query = super::FormData::parse(raw.unwrap_or_default().as_bytes());
+    let content = html! {
+        @if let Some(n) = done_notice(query.get("done")) { (n) }
+        (user_form(&session, &user, &custom, &values_of(&user), &FormErrors::default()))
+    };
+    Ok(page(
+        &session,
+        Nav::Users,
+        &format!("User {}", user.username),
+        content,
+    ))
+}
+
+/// `POST /users/{username}`: only what changed is sent, as the API's
+/// update leaves out what stays.
+pub async fn update_user(
+    State(state): State<ApiState>,
+    Path(username): Path<String>,
+    posted: Posted,
+) -> Result<Response, PortalError> {
+    let Posted { session, form } = posted;
+    let user = users::get(&state, &session.principal, &username).await?;
+    let role = role_of(form.text("role"));
+    let enabled = form.get("enabled").is_some();
+    let update = UserUpdate {
+        password: form
+            .get("password")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+        display_name: Some(form.text("display_name").to_string()),
+        email: Some(form.text("email").to_string()),
+        role: (role != user.role).then_some(role),
+        enabled: (enabled != user.enabled).then_some(enabled),
+    };
+    match users::update(&state, &session.principal, &username, update).await {
+        Ok(_) => Ok(Redirect::to(&format!("/users/{username}?done=updated")).into_response()),
+        Err(e) if shown_on_form(&e) => {
+            let custom = custom_role_names(&state, &session).await?;
+            let errors = FormErrors::place(&e, EDIT_FIELDS);
+            let content = user_form(&session, &user, &custom, &form.values(), &errors);
+            Ok(page_with_status(
+                e.status,
+                &session,
+                Nav::Users,
+                &format!("User {}", user.username),
                 content,
             ))
         }
@@ -350,7 +491,7 @@ pub async fn save_role(
     let name = form.text("name").to_string();
     match users::save_role(&state, &session.principal, code, name, RoleInput { grants }).await {
         Ok(_) => Ok(Redirect::to("/roles?done=saved").into_response()),
-        Err(e) if e.status == StatusCode::BAD_REQUEST => {
+        Err(e) if shown_on_form(&e) => {
             let errors = FormErrors::place(&e, &["name", "grants"]);
             let content = roles_content(&state, &session, &form.values(), &errors, None).await?;
             Ok(page_with_status(
