@@ -127,14 +127,34 @@ try {
   await shot(page, 'edit');
   passed('edit');
 
-  // The other kinds' forms.
-  await page.goto(`${base}/extensions/new?kind=custom`);
-  check(await page.locator('#f-custom_destination').count() === 1, 'the custom form asks for a destination');
+  // The other kinds: a custom extension calling an outside number, and a
+  // virtual one ringing 250 and 100 (a member that is no phone is refused
+  // beside the members field).
+  await page.goto(`${base}/extensions`);
+  await page.click('#new-extension');
+  await page.click('.tabs a[href="/extensions/new?kind=custom"]');
+  await page.waitForURL(/kind=custom$/);
   check(await page.locator('#f-password').count() === 0, 'a custom extension has no SIP password');
+  await page.fill('#f-number', '270');
+  await page.fill('#f-display_name', 'Front Desk Mobile');
+  await page.fill('#f-custom_destination', '+15551234567');
   await shot(page, 'new-custom');
+  await page.click('#save');
+  await page.waitForURL(/\/extensions\/270\?done=created$/);
+  check(await page.inputValue('#f-custom_destination') === '+15551234567', 'the custom destination is saved');
   await page.goto(`${base}/extensions/new?kind=virtual`);
-  check(await page.locator('#f-members').count() === 1, 'the virtual form asks for members');
-  await shot(page, 'new-virtual');
+  await page.fill('#f-number', '280');
+  await page.fill('#f-display_name', 'Front Desk Group');
+  await page.fill('#f-members', '250, 999');
+  await page.click('#save');
+  check((await text(page, '#f-members-error')).includes('999 is not a phone extension'),
+    'a member that does not exist is refused beside the members field');
+  await shot(page, 'new-virtual-error');
+  await page.fill('#f-members', '250, 100');
+  await page.click('#save');
+  await page.waitForURL(/\/extensions\/280\?done=created$/);
+  check(await page.inputValue('#f-members') === '250, 100', 'the members are saved');
+  await shot(page, 'edit-virtual');
   passed('kinds');
 
   // Import a CSV with one bad row: the report names it, nothing is written.
@@ -175,19 +195,34 @@ try {
   check(!/department/i.test(headings), 'the dropped column is gone');
   passed('columns');
 
-  // Delete it: select the row, confirm, gone.
-  await page.goto(`${base}/extensions?search=250`);
-  await page.check('#extensions input[data-row][value="250"]');
-  check((await text(page, '#bulk-delete')).includes('(1)'), 'the delete button counts the selection');
+  // CSV export, with the session's cookie.
+  const exported = await page.request.get(`${base}/extensions/export.csv`);
+  check(exported.status() === 200, 'the export downloads');
+  check(exported.headers()['content-type'].startsWith('text/csv'), 'the export is CSV');
+  const csv = await exported.text();
+  check(csv.startsWith('number,display_name') && csv.includes('Front Desk East'), 'the export holds 250');
+  passed('export');
+
+  // Delete all three: select every row found, confirm, gone.
+  await page.goto(`${base}/extensions?search=Front+Desk`);
+  check(await page.locator('#extensions tbody tr').count() === 3, 'the search finds 250, 270 and 280');
+  await page.check('#extensions thead input[data-select-all]');
+  check((await text(page, '#bulk-delete')).includes('(3)'), 'the delete button counts the selection');
+  await page.uncheck('#extensions input[data-row][value="270"]');
+  check((await text(page, '#bulk-delete')).includes('(2)'), 'unticking a row counts down');
+  await page.check('#extensions input[data-row][value="270"]');
   await page.click('#bulk-delete');
   await page.waitForURL(/\/extensions\/bulk-delete$/);
-  check((await text(page, '.confirm')).includes('250'), 'the confirmation names 250');
+  const confirmText = await text(page, '.confirm');
+  for (const number of ['250', '270', '280']) {
+    check(confirmText.includes(number), `the confirmation names ${number}`);
+  }
   await shot(page, 'delete-confirm');
   await page.click('#confirm-delete');
   await page.waitForURL(/done=deleted/);
   check((await text(page, '.notice')).includes('deleted'), 'deletion confirmed');
-  await page.goto(`${base}/extensions?search=250`);
-  check((await text(page, '#extensions tbody')).includes('No extensions match'), '250 is gone');
+  await page.goto(`${base}/extensions?search=Front+Desk`);
+  check((await text(page, '#extensions tbody')).includes('No extensions match'), '250, 270 and 280 are gone');
   passed('delete');
 
   // Users, roles and the audit log, which tells what was just done.
