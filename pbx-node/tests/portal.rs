@@ -794,6 +794,88 @@ async fn users_and_roles_follow_the_apis_rules_with_messages_beside_the_fields()
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_create_then_page_sort_and_choose_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, system) = node_with_two_tenants(dir.path()).await;
+    let mut acme = Browser::login(node.http.addr, "admin@acme", TENANT_PASSWORD).await;
+    let csrf = acme.get("/extensions/bulk-create").await.csrf();
+    // The API's refusal, beside the field it names.
+    let page = acme
+        .post(
+            "/extensions/bulk-create",
+            &[("csrf", &csrf), ("first", "200"), ("count", "5000")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("id=\"f-count-error\""), "{}", page.body);
+    let page = acme
+        .post(
+            "/extensions/bulk-create",
+            &[
+                ("csrf", &csrf),
+                ("first", "200"),
+                ("count", "30"),
+                ("display_name_pattern", "Desk {number}"),
+                ("password_pattern", ""),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("30 extensions were created"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        page.body.matches("<td class=\"mono\">").count(),
+        30,
+        "each password shown once"
+    );
+    let (_, desk) = system
+        .call(Method::GET, "/api/v1/tenants/ACME/extensions/229", None)
+        .await;
+    assert_eq!(desk["display_name"], "Desk 229");
+
+    // 31 extensions: page 2 of 10 a page, the default order by number.
+    let page = acme.get("/extensions?size=10&page=2").await;
+    assert!(page.body.contains("Showing 11–20 of 31"), "{}", page.body);
+    assert!(page.body.contains("href=\"/extensions/209\""));
+    assert!(!page.body.contains("href=\"/extensions/219\""));
+    assert!(page.body.contains("id=\"next-page\""));
+    // Sorted by number, descending: 229 first.
+    let page = acme.get("/extensions?sort=number&desc=1&size=10").await;
+    let first_row = page
+        .body
+        .find("href=\"/extensions/229\"")
+        .expect("229 listed");
+    let later_row = page
+        .body
+        .find("href=\"/extensions/220\"")
+        .expect("220 listed");
+    assert!(first_row < later_row);
+    assert!(!page.body.contains("href=\"/extensions/100\""));
+    // Searched, and with the columns chosen: email and kind only.
+    let page = acme
+        .get("/extensions?search=Desk+21&cols=number&cols=email&cols=kind")
+        .await;
+    assert!(page.body.contains("Showing 1–10 of 10"), "{}", page.body);
+    let head = page
+        .body
+        .split("<thead>")
+        .nth(1)
+        .and_then(|rest| rest.split("</thead>").next())
+        .expect("a table head");
+    assert!(head.contains(">Email<"), "{head}");
+    assert!(head.contains(">Kind<"), "{head}");
+    assert!(!head.contains(">Department<"), "{head}");
+    // A bad page or sort is no error, just the default.
+    let page = acme.get("/extensions?page=0&size=7&sort=ha1_md5").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Showing 1–25 of 31"), "{}", page.body);
+    node.shutdown().await;
+}
+
 /// Where the browser test's screenshots go: `PBX_PORTAL_SCREENSHOTS`, else
 /// `portal-screenshots` in cargo's temporary directory under the target dir.
 fn screenshot_dir() -> PathBuf {
@@ -882,7 +964,10 @@ async fn the_portal_works_in_a_real_browser() {
     );
     // What the browser did is what the API sees.
     for number in ["250", "270", "280"] {
-        assert!(!extension_exists(&system, "GLOBEX", number).await, "{number} deleted");
+        assert!(
+            !extension_exists(&system, "GLOBEX", number).await,
+            "{number} deleted"
+        );
     }
     assert!(
         !extension_exists(&system, "GLOBEX", "260").await,

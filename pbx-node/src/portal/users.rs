@@ -141,7 +141,7 @@ async fn users_content(
                 (csrf(session))
                 div.grid {
                     (row("Username", "u-username", html! { input #u-username type="text" name="username" value=(first(values, "username")) autocomplete="off"; }, "Lower-case letters, digits and . _ @ -", errors.on("username")))
-                    (row("Password", "u-password", html! { input #u-password type="password" name="password" autocomplete="new-password"; }, "At least 10 characters, not the username.", errors.on("password")))
+                    (row("Password", "u-password", html! { input #u-password type="password" name="password" autocomplete="new-password"; }, "At least 10 characters, with letters and digits, not the username.", errors.on("password")))
                     (row("Name", "u-display_name", html! { input #u-display_name type="text" name="display_name" value=(first(values, "display_name")); }, "", errors.on("display_name")))
                     (row("Email", "u-email", html! { input #u-email type="text" name="email" value=(first(values, "email")); }, "", errors.on("email")))
                     (row("Role", "u-role", html! {
