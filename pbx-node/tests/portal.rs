@@ -542,6 +542,11 @@ async fn without_write_permission_no_write_buttons_and_a_forged_post_gets_403() 
         let page = viewer.post(path, &pairs).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.body);
         assert!(
+            page.body.starts_with("<!DOCTYPE html>"),
+            "an HTML page: {}",
+            page.body
+        );
+        assert!(
             page.body.contains("needs Users: Full Access"),
             "{path}: {}",
             page.body
@@ -554,6 +559,39 @@ async fn without_write_permission_no_write_buttons_and_a_forged_post_gets_403() 
         .call(Method::GET, "/api/v1/tenants/ACME/roles", None)
         .await;
     assert_eq!(roles["items"], json!([]));
+
+    // An extension's user (web user panel) reads its own extension only.
+    let (status, body) = system
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/ACME/extensions/100",
+            Some(json!({"web_panel_enabled": true, "web_password": "panel pass 100"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut own = Browser::login(node.http.addr, "100-ACME", "panel pass 100").await;
+    let page = own.get("/extensions").await;
+    assert_eq!(page.location.as_deref(), Some("/extensions/100"));
+    let page = own.get("/extensions/100").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("My extension"));
+    assert!(!page.body.contains("id=\"save\""));
+    let csrf = page.csrf();
+    let page = own
+        .post(
+            "/extensions/100",
+            &[
+                ("csrf", &csrf),
+                ("kind", "phone"),
+                ("number", "100"),
+                ("dnd", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    for path in ["/users", "/audit", "/extensions/export.csv"] {
+        assert_eq!(own.get(path).await.status, StatusCode::FORBIDDEN, "{path}");
+    }
     node.shutdown().await;
 }
 

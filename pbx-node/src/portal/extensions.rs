@@ -16,6 +16,7 @@ use super::extension_form::{
 use super::form::{first, FieldValues, FormData, FormErrors};
 use super::layout::{alert, csrf, notice, page, page_with_status, row, Nav};
 use super::{shown_on_form, PortalError, PortalSession, Posted, CSRF_FIELD};
+use crate::access::{Area, Level};
 use crate::api::bulk::{self, BulkCreate, BulkCreated, BulkDelete, ImportOutcome};
 use crate::api::error::ApiError;
 use crate::api::extensions::{self, ExtensionView};
@@ -165,6 +166,12 @@ pub async fn list_page(
     session: PortalSession,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PortalError> {
+    // An extension's own user may not list extensions, only read its own.
+    if let Some(own) = &session.principal.extension {
+        if !session.principal.holds(Area::Users, Level::ViewOnly) {
+            return Ok(Redirect::to(&format!("/extensions/{own}")).into_response());
+        }
+    }
     let query = FormData::parse(raw.unwrap_or_default().as_bytes());
     let list = ListState::from_query(&query);
     let code = session.tenant_code()?;

@@ -117,6 +117,9 @@ pub fn page_with_status(
         }
         div.shell {
             nav.sidebar {
+                @if let (Some(own), false) = (&principal.extension, principal.holds(Area::Users, Level::ViewOnly)) {
+                    (link(Nav::Extensions, &format!("/extensions/{own}"), "My extension"))
+                }
                 @if principal.holds(Area::Users, Level::ViewOnly) {
                     (link(Nav::Extensions, "/extensions", "Extensions"))
                     (link(Nav::Users, "/users", "Users"))
