@@ -383,6 +383,8 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
     // The login form has its own double-submit token.
     let mut fresh = Browser::new(addr);
     let login = fresh.get("/login").await;
+    let again = fresh.get("/login").await;
+    assert_eq!(login.csrf(), again.csrf(), "two open login forms both work");
     let page = fresh
         .post(
             "/login",

@@ -55,12 +55,17 @@ fn login_form(status: StatusCode, csrf: &str, username: &str, error: Option<&str
     response
 }
 
-/// `GET /login`: the form, or the extensions when already logged in.
-pub async fn page(session: Result<PortalSession, Response>) -> Response {
+/// `GET /login`: the form, or the extensions when already logged in. A
+/// login token the browser already holds is reused, so two open login
+/// forms both work.
+pub async fn page(session: Result<PortalSession, Response>, headers: HeaderMap) -> Response {
     if session.is_ok() {
         return Redirect::to("/extensions").into_response();
     }
-    login_form(StatusCode::OK, &random_hex(16), "", None)
+    let token = cookie(&headers, LOGIN_CSRF_COOKIE)
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| random_hex(16), str::to_string);
+    login_form(StatusCode::OK, &token, "", None)
 }
 
 /// `POST /login`: the API's own login (rate limit, lockout, password
