@@ -976,6 +976,7 @@ async fn the_portal_works_in_a_real_browser() {
         "edit",
         "kinds",
         "import report",
+        "bulk create",
         "columns",
         "export",
         "delete",

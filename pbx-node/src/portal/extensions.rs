@@ -507,7 +507,7 @@ pub async fn bulk_delete(
                 (csrf(&session))
                 @for n in &numbers { input type="hidden" name="numbers" value=(n); }
                 input type="hidden" name="confirmed" value="yes";
-                button.btn.danger type="submit" id="confirm-delete" { "Delete" }
+                button.btn.danger.solid type="submit" id="confirm-delete" { "Delete" }
                 " "
                 a.btn.ghost href="/extensions" { "Cancel" }
             }

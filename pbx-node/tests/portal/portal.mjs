@@ -181,9 +181,18 @@ try {
     'the good row of the refused file was not imported');
   passed('import report');
 
-  // Bulk create page and the list's column choice.
+  // Bulk create two, whose passwords are shown once; then the list's
+  // column choice.
   await page.goto(`${base}/extensions/bulk-create`);
+  await page.fill('#f-first', '290');
+  await page.fill('#f-count', '2');
   await shot(page, 'bulk-create');
+  await page.click('#bulk-create');
+  const created = page.locator('#created tbody tr');
+  check(await created.count() === 2, 'two extensions created');
+  check((await created.first().innerText()).includes('290-GLOBEX'), 'with their usernames');
+  await shot(page, 'bulk-created');
+  passed('bulk create');
   await page.goto(`${base}/extensions`);
   await page.click('details.columns summary');
   await page.check('details.columns input[value="email"]');
@@ -229,6 +238,9 @@ try {
   await page.click('a.nav-link[href="/users"]');
   check(await page.locator('#users').count() === 1, 'the users page lists users');
   await shot(page, 'users');
+  await page.click('#users a[href="/users/admin@globex"]');
+  check(await page.inputValue('#u-role') === 'tenant_admin', 'the user page shows the role');
+  await shot(page, 'user-edit');
   await page.click('a.nav-link[href="/roles"]');
   check((await text(page, '#builtin-roles')).includes('Tenant admin'), 'the roles page lists the built-in roles');
   await shot(page, 'roles');
