@@ -41,7 +41,7 @@ pub async fn page_view(
     let next = entries
         .last()
         .filter(|_| entries.len() as u64 == PAGE)
-        .map(|e| e.time_ms + 1);
+        .map(|e| e.time_ms.saturating_add(1));
     let scope_param = if system { "&scope=system" } else { "" };
     let content = html! {
         div.toolbar {

@@ -87,6 +87,12 @@ impl ListState {
         }
     }
 
+    /// How many items come before this page; a page number typed beyond
+    /// any count just shows an empty page.
+    fn skip(&self) -> usize {
+        (self.page - 1).saturating_mul(self.size)
+    }
+
     /// The list URL with this state, changed by `change`.
     fn url(&self, change: impl FnOnce(&mut ListQuery)) -> String {
         let mut q = ListQuery {
@@ -184,7 +190,7 @@ pub async fn list_page(
     let params = ListParams {
         search: Some(list.search.clone()).filter(|s| !s.is_empty()),
         orderby: Some(orderby),
-        skip: Some((list.page - 1) * list.size),
+        skip: Some(list.skip()),
         top: Some(list.size),
         filter: None,
     };
@@ -195,12 +201,13 @@ pub async fn list_page(
         .map(|v| serde_json::to_value(v).unwrap_or_default())
         .collect();
     let writable = session.can_manage_users();
-    let first_shown = if result.count == 0 {
-        0
+    let shown_end = list.skip().saturating_add(rows.len());
+    let (first_shown, last_shown) = if rows.is_empty() {
+        (0, 0)
     } else {
-        (list.page - 1) * list.size + 1
+        (list.skip().saturating_add(1), shown_end)
     };
-    let last_shown = (list.page - 1) * list.size + rows.len();
+    let more = shown_end < result.count;
     let content = html! {
         @if let Some(n) = done_notice(&query) { (n) }
         div.toolbar {
@@ -306,7 +313,7 @@ pub async fn list_page(
                 @if list.page > 1 {
                     a.btn.small href=(list.url(|q| q.page -= 1)) { "‹ Previous" }
                 }
-                @if last_shown < result.count {
+                @if more {
                     a.btn.small href=(list.url(|q| q.page += 1)) id="next-page" { "Next ›" }
                 }
             }
