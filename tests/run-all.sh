@@ -8,8 +8,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pbx-target}"
 # libclang-dev: RocksDB's bindings; sip-tester: sipp, the SIP load and
 # conformance client the pbx-node tests drive; iproute2: `ip netns` for the
 # pbx-node torture test (run as root); baresip-core: the softphone of the
-# two-phone call test; chromium and nodejs/npm: the browser softphone test
-# (Chromium driven by playwright-core, from npm).
+# two-phone call test; chromium and nodejs/npm: the browser softphone and
+# web portal tests (Chromium driven by playwright-core, from npm).
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
@@ -33,6 +33,11 @@ fi
 (cd sbc/softphone && npm ci --no-audit --no-fund && npm run build)
 git diff --exit-code -- sbc/softphone/dist \
   || { echo "sbc/softphone/dist is stale: commit the output of 'npm run build'" >&2; exit 1; }
+
+# playwright-core for pbx-node's portal test (tests/portal.rs drives the web
+# portal in Debian's Chromium with tests/portal/portal.mjs), at its locked
+# version; the portal itself needs no Node: its CSS and script are embedded.
+(cd pbx-node/tests/portal && npm ci --no-audit --no-fund)
 
 # schemathesis (PyPI), pinned: pbx-node's tests/schemathesis.rs fuzzes the
 # management API from its live OpenAPI document with it.

@@ -1,6 +1,7 @@
-//! The node's HTTP listener: Prometheus metrics at `/metrics` and the
-//! management API under `/api/v1` (see [`crate::api`]). Every error it
-//! sends, its own or axum's, has the API's error shape.
+//! The node's HTTP listener: Prometheus metrics at `/metrics`, the
+//! management API under `/api/v1` (see [`crate::api`]) and the web portal
+//! at `/` (see [`crate::portal`]). Every error outside the portal's HTML
+//! pages, its own or axum's, has the API's error shape.
 
 use std::net::SocketAddr;
 
@@ -30,7 +31,8 @@ impl HttpServer {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .with_state(registry)
-            .merge(crate::api::router(api))
+            .merge(crate::api::router(api.clone()))
+            .merge(crate::portal::router(api))
             .layer(axum::middleware::from_fn(uniform_errors));
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;

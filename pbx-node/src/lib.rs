@@ -16,6 +16,7 @@ pub mod http;
 pub mod media;
 pub mod model;
 pub mod node;
+pub mod portal;
 pub mod recording;
 pub mod registrar;
 pub mod repo;

@@ -80,17 +80,38 @@ pub struct AuditList {
 async fn list(
     state: &ApiState,
     tenant_id: Option<&str>,
-    query: SinceQuery,
-) -> Result<Json<AuditList>, ApiError> {
+    query: &SinceQuery,
+) -> Result<Vec<AuditEntry>, ApiError> {
     let top = query.top.unwrap_or(100);
     if !(1..=100).contains(&top) {
         return Err(ApiError::invalid("top", "must be between 1 and 100"));
     }
-    let items = state
+    Ok(state
         .repo
         .time_ordered(&prefix(tenant_id), query.since.unwrap_or(0), top)
-        .await?;
-    Ok(Json(AuditList { items }))
+        .await?)
+}
+
+/// Tenant `code`'s audit entries from `query.since` on, oldest first.
+pub async fn tenant_entries(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    query: &SinceQuery,
+) -> Result<Vec<AuditEntry>, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    super::require(principal, Area::Analytics, Level::ViewOnly)?;
+    list(state, Some(&tenant.id), query).await
+}
+
+/// The system-level audit entries from `query.since` on, oldest first.
+pub async fn system_entries(
+    state: &ApiState,
+    principal: &Principal,
+    query: &SinceQuery,
+) -> Result<Vec<AuditEntry>, ApiError> {
+    super::require(principal, Area::SystemTenant, Level::ViewOnly)?;
+    list(state, None, query).await
 }
 
 #[utoipa::path(
@@ -110,9 +131,8 @@ pub async fn tenant_audit(
     Path(code): Path<String>,
     Query(query): Query<SinceQuery>,
 ) -> Result<Json<AuditList>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    super::require(&principal, Area::Analytics, Level::ViewOnly)?;
-    list(&state, Some(&tenant.id), query).await
+    let items = tenant_entries(&state, &principal, &code, &query).await?;
+    Ok(Json(AuditList { items }))
 }
 
 #[utoipa::path(
@@ -130,6 +150,6 @@ pub async fn system_audit(
     principal: Principal,
     Query(query): Query<SinceQuery>,
 ) -> Result<Json<AuditList>, ApiError> {
-    super::require(&principal, Area::SystemTenant, Level::ViewOnly)?;
-    list(&state, None, query).await
+    let items = system_entries(&state, &principal, &query).await?;
+    Ok(Json(AuditList { items }))
 }

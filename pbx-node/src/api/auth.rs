@@ -6,7 +6,7 @@
 //! wrong passwords, and failed logins count against any username, so
 //! neither the answer nor the lockout tells which accounts exist.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -20,7 +20,7 @@ use utoipa::{Modify, ToSchema};
 use super::error::{ApiError, ApiJson, ErrorBody};
 use super::ApiState;
 use crate::access::{Grant, Principal, Role};
-use crate::accounts::{self, Subject};
+use crate::accounts::{self, Session, Subject};
 use crate::service::unix_now_ms;
 
 /// Adds the bearer scheme to the OpenAPI document.
@@ -157,6 +157,15 @@ impl ApiState {
         }
     }
 
+    /// Whom the live session `token` acts for; `None` when the session
+    /// ended, expired, or its account can no longer log in.
+    pub async fn session_principal(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+        match self.accounts.session(token, unix_now_ms()).await? {
+            Some(session) => self.principal_of(&session.subject).await,
+            None => Ok(None),
+        }
+    }
+
     pub async fn me(&self, principal: &Principal) -> Result<Me, ApiError> {
         let tenant_code = match &principal.tenant_id {
             Some(id) => self.repo.tenant(id).await?.map(|t| t.code),
@@ -191,18 +200,13 @@ impl FromRequestParts<ApiState> for Principal {
                 "send Authorization: Bearer <token or API key>",
             ));
         };
-        let subject = if accounts::parse_api_key(token).is_some() {
-            state.accounts.api_key(token).await?.map(|k| k.subject)
+        let principal = if accounts::parse_api_key(token).is_some() {
+            match state.accounts.api_key(token).await? {
+                Some(key) => state.principal_of(&key.subject).await?,
+                None => None,
+            }
         } else {
-            state
-                .accounts
-                .session(token, unix_now_ms())
-                .await?
-                .map(|s| s.subject)
-        };
-        let principal = match subject {
-            Some(subject) => state.principal_of(&subject).await?,
-            None => None,
+            state.session_principal(token).await?
         };
         principal.ok_or_else(|| ApiError::unauthorized("the token or API key is not valid"))
     }
@@ -223,8 +227,27 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    if state.login_limiter.check_key(&peer.ip()).is_err() {
-        tracing::warn!(source = %peer.ip(), "login rate limit hit");
+    let (token, session, principal) =
+        open_session(&state, peer.ip(), &request.username, &request.password).await?;
+    Ok(Json(LoginResponse {
+        token,
+        token_type: "Bearer".into(),
+        expires_ms: session.expires_ms,
+        user: state.me(&principal).await?,
+    }))
+}
+
+/// Checks a login from `source` (rate limit, lockout, credentials) and
+/// starts a session: its token, the session and whom it acts for. The API
+/// hands the token out as a bearer token, the portal as a cookie.
+pub async fn open_session(
+    state: &ApiState,
+    source: IpAddr,
+    username: &str,
+    password: &str,
+) -> Result<(String, Session, Principal), ApiError> {
+    if state.login_limiter.check_key(&source).is_err() {
+        tracing::warn!(%source, "login rate limit hit");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -233,13 +256,13 @@ pub async fn login(
     }
     state.login_limiter.retain_recent();
     let now = unix_now_ms();
-    let username = request.username.trim().to_string();
+    let username = username.trim().to_string();
     let invalid = || ApiError::unauthorized("wrong username or password");
     // A name no account can have is refused without touching the store,
     // after the same work as a real check.
     let lockout_name = username.to_ascii_lowercase();
     if !accounts::is_login_name(&lockout_name) {
-        accounts::check_password(&request.password, None).await;
+        accounts::check_password(password, None).await;
         return Err(invalid());
     }
     let lockout = state.accounts.lockout(&lockout_name).await?;
@@ -250,16 +273,13 @@ pub async fn login(
             "too many failed logins: the account is locked for a while",
         ));
     }
-    let Some(subject) = state
-        .check_credentials(&username, &request.password)
-        .await?
-    else {
+    let Some(subject) = state.check_credentials(&username, password).await? else {
         if state
             .accounts
             .record_failed_login(&lockout_name, now, &state.settings.lockout)
             .await?
         {
-            tracing::warn!(username = %lockout_name, source = %peer.ip(), "account locked after failed logins");
+            tracing::warn!(username = %lockout_name, %source, "account locked after failed logins");
         }
         return Err(invalid());
     };
@@ -271,12 +291,7 @@ pub async fn login(
         .accounts
         .create_session(subject, now, state.settings.session_ttl)
         .await?;
-    Ok(Json(LoginResponse {
-        token,
-        token_type: "Bearer".into(),
-        expires_ms: session.expires_ms,
-        user: state.me(&principal).await?,
-    }))
+    Ok((token, session, principal))
 }
 
 #[utoipa::path(

@@ -131,8 +131,19 @@ pub async fn bulk_create(
     Path(code): Path<String>,
     ApiJson(request): ApiJson<BulkCreate>,
 ) -> Result<Response, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
+    let created = create_range(&state, &principal, &code, request).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Creates the extensions of a number range in tenant `code`, all or none.
+pub async fn create_range(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    request: BulkCreate,
+) -> Result<BulkCreated, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
     let count = request.count as usize;
     if count == 0 || count > MAX_BULK {
         return Err(ApiError::invalid(
@@ -182,7 +193,7 @@ pub async fn bulk_create(
         });
         extensions.push(extension);
     }
-    check_limit(&state, &tenant, count).await?;
+    check_limit(state, &tenant, count).await?;
     if !state
         .repo
         .write_extensions(&tenant.id, &extensions, &[])
@@ -192,14 +203,14 @@ pub async fn bulk_create(
     }
     let last = extensions.last().map(|e| e.number.as_str()).unwrap_or("");
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         Some(&tenant.id),
         "create",
         &format!("extensions {}-{last} ({count})", request.first),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(BulkCreated { items })).into_response())
+    Ok(BulkCreated { items })
 }
 
 #[utoipa::path(
@@ -220,8 +231,20 @@ pub async fn bulk_delete(
     Path(code): Path<String>,
     ApiJson(request): ApiJson<BulkDelete>,
 ) -> Result<Json<BulkDeleted>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
+    Ok(Json(
+        delete_numbers(&state, &principal, &code, request).await?,
+    ))
+}
+
+/// Deletes the listed extensions of tenant `code`, all or none.
+pub async fn delete_numbers(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    request: BulkDelete,
+) -> Result<BulkDeleted, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
     if request.numbers.is_empty() || request.numbers.len() > MAX_BULK {
         return Err(ApiError::invalid(
             "numbers",
@@ -252,16 +275,16 @@ pub async fn bulk_delete(
         return Err(conflict());
     }
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         Some(&tenant.id),
         "delete",
         &format!("extensions {}", request.numbers.join(" ")),
     )
     .await;
-    Ok(Json(BulkDeleted {
+    Ok(BulkDeleted {
         deleted: doomed.len(),
-    }))
+    })
 }
 
 #[utoipa::path(
@@ -279,8 +302,27 @@ pub async fn export_csv(
     principal: Principal,
     Path(code): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::ViewOnly)?;
+    let (file_name, csv) = export(&state, &principal, &code).await?;
+    let disposition = format!("attachment; filename=\"{file_name}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+/// Every extension of tenant `code` as CSV, secrets left empty, with the
+/// file name to offer it under.
+pub async fn export(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+) -> Result<(String, Vec<u8>), ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::ViewOnly)?;
     let views: Vec<ExtensionView> = state
         .repo
         .extensions(&tenant.id)
@@ -290,15 +332,7 @@ pub async fn export_csv(
         .collect();
     let csv = write_csv(&views)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let disposition = format!("attachment; filename=\"extensions-{}.csv\"", tenant.code);
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (header::CONTENT_DISPOSITION, disposition),
-        ],
-        csv,
-    )
-        .into_response())
+    Ok((format!("extensions-{}.csv", tenant.code), csv))
 }
 
 fn refused(rows: Vec<RowError>) -> Response {
@@ -334,9 +368,31 @@ pub async fn import_csv(
     Path(code): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
-    let parsed = read_csv(&body).map_err(|e| ApiError::invalid("file", e.reason))?;
+    Ok(match import(&state, &principal, &code, &body).await? {
+        ImportOutcome::Applied(report) => Json(report).into_response(),
+        ImportOutcome::Refused(rows) => refused(rows),
+    })
+}
+
+/// What an import did: applied every row, or refused bad rows and wrote
+/// nothing.
+#[derive(Debug)]
+pub enum ImportOutcome {
+    Applied(ImportReport),
+    /// Every bad row, in line order.
+    Refused(Vec<RowError>),
+}
+
+/// Imports a CSV of extensions into tenant `code`: all rows or none.
+pub async fn import(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    body: &[u8],
+) -> Result<ImportOutcome, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
+    let parsed = read_csv(body).map_err(|e| ApiError::invalid("file", e.reason))?;
     if parsed.len() > MAX_IMPORT_ROWS {
         return Err(ApiError::invalid(
             "file",
@@ -432,9 +488,9 @@ pub async fn import_csv(
     }
     if !bad.is_empty() {
         bad.sort_by_key(|r| r.line);
-        return Ok(refused(bad));
+        return Ok(ImportOutcome::Refused(bad));
     }
-    check_limit(&state, &tenant, creates.len()).await?;
+    check_limit(state, &tenant, creates.len()).await?;
     let creates: Vec<Extension> = creates.into_iter().map(|(_, e)| e).collect();
     if !state
         .repo
@@ -445,8 +501,8 @@ pub async fn import_csv(
     }
     if !creates.is_empty() || !updates.is_empty() {
         audit::record(
-            &state,
-            &principal,
+            state,
+            principal,
             Some(&tenant.id),
             "import",
             &format!(
@@ -457,10 +513,9 @@ pub async fn import_csv(
         )
         .await;
     }
-    Ok(Json(ImportReport {
+    Ok(ImportOutcome::Applied(ImportReport {
         created: creates.len(),
         updated: updates.len(),
         unchanged,
-    })
-    .into_response())
+    }))
 }

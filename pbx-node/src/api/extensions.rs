@@ -620,8 +620,18 @@ pub async fn list_extensions(
     Path(code): Path<String>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<ExtensionList>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::ViewOnly)?;
+    Ok(Json(list(&state, &principal, &code, &params).await?))
+}
+
+/// One page of tenant `code`'s extensions, as the caller may see them.
+pub async fn list(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    params: &ListParams,
+) -> Result<ExtensionList, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::ViewOnly)?;
     let views: Vec<ExtensionView> = state
         .repo
         .extensions(&tenant.id)
@@ -629,11 +639,11 @@ pub async fn list_extensions(
         .iter()
         .map(ExtensionView::from)
         .collect();
-    let page = LISTING.apply(&params, views)?;
-    Ok(Json(ExtensionList {
+    let page = LISTING.apply(params, views)?;
+    Ok(ExtensionList {
         items: page.items,
         count: page.count,
-    }))
+    })
 }
 
 #[utoipa::path(
@@ -655,21 +665,32 @@ pub async fn create_extension(
     Path(code): Path<String>,
     ApiJson(input): ApiJson<ExtensionInput>,
 ) -> Result<Response, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
+    let view = create(&state, &principal, &code, input).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Creates an extension of tenant `code` from `input`.
+pub async fn create(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    input: ExtensionInput,
+) -> Result<ExtensionView, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
     let extension = build_extension(&tenant, input, None)?;
-    check_members(&state, &tenant.id, &extension).await?;
-    check_limit(&state, &tenant, 1).await?;
+    check_members(state, &tenant.id, &extension).await?;
+    check_limit(state, &tenant, 1).await?;
     state.repo.insert_extension(&tenant.id, &extension).await?;
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         Some(&tenant.id),
         "create",
         &format!("extension {}", extension.number),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(ExtensionView::from(&extension))).into_response())
+    Ok(ExtensionView::from(&extension))
 }
 
 async fn existing(state: &ApiState, tenant: &Tenant, number: &str) -> Result<Extension, ApiError> {
@@ -699,10 +720,20 @@ pub async fn get_extension(
     principal: Principal,
     Path((code, number)): Path<(String, String)>,
 ) -> Result<Json<ExtensionView>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    may_read(&principal, &number)?;
-    let extension = existing(&state, &tenant, &number).await?;
-    Ok(Json(ExtensionView::from(&extension)))
+    Ok(Json(get(&state, &principal, &code, &number).await?))
+}
+
+/// Extension `number` of tenant `code`, if the caller may read it.
+pub async fn get(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    number: &str,
+) -> Result<ExtensionView, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    may_read(principal, number)?;
+    let extension = existing(state, &tenant, number).await?;
+    Ok(ExtensionView::from(&extension))
 }
 
 #[utoipa::path(
@@ -724,13 +755,26 @@ pub async fn update_extension(
     State(state): State<ApiState>,
     principal: Principal,
     Path((code, number)): Path<(String, String)>,
-    ApiJson(mut input): ApiJson<ExtensionInput>,
+    ApiJson(input): ApiJson<ExtensionInput>,
 ) -> Result<Json<ExtensionView>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
-    let current = existing(&state, &tenant, &number).await?;
+    Ok(Json(
+        update(&state, &principal, &code, &number, input).await?,
+    ))
+}
+
+/// Replaces the settings of extension `number` of tenant `code`.
+pub async fn update(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    number: &str,
+    mut input: ExtensionInput,
+) -> Result<ExtensionView, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
+    let current = existing(state, &tenant, number).await?;
     if input.number.is_empty() {
-        input.number.clone_from(&number);
+        input.number = number.to_string();
     } else if input.number != number {
         return Err(ApiError::invalid(
             "number",
@@ -738,19 +782,19 @@ pub async fn update_extension(
         ));
     }
     let extension = build_extension(&tenant, input, Some(&current))?;
-    check_members(&state, &tenant.id, &extension).await?;
+    check_members(state, &tenant.id, &extension).await?;
     if extension != current {
         state.repo.update_extension(&tenant.id, &extension).await?;
         audit::record(
-            &state,
-            &principal,
+            state,
+            principal,
             Some(&tenant.id),
             "update",
             &format!("extension {number}"),
         )
         .await;
     }
-    Ok(Json(ExtensionView::from(&extension)))
+    Ok(ExtensionView::from(&extension))
 }
 
 #[utoipa::path(
@@ -771,21 +815,32 @@ pub async fn delete_extension(
     principal: Principal,
     Path((code, number)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
-    let current = existing(&state, &tenant, &number).await?;
+    delete(&state, &principal, &code, &number).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes extension `number` of tenant `code` with its registrations.
+pub async fn delete(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    number: &str,
+) -> Result<(), ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
+    let current = existing(state, &tenant, number).await?;
     if !state.repo.delete_extension(&tenant.id, &current).await? {
         return Err(ApiError::not_found(format!("no extension {number}")));
     }
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         Some(&tenant.id),
         "delete",
         &format!("extension {number}"),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[cfg(test)]

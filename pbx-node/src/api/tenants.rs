@@ -54,7 +54,7 @@ pub struct TenantUpdate {
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TenantView {
     pub id: String,
     pub name: String,
@@ -160,6 +160,15 @@ pub async fn list_tenants(
     principal: Principal,
     Query(params): Query<ListParams>,
 ) -> Result<Json<TenantList>, ApiError> {
+    Ok(Json(list(&state, &principal, &params).await?))
+}
+
+/// One page of the tenants the caller may see.
+pub async fn list(
+    state: &ApiState,
+    principal: &Principal,
+    params: &ListParams,
+) -> Result<TenantList, ApiError> {
     let visible: Vec<TenantView> = state
         .repo
         .tenants()
@@ -168,11 +177,11 @@ pub async fn list_tenants(
         .filter(|t| principal.sees_tenant(&t.id))
         .map(TenantView::from)
         .collect();
-    let page = LISTING.apply(&params, visible)?;
-    Ok(Json(TenantList {
+    let page = LISTING.apply(params, visible)?;
+    Ok(TenantList {
         items: page.items,
         count: page.count,
-    }))
+    })
 }
 
 #[utoipa::path(

@@ -179,17 +179,26 @@ pub async fn list_users(
     principal: Principal,
     Query(params): Query<ListParams>,
 ) -> Result<Json<UserList>, ApiError> {
+    Ok(Json(list(&state, &principal, &params).await?))
+}
+
+/// One page of the users the caller may see.
+pub async fn list(
+    state: &ApiState,
+    principal: &Principal,
+    params: &ListParams,
+) -> Result<UserList, ApiError> {
     let mut views = Vec::new();
     for user in state.accounts.users().await? {
-        if may_view(&principal, user.tenant_id.as_deref()) {
-            views.push(view(&state, user).await?);
+        if may_view(principal, user.tenant_id.as_deref()) {
+            views.push(view(state, user).await?);
         }
     }
-    let page = LISTING.apply(&params, views)?;
-    Ok(Json(UserList {
+    let page = LISTING.apply(params, views)?;
+    Ok(UserList {
         items: page.items,
         count: page.count,
-    }))
+    })
 }
 
 #[utoipa::path(
@@ -209,19 +218,29 @@ pub async fn create_user(
     principal: Principal,
     ApiJson(new): ApiJson<NewUser>,
 ) -> Result<Response, ApiError> {
+    let view = create(&state, &principal, new).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Creates a user, in the tenant `new` names or system-wide.
+pub async fn create(
+    state: &ApiState,
+    principal: &Principal,
+    new: NewUser,
+) -> Result<UserView, ApiError> {
     let tenant = match &new.tenant_code {
-        Some(code) => Some(visible_tenant(&state, &principal, code).await?),
+        Some(code) => Some(visible_tenant(state, principal, code).await?),
         None => None,
     };
     let tenant_id = tenant.as_ref().map(|t| t.id.as_str());
-    if !may_manage(&principal, tenant_id) {
+    if !may_manage(principal, tenant_id) {
         return Err(ApiError::forbidden("you may not manage these users"));
     }
     let username = new.username.trim().to_string();
     accounts::check_username(&username).map_err(|e| ApiError::invalid("username", e))?;
     accounts::check_password_policy(&username, &new.password)
         .map_err(|e| ApiError::invalid("password", e))?;
-    check_role(&state, &principal, &new.role, tenant_id).await?;
+    check_role(state, principal, &new.role, tenant_id).await?;
     let user = User {
         username,
         display_name: new.display_name.trim().to_string(),
@@ -234,14 +253,14 @@ pub async fn create_user(
     };
     state.accounts.create_user(&user).await?;
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         tenant_id,
         "create",
         &format!("user {}", user.username),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(view(&state, user).await?)).into_response())
+    view(state, user).await
 }
 
 #[utoipa::path(
@@ -258,8 +277,17 @@ pub async fn get_user(
     principal: Principal,
     Path(username): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = visible_user(&state, &principal, &username).await?;
-    Ok(Json(view(&state, user).await?))
+    Ok(Json(get(&state, &principal, &username).await?))
+}
+
+/// User `username`, if the caller may see it.
+pub async fn get(
+    state: &ApiState,
+    principal: &Principal,
+    username: &str,
+) -> Result<UserView, ApiError> {
+    let user = visible_user(state, principal, username).await?;
+    view(state, user).await
 }
 
 #[utoipa::path(
@@ -280,11 +308,23 @@ pub async fn update_user(
     Path(username): Path<String>,
     ApiJson(update): ApiJson<UserUpdate>,
 ) -> Result<Json<UserView>, ApiError> {
-    let mut user = visible_user(&state, &principal, &username).await?;
+    Ok(Json(
+        self::update(&state, &principal, &username, update).await?,
+    ))
+}
+
+/// Changes user `username` as `update` says.
+pub async fn update(
+    state: &ApiState,
+    principal: &Principal,
+    username: &str,
+    update: UserUpdate,
+) -> Result<UserView, ApiError> {
+    let mut user = visible_user(state, principal, username).await?;
     let own = user.username == principal.username && principal.extension.is_none();
     let only_password = update.role.is_none() && update.enabled.is_none();
     // Everyone may change their own password, name and email.
-    if !(may_manage(&principal, user.tenant_id.as_deref()) || own && only_password) {
+    if !(may_manage(principal, user.tenant_id.as_deref()) || own && only_password) {
         return Err(ApiError::forbidden("you may not manage this user"));
     }
     if let Some(password) = &update.password {
@@ -299,7 +339,7 @@ pub async fn update_user(
         user.email = email.trim().to_string();
     }
     if let Some(role) = update.role {
-        check_role(&state, &principal, &role, user.tenant_id.as_deref()).await?;
+        check_role(state, principal, &role, user.tenant_id.as_deref()).await?;
         user.role = role;
     }
     if let Some(enabled) = update.enabled {
@@ -310,14 +350,14 @@ pub async fn update_user(
     }
     state.accounts.update_user(&user).await?;
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         user.tenant_id.as_deref(),
         "update",
         &format!("user {}", user.username),
     )
     .await;
-    Ok(Json(view(&state, user).await?))
+    view(state, user).await
 }
 
 #[utoipa::path(
@@ -336,8 +376,18 @@ pub async fn delete_user(
     principal: Principal,
     Path(username): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = visible_user(&state, &principal, &username).await?;
-    if !may_manage(&principal, user.tenant_id.as_deref()) {
+    delete(&state, &principal, &username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes user `username` with its API keys.
+pub async fn delete(
+    state: &ApiState,
+    principal: &Principal,
+    username: &str,
+) -> Result<(), ApiError> {
+    let user = visible_user(state, principal, username).await?;
+    if !may_manage(principal, user.tenant_id.as_deref()) {
         return Err(ApiError::forbidden("you may not manage this user"));
     }
     if user.username == principal.username {
@@ -345,14 +395,14 @@ pub async fn delete_user(
     }
     state.accounts.delete_user(&user.username).await?;
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         user.tenant_id.as_deref(),
         "delete",
         &format!("user {}", user.username),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -381,11 +431,20 @@ pub async fn list_roles(
     principal: Principal,
     Path(code): Path<String>,
 ) -> Result<Json<RoleList>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::ViewOnly)?;
-    Ok(Json(RoleList {
+    Ok(Json(roles(&state, &principal, &code).await?))
+}
+
+/// Tenant `code`'s custom roles.
+pub async fn roles(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+) -> Result<RoleList, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::ViewOnly)?;
+    Ok(RoleList {
         items: state.accounts.custom_roles(&tenant.id).await?,
-    }))
+    })
 }
 
 #[utoipa::path(
@@ -437,8 +496,21 @@ pub async fn put_role(
     Path((code, name)): Path<(String, String)>,
     ApiJson(input): ApiJson<RoleInput>,
 ) -> Result<Json<CustomRole>, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
+    Ok(Json(
+        save_role(&state, &principal, &code, name, input).await?,
+    ))
+}
+
+/// Creates or replaces custom role `name` of tenant `code`.
+pub async fn save_role(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    name: String,
+    input: RoleInput,
+) -> Result<CustomRole, ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
     accounts::check_username(&name).map_err(|e| ApiError::invalid("name", e))?;
     let grants = normalize(&input.grants);
     if grants.iter().any(|g| g.area == Area::SystemTenant) {
@@ -453,14 +525,14 @@ pub async fn put_role(
     let role = CustomRole { name, grants };
     state.accounts.put_custom_role(&tenant.id, &role).await?;
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         Some(&tenant.id),
         "update",
         &format!("role {}", role.name),
     )
     .await;
-    Ok(Json(role))
+    Ok(role)
 }
 
 #[utoipa::path(
@@ -481,18 +553,29 @@ pub async fn delete_role(
     principal: Principal,
     Path((code, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = visible_tenant(&state, &principal, &code).await?;
-    require(&principal, Area::Users, Level::FullAccess)?;
-    if !state.accounts.delete_custom_role(&tenant.id, &name).await? {
+    remove_role(&state, &principal, &code, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes custom role `name` of tenant `code`.
+pub async fn remove_role(
+    state: &ApiState,
+    principal: &Principal,
+    code: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let tenant = visible_tenant(state, principal, code).await?;
+    require(principal, Area::Users, Level::FullAccess)?;
+    if !state.accounts.delete_custom_role(&tenant.id, name).await? {
         return Err(ApiError::not_found(format!("no role {name}")));
     }
     audit::record(
-        &state,
-        &principal,
+        state,
+        principal,
         Some(&tenant.id),
         "delete",
         &format!("role {name}"),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
