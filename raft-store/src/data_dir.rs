@@ -84,6 +84,9 @@ const BLOCK_CACHE_BYTES: usize = 16 << 20;
 /// rows.
 const BUSY_MEMTABLE_BYTES: usize = 8 << 20;
 const QUIET_MEMTABLE_BYTES: usize = 2 << 20;
+/// All memtables together: past this the largest is flushed, so three busy
+/// column families never hold their 48 MiB at once.
+const ALL_MEMTABLES_BYTES: usize = 16 << 20;
 
 /// An open data directory.
 pub struct DataDir {
@@ -160,6 +163,7 @@ impl DataDir {
         // appends and applies costs one write(2) and one fsync, not one
         // write(2) each. Sync writes (vote, snapshot install) flush it too.
         opts.set_manual_wal_flush(true);
+        opts.set_db_write_buffer_size(ALL_MEMTABLES_BYTES);
         let block_cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS
             .iter()

@@ -130,6 +130,29 @@ impl<D: DBAccess> KvRead for rocksdb::SnapshotWithThreadMode<'_, D> {
     }
 }
 
+/// A snapshot read once, whole, to build a Raft snapshot: its blocks
+/// bypass the block cache, where they would only push out the hot ones.
+pub struct ColdScan<'a, T>(pub &'a T);
+
+fn cold() -> ReadOptions {
+    let mut options = ReadOptions::default();
+    options.fill_cache(false);
+    options
+}
+
+impl<D: DBAccess> KvRead for ColdScan<'_, rocksdb::SnapshotWithThreadMode<'_, D>> {
+    fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.0.get_cf_opt(cf, key, cold()).map_err(io::Error::other)
+    }
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
+        Box::new(
+            self.0
+                .iterator_cf_opt(cf, cold(), IteratorMode::From(start, Direction::Forward))
+                .map(|r| r.map_err(io::Error::other)),
+        )
+    }
+}
+
 impl KvRead for DB {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.get_cf(cf, key).map_err(io::Error::other)

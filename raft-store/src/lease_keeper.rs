@@ -12,25 +12,46 @@ use tokio::time::Instant;
 
 use crate::types::{Lease, LeaseId};
 
+/// A lease's deadline, in milliseconds since the clock's epoch, and its
+/// TTL: 16 bytes where an `Instant` and a `Duration` take 32, kept for
+/// every lease (hundreds of thousands, one per binding).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    deadline_ms: u64,
+    ttl_ms: u64,
+}
+
 #[derive(Default)]
 struct ClockState {
     /// Term in which this node leads, if it does.
     leading_term: Option<u64>,
-    /// Each lease's deadline and TTL.
-    deadlines: HashMap<LeaseId, (Instant, Duration)>,
+    /// When this node began leading: deadlines count from it.
+    epoch: Option<Instant>,
+    deadlines: HashMap<LeaseId, Timing>,
     /// The same deadlines in time order: a tick looks only at the expired
-    /// ones, not at every lease (hundreds of thousands, one per binding).
-    by_deadline: BTreeSet<(Instant, LeaseId)>,
+    /// ones, not at every lease.
+    by_deadline: BTreeSet<(u64, LeaseId)>,
     /// Expiry proposed, not yet applied: keepalives are refused.
     expiring: HashSet<LeaseId>,
 }
 
 impl ClockState {
-    fn set_deadline(&mut self, id: LeaseId, deadline: Instant, ttl: Duration) {
-        if let Some((old, _)) = self.deadlines.insert(id, (deadline, ttl)) {
-            self.by_deadline.remove(&(old, id));
+    fn ms_at(&self, now: Instant) -> u64 {
+        self.epoch.map_or(0, |epoch| {
+            u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+
+    /// Restarts lease `id`'s TTL from `now`.
+    fn set_deadline(&mut self, id: LeaseId, now: Instant, ttl_ms: u64) {
+        let timing = Timing {
+            deadline_ms: self.ms_at(now).saturating_add(ttl_ms),
+            ttl_ms,
+        };
+        if let Some(old) = self.deadlines.insert(id, timing) {
+            self.by_deadline.remove(&(old.deadline_ms, id));
         }
-        self.by_deadline.insert((deadline, id));
+        self.by_deadline.insert((timing.deadline_ms, id));
     }
 }
 
@@ -63,11 +84,11 @@ impl LeaseClock {
     pub fn start_leading(&self, term: u64, leases: impl IntoIterator<Item = Lease>, now: Instant) {
         let mut s = self.lock();
         s.leading_term = Some(term);
+        s.epoch.get_or_insert(now);
         s.expiring.clear();
         for lease in leases {
             if !s.deadlines.contains_key(&lease.id) {
-                let ttl = Duration::from_millis(lease.ttl_ms);
-                s.set_deadline(lease.id, now + ttl, ttl);
+                s.set_deadline(lease.id, now, lease.ttl_ms);
             }
         }
     }
@@ -80,15 +101,14 @@ impl LeaseClock {
     pub fn granted(&self, lease: &Lease, now: Instant) {
         let mut s = self.lock();
         if s.leading_term.is_some() {
-            let ttl = Duration::from_millis(lease.ttl_ms);
-            s.set_deadline(lease.id, now + ttl, ttl);
+            s.set_deadline(lease.id, now, lease.ttl_ms);
         }
     }
 
     pub fn removed(&self, id: LeaseId) {
         let mut s = self.lock();
-        if let Some((deadline, _)) = s.deadlines.remove(&id) {
-            s.by_deadline.remove(&(deadline, id));
+        if let Some(old) = s.deadlines.remove(&id) {
+            s.by_deadline.remove(&(old.deadline_ms, id));
         }
         s.expiring.remove(&id);
     }
@@ -103,9 +123,9 @@ impl LeaseClock {
             return KeepAlive::NotFound;
         }
         match s.deadlines.get(&id) {
-            Some(&(_, ttl)) => {
-                s.set_deadline(id, now + ttl, ttl);
-                KeepAlive::Renewed(ttl)
+            Some(&Timing { ttl_ms, .. }) => {
+                s.set_deadline(id, now, ttl_ms);
+                KeepAlive::Renewed(Duration::from_millis(ttl_ms))
             }
             None => KeepAlive::NotFound,
         }
@@ -114,10 +134,11 @@ impl LeaseClock {
     /// Leases past their deadline, now marked as expiring.
     pub fn take_expired(&self, now: Instant) -> Vec<LeaseId> {
         let mut s = self.lock();
+        let now_ms = s.ms_at(now);
         let expired: Vec<LeaseId> = s
             .by_deadline
             .iter()
-            .take_while(|(deadline, _)| *deadline <= now)
+            .take_while(|(deadline_ms, _)| *deadline_ms <= now_ms)
             .map(|(_, id)| *id)
             .filter(|id| !s.expiring.contains(id))
             .collect();
@@ -133,10 +154,11 @@ impl LeaseClock {
     /// Time left on a lease, as the leader sees it.
     #[cfg(test)]
     pub fn remaining(&self, id: LeaseId, now: Instant) -> Option<Duration> {
-        self.lock()
-            .deadlines
+        let s = self.lock();
+        let now_ms = s.ms_at(now);
+        s.deadlines
             .get(&id)
-            .map(|(deadline, _)| deadline.saturating_duration_since(now))
+            .map(|t| Duration::from_millis(t.deadline_ms.saturating_sub(now_ms)))
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::codec;
 use crate::data_dir::CF_SM_META;
-use crate::kv_state::{self, Cfs, KvRead, LeaseChange, Revisions};
+use crate::kv_state::{self, Cfs, ColdScan, KvRead, LeaseChange, Revisions};
 use crate::metrics::Metrics;
 use crate::pending::Pending;
 use crate::snapshot::{self, SnapshotFile};
@@ -162,7 +162,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let path = snapshot_path(&self.dir, &meta);
         let (view, write_meta, write_path) = (self.view.clone(), meta.clone(), path.clone());
         let size = tokio::task::spawn_blocking(move || {
-            view.with_dependent(|db, view| snapshot::write(db, view, &write_meta, &write_path))
+            view.with_dependent(|db, view| {
+                snapshot::write(db, &ColdScan(view), &write_meta, &write_path)
+            })
         })
         .await
         .map_err(io::Error::other)??;
