@@ -494,7 +494,7 @@ impl Repo {
         check_segment("number", &extension.number)?;
         check_segment("username", &extension.username)?;
         if !self
-            .write_extensions(tenant_id, std::slice::from_ref(extension), &[])
+            .write_extensions(tenant_id, std::slice::from_ref(extension), &[], None)
             .await?
         {
             return Err(RepoError::AlreadyExists {

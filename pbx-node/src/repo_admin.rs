@@ -106,16 +106,38 @@ impl Repo {
             .collect()
     }
 
+    /// How many extensions the tenant has, and the store revision they
+    /// were counted at (for [`Repo::write_extensions`]' `counted_at`).
+    pub async fn count_extensions(&self, tenant_id: &str) -> Result<(usize, u64), RepoError> {
+        // The username index changes only when an extension is created or
+        // deleted, never on an update.
+        let range = self
+            .store()
+            .range(KeyRange::prefix(username_index_key(tenant_id, "")), 0)
+            .await?;
+        Ok((range.kvs.len(), range.revision))
+    }
+
     /// Creates `creates` and replaces `updates` (each with the revision it
     /// was read at) in one write: all of it, or nothing if a number or
-    /// username is taken or an updated extension changed meanwhile.
+    /// username is taken, an updated extension changed meanwhile, or (with
+    /// `counted_at`) an extension was created or deleted in the tenant
+    /// since that count.
     pub async fn write_extensions(
         &self,
         tenant_id: &str,
         creates: &[Extension],
         updates: &[(Extension, u64)],
+        counted_at: Option<u64>,
     ) -> Result<bool, RepoError> {
-        let mut compares = Vec::with_capacity(2 * creates.len() + updates.len());
+        let mut compares = Vec::with_capacity(2 * creates.len() + updates.len() + 1);
+        compares.extend(counted_at.map(|revision| {
+            Compare::prefix_mod_revision(
+                username_index_key(tenant_id, ""),
+                CompareOp::Less,
+                revision + 1,
+            )
+        }));
         let mut ops = Vec::with_capacity(2 * creates.len() + updates.len());
         for extension in creates {
             let key = extension_key(tenant_id, &extension.number);

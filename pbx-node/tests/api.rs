@@ -797,6 +797,48 @@ async fn tenants_and_extensions_with_their_refusals() {
 
 /// A body the operation would accept, so that only isolation can refuse
 /// it: its content type and text.
+/// Creates racing for the tenant's last places never pass its maximum
+/// extensions: the count and the write are one guarded step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_pass_the_tenants_maximum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path(), 30).await;
+    let (system, _acme, globex) = two_tenants(node.http.addr).await;
+    let (status, body) = system
+        .put(
+            "/api/v1/tenants/GLOBEX",
+            json!({"limits": {"max_extensions": 4}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // GLOBEX has 100: three places left, twelve creates at once.
+    let creates = (200..212).map(|number| {
+        globex.post(
+            "/api/v1/tenants/GLOBEX/extensions",
+            json!({"number": number.to_string(), "password": "globex-secret-1"}),
+        )
+    });
+    let results = futures::future::join_all(creates).await;
+    let created = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    for (status, body) in &results {
+        assert!(
+            *status == StatusCode::CREATED || *status == StatusCode::CONFLICT,
+            "{status} {body}"
+        );
+    }
+    let (_, list) = globex.get("/api/v1/tenants/GLOBEX/extensions").await;
+    let stored = list["items"].as_array().map_or(0, Vec::len);
+    assert!(
+        (1..=3).contains(&created),
+        "{created} created past a limit of 4 with 1 existing"
+    );
+    assert_eq!(stored, created + 1, "{list}");
+    node.shutdown().await;
+}
+
 fn valid_body(template: &str, method: &Method) -> Option<(&'static str, String)> {
     if !matches!(*method, Method::POST | Method::PUT) {
         return None;

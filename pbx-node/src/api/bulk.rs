@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::csv_rows::{column_of, read_csv, write_csv};
 use super::error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
-use super::extensions::{build_extension, check_limit, ExtensionInput, ExtensionView};
+use super::extensions::{build_extension, write_within_limit, ExtensionInput, ExtensionView};
 use super::tenants::visible_tenant;
 use super::{audit, require, ApiState};
 use crate::access::{Area, Level, Principal};
@@ -193,12 +193,7 @@ pub async fn create_range(
         });
         extensions.push(extension);
     }
-    check_limit(state, &tenant, count).await?;
-    if !state
-        .repo
-        .write_extensions(&tenant.id, &extensions, &[])
-        .await?
-    {
+    if !write_within_limit(state, &tenant, &extensions, &[]).await? {
         return Err(conflict());
     }
     let last = extensions.last().map(|e| e.number.as_str()).unwrap_or("");
@@ -490,13 +485,8 @@ pub async fn import(
         bad.sort_by_key(|r| r.line);
         return Ok(ImportOutcome::Refused(bad));
     }
-    check_limit(state, &tenant, creates.len()).await?;
     let creates: Vec<Extension> = creates.into_iter().map(|(_, e)| e).collect();
-    if !state
-        .repo
-        .write_extensions(&tenant.id, &creates, &updates)
-        .await?
-    {
+    if !write_within_limit(state, &tenant, &creates, &updates).await? {
         return Err(conflict());
     }
     if !creates.is_empty() || !updates.is_empty() {

@@ -573,12 +573,17 @@ pub async fn check_members(
     Ok(())
 }
 
-/// The tenant's room for `adding` more extensions.
-pub async fn check_limit(state: &ApiState, tenant: &Tenant, adding: usize) -> Result<(), ApiError> {
+/// The tenant's room for `adding` more extensions: `Some(revision)` the
+/// count was taken at when the tenant has a limit.
+async fn check_limit(
+    state: &ApiState,
+    tenant: &Tenant,
+    adding: usize,
+) -> Result<Option<u64>, ApiError> {
     let Some(max) = tenant.limits.max_extensions else {
-        return Ok(());
+        return Ok(None);
     };
-    let current = state.repo.extensions(&tenant.id).await?.len();
+    let (current, counted_at) = state.repo.count_extensions(&tenant.id).await?;
     if current + adding > max as usize {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -589,7 +594,36 @@ pub async fn check_limit(state: &ApiState, tenant: &Tenant, adding: usize) -> Re
             ),
         ));
     }
-    Ok(())
+    Ok(Some(counted_at))
+}
+
+/// Counts and writes attempted while other creates and deletes in the
+/// tenant keep moving its count.
+const LIMITED_WRITE_ATTEMPTS: u32 = 5;
+
+/// Creates `creates` and replaces `updates` within the tenant's maximum
+/// extensions. The count and the write are one compare-guarded step (the
+/// write fails if any extension was created or deleted since the count),
+/// so creates on several nodes at once can never pass the limit together.
+/// `false` = a number or username is taken, or an update lost a race.
+pub async fn write_within_limit(
+    state: &ApiState,
+    tenant: &Tenant,
+    creates: &[Extension],
+    updates: &[(Extension, u64)],
+) -> Result<bool, ApiError> {
+    for _ in 0..LIMITED_WRITE_ATTEMPTS {
+        let counted_at = check_limit(state, tenant, creates.len()).await?;
+        let written = state
+            .repo
+            .write_extensions(&tenant.id, creates, updates, counted_at)
+            .await?;
+        // Without a limit a failure has no other cause to retry for.
+        if written || counted_at.is_none() {
+            return Ok(written);
+        }
+    }
+    Ok(false)
 }
 
 /// An extension's user may read its own extension; everything else of
@@ -680,8 +714,15 @@ pub async fn create(
     require(principal, Area::Users, Level::FullAccess)?;
     let extension = build_extension(&tenant, input, None)?;
     check_members(state, &tenant.id, &extension).await?;
-    check_limit(state, &tenant, 1).await?;
-    state.repo.insert_extension(&tenant.id, &extension).await?;
+    if !write_within_limit(state, &tenant, std::slice::from_ref(&extension), &[]).await? {
+        return Err(crate::repo::RepoError::AlreadyExists {
+            what: format!(
+                "extension {} or username {}",
+                extension.number, extension.username
+            ),
+        }
+        .into());
+    }
     audit::record(
         state,
         principal,
