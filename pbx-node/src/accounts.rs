@@ -169,6 +169,17 @@ pub fn hash_password(password: &str) -> Result<String, RepoError> {
         })
 }
 
+/// [`hash_password`] from a request handler: on the multi-threaded
+/// runtime the worker hands its other tasks to the rest for the tens of
+/// milliseconds argon2 takes, instead of stalling them.
+pub fn hash_password_in_handler(password: &str) -> Result<String, RepoError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| hash_password(password)),
+        _ => hash_password(password),
+    }
+}
+
 /// Checks a password against a stored hash; a hash that does not parse
 /// matches nothing.
 pub fn verify_password(password: &str, hash: &str) -> bool {

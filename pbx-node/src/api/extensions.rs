@@ -375,7 +375,7 @@ pub fn build_extension(
             if !matches_chars(pin, 4..=12, |c| c.is_ascii_digit()) {
                 return Err(ApiError::invalid("voicemail_pin", "must be 4 to 12 digits"));
             }
-            Some(accounts::hash_password(pin)?)
+            Some(accounts::hash_password_in_handler(pin)?)
         }
         (None, Some(e)) => e.settings.voicemail_pin_hash.clone(),
         (None, None) => None,
@@ -483,7 +483,7 @@ pub fn build_extension(
         (Some(password), _) => {
             accounts::check_password_policy(&username, password)
                 .map_err(|e| ApiError::invalid("web_password", e))?;
-            Some(accounts::hash_password(password)?)
+            Some(accounts::hash_password_in_handler(password)?)
         }
         (None, Some(e)) => e.settings.web_password_hash.clone(),
         (None, None) => None,

@@ -245,7 +245,7 @@ pub async fn create(
         username,
         display_name: new.display_name.trim().to_string(),
         email: new.email.trim().to_string(),
-        password_hash: accounts::hash_password(&new.password)?,
+        password_hash: accounts::hash_password_in_handler(&new.password)?,
         role: new.role,
         tenant_id: tenant_id.map(str::to_string),
         enabled: new.enabled,
@@ -330,7 +330,7 @@ pub async fn update(
     if let Some(password) = &update.password {
         accounts::check_password_policy(&user.username, password)
             .map_err(|e| ApiError::invalid("password", e))?;
-        user.password_hash = accounts::hash_password(password)?;
+        user.password_hash = accounts::hash_password_in_handler(password)?;
     }
     if let Some(name) = update.display_name {
         user.display_name = name.trim().to_string();
