@@ -13,13 +13,14 @@
 # Progress goes to stderr; the last line on stdout is one JSON object.
 #
 # Env: BENCH_SECS (20) per load phase, BENCH_KEEP=1 keeps the logs,
-# BENCH_SKIP_BUILD=1 runs the pbx-node already built.
+# BENCH_SKIP_BUILD=1 runs the pbx-node already built, BENCH_TARGET_DIR is
+# the cargo target dir of its release build (default ~/.cache/pbx-bench-target).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 SECS=${BENCH_SECS:-20}
-TARGET_DIR=$HOME/.cache/pbx-bench-target
+TARGET_DIR=${BENCH_TARGET_DIR:-$HOME/.cache/pbx-bench-target}
 BIN=$TARGET_DIR/release/pbx-node
 ADMIN_PASSWORD=bench-admin-1
 HTTP=(0 18181 18182 18183)
