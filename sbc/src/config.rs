@@ -51,6 +51,9 @@ pub struct SbcConfig {
     pub media_internal_ip: Option<IpAddr>,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
+    /// A double-CRLF keepalive to each phone registered over UDP this
+    /// often, so its NAT keeps the mapping; 0 = none.
+    pub udp_keepalive_interval_secs: u64,
     /// Metrics (`/metrics`).
     pub http_listen: SocketAddr,
     /// Rate limits, bans and allow/deny lists (`[guard]`).
@@ -78,6 +81,8 @@ impl Default for SbcConfig {
             media_internal_ip: None,
             probe_interval_ms: 1000,
             probe_timeout_ms: 900,
+            // Below the 30 s many consumer NATs keep an idle UDP mapping.
+            udp_keepalive_interval_secs: 20,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             guard: crate::guard::GuardConfig::default(),
         }
@@ -184,6 +189,8 @@ pub struct Args {
     pub media_public_ip: Option<IpAddr>,
     #[arg(long, env = "SBC_MEDIA_INTERNAL_IP")]
     pub media_internal_ip: Option<IpAddr>,
+    #[arg(long, env = "SBC_UDP_KEEPALIVE_INTERVAL_SECS")]
+    pub udp_keepalive_interval_secs: Option<u64>,
     #[arg(long, env = "SBC_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Log as JSON lines.
@@ -226,6 +233,10 @@ impl Args {
         set(&mut config.media_public_bind, &self.media_public_bind);
         set_some(&mut config.media_public_ip, &self.media_public_ip);
         set_some(&mut config.media_internal_ip, &self.media_internal_ip);
+        set(
+            &mut config.udp_keepalive_interval_secs,
+            &self.udp_keepalive_interval_secs,
+        );
         set(&mut config.http_listen, &self.http_listen);
         config.check()?;
         Ok(config)

@@ -28,6 +28,7 @@ use sip::message::{parse_name_addr, Method, SipMessage, Uri};
 use sip::transport::Transport;
 
 use crate::dispatch::{Dispatcher, NodeChange, Probe};
+use crate::keepalive::Keepalives;
 use crate::token::{Flow, TokenKey};
 
 /// Where we are, as each side must see us.
@@ -39,6 +40,8 @@ pub struct ProxyConfig {
     pub public_host: String,
     /// Our public port for each transport phones use.
     pub public_ports: PublicPorts,
+    /// How often a phone registered over UDP gets a keepalive; zero = never.
+    pub udp_keepalive_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,9 @@ pub enum Action {
     },
     /// A node went up or down (for logs and metrics).
     Node(NodeChange),
+    /// Send a keepalive ([`crate::keepalive::PING`]) over UDP to a
+    /// registered phone, so its NAT keeps the mapping.
+    Keepalive(SocketAddr),
     /// A phone's request that carried credentials was answered: refused
     /// (401, 407, 403: a failed authentication, what bans count) or not.
     /// A first challenge, to a request without credentials, is neither.
@@ -147,6 +153,7 @@ pub struct Proxy<M> {
     pub dispatcher: Dispatcher,
     pub media: M,
     hidden: HashMap<(String, String), Hidden>,
+    pub keepalives: Keepalives,
 }
 
 /// `z9hG4bK` and a hash of what identifies the transaction upstream, so a
@@ -202,6 +209,7 @@ impl<M: MediaAnchor> Proxy<M> {
     pub fn new(key: TokenKey, config: ProxyConfig, dispatcher: Dispatcher, media: M) -> Self {
         Proxy {
             key,
+            keepalives: Keepalives::new(config.udp_keepalive_interval),
             config,
             dispatcher,
             media,
@@ -239,7 +247,7 @@ impl<M: MediaAnchor> Proxy<M> {
         if message.is_request() {
             self.request_from_node(node, message, now)
         } else {
-            self.response_from_node(node, message)
+            self.response_from_node(node, message, now)
         }
     }
 
@@ -609,7 +617,12 @@ impl<M: MediaAnchor> Proxy<M> {
         }]
     }
 
-    fn response_from_node(&mut self, node: usize, mut response: SipMessage) -> Vec<Action> {
+    fn response_from_node(
+        &mut self,
+        node: usize,
+        mut response: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
         let call_id = response.call_id().unwrap_or_default().to_string();
         if let Some(probe) = call_id.strip_prefix(PROBE_CALL_ID) {
             return probe
@@ -649,6 +662,9 @@ impl<M: MediaAnchor> Proxy<M> {
         // A registrar's 200 lists the phone's own bindings: they stay.
         if cseq.method != Method::Register {
             self.rewrite_node_contact(node, &flow, &mut response);
+        } else if flow.transport == Transport::Udp && (200..300).contains(&status) {
+            self.keepalives
+                .registered(flow.remote, registered_until(&response, now), now);
         }
         self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
@@ -675,7 +691,13 @@ impl<M: MediaAnchor> Proxy<M> {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.dispatcher.poll_timeout()
+        [
+            self.dispatcher.poll_timeout(),
+            self.keepalives.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Probes due and probes given up; forgets Vias past their time.
@@ -693,6 +715,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 message: self.probe_request(&probe),
             });
         }
+        actions.extend(self.keepalives.due(now).into_iter().map(Action::Keepalive));
         actions
     }
 
@@ -700,6 +723,22 @@ impl<M: MediaAnchor> Proxy<M> {
     pub fn node_unreachable(&mut self, node: usize) -> Option<Action> {
         self.dispatcher.send_failed(node).map(Action::Node)
     }
+}
+
+/// Until when a registrar's 2xx keeps bindings: its longest one (a
+/// Contact's `expires`, else the Expires header, else RFC 3261's default
+/// of an hour); `None` when it lists none.
+fn registered_until(response: &SipMessage, now: Instant) -> Option<Instant> {
+    let default = response.expires().ok().flatten().unwrap_or(3600);
+    response
+        .contacts()
+        .ok()?
+        .iter()
+        .filter(|c| c.address().is_some())
+        .map(|c| c.expires().and_then(Result::ok).unwrap_or(default))
+        .max()
+        .filter(|&secs| secs > 0)
+        .map(|secs| now + Duration::from_secs(u64::from(secs)))
 }
 
 fn set_request_uri(request: &mut SipMessage, uri: Uri) {
@@ -745,6 +784,10 @@ mod tests {
     const NODES: [&str; 2] = ["10.0.0.1:5060", "10.0.0.2:5060"];
 
     fn proxy(now: Instant) -> Proxy<FakeMedia> {
+        proxy_probing(now, DispatchConfig::default())
+    }
+
+    fn proxy_probing(now: Instant, probes: DispatchConfig) -> Proxy<FakeMedia> {
         let nodes: Vec<SocketAddr> = NODES.iter().map(|n| n.parse().unwrap()).collect();
         Proxy::new(
             TokenKey::generate(),
@@ -758,8 +801,9 @@ mod tests {
                     ws: 8443,
                     wss: 8443,
                 },
+                udp_keepalive_interval: Duration::from_secs(20),
             },
-            Dispatcher::new(&nodes, DispatchConfig::default(), now),
+            Dispatcher::new(&nodes, probes, now),
             FakeMedia::default(),
         )
     }
@@ -858,6 +902,86 @@ mod tests {
             "bindings listed as they are"
         );
         assert_hidden(&reply);
+    }
+
+    /// A REGISTER from `flow` through the proxy and the node's 2xx listing
+    /// `contacts` back: what reaches the phone.
+    fn register_round_trip(
+        p: &mut Proxy<FakeMedia>,
+        flow: Flow,
+        contacts: &[&str],
+        now: Instant,
+    ) -> SipMessage {
+        let register = parse(
+            "REGISTER sip:demo.pbx.local SIP/2.0\nVia: SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bKu1\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: reg-udp\nCSeq: 1 REGISTER\nContact: <sip:100@192.168.1.7:5060>\n\
+             Content-Length: 0\n\n",
+        );
+        let (node, forwarded) = to_node(one(p.from_phone(flow, register, now)));
+        let mut ok = forwarded.response(200);
+        for contact in contacts {
+            ok.headers.push("Contact", *contact);
+        }
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        to_phone(one(p.from_node(source, ok, now))).1
+    }
+
+    fn keepalives(actions: Vec<Action>) -> Vec<SocketAddr> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Keepalive(remote) => Some(remote),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_phone_registered_over_udp_gets_keepalives_until_it_unregisters() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        // Probes that never time out within the test: the nodes stay up.
+        let hour = secs(3600);
+        let mut p = proxy_probing(
+            t0,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        );
+        let udp = Flow {
+            transport: Transport::Udp,
+            remote: "198.51.100.8:5060".parse().unwrap(),
+        };
+        register_round_trip(&mut p, udp, &["<sip:100@192.168.1.7:5060>;expires=120"], t0);
+        // A phone on TLS keeps its own connection alive: no keepalives.
+        register_round_trip(&mut p, phone(), &["<sip:100@x>;expires=120"], t0);
+        assert_eq!(p.keepalives.len(), 1);
+        assert!(p.poll_timeout().is_some_and(|t| t <= t0 + secs(20)));
+        p.handle_timeout(t0);
+        assert!(keepalives(p.handle_timeout(t0 + secs(19))).is_empty());
+        assert_eq!(
+            keepalives(p.handle_timeout(t0 + secs(20))),
+            vec![udp.remote]
+        );
+        assert_eq!(
+            keepalives(p.handle_timeout(t0 + secs(40))),
+            vec![udp.remote]
+        );
+        // The registrar's 2xx to an unregistration lists no binding.
+        register_round_trip(&mut p, udp, &[], t0 + secs(45));
+        assert!(keepalives(p.handle_timeout(t0 + secs(60))).is_empty());
+        assert!(p.keepalives.is_empty());
+        // A binding that runs out without a re-registration ends the pings.
+        let t1 = t0 + secs(100);
+        register_round_trip(&mut p, udp, &["<sip:100@192.168.1.7:5060>;expires=30"], t1);
+        assert_eq!(
+            keepalives(p.handle_timeout(t1 + secs(20))),
+            vec![udp.remote]
+        );
+        assert!(keepalives(p.handle_timeout(t1 + secs(40))).is_empty());
+        assert!(p.keepalives.is_empty());
     }
 
     #[test]

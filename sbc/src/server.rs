@@ -173,6 +173,9 @@ impl Sbc {
                     ws: wss.port(),
                     wss: wss.port(),
                 },
+                udp_keepalive_interval: std::time::Duration::from_secs(
+                    config.udp_keepalive_interval_secs,
+                ),
             },
             dispatcher,
             relays,
@@ -372,6 +375,15 @@ impl Driver {
                     self.guard.auth_failed(source, Instant::now());
                 } else {
                     self.guard.auth_succeeded(source);
+                }
+            }
+            Action::Keepalive(remote) => {
+                if let Err(e) = self
+                    .external
+                    .send_udp_bytes(remote, crate::keepalive::PING)
+                    .await
+                {
+                    tracing::debug!(%remote, error = %e, "keepalive not sent");
                 }
             }
             Action::Node(change) => match change {

@@ -418,11 +418,7 @@ impl TransportLayer {
     ) -> Result<ConnectionId, TransportError> {
         let bytes = message.to_bytes();
         if transport == Transport::Udp {
-            let (id, socket) = lock(&self.shared.udp)
-                .clone()
-                .ok_or(TransportError::UdpNotBound)?;
-            socket.send_to(&bytes, dest).await?;
-            return Ok(id);
+            return self.send_udp_bytes(dest, &bytes).await;
         }
         let existing = lock(&self.shared.connections)
             .get(&(transport, dest))
@@ -448,6 +444,20 @@ impl TransportLayer {
             .send(bytes)
             .await
             .map_err(|_| TransportError::Closed(dest))?;
+        Ok(id)
+    }
+
+    /// Sends a datagram from the bound UDP socket: a message's bytes, or a
+    /// keepalive (RFC 5626's double CRLF), which is no message.
+    pub async fn send_udp_bytes(
+        &self,
+        dest: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<ConnectionId, TransportError> {
+        let (id, socket) = lock(&self.shared.udp)
+            .clone()
+            .ok_or(TransportError::UdpNotBound)?;
+        socket.send_to(bytes, dest).await?;
         Ok(id)
     }
 
@@ -503,7 +513,7 @@ impl TransportLayer {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (id, _, mut writer_rx) = self.register(transport, peer);
+        let (id, writer_tx, mut writer_rx) = self.register(transport, peer);
         let (mut sink, mut stream) = ws.split();
         tokio::spawn(async move {
             while let Some(bytes) = writer_rx.recv().await {
@@ -521,12 +531,23 @@ impl TransportLayer {
         tokio::spawn(async move {
             let idle = shared.config.idle_timeout;
             while let Ok(Some(Ok(frame))) = timeout(idle, stream.next()).await {
-                let parsed = match &frame {
-                    Message::Text(text) => parse_datagram(text.as_bytes()),
-                    Message::Binary(bytes) => parse_datagram(bytes),
+                let data: &[u8] = match &frame {
+                    Message::Text(text) => text.as_bytes(),
+                    Message::Binary(bytes) => bytes,
                     Message::Close(_) => break,
                     _ => continue,
                 };
+                // SIP over WebSocket clients (SIP.js) send RFC 5626's
+                // double-CRLF ping as a message of its own and wait for
+                // the CRLF pong; a lone CRLF is a pong and is ignored.
+                if data == b"\r\n\r\n" {
+                    let _ = writer_tx.send(b"\r\n".to_vec()).await;
+                    continue;
+                }
+                if data == b"\r\n" {
+                    continue;
+                }
+                let parsed = parse_datagram(data);
                 let msg = InboundMessage {
                     transport,
                     source: peer,
@@ -836,5 +857,32 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let refused = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await;
         assert!(refused.is_err());
+    }
+
+    #[tokio::test]
+    async fn ws_answers_a_double_crlf_ping_with_a_crlf_pong() {
+        let (server, mut server_rx) = TransportLayer::new(TransportConfig::default());
+        let addr = server.listen_ws(localhost()).await.unwrap();
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SIP_SUBPROTOCOL),
+        );
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+        ws.send(Message::text("\r\n\r\n")).await.unwrap();
+        let pong = timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(pong.into_data().as_ref(), b"\r\n");
+        // The ping reached no one; the next message does.
+        ws.send(Message::text(
+            String::from_utf8(options().to_bytes()).unwrap(),
+        ))
+        .await
+        .unwrap();
+        assert!(recv(&mut server_rx).await.parsed.is_ok());
     }
 }

@@ -319,6 +319,35 @@ async fn failed_authentications_ban_the_source_which_then_hears_nothing() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_registered_over_udp_gets_keepalives_from_the_sbc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = start_node(dir.path()).await;
+    let sbc = Sbc::start(&SbcConfig {
+        udp_keepalive_interval_secs: 1,
+        ..sbc_config(dir.path(), vec![node.sip.udp_addr])
+    })
+    .await
+    .expect("start SBC");
+    // sipp registers from `port` and exits; the phone's port then hears
+    // the SBC's pings, as a NAT between them would.
+    let port = register_101(dir.path(), &sbc).await;
+    let phone = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .expect("the phone's port");
+    let mut buf = [0u8; 64];
+    for ping in 0..2 {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(3), phone.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("keepalive {ping} within 3 s"))
+            .expect("recv");
+        assert_eq!(from, sbc.udp, "from the SBC's SIP port");
+        assert_eq!(&buf[..n], b"\r\n\r\n", "RFC 5626 double CRLF");
+    }
+    sbc.stop();
+    node.shutdown().await;
+}
+
 /// Three pbx-nodes forming one raft cluster, as production starts them
 /// (cluster CA files, peers), with tenant TEST and extensions 100, 101.
 async fn three_nodes(dir: &Path) -> Vec<PbxNode> {
