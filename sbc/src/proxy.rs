@@ -141,6 +141,17 @@ struct Hidden {
     until: Instant,
 }
 
+/// Which node has a phone's INVITE transaction (outside a dialog), so its
+/// retransmissions, its CANCEL, the ACK of its failure and its
+/// resubmission after a challenge reach that node even when the
+/// dispatcher would now pick another (the node started draining, or a
+/// node came back up and the hash moved the Call-ID).
+#[derive(Debug)]
+struct PhoneInvite {
+    node: usize,
+    until: Instant,
+}
+
 /// How long a node→phone transaction's Vias are kept: the longest an
 /// INVITE may ring, then 2xx retransmissions.
 const HIDDEN_INVITE: Duration = Duration::from_secs(300);
@@ -153,6 +164,8 @@ pub struct Proxy<M> {
     pub dispatcher: Dispatcher,
     pub media: M,
     hidden: HashMap<(String, String), Hidden>,
+    /// Phones' INVITE transactions by Call-ID.
+    invites: HashMap<String, PhoneInvite>,
     pub keepalives: Keepalives,
 }
 
@@ -214,6 +227,7 @@ impl<M: MediaAnchor> Proxy<M> {
             dispatcher,
             media,
             hidden: HashMap::new(),
+            invites: HashMap::new(),
         }
     }
 
@@ -227,7 +241,7 @@ impl<M: MediaAnchor> Proxy<M> {
     /// A message from a phone, validated by the transport driver.
     pub fn from_phone(&mut self, flow: Flow, message: SipMessage, now: Instant) -> Vec<Action> {
         if message.is_request() {
-            self.request_from_phone(flow, message)
+            self.request_from_phone(flow, message, now)
         } else {
             self.response_from_phone(flow, message, now)
         }
@@ -266,7 +280,39 @@ impl<M: MediaAnchor> Proxy<M> {
         }
     }
 
-    fn request_from_phone(&mut self, flow: Flow, mut request: SipMessage) -> Vec<Action> {
+    /// The node for a phone's request outside a dialog: the one that has
+    /// the Call-ID's INVITE transaction while it is up, else the
+    /// dispatcher's pick (a healthy node that is not draining).
+    fn node_outside_dialog(
+        &mut self,
+        call_id: &str,
+        method: &Method,
+        now: Instant,
+    ) -> Option<usize> {
+        if let Some(invite) = self.invites.get(call_id) {
+            if self.dispatcher.is_healthy(invite.node) {
+                return Some(invite.node);
+            }
+        }
+        let node = self.dispatcher.pick(call_id)?;
+        if *method == Method::Invite {
+            self.invites.insert(
+                call_id.to_string(),
+                PhoneInvite {
+                    node,
+                    until: now + HIDDEN_INVITE,
+                },
+            );
+        }
+        Some(node)
+    }
+
+    fn request_from_phone(
+        &mut self,
+        flow: Flow,
+        mut request: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
         let Some(method) = request.method().cloned() else {
             return Vec::new();
         };
@@ -315,7 +361,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 }
                 node
             }
-            None => match self.dispatcher.pick(&call_id) {
+            None => match self.node_outside_dialog(&call_id, &method, now) {
                 Some(node) => node,
                 None => {
                     tracing::warn!(%call_id, "no healthy pbx-node: 503");
@@ -668,6 +714,13 @@ impl<M: MediaAnchor> Proxy<M> {
         }
         self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
+        if cseq.method == Method::Invite && status >= 200 {
+            // Kept a while for the ACK of a failure and the resubmission
+            // after a challenge.
+            if let Some(invite) = self.invites.get_mut(&call_id) {
+                invite.until = invite.until.min(now + HIDDEN_OTHER);
+            }
+        }
         actions.push(Action::ToPhone {
             flow,
             message: response,
@@ -703,6 +756,7 @@ impl<M: MediaAnchor> Proxy<M> {
     /// Probes due and probes given up; forgets Vias past their time.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         self.hidden.retain(|_, h| h.until > now);
+        self.invites.retain(|_, i| i.until > now);
         let mut actions: Vec<Action> = self
             .dispatcher
             .handle_timeout(now)
@@ -1107,6 +1161,48 @@ mod tests {
             inside.request_uri().map(ToString::to_string),
             Some(format!("sip:pbx@{}", NODES[node]))
         );
+    }
+
+    #[test]
+    fn a_draining_node_gets_no_new_work_but_keeps_its_transactions() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let request = |method: &str, call_id: &str| {
+            parse(&format!(
+                "{method} sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+                 Call-ID: {call_id}\nCSeq: 1 {method}\nContent-Length: 0\n\n"
+            ))
+        };
+        let node_of = |p: &mut Proxy<FakeMedia>, method: &str, call_id: &str| {
+            to_node(one(p.from_phone(phone(), request(method, call_id), t0))).0
+        };
+        // A call ringing on node 0 when it starts to drain.
+        let ringing = (0..100)
+            .map(|i| format!("ring-{i}"))
+            .find(|id| p.dispatcher.pick(id) == Some(0))
+            .expect("some Call-ID hashes to node 0");
+        let (_, invite) = to_node(one(p.from_phone(phone(), request("INVITE", &ringing), t0)));
+        assert!(p
+            .dispatcher
+            .set_draining(0, true)
+            .is_some_and(|n| n.draining));
+        for i in 0..50 {
+            assert_eq!(node_of(&mut p, "INVITE", &format!("new-{i}")), 1);
+            assert_eq!(node_of(&mut p, "REGISTER", &format!("reg-{i}")), 1);
+        }
+        assert_eq!(node_of(&mut p, "INVITE", &ringing), 0, "retransmission");
+        assert_eq!(node_of(&mut p, "CANCEL", &ringing), 0);
+        let cancelled = invite.response(487);
+        to_phone(one(p.from_node(NODES[0].parse().unwrap(), cancelled, t0)));
+        assert_eq!(node_of(&mut p, "ACK", &ringing), 0, "the failure's ACK");
+        // Forgotten after the ACK's time: then it is new work like any.
+        p.handle_timeout(t0 + HIDDEN_OTHER);
+        assert_eq!(node_of(&mut p, "OPTIONS", &ringing), 1);
+
+        assert!(p.dispatcher.set_draining(0, false).is_some());
+        assert_eq!(node_of(&mut p, "OPTIONS", &ringing), 0, "undrained");
+        assert!(p.dispatcher.set_draining(7, true).is_none(), "no node 7");
     }
 
     #[test]

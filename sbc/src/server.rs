@@ -14,7 +14,7 @@ use sip::validate::{classify, Inbound, Policy};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::SbcConfig;
-use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange};
+use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange, NodeStatus};
 use crate::guard::{Guard, Verdict};
 use crate::proxy::{Action, Proxy, ProxyConfig, PublicPorts};
 use crate::relay::{CallRelays, RelayAddresses};
@@ -53,7 +53,7 @@ pub struct Sbc {
     /// The browser softphone page.
     pub https: SocketAddr,
     pub internal: SocketAddr,
-    /// Where `/metrics` is served.
+    /// Where `/metrics` and the admin endpoints are served.
     pub http: SocketAddr,
     pub certificates: Arc<Certificates>,
     status: watch::Receiver<Status>,
@@ -64,8 +64,8 @@ pub struct Sbc {
 /// What the SBC is doing, for tests and the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
-    /// (node address, healthy) in configuration order.
-    pub nodes: Vec<(SocketAddr, bool)>,
+    /// The pbx-nodes in configuration order.
+    pub nodes: Vec<NodeStatus>,
     pub relayed_calls: usize,
     pub rtp_ports_in_use: usize,
 }
@@ -182,8 +182,15 @@ impl Sbc {
         );
         let registry = prometheus::Registry::new();
         let guard = Guard::new(config.guard.clone(), &registry)?;
-        let (http, http_task) = serve_metrics(config.http_listen, registry.clone()).await?;
         let (status_tx, status) = watch::channel(Status::default());
+        let (admin_tx, admin_rx) = mpsc::channel(16);
+        let (http, http_task) = serve_http(
+            config.http_listen,
+            registry.clone(),
+            status.clone(),
+            admin_tx,
+        )
+        .await?;
         let driver = Driver {
             proxy,
             guard,
@@ -193,7 +200,9 @@ impl Sbc {
             certificates: certificates.clone(),
         };
         let task = tokio::spawn(async move {
-            driver.run(external_rx, internal_rx, abandoned).await;
+            driver
+                .run(external_rx, internal_rx, abandoned, admin_rx)
+                .await;
             http_task.abort();
         });
         tracing::info!(
@@ -269,6 +278,7 @@ impl Driver {
         mut external_rx: mpsc::Receiver<InboundMessage>,
         mut internal_rx: mpsc::Receiver<InboundMessage>,
         mut abandoned: mpsc::UnboundedReceiver<String>,
+        mut admin: mpsc::Receiver<Drain>,
     ) {
         let policy = Policy::proxy();
         let mut hangup = signal_hangup();
@@ -335,6 +345,22 @@ impl Driver {
                     let now = Instant::now();
                     self.guard.handle_timeout(now);
                     self.proxy.handle_timeout(now)
+                }
+                Some(drain) = admin.recv() => {
+                    let node = self.proxy.dispatcher.node_at(drain.node);
+                    let status = node.and_then(|node| {
+                        self.proxy.dispatcher.set_draining(node, drain.draining)
+                    });
+                    if status.is_some() {
+                        tracing::warn!(node = %drain.node, draining = drain.draining,
+                            "admin: {}", if drain.draining {
+                                "draining, no new dialogs or registrations to it"
+                            } else {
+                                "undrained, back in the rotation"
+                            });
+                    }
+                    let _ = drain.reply.send(status);
+                    Vec::new()
                 }
                 Some(()) = hangup.recv() => {
                     if let Err(e) = self.certificates.reload() {
@@ -411,13 +437,7 @@ impl Driver {
 
     fn publish_status(&self) {
         let status = Status {
-            nodes: self
-                .proxy
-                .dispatcher
-                .status()
-                .iter()
-                .map(|n| (n.addr, n.healthy))
-                .collect(),
+            nodes: self.proxy.dispatcher.status(),
             relayed_calls: self.proxy.media.active(),
             rtp_ports_in_use: self.proxy.media.ports_in_use(),
         };
@@ -429,28 +449,84 @@ impl Driver {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-async fn serve_metrics(
+/// An admin request to drain a node (or undrain it); the reply is the
+/// node's state, `None` if no node has that address.
+struct Drain {
+    node: SocketAddr,
+    draining: bool,
+    reply: tokio::sync::oneshot::Sender<Option<NodeStatus>>,
+}
+
+/// The SBC's HTTP listener (loopback by default: it has no
+/// authentication): `GET /metrics` in the Prometheus text format,
+/// `GET /admin/nodes` (each node's address, health and draining flag as
+/// JSON), `POST /admin/nodes/{addr}/drain` and `/undrain`.
+async fn serve_http(
     listen: SocketAddr,
     registry: prometheus::Registry,
+    status: watch::Receiver<Status>,
+    admin: mpsc::Sender<Drain>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SbcError> {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use axum::Json;
     use prometheus::Encoder;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
+
+    let drain = |draining: bool| {
+        let admin = admin.clone();
+        move |Path(node): Path<String>| {
+            let admin = admin.clone();
             async move {
-                let mut text = Vec::new();
-                match prometheus::TextEncoder::new().encode(&registry.gather(), &mut text) {
-                    Ok(()) => (axum::http::StatusCode::OK, text),
-                    Err(e) => (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        e.to_string().into_bytes(),
-                    ),
+                let Ok(node) = node.parse::<SocketAddr>() else {
+                    return (StatusCode::BAD_REQUEST, format!("'{node}' is no ip:port\n"))
+                        .into_response();
+                };
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let asked = admin
+                    .send(Drain {
+                        node,
+                        draining,
+                        reply,
+                    })
+                    .await;
+                match (asked, answer.await) {
+                    (Ok(()), Ok(Some(status))) => Json(status).into_response(),
+                    (Ok(()), Ok(None)) => {
+                        (StatusCode::NOT_FOUND, format!("no pbx-node {node}\n")).into_response()
+                    }
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "SBC stopping\n").into_response(),
                 }
             }
-        }),
-    );
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = Vec::new();
+                    match prometheus::TextEncoder::new().encode(&registry.gather(), &mut text) {
+                        Ok(()) => (StatusCode::OK, text),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            e.to_string().into_bytes(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/admin/nodes",
+            get(move || {
+                let nodes = status.borrow().nodes.clone();
+                async move { Json(nodes) }
+            }),
+        )
+        .route("/admin/nodes/{node}/drain", post(drain(true)))
+        .route("/admin/nodes/{node}/undrain", post(drain(false)));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(listen_error("HTTP", listen))?;
@@ -459,7 +535,7 @@ async fn serve_metrics(
         .map_err(listen_error("HTTP", listen))?;
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics listener stopped");
+            tracing::error!(error = %e, "HTTP listener stopped");
         }
     });
     Ok((addr, task))

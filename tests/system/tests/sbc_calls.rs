@@ -256,7 +256,14 @@ async fn a_call_through_the_sbc_is_answered_and_hides_the_inside() {
         (0, 0),
         "{status:?}"
     );
-    assert_eq!(status.nodes, vec![(node.sip.udp_addr, true)]);
+    assert_eq!(
+        status.nodes,
+        vec![sbc::dispatch::NodeStatus {
+            addr: node.sip.udp_addr,
+            healthy: true,
+            draining: false
+        }]
+    );
     sbc.stop();
     node.shutdown().await;
 }
@@ -425,7 +432,10 @@ async fn two_seconds_after_a_node_dies_calls_and_registrations_go_through_the_ot
     dead.shutdown().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        sbc.status().nodes.contains(&(dead_addr, false)),
+        sbc.status()
+            .nodes
+            .iter()
+            .any(|n| n.addr == dead_addr && !n.healthy),
         "the SBC saw it go: {:?}",
         sbc.status()
     );
