@@ -54,7 +54,12 @@ pub struct SbcConfig {
     /// A double-CRLF keepalive to each phone registered over UDP this
     /// often, so its NAT keeps the mapping; 0 = none.
     pub udp_keepalive_interval_secs: u64,
-    /// Metrics (`/metrics`).
+    /// A TLS, WSS or WS connection must finish its handshake within this.
+    pub tls_handshake_timeout_ms: u64,
+    /// Larger SIP messages are refused (a stream connection sending one is
+    /// closed).
+    pub max_message_bytes: usize,
+    /// Metrics (`/metrics`) and the admin endpoints.
     pub http_listen: SocketAddr,
     /// Rate limits, bans and allow/deny lists (`[guard]`).
     pub guard: crate::guard::GuardConfig,
@@ -83,6 +88,8 @@ impl Default for SbcConfig {
             probe_timeout_ms: 900,
             // Below the 30 s many consumer NATs keep an idle UDP mapping.
             udp_keepalive_interval_secs: 20,
+            tls_handshake_timeout_ms: 5_000,
+            max_message_bytes: 65_535,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             guard: crate::guard::GuardConfig::default(),
         }
@@ -134,6 +141,17 @@ impl SbcConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_cert and tls_key must be given together".into(),
+            ));
+        }
+        if self.max_message_bytes < 1500 {
+            return Err(ConfigError::Invalid(format!(
+                "max_message_bytes {} is below one MTU (1500): every INVITE would be refused",
+                self.max_message_bytes
+            )));
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "tls_handshake_timeout_ms must be above 0".into(),
             ));
         }
         if self.rtp_port_max <= self.rtp_port_min.saturating_add(3) {
@@ -191,6 +209,10 @@ pub struct Args {
     pub media_internal_ip: Option<IpAddr>,
     #[arg(long, env = "SBC_UDP_KEEPALIVE_INTERVAL_SECS")]
     pub udp_keepalive_interval_secs: Option<u64>,
+    #[arg(long, env = "SBC_TLS_HANDSHAKE_TIMEOUT_MS")]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    #[arg(long, env = "SBC_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
     #[arg(long, env = "SBC_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Log as JSON lines.
@@ -237,6 +259,11 @@ impl Args {
             &mut config.udp_keepalive_interval_secs,
             &self.udp_keepalive_interval_secs,
         );
+        set(
+            &mut config.tls_handshake_timeout_ms,
+            &self.tls_handshake_timeout_ms,
+        );
+        set(&mut config.max_message_bytes, &self.max_message_bytes);
         set(&mut config.http_listen, &self.http_listen);
         config.check()?;
         Ok(config)

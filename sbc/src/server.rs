@@ -4,12 +4,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use media::ports::PortPool;
+use sip::message::ParseErrorKind;
 use sip::message::SipMessage;
-use sip::transport::{InboundMessage, Transport, TransportConfig, TransportLayer};
+use sip::transport::{
+    ConnectionGate, ConnectionLimit, ConnectionTicket, InboundMessage, Transport, TransportConfig,
+    TransportLayer,
+};
 use sip::validate::{classify, Inbound, Policy};
 use tokio::sync::{mpsc, watch};
 
@@ -116,7 +120,16 @@ impl Sbc {
         )?)?;
         let tls_config = certificates.server_config();
 
-        let (external, external_rx) = TransportLayer::new(TransportConfig::default());
+        let registry = prometheus::Registry::new();
+        let guard = Arc::new(Mutex::new(Guard::new(config.guard.clone(), &registry)?));
+        let (external, external_rx) = TransportLayer::gated(
+            TransportConfig {
+                max_message_size: config.max_message_bytes,
+                connect_timeout: std::time::Duration::from_millis(config.tls_handshake_timeout_ms),
+                ..TransportConfig::default()
+            },
+            Arc::new(GuardGate(guard.clone())),
+        );
         let udp = external
             .bind_udp(config.udp_listen)
             .await
@@ -180,8 +193,6 @@ impl Sbc {
             dispatcher,
             relays,
         );
-        let registry = prometheus::Registry::new();
-        let guard = Guard::new(config.guard.clone(), &registry)?;
         let (status_tx, status) = watch::channel(Status::default());
         let (admin_tx, admin_rx) = mpsc::channel(16);
         let (http, http_task) = serve_http(
@@ -237,7 +248,8 @@ impl Sbc {
 
 struct Driver {
     proxy: Proxy<CallRelays>,
-    guard: Guard,
+    /// Shared with the external transport's connection gate.
+    guard: Arc<Mutex<Guard>>,
     external: TransportLayer,
     internal: TransportLayer,
     status: watch::Sender<Status>,
@@ -272,7 +284,52 @@ fn checked(
     (inbound.transport, inbound.source, verdict)
 }
 
+fn lock(guard: &Mutex<Guard>) -> MutexGuard<'_, Guard> {
+    guard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The guard deciding on the phone-facing stream connections: lists, bans
+/// and the per-IP cap before the handshake; the ticket gives the
+/// connection back when it ends.
+struct GuardGate(Arc<Mutex<Guard>>);
+
+struct GuardTicket {
+    guard: Arc<Mutex<Guard>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for GuardTicket {
+    fn drop(&mut self) {
+        lock(&self.guard).connection_closed(self.ip);
+    }
+}
+
+impl ConnectionGate for GuardGate {
+    fn admit(&self, peer: SocketAddr, _transport: Transport) -> Option<ConnectionTicket> {
+        let ip = peer.ip();
+        lock(&self.0)
+            .connection_opened(ip, Instant::now())
+            .then(|| {
+                Box::new(GuardTicket {
+                    guard: self.0.clone(),
+                    ip,
+                }) as ConnectionTicket
+            })
+    }
+
+    fn limit_hit(&self, _peer: SocketAddr, _transport: Transport, limit: ConnectionLimit) {
+        match limit {
+            ConnectionLimit::Total => lock(&self.0).total_connections_hit(),
+            ConnectionLimit::HandshakeTimeout => lock(&self.0).handshake_timed_out(),
+        }
+    }
+}
+
 impl Driver {
+    fn guard(&self) -> MutexGuard<'_, Guard> {
+        lock(&self.guard)
+    }
+
     async fn run(
         mut self,
         mut external_rx: mpsc::Receiver<InboundMessage>,
@@ -284,7 +341,7 @@ impl Driver {
         let mut hangup = signal_hangup();
         loop {
             self.publish_status();
-            let deadline = [self.proxy.poll_timeout(), self.guard.poll_timeout()]
+            let deadline = [self.proxy.poll_timeout(), self.guard().poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -304,12 +361,18 @@ impl Driver {
                         Err(e) => e.recovered.is_request,
                     };
                     let admitted = if is_request {
-                        self.guard.check_request(inbound.source.ip(), now)
+                        self.guard().check_request(inbound.source.ip(), now)
                     } else {
-                        self.guard.check_message(inbound.source.ip(), now)
+                        self.guard().check_message(inbound.source.ip(), now)
                     };
                     if admitted != Verdict::Admit {
                         continue;
+                    }
+                    if let Err(e) = &inbound.parsed {
+                        if let ParseErrorKind::TooLarge { size, max } = e.kind {
+                            tracing::warn!(source = %inbound.source, size, max, "message over the size limit");
+                            self.guard().message_too_large();
+                        }
                     }
                     let (transport, source, verdict) = checked(inbound, &policy);
                     match verdict {
@@ -343,7 +406,7 @@ impl Driver {
                 }
                 () = sleep => {
                     let now = Instant::now();
-                    self.guard.handle_timeout(now);
+                    self.guard().handle_timeout(now);
                     self.proxy.handle_timeout(now)
                 }
                 Some(drain) = admin.recv() => {
@@ -398,9 +461,9 @@ impl Driver {
             Action::Authenticated { source, failed } => {
                 if failed {
                     tracing::info!(%source, "authentication failed");
-                    self.guard.auth_failed(source, Instant::now());
+                    self.guard().auth_failed(source, Instant::now());
                 } else {
-                    self.guard.auth_succeeded(source);
+                    self.guard().auth_succeeded(source);
                 }
             }
             Action::Keepalive(remote) => {

@@ -7,16 +7,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod common;
+
+use common::{http, localhost, loopback_config};
 use sbc::{Sbc, SbcConfig};
 use sip::message::{parse_datagram, SipMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
-
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 /// A node that answers probes and hands every other message to the test.
 async fn fake_node(
@@ -62,28 +60,6 @@ async fn next(seen: &mut mpsc::UnboundedReceiver<(usize, SipMessage)>) -> (usize
         .expect("nodes running")
 }
 
-/// `POST` (or `GET`) on the SBC's HTTP listener: status code and body.
-async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.expect("read");
-    let status = reply
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = reply
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_keeps_its_dialogs_and_gets_no_new_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,20 +68,8 @@ async fn a_drained_node_keeps_its_dialogs_and_gets_no_new_ones() {
     let (b, _b_socket) = fake_node(1, seen_tx).await;
     let nodes = [a, b];
     let sbc = Sbc::start(&SbcConfig {
-        udp_listen: localhost(),
-        tcp_listen: localhost(),
-        tls_listen: localhost(),
-        wss_listen: localhost(),
-        https_listen: localhost(),
-        public_host: Some("127.0.0.1".into()),
-        internal_listen: localhost(),
-        http_listen: localhost(),
         nodes: nodes.to_vec(),
-        data_dir: dir.path().join("sbc"),
-        rtp_port_min: 42_000,
-        rtp_port_max: 42_099,
-        media_public_bind: "127.0.0.1".parse().expect("IP"),
-        ..SbcConfig::default()
+        ..loopback_config(dir.path())
     })
     .await
     .expect("start SBC");
@@ -165,7 +129,7 @@ async fn a_drained_node_keeps_its_dialogs_and_gets_no_new_ones() {
     send(request(
         "BYE",
         &node_contact,
-        &invite.call_id().expect("id").to_string(),
+        invite.call_id().expect("id"),
         2,
     ))
     .await;

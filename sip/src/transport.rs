@@ -131,6 +131,17 @@ enum ListenKind {
     Wss(TlsAcceptor),
 }
 
+impl ListenKind {
+    fn transport(&self) -> Transport {
+        match self {
+            ListenKind::Tcp => Transport::Tcp,
+            ListenKind::Tls(_) => Transport::Tls,
+            ListenKind::Ws => Transport::Ws,
+            ListenKind::Wss(_) => Transport::Wss,
+        }
+    }
+}
+
 const SIP_SUBPROTOCOL: &str = "sip";
 
 fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool {
@@ -176,12 +187,36 @@ struct Connection {
     writer: mpsc::Sender<Vec<u8>>,
 }
 
+/// Held for as long as an admitted inbound connection lives (its
+/// handshake included); dropping it tells the gate the connection ended.
+pub type ConnectionTicket = Box<dyn Send>;
+
+/// Why the transport gave up on an inbound connection by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionLimit {
+    /// `max_connections` stream connections were already open.
+    Total,
+    /// The TLS or WebSocket handshake took longer than `connect_timeout`.
+    HandshakeTimeout,
+}
+
+/// Decides on inbound stream connections before their handshake, and
+/// hears of every limit the transport enforces itself (an SBC counts and
+/// logs them; per-source limits and bans live behind `admit`).
+pub trait ConnectionGate: Send + Sync {
+    /// A TCP connection from `peer` arrived on a `transport` listener;
+    /// `None` closes it at once.
+    fn admit(&self, peer: SocketAddr, transport: Transport) -> Option<ConnectionTicket>;
+    fn limit_hit(&self, peer: SocketAddr, transport: Transport, limit: ConnectionLimit);
+}
+
 struct Shared {
     config: TransportConfig,
     inbound: mpsc::Sender<InboundMessage>,
     connections: Mutex<HashMap<(Transport, SocketAddr), Connection>>,
     udp: Mutex<Option<(ConnectionId, Arc<UdpSocket>)>>,
     next_id: AtomicU64,
+    gate: Option<Arc<dyn ConnectionGate>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,6 +232,21 @@ pub struct TransportLayer {
 impl TransportLayer {
     /// The receiver gets every inbound message from every transport.
     pub fn new(config: TransportConfig) -> (Self, mpsc::Receiver<InboundMessage>) {
+        Self::build(config, None)
+    }
+
+    /// Like `new`, with `gate` deciding on every inbound stream connection.
+    pub fn gated(
+        config: TransportConfig,
+        gate: Arc<dyn ConnectionGate>,
+    ) -> (Self, mpsc::Receiver<InboundMessage>) {
+        Self::build(config, Some(gate))
+    }
+
+    fn build(
+        config: TransportConfig,
+        gate: Option<Arc<dyn ConnectionGate>>,
+    ) -> (Self, mpsc::Receiver<InboundMessage>) {
         let (inbound, rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             config,
@@ -204,6 +254,7 @@ impl TransportLayer {
             connections: Mutex::new(HashMap::new()),
             udp: Mutex::new(None),
             next_id: AtomicU64::new(1),
+            gate,
         });
         (Self { shared }, rx)
     }
@@ -290,39 +341,67 @@ impl TransportLayer {
         let layer = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
+                let transport = kind.transport();
+                let gate = layer.shared.gate.clone();
                 if layer.connection_count() >= layer.shared.config.max_connections {
                     tracing::warn!(%peer, "connection limit reached, refusing");
+                    if let Some(gate) = &gate {
+                        gate.limit_hit(peer, transport, ConnectionLimit::Total);
+                    }
                     continue;
                 }
+                let ticket = match &gate {
+                    Some(gate) => match gate.admit(peer, transport) {
+                        Some(ticket) => Some(ticket),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 let layer = layer.clone();
                 let kind = kind.clone();
                 // Handshakes run in their own task, bounded in time, so a
                 // slow peer cannot stall accepts.
                 tokio::spawn(async move {
                     let limit = layer.shared.config.connect_timeout;
-                    let _ = timeout(limit, layer.accept(stream, peer, kind)).await;
+                    if timeout(limit, layer.accept(stream, peer, kind, ticket))
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(%peer, ?transport, timeout_ms = limit.as_millis(), "handshake timed out: connection closed");
+                        if let Some(gate) = &gate {
+                            gate.limit_hit(peer, transport, ConnectionLimit::HandshakeTimeout);
+                        }
+                    }
                 });
             }
         });
         Ok(local)
     }
 
-    async fn accept(&self, stream: TcpStream, peer: SocketAddr, kind: ListenKind) {
+    /// Runs the handshake of an inbound connection and starts its tasks;
+    /// `ticket` lives as long as the connection.
+    async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        kind: ListenKind,
+        ticket: Option<ConnectionTicket>,
+    ) {
         let max = self.shared.config.max_message_size;
         let result = match kind {
-            ListenKind::Tcp => Ok(self.spawn_connection(stream, Transport::Tcp, peer)),
+            ListenKind::Tcp => Ok(self.spawn_connection(stream, Transport::Tcp, peer, ticket)),
             ListenKind::Tls(acceptor) => acceptor
                 .accept(stream)
                 .await
-                .map(|tls| self.spawn_connection(tls, Transport::Tls, peer))
+                .map(|tls| self.spawn_connection(tls, Transport::Tls, peer, ticket))
                 .map_err(TransportError::from),
             ListenKind::Ws => ws_accept(stream, max)
                 .await
-                .map(|ws| self.spawn_ws_connection(ws, Transport::Ws, peer)),
+                .map(|ws| self.spawn_ws_connection(ws, Transport::Ws, peer, ticket)),
             ListenKind::Wss(acceptor) => match acceptor.accept(stream).await {
                 Ok(tls) => ws_accept(tls, max)
                     .await
-                    .map(|ws| self.spawn_ws_connection(ws, Transport::Wss, peer)),
+                    .map(|ws| self.spawn_ws_connection(ws, Transport::Wss, peer, ticket)),
                 Err(e) => Err(e.into()),
             },
         };
@@ -365,7 +444,7 @@ impl TransportLayer {
                     if !offers_sip(response.headers()) {
                         return Err(TransportError::NoSipSubprotocol);
                     }
-                    Ok(self.spawn_ws_connection(ws, transport, dest))
+                    Ok(self.spawn_ws_connection(ws, transport, dest, None))
                 }
                 Some((name, client_config)) => {
                     let name = ServerName::try_from(name.to_string())
@@ -377,7 +456,7 @@ impl TransportLayer {
                     if !offers_sip(response.headers()) {
                         return Err(TransportError::NoSipSubprotocol);
                     }
-                    Ok(self.spawn_ws_connection(ws, transport, dest))
+                    Ok(self.spawn_ws_connection(ws, transport, dest, None))
                 }
             }
         };
@@ -405,7 +484,7 @@ impl TransportLayer {
         let stream = timeout(self.shared.config.connect_timeout, connect)
             .await
             .map_err(|_| TransportError::ConnectTimeout(dest))??;
-        Ok(self.spawn_connection(stream, Transport::Tls, dest))
+        Ok(self.spawn_connection(stream, Transport::Tls, dest, None))
     }
 
     /// Sends a message: UDP from the bound socket; TCP and TLS over the
@@ -432,7 +511,7 @@ impl TransportLayer {
                 let stream = timeout(self.shared.config.connect_timeout, TcpStream::connect(dest))
                     .await
                     .map_err(|_| TransportError::ConnectTimeout(dest))??;
-                let id = self.spawn_connection(stream, Transport::Tcp, dest);
+                let id = self.spawn_connection(stream, Transport::Tcp, dest, None);
                 let writer = lock(&self.shared.connections)
                     .get(&(transport, dest))
                     .map(|c| c.writer.clone())
@@ -480,7 +559,13 @@ impl TransportLayer {
     }
 
     /// Registers a stream and starts its reader and writer tasks.
-    fn spawn_connection<S>(&self, stream: S, transport: Transport, peer: SocketAddr) -> ConnectionId
+    fn spawn_connection<S>(
+        &self,
+        stream: S,
+        transport: Transport,
+        peer: SocketAddr,
+        ticket: Option<ConnectionTicket>,
+    ) -> ConnectionId
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -498,6 +583,7 @@ impl TransportLayer {
         tokio::spawn(async move {
             read_loop(&shared, &mut reader, &writer_tx, transport, peer, id).await;
             shared.unregister(transport, peer, id);
+            drop(ticket);
         });
         id
     }
@@ -509,6 +595,7 @@ impl TransportLayer {
         ws: WebSocketStream<S>,
         transport: Transport,
         peer: SocketAddr,
+        ticket: Option<ConnectionTicket>,
     ) -> ConnectionId
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -559,6 +646,7 @@ impl TransportLayer {
                 }
             }
             shared.unregister(transport, peer, id);
+            drop(ticket);
         });
         id
     }
