@@ -365,6 +365,60 @@ async fn a_phone_registered_over_udp_gets_keepalives_from_the_sbc() {
     node.shutdown().await;
 }
 
+/// svwar, from PyPI's `sipvicious`: `tests/run-all.sh` installs it into
+/// its virtualenv and names it in `PBX_SVWAR`; without it this test fails.
+fn svwar() -> tokio::process::Command {
+    let program = std::env::var("PBX_SVWAR").unwrap_or_else(|_| "sipvicious_svwar".into());
+    let mut command = tokio::process::Command::new(program);
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svwar_finds_no_extension_through_the_sbc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = start_node(dir.path()).await;
+    // The scan is a flood from one address: the rate limit must not be
+    // what hides the extensions.
+    let guard: sbc::guard::GuardConfig =
+        toml::from_str("requests_per_sec = 1000.0\nburst = 1000\nban_after_failures = 0")
+            .expect("guard config");
+    let sbc = start_sbc_with(dir.path(), vec![node.sip.udp_addr], guard).await;
+    // 101 is registered, 100 exists without a binding; both are in the
+    // ranges, as bare numbers and as the usernames phones use (100-TEST).
+    register_101(dir.path(), &sbc).await;
+    let target = format!("udp://{}", sbc.udp);
+    for method in ["REGISTER", "OPTIONS", "INVITE"] {
+        for template in ["%d", "%d-TEST"] {
+            let output = tokio::time::timeout(
+                Duration::from_secs(120),
+                svwar()
+                    .current_dir(dir.path())
+                    .args(["-b", "127.0.0.1", "-m", method, "-e", "95-105"])
+                    .args(["--template", template, "--force", "--maximumtime", "60"])
+                    .arg(&target)
+                    .output(),
+            )
+            .await
+            .expect("svwar ends within 120 s")
+            .expect("svwar must be installed (PyPI sipvicious; tests/run-all.sh)");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            eprintln!("svwar -m {method} --template {template}:\n{stdout}{stderr}");
+            assert!(output.status.success(), "svwar failed:\n{stdout}{stderr}");
+            // svwar prints a table of what it found, or "found nothing".
+            assert!(
+                stderr.contains("found nothing") && !stdout.contains("Extension"),
+                "svwar told extensions apart ({method}, {template}):\n{stdout}{stderr}"
+            );
+        }
+    }
+    sbc.stop();
+    node.shutdown().await;
+}
+
 /// The `pbx-node` binary cargo built beside this test (`cargo test
 /// --workspace` builds it; after changing pbx-node alone, `cargo build
 /// --workspace` first).
