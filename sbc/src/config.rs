@@ -2,7 +2,7 @@
 //! overridable by a `SBC_...` environment variable and a flag (flag > env >
 //! file > default). The defaults front one pbx-node on this machine.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -21,7 +21,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SbcConfig {
-    /// Phone-facing listeners.
+    /// Phone-facing listeners; `[::]` (the default) serves IPv6 and IPv4.
     pub udp_listen: SocketAddr,
     pub tcp_listen: SocketAddr,
     pub tls_listen: SocketAddr,
@@ -68,11 +68,12 @@ pub struct SbcConfig {
 impl Default for SbcConfig {
     fn default() -> Self {
         SbcConfig {
-            udp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
-            tcp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
-            tls_listen: SocketAddr::from(([0, 0, 0, 0], 5061)),
-            wss_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            https_listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
+            // Dual-stack: IPv6 and IPv4 on each socket.
+            udp_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5060)),
+            tcp_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5060)),
+            tls_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5061)),
+            wss_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8443)),
+            https_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8444)),
             public_host: None,
             internal_listen: SocketAddr::from(([127, 0, 0, 1], 5080)),
             nodes: vec![SocketAddr::from(([127, 0, 0, 1], 5070))],

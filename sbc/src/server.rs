@@ -109,6 +109,32 @@ fn listen_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Er
     move |source| SbcError::Listen { what, addr, source }
 }
 
+/// Binds a phone-facing listener at `addr`. The default `[::]` is one
+/// dual-stack socket (IPv6, and IPv4 as mapped addresses); on a host
+/// without IPv6 it falls back to `0.0.0.0`, so the defaults start anywhere.
+async fn bind_listener<T, F, Fut>(
+    what: &'static str,
+    addr: SocketAddr,
+    bind: F,
+) -> Result<T, SbcError>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    use std::io::ErrorKind;
+    match bind(addr).await {
+        Err(e)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && !matches!(e.kind(), ErrorKind::AddrInUse | ErrorKind::PermissionDenied) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, error = %e, "no IPv6 on this host: {what} on IPv4 only ({v4})");
+            bind(v4).await.map_err(listen_error(what, v4))
+        }
+        result => result.map_err(listen_error(what, addr)),
+    }
+}
+
 impl Sbc {
     pub async fn start(config: &SbcConfig) -> Result<Sbc, SbcError> {
         let key = load_or_create_key(&config.data_dir)?;
@@ -130,26 +156,20 @@ impl Sbc {
             },
             Arc::new(GuardGate(guard.clone())),
         );
-        let udp = external
-            .bind_udp(config.udp_listen)
-            .await
-            .map_err(listen_error("UDP", config.udp_listen))?;
-        let tcp = external
-            .listen_tcp(config.tcp_listen)
-            .await
-            .map_err(listen_error("TCP", config.tcp_listen))?;
-        let tls = external
-            .listen_tls(config.tls_listen, tls_config.clone())
-            .await
-            .map_err(listen_error("TLS", config.tls_listen))?;
-        let wss = external
-            .listen_wss(config.wss_listen, tls_config.clone())
-            .await
-            .map_err(listen_error("WSS", config.wss_listen))?;
-        let (https, page_task) =
-            crate::softphone::serve(config.https_listen, tls_config, wss.port())
-                .await
-                .map_err(listen_error("HTTPS", config.https_listen))?;
+        let udp = bind_listener("UDP", config.udp_listen, |a| external.bind_udp(a)).await?;
+        let tcp = bind_listener("TCP", config.tcp_listen, |a| external.listen_tcp(a)).await?;
+        let tls = bind_listener("TLS", config.tls_listen, |a| {
+            external.listen_tls(a, tls_config.clone())
+        })
+        .await?;
+        let wss = bind_listener("WSS", config.wss_listen, |a| {
+            external.listen_wss(a, tls_config.clone())
+        })
+        .await?;
+        let (https, page_task) = bind_listener("HTTPS", config.https_listen, |a| {
+            crate::softphone::serve(a, tls_config.clone(), wss.port())
+        })
+        .await?;
         let (internal, internal_rx) = TransportLayer::new(TransportConfig::default());
         let internal_addr = internal
             .bind_udp(config.internal_listen)

@@ -278,6 +278,64 @@ async fn a_call_through_the_sbc_is_answered_and_hides_the_inside() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_register_and_call_over_ipv6() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = start_node(dir.path()).await;
+    let v6 = |port| addr("::1", port);
+    let sbc = Sbc::start(&SbcConfig {
+        udp_listen: v6(0),
+        tcp_listen: v6(0),
+        tls_listen: v6(0),
+        wss_listen: v6(0),
+        https_listen: v6(0),
+        public_host: Some("[::1]".into()),
+        media_public_bind: "::1".parse().expect("IP"),
+        ..sbc_config(dir.path(), vec![node.sip.udp_addr])
+    })
+    .await
+    .expect("start SBC");
+    assert!(sbc.udp.is_ipv6() && sbc.tls.is_ipv6() && sbc.wss.is_ipv6());
+
+    let callee_port = free_udp_port("::1");
+    let reg = work_dir(dir.path(), "register");
+    let output = sipp("register.xml", callee_port, Some(sbc.udp), &reg)
+        .args([
+            "-i", "::1", "-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD,
+        ])
+        .output()
+        .await
+        .expect("sipp");
+    assert!(passed(&output, &reg), "101 registers over ::1");
+    let uas = work_dir(dir.path(), "callee");
+    let callee = sipp("uas_answer.xml", callee_port, None, &uas)
+        .args(["-i", "::1"])
+        .spawn()
+        .expect("sipp");
+    let uac = work_dir(dir.path(), "caller");
+    let output = sipp("uac_call.xml", free_udp_port("::1"), Some(sbc.udp), &uac)
+        .args(["-i", "::1", "-s", "101", "-au", "100-TEST", "-ap", PASSWORD])
+        .args(["-key", "caller", "100-TEST"])
+        .output()
+        .await
+        .expect("sipp");
+    assert!(passed(&output, &uac), "100 calls 101 over ::1, answered");
+    let output = tokio::time::timeout(Duration::from_secs(40), callee.wait_with_output())
+        .await
+        .expect("callee ends")
+        .expect("callee output");
+    assert!(passed(&output, &uas), "callee got INVITE, ACK and BYE");
+    // The phones saw the SBC at [::1], media included, and nothing inside.
+    let seen = logs(&uas);
+    assert!(seen.contains("SIP/2.0/UDP [::1]:"), "{seen}");
+    assert!(seen.contains("c=IN IP6 ::1"), "{seen}");
+    for inside in [SBC_INSIDE, NODE_IP] {
+        assert!(!seen.contains(inside), "{inside} leaked:\n{seen}");
+    }
+    sbc.stop();
+    node.shutdown().await;
+}
+
 /// A plain HTTP/1.1 GET of `path`: the body.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
