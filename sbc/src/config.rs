@@ -56,6 +56,9 @@ pub struct SbcConfig {
     pub udp_keepalive_interval_secs: u64,
     /// A TLS, WSS or WS connection must finish its handshake within this.
     pub tls_handshake_timeout_ms: u64,
+    /// Phone-facing TCP/TLS/WS connections open at once, all sources
+    /// together; further ones are refused.
+    pub max_connections: usize,
     /// Larger SIP messages are refused (a stream connection sending one is
     /// closed).
     pub max_message_bytes: usize,
@@ -90,6 +93,7 @@ impl Default for SbcConfig {
             // Below the 30 s many consumer NATs keep an idle UDP mapping.
             udp_keepalive_interval_secs: 20,
             tls_handshake_timeout_ms: 5_000,
+            max_connections: 10_000,
             max_message_bytes: 65_535,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             guard: crate::guard::GuardConfig::default(),
@@ -212,6 +216,8 @@ pub struct Args {
     pub udp_keepalive_interval_secs: Option<u64>,
     #[arg(long, env = "SBC_TLS_HANDSHAKE_TIMEOUT_MS")]
     pub tls_handshake_timeout_ms: Option<u64>,
+    #[arg(long, env = "SBC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     #[arg(long, env = "SBC_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
     #[arg(long, env = "SBC_HTTP_LISTEN")]
@@ -264,6 +270,7 @@ impl Args {
             &mut config.tls_handshake_timeout_ms,
             &self.tls_handshake_timeout_ms,
         );
+        set(&mut config.max_connections, &self.max_connections);
         set(&mut config.max_message_bytes, &self.max_message_bytes);
         set(&mut config.http_listen, &self.http_listen);
         config.check()?;

@@ -151,6 +151,7 @@ impl Sbc {
         let (external, external_rx) = TransportLayer::gated(
             TransportConfig {
                 max_message_size: config.max_message_bytes,
+                max_connections: config.max_connections,
                 connect_timeout: std::time::Duration::from_millis(config.tls_handshake_timeout_ms),
                 ..TransportConfig::default()
             },

@@ -153,8 +153,14 @@ fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool
         .any(|p| p.trim().eq_ignore_ascii_case(SIP_SUBPROTOCOL))
 }
 
+/// Small buffers: tungstenite's 128 KiB read and write buffers were most of
+/// an idle WSS connection's memory (an SBC holds thousands); a SIP message
+/// larger than the read chunk takes a few reads, and each message is
+/// written out at once (write buffer 0) as SIP wants anyway.
 fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
 }
