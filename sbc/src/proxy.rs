@@ -139,13 +139,19 @@ struct Hidden {
     vias: Vec<String>,
     node: usize,
     until: Instant,
+    /// The Call-ID of an INVITE: if the call was not answered when the
+    /// entry expires, its relay is given up.
+    invite_of: Option<String>,
 }
 
 /// Which node has a phone's INVITE transaction (outside a dialog), so its
 /// retransmissions, its CANCEL, the ACK of its failure and its
 /// resubmission after a challenge reach that node even when the
 /// dispatcher would now pick another (the node started draining, or a
-/// node came back up and the hash moved the Call-ID).
+/// node came back up and the hash moved the Call-ID). When it expires an
+/// unanswered call's relay is given up: a node that never answered (it
+/// died, or dropped the INVITE under overload) would otherwise hold the
+/// relay's ports for the hour of silence a lost BYE waits for.
 #[derive(Debug)]
 struct PhoneInvite {
     node: usize,
@@ -155,6 +161,9 @@ struct PhoneInvite {
 /// How long a node→phone transaction's Vias are kept: the longest an
 /// INVITE may ring, then 2xx retransmissions.
 const HIDDEN_INVITE: Duration = Duration::from_secs(300);
+/// A phone's INVITE with no answer from the node, not even its immediate
+/// 100 Trying, for Timer B (64·T1) is dead.
+const TIMER_B: Duration = Duration::from_secs(32);
 const HIDDEN_OTHER: Duration = Duration::from_secs(40);
 const PROBE_CALL_ID: &str = "sbc-probe-";
 
@@ -289,18 +298,23 @@ impl<M: MediaAnchor> Proxy<M> {
         method: &Method,
         now: Instant,
     ) -> Option<usize> {
-        if let Some(invite) = self.invites.get(call_id) {
-            if self.dispatcher.is_healthy(invite.node) {
-                return Some(invite.node);
+        let invite = *method == Method::Invite;
+        if let Some(known) = self.invites.get_mut(call_id) {
+            if self.dispatcher.is_healthy(known.node) {
+                if invite {
+                    // The resubmission after a challenge starts anew.
+                    known.until = known.until.max(now + TIMER_B);
+                }
+                return Some(known.node);
             }
         }
         let node = self.dispatcher.pick(call_id)?;
-        if *method == Method::Invite {
+        if invite {
             self.invites.insert(
                 call_id.to_string(),
                 PhoneInvite {
                     node,
-                    until: now + HIDDEN_INVITE,
+                    until: now + TIMER_B,
                 },
             );
         }
@@ -634,6 +648,7 @@ impl<M: MediaAnchor> Proxy<M> {
                     vias,
                     node,
                     until: now + ttl,
+                    invite_of: (method == Method::Invite).then(|| call_id.clone()),
                 },
             );
         }
@@ -714,12 +729,19 @@ impl<M: MediaAnchor> Proxy<M> {
         }
         self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
-        if cseq.method == Method::Invite && status >= 200 {
-            // Kept a while for the ACK of a failure and the resubmission
-            // after a challenge.
-            if let Some(invite) = self.invites.get_mut(&call_id) {
-                invite.until = invite.until.min(now + HIDDEN_OTHER);
-            }
+        if let Some(invite) = self
+            .invites
+            .get_mut(&call_id)
+            .filter(|_| cseq.method == Method::Invite)
+        {
+            invite.until = if status < 200 {
+                // Ringing: as long as an INVITE may ring.
+                invite.until.max(now + HIDDEN_INVITE)
+            } else {
+                // Kept a while for the ACK of a failure and the
+                // resubmission after a challenge.
+                now + HIDDEN_OTHER
+            };
         }
         actions.push(Action::ToPhone {
             flow,
@@ -755,8 +777,25 @@ impl<M: MediaAnchor> Proxy<M> {
 
     /// Probes due and probes given up; forgets Vias past their time.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
-        self.hidden.retain(|_, h| h.until > now);
-        self.invites.retain(|_, i| i.until > now);
+        let mut dead_invites = Vec::new();
+        self.hidden.retain(|_, h| {
+            let live = h.until > now;
+            if !live {
+                dead_invites.extend(h.invite_of.take());
+            }
+            live
+        });
+        self.invites.retain(|call_id, i| {
+            let live = i.until > now;
+            if !live {
+                dead_invites.push(call_id.clone());
+            }
+            live
+        });
+        // Ends the relay of a call that was not answered (no-op otherwise).
+        for call_id in dead_invites {
+            self.media.failed(&call_id);
+        }
         let mut actions: Vec<Action> = self
             .dispatcher
             .handle_timeout(now)
@@ -1203,6 +1242,73 @@ mod tests {
         assert!(p.dispatcher.set_draining(0, false).is_some());
         assert_eq!(node_of(&mut p, "OPTIONS", &ringing), 0, "undrained");
         assert!(p.dispatcher.set_draining(7, true).is_none(), "no node 7");
+    }
+
+    #[test]
+    fn an_unanswered_calls_relay_is_given_up_when_its_invite_is_dead() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let hour = secs(3600);
+        let mut p = proxy_probing(
+            t0,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        );
+        let invite = |call_id: &str| {
+            with_sdp(&format!(
+                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+                 Call-ID: {call_id}\nCSeq: 1 INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
+            ))
+        };
+        let failed = |p: &Proxy<FakeMedia>| {
+            p.media
+                .log
+                .iter()
+                .filter(|l| l.starts_with("failed"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // The node never answers, not even 100 Trying: dead after Timer B.
+        to_node(one(p.from_phone(phone(), invite("lost"), t0)));
+        // This one rings (the node's 180), then is answered.
+        let (node, ringing) = to_node(one(p.from_phone(phone(), invite("rings"), t0)));
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        p.from_node(source, ringing.response(180), t0 + secs(1));
+        p.handle_timeout(t0 + secs(31));
+        assert!(failed(&p).is_empty());
+        p.handle_timeout(t0 + TIMER_B);
+        assert_eq!(failed(&p), ["failed lost"]);
+        p.handle_timeout(t0 + secs(200));
+        assert_eq!(failed(&p), ["failed lost"], "ringing is not dead");
+        let mut ok = ringing.response(200);
+        ok.ensure_to_tag("node");
+        p.from_node(source, ok, t0 + secs(250));
+        p.handle_timeout(t0 + secs(250) + HIDDEN_OTHER);
+        assert_eq!(
+            failed(&p),
+            ["failed lost", "failed rings"],
+            "told when the transaction is forgotten (a no-op for an answered call)"
+        );
+
+        // A node's INVITE to a phone that never answers: given up with
+        // the Vias kept for it.
+        let path = format!("<sip:{}@10.0.0.100:5080;lr;ob>", p.key.flow_token(&phone()));
+        let to_phone_invite = with_sdp(&format!(
+            "INVITE sip:100@192.168.1.7:5061;transport=tls SIP/2.0\n\
+             Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKsilent\nRoute: {path}\nMax-Forwards: 70\n\
+             From: <sip:101@demo.pbx.local>;tag=b2b\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: silent-phone\nCSeq: 1 INVITE\nContact: <sip:pbx@10.0.0.2:5060>\n"
+        ));
+        let t1 = t0 + secs(1000);
+        p.from_node(NODES[1].parse().unwrap(), to_phone_invite, t1);
+        p.handle_timeout(t1 + HIDDEN_INVITE);
+        assert_eq!(
+            failed(&p).last().map(String::as_str),
+            Some("failed silent-phone")
+        );
     }
 
     #[test]

@@ -137,18 +137,25 @@ burst = 1000000
 ban_after_failures = 0
 max_connections_per_ip = $((CONNS * 2))
 EOF
-log "starting the SBC on 127.0.0.1:$SBC_UDP in front of it"
-env -u RUST_BACKTRACE RUST_LOG=warn "$SBC_BIN" --config "$WORK/sbc.toml" \
-  </dev/null >"$WORK/sbc.log" 2>&1 &
-SBC_PID=$!
-PIDS+=("$SBC_PID")
-wait_for_line "$WORK/sbc.log" '^SBC ready' 30 "$SBC_PID" || exit 1
+SBC_PID=""
+# (Re)starts the SBC: each RSS figure is taken on a fresh process, since
+# the allocator would reuse memory an earlier phase freed and hide growth.
+start_sbc() { # label
+  if [ -n "$SBC_PID" ]; then
+    kill "$SBC_PID" 2>/dev/null || true
+    wait "$SBC_PID" 2>/dev/null || true
+  fi
+  log "starting the SBC on 127.0.0.1:$SBC_UDP in front of it ($1)"
+  env -u RUST_BACKTRACE RUST_LOG=warn "$SBC_BIN" --config "$WORK/sbc.toml" \
+    </dev/null >"$WORK/sbc-$1.log" 2>&1 &
+  SBC_PID=$!
+  PIDS+=("$SBC_PID")
+  wait_for_line "$WORK/sbc-$1.log" '^SBC ready' 30 "$SBC_PID" || exit 1
+}
 NODE=127.0.0.1:$NODE_SIP
 SBC=127.0.0.1:$SBC_UDP
 
 # --- RSS per idle TLS / WSS connection ----------------------------------------------
-# First, on the fresh SBC: after the load phases the allocator would reuse
-# memory they freed and hide part of the growth.
 hold() { # kind port: RSS KiB growth per connection, or null
   local kind=$1 port=$2 before after open
   wait_idle "$SBC_PID"
@@ -178,8 +185,11 @@ hold() { # kind port: RSS KiB growth per connection, or null
   fi
 }
 log "RSS with $CONNS idle TLS connections, then $CONNS idle WSS connections"
+start_sbc tls
 RSS_TLS=$(hold tls "$SBC_TLS")
+start_sbc wss
 RSS_WSS=$(hold wss "$SBC_WSS")
+start_sbc load
 
 # Idle, then 10 registrations at 10/s through `target` all succeed.
 write_users $CALLER_FIRST $((CALLER_FIRST + 9)) -DEMO "$WORK/probe.csv"
