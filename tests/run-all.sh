@@ -48,6 +48,13 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_ver
   "$venv/bin/pip" install -q "schemathesis==$schemathesis_version"
 fi
 export PBX_SCHEMATHESIS="$venv/bin/schemathesis"
+# sipvicious (PyPI), pinned: the SBC system test runs its svwar against
+# the SBC on loopback and expects it to find no extension.
+sipvicious_version=0.3.8
+if ! "$venv/bin/pip" show sipvicious 2>/dev/null | grep -q "^Version: $sipvicious_version\$"; then
+  "$venv/bin/pip" install -q "sipvicious==$sipvicious_version"
+fi
+export PBX_SVWAR="$venv/bin/sipvicious_svwar"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -2,7 +2,7 @@
 //! overridable by a `SBC_...` environment variable and a flag (flag > env >
 //! file > default). The defaults front one pbx-node on this machine.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -21,7 +21,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SbcConfig {
-    /// Phone-facing listeners.
+    /// Phone-facing listeners; `[::]` (the default) serves IPv6 and IPv4.
     pub udp_listen: SocketAddr,
     pub tcp_listen: SocketAddr,
     pub tls_listen: SocketAddr,
@@ -51,7 +51,18 @@ pub struct SbcConfig {
     pub media_internal_ip: Option<IpAddr>,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
-    /// Metrics (`/metrics`).
+    /// A double-CRLF keepalive to each phone registered over UDP this
+    /// often, so its NAT keeps the mapping; 0 = none.
+    pub udp_keepalive_interval_secs: u64,
+    /// A TLS, WSS or WS connection must finish its handshake within this.
+    pub tls_handshake_timeout_ms: u64,
+    /// Phone-facing TCP/TLS/WS connections open at once, all sources
+    /// together; further ones are refused.
+    pub max_connections: usize,
+    /// Larger SIP messages are refused (a stream connection sending one is
+    /// closed).
+    pub max_message_bytes: usize,
+    /// Metrics (`/metrics`) and the admin endpoints.
     pub http_listen: SocketAddr,
     /// Rate limits, bans and allow/deny lists (`[guard]`).
     pub guard: crate::guard::GuardConfig,
@@ -60,11 +71,12 @@ pub struct SbcConfig {
 impl Default for SbcConfig {
     fn default() -> Self {
         SbcConfig {
-            udp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
-            tcp_listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
-            tls_listen: SocketAddr::from(([0, 0, 0, 0], 5061)),
-            wss_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            https_listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
+            // Dual-stack: IPv6 and IPv4 on each socket.
+            udp_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5060)),
+            tcp_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5060)),
+            tls_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 5061)),
+            wss_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8443)),
+            https_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8444)),
             public_host: None,
             internal_listen: SocketAddr::from(([127, 0, 0, 1], 5080)),
             nodes: vec![SocketAddr::from(([127, 0, 0, 1], 5070))],
@@ -78,6 +90,11 @@ impl Default for SbcConfig {
             media_internal_ip: None,
             probe_interval_ms: 1000,
             probe_timeout_ms: 900,
+            // Below the 30 s many consumer NATs keep an idle UDP mapping.
+            udp_keepalive_interval_secs: 20,
+            tls_handshake_timeout_ms: 5_000,
+            max_connections: 10_000,
+            max_message_bytes: 65_535,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             guard: crate::guard::GuardConfig::default(),
         }
@@ -129,6 +146,17 @@ impl SbcConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_cert and tls_key must be given together".into(),
+            ));
+        }
+        if self.max_message_bytes < 1500 {
+            return Err(ConfigError::Invalid(format!(
+                "max_message_bytes {} is below one MTU (1500): every INVITE would be refused",
+                self.max_message_bytes
+            )));
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "tls_handshake_timeout_ms must be above 0".into(),
             ));
         }
         if self.rtp_port_max <= self.rtp_port_min.saturating_add(3) {
@@ -184,6 +212,14 @@ pub struct Args {
     pub media_public_ip: Option<IpAddr>,
     #[arg(long, env = "SBC_MEDIA_INTERNAL_IP")]
     pub media_internal_ip: Option<IpAddr>,
+    #[arg(long, env = "SBC_UDP_KEEPALIVE_INTERVAL_SECS")]
+    pub udp_keepalive_interval_secs: Option<u64>,
+    #[arg(long, env = "SBC_TLS_HANDSHAKE_TIMEOUT_MS")]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    #[arg(long, env = "SBC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "SBC_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
     #[arg(long, env = "SBC_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Log as JSON lines.
@@ -226,6 +262,16 @@ impl Args {
         set(&mut config.media_public_bind, &self.media_public_bind);
         set_some(&mut config.media_public_ip, &self.media_public_ip);
         set_some(&mut config.media_internal_ip, &self.media_internal_ip);
+        set(
+            &mut config.udp_keepalive_interval_secs,
+            &self.udp_keepalive_interval_secs,
+        );
+        set(
+            &mut config.tls_handshake_timeout_ms,
+            &self.tls_handshake_timeout_ms,
+        );
+        set(&mut config.max_connections, &self.max_connections);
+        set(&mut config.max_message_bytes, &self.max_message_bytes);
         set(&mut config.http_listen, &self.http_listen);
         config.check()?;
         Ok(config)

@@ -42,8 +42,18 @@ struct Node {
     pending: Option<(u64, Instant)>,
 }
 
+impl Node {
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            addr: self.addr,
+            healthy: self.healthy,
+            draining: self.draining,
+        }
+    }
+}
+
 /// A node's state as the operator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStatus {
     pub addr: SocketAddr,
     pub healthy: bool,
@@ -94,21 +104,19 @@ impl Dispatcher {
     }
 
     pub fn status(&self) -> Vec<NodeStatus> {
-        self.nodes
-            .iter()
-            .map(|n| NodeStatus {
-                addr: n.addr,
-                healthy: n.healthy,
-                draining: n.draining,
-            })
-            .collect()
+        self.nodes.iter().map(Node::status).collect()
     }
 
-    /// A draining node gets no new dialogs; its dialogs go on.
-    pub fn set_draining(&mut self, node: usize, draining: bool) {
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.draining = draining;
-        }
+    /// A draining node gets no new dialogs; its dialogs go on. `None`:
+    /// no such node.
+    pub fn set_draining(&mut self, node: usize, draining: bool) -> Option<NodeStatus> {
+        let n = self.nodes.get_mut(node)?;
+        n.draining = draining;
+        Some(n.status())
+    }
+
+    pub fn is_healthy(&self, node: usize) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.healthy)
     }
 
     /// The node for new work keyed by `key` (the Call-ID).

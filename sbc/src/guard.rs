@@ -119,6 +119,9 @@ struct Source {
     /// Whether the last request was rate-limited, so a run of drops is
     /// logged once and not per packet.
     limited: bool,
+    /// Whether the last connection was refused for the per-IP cap (logged
+    /// once per run, likewise).
+    connections_limited: bool,
 }
 
 impl Source {
@@ -130,6 +133,7 @@ impl Source {
             banned_until: None,
             connections: 0,
             limited: false,
+            connections_limited: false,
         }
     }
 
@@ -173,6 +177,8 @@ struct Metrics {
     banned_dropped: IntCounter,
     denied: IntCounterVec,
     connections_refused: IntCounterVec,
+    handshake_timeouts: IntCounter,
+    oversized: IntCounter,
 }
 
 impl Metrics {
@@ -203,6 +209,16 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let handshake_timeouts = IntCounter::new(
+            "sbc_handshake_timeouts_total",
+            "TLS/WSS/WS connections closed because their handshake took longer than the limit",
+        )?;
+        registry.register(Box::new(handshake_timeouts.clone()))?;
+        let oversized = IntCounter::new(
+            "sbc_oversized_messages_total",
+            "Messages refused for exceeding max_message_bytes",
+        )?;
+        registry.register(Box::new(oversized.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(bans.clone()))?;
         registry.register(Box::new(banned_dropped.clone()))?;
@@ -214,6 +230,8 @@ impl Metrics {
             banned_dropped,
             denied,
             connections_refused,
+            handshake_timeouts,
+            oversized,
         })
     }
 }
@@ -359,17 +377,40 @@ impl Guard {
             return false;
         };
         if state.connections >= max {
-            // Logged at debug: a client retrying in a loop would otherwise
-            // flood the log; the counter records every refusal.
-            tracing::debug!(%source, max, "connection refused: per-IP limit");
+            // Logged once per run of refusals: a client retrying in a loop
+            // would otherwise flood the log; the counter records each.
+            if !std::mem::replace(&mut state.connections_limited, true) {
+                tracing::warn!(%source, max, "connection refused: per-IP limit");
+            }
             self.metrics
                 .connections_refused
                 .with_label_values(&["limit"])
                 .inc();
             return false;
         }
+        state.connections_limited = false;
         state.connections += 1;
         true
+    }
+
+    /// The transport refused a connection because `max_connections` were
+    /// open (it logs that itself).
+    pub fn total_connections_hit(&mut self) {
+        self.metrics
+            .connections_refused
+            .with_label_values(&["total"])
+            .inc();
+    }
+
+    /// The transport closed a connection whose handshake took too long
+    /// (it logs that itself).
+    pub fn handshake_timed_out(&mut self) {
+        self.metrics.handshake_timeouts.inc();
+    }
+
+    /// A message over the size limit arrived (the driver logs it).
+    pub fn message_too_large(&mut self) {
+        self.metrics.oversized.inc();
     }
 
     pub fn connection_closed(&mut self, source: IpAddr) {

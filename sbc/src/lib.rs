@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod guard;
+pub mod keepalive;
 pub mod proxy;
 pub mod relay;
 pub mod server;

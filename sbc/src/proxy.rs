@@ -28,6 +28,7 @@ use sip::message::{parse_name_addr, Method, SipMessage, Uri};
 use sip::transport::Transport;
 
 use crate::dispatch::{Dispatcher, NodeChange, Probe};
+use crate::keepalive::Keepalives;
 use crate::token::{Flow, TokenKey};
 
 /// Where we are, as each side must see us.
@@ -39,6 +40,8 @@ pub struct ProxyConfig {
     pub public_host: String,
     /// Our public port for each transport phones use.
     pub public_ports: PublicPorts,
+    /// How often a phone registered over UDP gets a keepalive; zero = never.
+    pub udp_keepalive_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,9 @@ pub enum Action {
     },
     /// A node went up or down (for logs and metrics).
     Node(NodeChange),
+    /// Send a keepalive ([`crate::keepalive::PING`]) over UDP to a
+    /// registered phone, so its NAT keeps the mapping.
+    Keepalive(SocketAddr),
     /// A phone's request that carried credentials was answered: refused
     /// (401, 407, 403: a failed authentication, what bans count) or not.
     /// A first challenge, to a request without credentials, is neither.
@@ -133,11 +139,31 @@ struct Hidden {
     vias: Vec<String>,
     node: usize,
     until: Instant,
+    /// The Call-ID of an INVITE: if the call was not answered when the
+    /// entry expires, its relay is given up.
+    invite_of: Option<String>,
+}
+
+/// Which node has a phone's INVITE transaction (outside a dialog), so its
+/// retransmissions, its CANCEL, the ACK of its failure and its
+/// resubmission after a challenge reach that node even when the
+/// dispatcher would now pick another (the node started draining, or a
+/// node came back up and the hash moved the Call-ID). When it expires an
+/// unanswered call's relay is given up: a node that never answered (it
+/// died, or dropped the INVITE under overload) would otherwise hold the
+/// relay's ports for the hour of silence a lost BYE waits for.
+#[derive(Debug)]
+struct PhoneInvite {
+    node: usize,
+    until: Instant,
 }
 
 /// How long a node→phone transaction's Vias are kept: the longest an
 /// INVITE may ring, then 2xx retransmissions.
 const HIDDEN_INVITE: Duration = Duration::from_secs(300);
+/// A phone's INVITE with no answer from the node, not even its immediate
+/// 100 Trying, for Timer B (64·T1) is dead.
+const TIMER_B: Duration = Duration::from_secs(32);
 const HIDDEN_OTHER: Duration = Duration::from_secs(40);
 const PROBE_CALL_ID: &str = "sbc-probe-";
 
@@ -147,6 +173,9 @@ pub struct Proxy<M> {
     pub dispatcher: Dispatcher,
     pub media: M,
     hidden: HashMap<(String, String), Hidden>,
+    /// Phones' INVITE transactions by Call-ID.
+    invites: HashMap<String, PhoneInvite>,
+    pub keepalives: Keepalives,
 }
 
 /// `z9hG4bK` and a hash of what identifies the transaction upstream, so a
@@ -202,10 +231,12 @@ impl<M: MediaAnchor> Proxy<M> {
     pub fn new(key: TokenKey, config: ProxyConfig, dispatcher: Dispatcher, media: M) -> Self {
         Proxy {
             key,
+            keepalives: Keepalives::new(config.udp_keepalive_interval),
             config,
             dispatcher,
             media,
             hidden: HashMap::new(),
+            invites: HashMap::new(),
         }
     }
 
@@ -219,7 +250,7 @@ impl<M: MediaAnchor> Proxy<M> {
     /// A message from a phone, validated by the transport driver.
     pub fn from_phone(&mut self, flow: Flow, message: SipMessage, now: Instant) -> Vec<Action> {
         if message.is_request() {
-            self.request_from_phone(flow, message)
+            self.request_from_phone(flow, message, now)
         } else {
             self.response_from_phone(flow, message, now)
         }
@@ -239,7 +270,7 @@ impl<M: MediaAnchor> Proxy<M> {
         if message.is_request() {
             self.request_from_node(node, message, now)
         } else {
-            self.response_from_node(node, message)
+            self.response_from_node(node, message, now)
         }
     }
 
@@ -258,7 +289,44 @@ impl<M: MediaAnchor> Proxy<M> {
         }
     }
 
-    fn request_from_phone(&mut self, flow: Flow, mut request: SipMessage) -> Vec<Action> {
+    /// The node for a phone's request outside a dialog: the one that has
+    /// the Call-ID's INVITE transaction while it is up, else the
+    /// dispatcher's pick (a healthy node that is not draining).
+    fn node_outside_dialog(
+        &mut self,
+        call_id: &str,
+        method: &Method,
+        now: Instant,
+    ) -> Option<usize> {
+        let invite = *method == Method::Invite;
+        if let Some(known) = self.invites.get_mut(call_id) {
+            if self.dispatcher.is_healthy(known.node) {
+                if invite {
+                    // The resubmission after a challenge starts anew.
+                    known.until = known.until.max(now + TIMER_B);
+                }
+                return Some(known.node);
+            }
+        }
+        let node = self.dispatcher.pick(call_id)?;
+        if invite {
+            self.invites.insert(
+                call_id.to_string(),
+                PhoneInvite {
+                    node,
+                    until: now + TIMER_B,
+                },
+            );
+        }
+        Some(node)
+    }
+
+    fn request_from_phone(
+        &mut self,
+        flow: Flow,
+        mut request: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
         let Some(method) = request.method().cloned() else {
             return Vec::new();
         };
@@ -307,7 +375,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 }
                 node
             }
-            None => match self.dispatcher.pick(&call_id) {
+            None => match self.node_outside_dialog(&call_id, &method, now) {
                 Some(node) => node,
                 None => {
                     tracing::warn!(%call_id, "no healthy pbx-node: 503");
@@ -580,6 +648,7 @@ impl<M: MediaAnchor> Proxy<M> {
                     vias,
                     node,
                     until: now + ttl,
+                    invite_of: (method == Method::Invite).then(|| call_id.clone()),
                 },
             );
         }
@@ -609,7 +678,12 @@ impl<M: MediaAnchor> Proxy<M> {
         }]
     }
 
-    fn response_from_node(&mut self, node: usize, mut response: SipMessage) -> Vec<Action> {
+    fn response_from_node(
+        &mut self,
+        node: usize,
+        mut response: SipMessage,
+        now: Instant,
+    ) -> Vec<Action> {
         let call_id = response.call_id().unwrap_or_default().to_string();
         if let Some(probe) = call_id.strip_prefix(PROBE_CALL_ID) {
             return probe
@@ -649,9 +723,26 @@ impl<M: MediaAnchor> Proxy<M> {
         // A registrar's 200 lists the phone's own bindings: they stay.
         if cseq.method != Method::Register {
             self.rewrite_node_contact(node, &flow, &mut response);
+        } else if flow.transport == Transport::Udp && (200..300).contains(&status) {
+            self.keepalives
+                .registered(flow.remote, registered_until(&response, now), now);
         }
         self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
+        if let Some(invite) = self
+            .invites
+            .get_mut(&call_id)
+            .filter(|_| cseq.method == Method::Invite)
+        {
+            invite.until = if status < 200 {
+                // Ringing: as long as an INVITE may ring.
+                invite.until.max(now + HIDDEN_INVITE)
+            } else {
+                // Kept a while for the ACK of a failure and the
+                // resubmission after a challenge.
+                now + HIDDEN_OTHER
+            };
+        }
         actions.push(Action::ToPhone {
             flow,
             message: response,
@@ -675,12 +766,36 @@ impl<M: MediaAnchor> Proxy<M> {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.dispatcher.poll_timeout()
+        [
+            self.dispatcher.poll_timeout(),
+            self.keepalives.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Probes due and probes given up; forgets Vias past their time.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
-        self.hidden.retain(|_, h| h.until > now);
+        let mut dead_invites = Vec::new();
+        self.hidden.retain(|_, h| {
+            let live = h.until > now;
+            if !live {
+                dead_invites.extend(h.invite_of.take());
+            }
+            live
+        });
+        self.invites.retain(|call_id, i| {
+            let live = i.until > now;
+            if !live {
+                dead_invites.push(call_id.clone());
+            }
+            live
+        });
+        // Ends the relay of a call that was not answered (no-op otherwise).
+        for call_id in dead_invites {
+            self.media.failed(&call_id);
+        }
         let mut actions: Vec<Action> = self
             .dispatcher
             .handle_timeout(now)
@@ -693,6 +808,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 message: self.probe_request(&probe),
             });
         }
+        actions.extend(self.keepalives.due(now).into_iter().map(Action::Keepalive));
         actions
     }
 
@@ -700,6 +816,22 @@ impl<M: MediaAnchor> Proxy<M> {
     pub fn node_unreachable(&mut self, node: usize) -> Option<Action> {
         self.dispatcher.send_failed(node).map(Action::Node)
     }
+}
+
+/// Until when a registrar's 2xx keeps bindings: its longest one (a
+/// Contact's `expires`, else the Expires header, else RFC 3261's default
+/// of an hour); `None` when it lists none.
+fn registered_until(response: &SipMessage, now: Instant) -> Option<Instant> {
+    let default = response.expires().ok().flatten().unwrap_or(3600);
+    response
+        .contacts()
+        .ok()?
+        .iter()
+        .filter(|c| c.address().is_some())
+        .map(|c| c.expires().and_then(Result::ok).unwrap_or(default))
+        .max()
+        .filter(|&secs| secs > 0)
+        .map(|secs| now + Duration::from_secs(u64::from(secs)))
 }
 
 fn set_request_uri(request: &mut SipMessage, uri: Uri) {
@@ -745,6 +877,10 @@ mod tests {
     const NODES: [&str; 2] = ["10.0.0.1:5060", "10.0.0.2:5060"];
 
     fn proxy(now: Instant) -> Proxy<FakeMedia> {
+        proxy_probing(now, DispatchConfig::default())
+    }
+
+    fn proxy_probing(now: Instant, probes: DispatchConfig) -> Proxy<FakeMedia> {
         let nodes: Vec<SocketAddr> = NODES.iter().map(|n| n.parse().unwrap()).collect();
         Proxy::new(
             TokenKey::generate(),
@@ -758,8 +894,9 @@ mod tests {
                     ws: 8443,
                     wss: 8443,
                 },
+                udp_keepalive_interval: Duration::from_secs(20),
             },
-            Dispatcher::new(&nodes, DispatchConfig::default(), now),
+            Dispatcher::new(&nodes, probes, now),
             FakeMedia::default(),
         )
     }
@@ -858,6 +995,86 @@ mod tests {
             "bindings listed as they are"
         );
         assert_hidden(&reply);
+    }
+
+    /// A REGISTER from `flow` through the proxy and the node's 2xx listing
+    /// `contacts` back: what reaches the phone.
+    fn register_round_trip(
+        p: &mut Proxy<FakeMedia>,
+        flow: Flow,
+        contacts: &[&str],
+        now: Instant,
+    ) -> SipMessage {
+        let register = parse(
+            "REGISTER sip:demo.pbx.local SIP/2.0\nVia: SIP/2.0/UDP 192.168.1.7:5060;branch=z9hG4bKu1\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: reg-udp\nCSeq: 1 REGISTER\nContact: <sip:100@192.168.1.7:5060>\n\
+             Content-Length: 0\n\n",
+        );
+        let (node, forwarded) = to_node(one(p.from_phone(flow, register, now)));
+        let mut ok = forwarded.response(200);
+        for contact in contacts {
+            ok.headers.push("Contact", *contact);
+        }
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        to_phone(one(p.from_node(source, ok, now))).1
+    }
+
+    fn keepalives(actions: Vec<Action>) -> Vec<SocketAddr> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Keepalive(remote) => Some(remote),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_phone_registered_over_udp_gets_keepalives_until_it_unregisters() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        // Probes that never time out within the test: the nodes stay up.
+        let hour = secs(3600);
+        let mut p = proxy_probing(
+            t0,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        );
+        let udp = Flow {
+            transport: Transport::Udp,
+            remote: "198.51.100.8:5060".parse().unwrap(),
+        };
+        register_round_trip(&mut p, udp, &["<sip:100@192.168.1.7:5060>;expires=120"], t0);
+        // A phone on TLS keeps its own connection alive: no keepalives.
+        register_round_trip(&mut p, phone(), &["<sip:100@x>;expires=120"], t0);
+        assert_eq!(p.keepalives.len(), 1);
+        assert!(p.poll_timeout().is_some_and(|t| t <= t0 + secs(20)));
+        p.handle_timeout(t0);
+        assert!(keepalives(p.handle_timeout(t0 + secs(19))).is_empty());
+        assert_eq!(
+            keepalives(p.handle_timeout(t0 + secs(20))),
+            vec![udp.remote]
+        );
+        assert_eq!(
+            keepalives(p.handle_timeout(t0 + secs(40))),
+            vec![udp.remote]
+        );
+        // The registrar's 2xx to an unregistration lists no binding.
+        register_round_trip(&mut p, udp, &[], t0 + secs(45));
+        assert!(keepalives(p.handle_timeout(t0 + secs(60))).is_empty());
+        assert!(p.keepalives.is_empty());
+        // A binding that runs out without a re-registration ends the pings.
+        let t1 = t0 + secs(100);
+        register_round_trip(&mut p, udp, &["<sip:100@192.168.1.7:5060>;expires=30"], t1);
+        assert_eq!(
+            keepalives(p.handle_timeout(t1 + secs(20))),
+            vec![udp.remote]
+        );
+        assert!(keepalives(p.handle_timeout(t1 + secs(40))).is_empty());
+        assert!(p.keepalives.is_empty());
     }
 
     #[test]
@@ -982,6 +1199,115 @@ mod tests {
         assert_eq!(
             inside.request_uri().map(ToString::to_string),
             Some(format!("sip:pbx@{}", NODES[node]))
+        );
+    }
+
+    #[test]
+    fn a_draining_node_gets_no_new_work_but_keeps_its_transactions() {
+        let t0 = Instant::now();
+        let mut p = proxy(t0);
+        let request = |method: &str, call_id: &str| {
+            parse(&format!(
+                "{method} sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+                 Call-ID: {call_id}\nCSeq: 1 {method}\nContent-Length: 0\n\n"
+            ))
+        };
+        let node_of = |p: &mut Proxy<FakeMedia>, method: &str, call_id: &str| {
+            to_node(one(p.from_phone(phone(), request(method, call_id), t0))).0
+        };
+        // A call ringing on node 0 when it starts to drain.
+        let ringing = (0..100)
+            .map(|i| format!("ring-{i}"))
+            .find(|id| p.dispatcher.pick(id) == Some(0))
+            .expect("some Call-ID hashes to node 0");
+        let (_, invite) = to_node(one(p.from_phone(phone(), request("INVITE", &ringing), t0)));
+        assert!(p
+            .dispatcher
+            .set_draining(0, true)
+            .is_some_and(|n| n.draining));
+        for i in 0..50 {
+            assert_eq!(node_of(&mut p, "INVITE", &format!("new-{i}")), 1);
+            assert_eq!(node_of(&mut p, "REGISTER", &format!("reg-{i}")), 1);
+        }
+        assert_eq!(node_of(&mut p, "INVITE", &ringing), 0, "retransmission");
+        assert_eq!(node_of(&mut p, "CANCEL", &ringing), 0);
+        let cancelled = invite.response(487);
+        to_phone(one(p.from_node(NODES[0].parse().unwrap(), cancelled, t0)));
+        assert_eq!(node_of(&mut p, "ACK", &ringing), 0, "the failure's ACK");
+        // Forgotten after the ACK's time: then it is new work like any.
+        p.handle_timeout(t0 + HIDDEN_OTHER);
+        assert_eq!(node_of(&mut p, "OPTIONS", &ringing), 1);
+
+        assert!(p.dispatcher.set_draining(0, false).is_some());
+        assert_eq!(node_of(&mut p, "OPTIONS", &ringing), 0, "undrained");
+        assert!(p.dispatcher.set_draining(7, true).is_none(), "no node 7");
+    }
+
+    #[test]
+    fn an_unanswered_calls_relay_is_given_up_when_its_invite_is_dead() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let hour = secs(3600);
+        let mut p = proxy_probing(
+            t0,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        );
+        let invite = |call_id: &str| {
+            with_sdp(&format!(
+                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+                 Call-ID: {call_id}\nCSeq: 1 INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
+            ))
+        };
+        let failed = |p: &Proxy<FakeMedia>| {
+            p.media
+                .log
+                .iter()
+                .filter(|l| l.starts_with("failed"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // The node never answers, not even 100 Trying: dead after Timer B.
+        to_node(one(p.from_phone(phone(), invite("lost"), t0)));
+        // This one rings (the node's 180), then is answered.
+        let (node, ringing) = to_node(one(p.from_phone(phone(), invite("rings"), t0)));
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        p.from_node(source, ringing.response(180), t0 + secs(1));
+        p.handle_timeout(t0 + secs(31));
+        assert!(failed(&p).is_empty());
+        p.handle_timeout(t0 + TIMER_B);
+        assert_eq!(failed(&p), ["failed lost"]);
+        p.handle_timeout(t0 + secs(200));
+        assert_eq!(failed(&p), ["failed lost"], "ringing is not dead");
+        let mut ok = ringing.response(200);
+        ok.ensure_to_tag("node");
+        p.from_node(source, ok, t0 + secs(250));
+        p.handle_timeout(t0 + secs(250) + HIDDEN_OTHER);
+        assert_eq!(
+            failed(&p),
+            ["failed lost", "failed rings"],
+            "told when the transaction is forgotten (a no-op for an answered call)"
+        );
+
+        // A node's INVITE to a phone that never answers: given up with
+        // the Vias kept for it.
+        let path = format!("<sip:{}@10.0.0.100:5080;lr;ob>", p.key.flow_token(&phone()));
+        let to_phone_invite = with_sdp(&format!(
+            "INVITE sip:100@192.168.1.7:5061;transport=tls SIP/2.0\n\
+             Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKsilent\nRoute: {path}\nMax-Forwards: 70\n\
+             From: <sip:101@demo.pbx.local>;tag=b2b\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: silent-phone\nCSeq: 1 INVITE\nContact: <sip:pbx@10.0.0.2:5060>\n"
+        ));
+        let t1 = t0 + secs(1000);
+        p.from_node(NODES[1].parse().unwrap(), to_phone_invite, t1);
+        p.handle_timeout(t1 + HIDDEN_INVITE);
+        assert_eq!(
+            failed(&p).last().map(String::as_str),
+            Some("failed silent-phone")
         );
     }
 

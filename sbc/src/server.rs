@@ -4,17 +4,21 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use media::ports::PortPool;
+use sip::message::ParseErrorKind;
 use sip::message::SipMessage;
-use sip::transport::{InboundMessage, Transport, TransportConfig, TransportLayer};
+use sip::transport::{
+    ConnectionGate, ConnectionLimit, ConnectionTicket, InboundMessage, Transport, TransportConfig,
+    TransportLayer,
+};
 use sip::validate::{classify, Inbound, Policy};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::SbcConfig;
-use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange};
+use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange, NodeStatus};
 use crate::guard::{Guard, Verdict};
 use crate::proxy::{Action, Proxy, ProxyConfig, PublicPorts};
 use crate::relay::{CallRelays, RelayAddresses};
@@ -53,7 +57,7 @@ pub struct Sbc {
     /// The browser softphone page.
     pub https: SocketAddr,
     pub internal: SocketAddr,
-    /// Where `/metrics` is served.
+    /// Where `/metrics` and the admin endpoints are served.
     pub http: SocketAddr,
     pub certificates: Arc<Certificates>,
     status: watch::Receiver<Status>,
@@ -64,8 +68,8 @@ pub struct Sbc {
 /// What the SBC is doing, for tests and the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
-    /// (node address, healthy) in configuration order.
-    pub nodes: Vec<(SocketAddr, bool)>,
+    /// The pbx-nodes in configuration order.
+    pub nodes: Vec<NodeStatus>,
     pub relayed_calls: usize,
     pub rtp_ports_in_use: usize,
 }
@@ -105,6 +109,32 @@ fn listen_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Er
     move |source| SbcError::Listen { what, addr, source }
 }
 
+/// Binds a phone-facing listener at `addr`. The default `[::]` is one
+/// dual-stack socket (IPv6, and IPv4 as mapped addresses); on a host
+/// without IPv6 it falls back to `0.0.0.0`, so the defaults start anywhere.
+async fn bind_listener<T, F, Fut>(
+    what: &'static str,
+    addr: SocketAddr,
+    bind: F,
+) -> Result<T, SbcError>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    use std::io::ErrorKind;
+    match bind(addr).await {
+        Err(e)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && !matches!(e.kind(), ErrorKind::AddrInUse | ErrorKind::PermissionDenied) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, error = %e, "no IPv6 on this host: {what} on IPv4 only ({v4})");
+            bind(v4).await.map_err(listen_error(what, v4))
+        }
+        result => result.map_err(listen_error(what, addr)),
+    }
+}
+
 impl Sbc {
     pub async fn start(config: &SbcConfig) -> Result<Sbc, SbcError> {
         let key = load_or_create_key(&config.data_dir)?;
@@ -116,27 +146,31 @@ impl Sbc {
         )?)?;
         let tls_config = certificates.server_config();
 
-        let (external, external_rx) = TransportLayer::new(TransportConfig::default());
-        let udp = external
-            .bind_udp(config.udp_listen)
-            .await
-            .map_err(listen_error("UDP", config.udp_listen))?;
-        let tcp = external
-            .listen_tcp(config.tcp_listen)
-            .await
-            .map_err(listen_error("TCP", config.tcp_listen))?;
-        let tls = external
-            .listen_tls(config.tls_listen, tls_config.clone())
-            .await
-            .map_err(listen_error("TLS", config.tls_listen))?;
-        let wss = external
-            .listen_wss(config.wss_listen, tls_config.clone())
-            .await
-            .map_err(listen_error("WSS", config.wss_listen))?;
-        let (https, page_task) =
-            crate::softphone::serve(config.https_listen, tls_config, wss.port())
-                .await
-                .map_err(listen_error("HTTPS", config.https_listen))?;
+        let registry = prometheus::Registry::new();
+        let guard = Arc::new(Mutex::new(Guard::new(config.guard.clone(), &registry)?));
+        let (external, external_rx) = TransportLayer::gated(
+            TransportConfig {
+                max_message_size: config.max_message_bytes,
+                max_connections: config.max_connections,
+                connect_timeout: std::time::Duration::from_millis(config.tls_handshake_timeout_ms),
+                ..TransportConfig::default()
+            },
+            Arc::new(GuardGate(guard.clone())),
+        );
+        let udp = bind_listener("UDP", config.udp_listen, |a| external.bind_udp(a)).await?;
+        let tcp = bind_listener("TCP", config.tcp_listen, |a| external.listen_tcp(a)).await?;
+        let tls = bind_listener("TLS", config.tls_listen, |a| {
+            external.listen_tls(a, tls_config.clone())
+        })
+        .await?;
+        let wss = bind_listener("WSS", config.wss_listen, |a| {
+            external.listen_wss(a, tls_config.clone())
+        })
+        .await?;
+        let (https, page_task) = bind_listener("HTTPS", config.https_listen, |a| {
+            crate::softphone::serve(a, tls_config.clone(), wss.port())
+        })
+        .await?;
         let (internal, internal_rx) = TransportLayer::new(TransportConfig::default());
         let internal_addr = internal
             .bind_udp(config.internal_listen)
@@ -173,14 +207,22 @@ impl Sbc {
                     ws: wss.port(),
                     wss: wss.port(),
                 },
+                udp_keepalive_interval: std::time::Duration::from_secs(
+                    config.udp_keepalive_interval_secs,
+                ),
             },
             dispatcher,
             relays,
         );
-        let registry = prometheus::Registry::new();
-        let guard = Guard::new(config.guard.clone(), &registry)?;
-        let (http, http_task) = serve_metrics(config.http_listen, registry.clone()).await?;
         let (status_tx, status) = watch::channel(Status::default());
+        let (admin_tx, admin_rx) = mpsc::channel(16);
+        let (http, http_task) = serve_http(
+            config.http_listen,
+            registry.clone(),
+            status.clone(),
+            admin_tx,
+        )
+        .await?;
         let driver = Driver {
             proxy,
             guard,
@@ -190,7 +232,9 @@ impl Sbc {
             certificates: certificates.clone(),
         };
         let task = tokio::spawn(async move {
-            driver.run(external_rx, internal_rx, abandoned).await;
+            driver
+                .run(external_rx, internal_rx, abandoned, admin_rx)
+                .await;
             http_task.abort();
         });
         tracing::info!(
@@ -225,7 +269,8 @@ impl Sbc {
 
 struct Driver {
     proxy: Proxy<CallRelays>,
-    guard: Guard,
+    /// Shared with the external transport's connection gate.
+    guard: Arc<Mutex<Guard>>,
     external: TransportLayer,
     internal: TransportLayer,
     status: watch::Sender<Status>,
@@ -260,18 +305,64 @@ fn checked(
     (inbound.transport, inbound.source, verdict)
 }
 
+fn lock(guard: &Mutex<Guard>) -> MutexGuard<'_, Guard> {
+    guard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The guard deciding on the phone-facing stream connections: lists, bans
+/// and the per-IP cap before the handshake; the ticket gives the
+/// connection back when it ends.
+struct GuardGate(Arc<Mutex<Guard>>);
+
+struct GuardTicket {
+    guard: Arc<Mutex<Guard>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for GuardTicket {
+    fn drop(&mut self) {
+        lock(&self.guard).connection_closed(self.ip);
+    }
+}
+
+impl ConnectionGate for GuardGate {
+    fn admit(&self, peer: SocketAddr, _transport: Transport) -> Option<ConnectionTicket> {
+        let ip = peer.ip();
+        lock(&self.0)
+            .connection_opened(ip, Instant::now())
+            .then(|| {
+                Box::new(GuardTicket {
+                    guard: self.0.clone(),
+                    ip,
+                }) as ConnectionTicket
+            })
+    }
+
+    fn limit_hit(&self, _peer: SocketAddr, _transport: Transport, limit: ConnectionLimit) {
+        match limit {
+            ConnectionLimit::Total => lock(&self.0).total_connections_hit(),
+            ConnectionLimit::HandshakeTimeout => lock(&self.0).handshake_timed_out(),
+        }
+    }
+}
+
 impl Driver {
+    fn guard(&self) -> MutexGuard<'_, Guard> {
+        lock(&self.guard)
+    }
+
     async fn run(
         mut self,
         mut external_rx: mpsc::Receiver<InboundMessage>,
         mut internal_rx: mpsc::Receiver<InboundMessage>,
         mut abandoned: mpsc::UnboundedReceiver<String>,
+        mut admin: mpsc::Receiver<Drain>,
     ) {
         let policy = Policy::proxy();
         let mut hangup = signal_hangup();
         loop {
             self.publish_status();
-            let deadline = [self.proxy.poll_timeout(), self.guard.poll_timeout()]
+            let deadline = [self.proxy.poll_timeout(), self.guard().poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -291,12 +382,18 @@ impl Driver {
                         Err(e) => e.recovered.is_request,
                     };
                     let admitted = if is_request {
-                        self.guard.check_request(inbound.source.ip(), now)
+                        self.guard().check_request(inbound.source.ip(), now)
                     } else {
-                        self.guard.check_message(inbound.source.ip(), now)
+                        self.guard().check_message(inbound.source.ip(), now)
                     };
                     if admitted != Verdict::Admit {
                         continue;
+                    }
+                    if let Err(e) = &inbound.parsed {
+                        if let ParseErrorKind::TooLarge { size, max } = e.kind {
+                            tracing::warn!(source = %inbound.source, size, max, "message over the size limit");
+                            self.guard().message_too_large();
+                        }
                     }
                     let (transport, source, verdict) = checked(inbound, &policy);
                     match verdict {
@@ -330,8 +427,24 @@ impl Driver {
                 }
                 () = sleep => {
                     let now = Instant::now();
-                    self.guard.handle_timeout(now);
+                    self.guard().handle_timeout(now);
                     self.proxy.handle_timeout(now)
+                }
+                Some(drain) = admin.recv() => {
+                    let node = self.proxy.dispatcher.node_at(drain.node);
+                    let status = node.and_then(|node| {
+                        self.proxy.dispatcher.set_draining(node, drain.draining)
+                    });
+                    if status.is_some() {
+                        tracing::warn!(node = %drain.node, draining = drain.draining,
+                            "admin: {}", if drain.draining {
+                                "draining, no new dialogs or registrations to it"
+                            } else {
+                                "undrained, back in the rotation"
+                            });
+                    }
+                    let _ = drain.reply.send(status);
+                    Vec::new()
                 }
                 Some(()) = hangup.recv() => {
                     if let Err(e) = self.certificates.reload() {
@@ -369,9 +482,18 @@ impl Driver {
             Action::Authenticated { source, failed } => {
                 if failed {
                     tracing::info!(%source, "authentication failed");
-                    self.guard.auth_failed(source, Instant::now());
+                    self.guard().auth_failed(source, Instant::now());
                 } else {
-                    self.guard.auth_succeeded(source);
+                    self.guard().auth_succeeded(source);
+                }
+            }
+            Action::Keepalive(remote) => {
+                if let Err(e) = self
+                    .external
+                    .send_udp_bytes(remote, crate::keepalive::PING)
+                    .await
+                {
+                    tracing::debug!(%remote, error = %e, "keepalive not sent");
                 }
             }
             Action::Node(change) => match change {
@@ -399,13 +521,7 @@ impl Driver {
 
     fn publish_status(&self) {
         let status = Status {
-            nodes: self
-                .proxy
-                .dispatcher
-                .status()
-                .iter()
-                .map(|n| (n.addr, n.healthy))
-                .collect(),
+            nodes: self.proxy.dispatcher.status(),
             relayed_calls: self.proxy.media.active(),
             rtp_ports_in_use: self.proxy.media.ports_in_use(),
         };
@@ -417,28 +533,84 @@ impl Driver {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-async fn serve_metrics(
+/// An admin request to drain a node (or undrain it); the reply is the
+/// node's state, `None` if no node has that address.
+struct Drain {
+    node: SocketAddr,
+    draining: bool,
+    reply: tokio::sync::oneshot::Sender<Option<NodeStatus>>,
+}
+
+/// The SBC's HTTP listener (loopback by default: it has no
+/// authentication): `GET /metrics` in the Prometheus text format,
+/// `GET /admin/nodes` (each node's address, health and draining flag as
+/// JSON), `POST /admin/nodes/{addr}/drain` and `/undrain`.
+async fn serve_http(
     listen: SocketAddr,
     registry: prometheus::Registry,
+    status: watch::Receiver<Status>,
+    admin: mpsc::Sender<Drain>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SbcError> {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use axum::Json;
     use prometheus::Encoder;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
+
+    let drain = |draining: bool| {
+        let admin = admin.clone();
+        move |Path(node): Path<String>| {
+            let admin = admin.clone();
             async move {
-                let mut text = Vec::new();
-                match prometheus::TextEncoder::new().encode(&registry.gather(), &mut text) {
-                    Ok(()) => (axum::http::StatusCode::OK, text),
-                    Err(e) => (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        e.to_string().into_bytes(),
-                    ),
+                let Ok(node) = node.parse::<SocketAddr>() else {
+                    return (StatusCode::BAD_REQUEST, format!("'{node}' is no ip:port\n"))
+                        .into_response();
+                };
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let asked = admin
+                    .send(Drain {
+                        node,
+                        draining,
+                        reply,
+                    })
+                    .await;
+                match (asked, answer.await) {
+                    (Ok(()), Ok(Some(status))) => Json(status).into_response(),
+                    (Ok(()), Ok(None)) => {
+                        (StatusCode::NOT_FOUND, format!("no pbx-node {node}\n")).into_response()
+                    }
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "SBC stopping\n").into_response(),
                 }
             }
-        }),
-    );
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = Vec::new();
+                    match prometheus::TextEncoder::new().encode(&registry.gather(), &mut text) {
+                        Ok(()) => (StatusCode::OK, text),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            e.to_string().into_bytes(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/admin/nodes",
+            get(move || {
+                let nodes = status.borrow().nodes.clone();
+                async move { Json(nodes) }
+            }),
+        )
+        .route("/admin/nodes/{node}/drain", post(drain(true)))
+        .route("/admin/nodes/{node}/undrain", post(drain(false)));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(listen_error("HTTP", listen))?;
@@ -447,7 +619,7 @@ async fn serve_metrics(
         .map_err(listen_error("HTTP", listen))?;
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics listener stopped");
+            tracing::error!(error = %e, "HTTP listener stopped");
         }
     });
     Ok((addr, task))

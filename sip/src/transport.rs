@@ -131,6 +131,17 @@ enum ListenKind {
     Wss(TlsAcceptor),
 }
 
+impl ListenKind {
+    fn transport(&self) -> Transport {
+        match self {
+            ListenKind::Tcp => Transport::Tcp,
+            ListenKind::Tls(_) => Transport::Tls,
+            ListenKind::Ws => Transport::Ws,
+            ListenKind::Wss(_) => Transport::Wss,
+        }
+    }
+}
+
 const SIP_SUBPROTOCOL: &str = "sip";
 
 fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool {
@@ -142,8 +153,14 @@ fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool
         .any(|p| p.trim().eq_ignore_ascii_case(SIP_SUBPROTOCOL))
 }
 
+/// Small buffers: tungstenite's 128 KiB read and write buffers were most of
+/// an idle WSS connection's memory (an SBC holds thousands); a SIP message
+/// larger than the read chunk takes a few reads, and each message is
+/// written out at once (write buffer 0) as SIP wants anyway.
 fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
 }
@@ -176,12 +193,36 @@ struct Connection {
     writer: mpsc::Sender<Vec<u8>>,
 }
 
+/// Held for as long as an admitted inbound connection lives (its
+/// handshake included); dropping it tells the gate the connection ended.
+pub type ConnectionTicket = Box<dyn Send>;
+
+/// Why the transport gave up on an inbound connection by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionLimit {
+    /// `max_connections` stream connections were already open.
+    Total,
+    /// The TLS or WebSocket handshake took longer than `connect_timeout`.
+    HandshakeTimeout,
+}
+
+/// Decides on inbound stream connections before their handshake, and
+/// hears of every limit the transport enforces itself (an SBC counts and
+/// logs them; per-source limits and bans live behind `admit`).
+pub trait ConnectionGate: Send + Sync {
+    /// A TCP connection from `peer` arrived on a `transport` listener;
+    /// `None` closes it at once.
+    fn admit(&self, peer: SocketAddr, transport: Transport) -> Option<ConnectionTicket>;
+    fn limit_hit(&self, peer: SocketAddr, transport: Transport, limit: ConnectionLimit);
+}
+
 struct Shared {
     config: TransportConfig,
     inbound: mpsc::Sender<InboundMessage>,
     connections: Mutex<HashMap<(Transport, SocketAddr), Connection>>,
     udp: Mutex<Option<(ConnectionId, Arc<UdpSocket>)>>,
     next_id: AtomicU64,
+    gate: Option<Arc<dyn ConnectionGate>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,6 +238,21 @@ pub struct TransportLayer {
 impl TransportLayer {
     /// The receiver gets every inbound message from every transport.
     pub fn new(config: TransportConfig) -> (Self, mpsc::Receiver<InboundMessage>) {
+        Self::build(config, None)
+    }
+
+    /// Like `new`, with `gate` deciding on every inbound stream connection.
+    pub fn gated(
+        config: TransportConfig,
+        gate: Arc<dyn ConnectionGate>,
+    ) -> (Self, mpsc::Receiver<InboundMessage>) {
+        Self::build(config, Some(gate))
+    }
+
+    fn build(
+        config: TransportConfig,
+        gate: Option<Arc<dyn ConnectionGate>>,
+    ) -> (Self, mpsc::Receiver<InboundMessage>) {
         let (inbound, rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             config,
@@ -204,6 +260,7 @@ impl TransportLayer {
             connections: Mutex::new(HashMap::new()),
             udp: Mutex::new(None),
             next_id: AtomicU64::new(1),
+            gate,
         });
         (Self { shared }, rx)
     }
@@ -290,39 +347,67 @@ impl TransportLayer {
         let layer = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
+                let transport = kind.transport();
+                let gate = layer.shared.gate.clone();
                 if layer.connection_count() >= layer.shared.config.max_connections {
                     tracing::warn!(%peer, "connection limit reached, refusing");
+                    if let Some(gate) = &gate {
+                        gate.limit_hit(peer, transport, ConnectionLimit::Total);
+                    }
                     continue;
                 }
+                let ticket = match &gate {
+                    Some(gate) => match gate.admit(peer, transport) {
+                        Some(ticket) => Some(ticket),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 let layer = layer.clone();
                 let kind = kind.clone();
                 // Handshakes run in their own task, bounded in time, so a
                 // slow peer cannot stall accepts.
                 tokio::spawn(async move {
                     let limit = layer.shared.config.connect_timeout;
-                    let _ = timeout(limit, layer.accept(stream, peer, kind)).await;
+                    if timeout(limit, layer.accept(stream, peer, kind, ticket))
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(%peer, ?transport, timeout_ms = limit.as_millis(), "handshake timed out: connection closed");
+                        if let Some(gate) = &gate {
+                            gate.limit_hit(peer, transport, ConnectionLimit::HandshakeTimeout);
+                        }
+                    }
                 });
             }
         });
         Ok(local)
     }
 
-    async fn accept(&self, stream: TcpStream, peer: SocketAddr, kind: ListenKind) {
+    /// Runs the handshake of an inbound connection and starts its tasks;
+    /// `ticket` lives as long as the connection.
+    async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        kind: ListenKind,
+        ticket: Option<ConnectionTicket>,
+    ) {
         let max = self.shared.config.max_message_size;
         let result = match kind {
-            ListenKind::Tcp => Ok(self.spawn_connection(stream, Transport::Tcp, peer)),
+            ListenKind::Tcp => Ok(self.spawn_connection(stream, Transport::Tcp, peer, ticket)),
             ListenKind::Tls(acceptor) => acceptor
                 .accept(stream)
                 .await
-                .map(|tls| self.spawn_connection(tls, Transport::Tls, peer))
+                .map(|tls| self.spawn_connection(tls, Transport::Tls, peer, ticket))
                 .map_err(TransportError::from),
             ListenKind::Ws => ws_accept(stream, max)
                 .await
-                .map(|ws| self.spawn_ws_connection(ws, Transport::Ws, peer)),
+                .map(|ws| self.spawn_ws_connection(ws, Transport::Ws, peer, ticket)),
             ListenKind::Wss(acceptor) => match acceptor.accept(stream).await {
                 Ok(tls) => ws_accept(tls, max)
                     .await
-                    .map(|ws| self.spawn_ws_connection(ws, Transport::Wss, peer)),
+                    .map(|ws| self.spawn_ws_connection(ws, Transport::Wss, peer, ticket)),
                 Err(e) => Err(e.into()),
             },
         };
@@ -365,7 +450,7 @@ impl TransportLayer {
                     if !offers_sip(response.headers()) {
                         return Err(TransportError::NoSipSubprotocol);
                     }
-                    Ok(self.spawn_ws_connection(ws, transport, dest))
+                    Ok(self.spawn_ws_connection(ws, transport, dest, None))
                 }
                 Some((name, client_config)) => {
                     let name = ServerName::try_from(name.to_string())
@@ -377,7 +462,7 @@ impl TransportLayer {
                     if !offers_sip(response.headers()) {
                         return Err(TransportError::NoSipSubprotocol);
                     }
-                    Ok(self.spawn_ws_connection(ws, transport, dest))
+                    Ok(self.spawn_ws_connection(ws, transport, dest, None))
                 }
             }
         };
@@ -405,7 +490,7 @@ impl TransportLayer {
         let stream = timeout(self.shared.config.connect_timeout, connect)
             .await
             .map_err(|_| TransportError::ConnectTimeout(dest))??;
-        Ok(self.spawn_connection(stream, Transport::Tls, dest))
+        Ok(self.spawn_connection(stream, Transport::Tls, dest, None))
     }
 
     /// Sends a message: UDP from the bound socket; TCP and TLS over the
@@ -418,11 +503,7 @@ impl TransportLayer {
     ) -> Result<ConnectionId, TransportError> {
         let bytes = message.to_bytes();
         if transport == Transport::Udp {
-            let (id, socket) = lock(&self.shared.udp)
-                .clone()
-                .ok_or(TransportError::UdpNotBound)?;
-            socket.send_to(&bytes, dest).await?;
-            return Ok(id);
+            return self.send_udp_bytes(dest, &bytes).await;
         }
         let existing = lock(&self.shared.connections)
             .get(&(transport, dest))
@@ -436,7 +517,7 @@ impl TransportLayer {
                 let stream = timeout(self.shared.config.connect_timeout, TcpStream::connect(dest))
                     .await
                     .map_err(|_| TransportError::ConnectTimeout(dest))??;
-                let id = self.spawn_connection(stream, Transport::Tcp, dest);
+                let id = self.spawn_connection(stream, Transport::Tcp, dest, None);
                 let writer = lock(&self.shared.connections)
                     .get(&(transport, dest))
                     .map(|c| c.writer.clone())
@@ -448,6 +529,20 @@ impl TransportLayer {
             .send(bytes)
             .await
             .map_err(|_| TransportError::Closed(dest))?;
+        Ok(id)
+    }
+
+    /// Sends a datagram from the bound UDP socket: a message's bytes, or a
+    /// keepalive (RFC 5626's double CRLF), which is no message.
+    pub async fn send_udp_bytes(
+        &self,
+        dest: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<ConnectionId, TransportError> {
+        let (id, socket) = lock(&self.shared.udp)
+            .clone()
+            .ok_or(TransportError::UdpNotBound)?;
+        socket.send_to(bytes, dest).await?;
         Ok(id)
     }
 
@@ -470,7 +565,13 @@ impl TransportLayer {
     }
 
     /// Registers a stream and starts its reader and writer tasks.
-    fn spawn_connection<S>(&self, stream: S, transport: Transport, peer: SocketAddr) -> ConnectionId
+    fn spawn_connection<S>(
+        &self,
+        stream: S,
+        transport: Transport,
+        peer: SocketAddr,
+        ticket: Option<ConnectionTicket>,
+    ) -> ConnectionId
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -488,6 +589,7 @@ impl TransportLayer {
         tokio::spawn(async move {
             read_loop(&shared, &mut reader, &writer_tx, transport, peer, id).await;
             shared.unregister(transport, peer, id);
+            drop(ticket);
         });
         id
     }
@@ -499,11 +601,12 @@ impl TransportLayer {
         ws: WebSocketStream<S>,
         transport: Transport,
         peer: SocketAddr,
+        ticket: Option<ConnectionTicket>,
     ) -> ConnectionId
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (id, _, mut writer_rx) = self.register(transport, peer);
+        let (id, writer_tx, mut writer_rx) = self.register(transport, peer);
         let (mut sink, mut stream) = ws.split();
         tokio::spawn(async move {
             while let Some(bytes) = writer_rx.recv().await {
@@ -521,12 +624,23 @@ impl TransportLayer {
         tokio::spawn(async move {
             let idle = shared.config.idle_timeout;
             while let Ok(Some(Ok(frame))) = timeout(idle, stream.next()).await {
-                let parsed = match &frame {
-                    Message::Text(text) => parse_datagram(text.as_bytes()),
-                    Message::Binary(bytes) => parse_datagram(bytes),
+                let data: &[u8] = match &frame {
+                    Message::Text(text) => text.as_bytes(),
+                    Message::Binary(bytes) => bytes,
                     Message::Close(_) => break,
                     _ => continue,
                 };
+                // SIP over WebSocket clients (SIP.js) send RFC 5626's
+                // double-CRLF ping as a message of its own and wait for
+                // the CRLF pong; a lone CRLF is a pong and is ignored.
+                if data == b"\r\n\r\n" {
+                    let _ = writer_tx.send(b"\r\n".to_vec()).await;
+                    continue;
+                }
+                if data == b"\r\n" {
+                    continue;
+                }
+                let parsed = parse_datagram(data);
                 let msg = InboundMessage {
                     transport,
                     source: peer,
@@ -538,6 +652,7 @@ impl TransportLayer {
                 }
             }
             shared.unregister(transport, peer, id);
+            drop(ticket);
         });
         id
     }
@@ -836,5 +951,32 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let refused = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await;
         assert!(refused.is_err());
+    }
+
+    #[tokio::test]
+    async fn ws_answers_a_double_crlf_ping_with_a_crlf_pong() {
+        let (server, mut server_rx) = TransportLayer::new(TransportConfig::default());
+        let addr = server.listen_ws(localhost()).await.unwrap();
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SIP_SUBPROTOCOL),
+        );
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+        ws.send(Message::text("\r\n\r\n")).await.unwrap();
+        let pong = timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(pong.into_data().as_ref(), b"\r\n");
+        // The ping reached no one; the next message does.
+        ws.send(Message::text(
+            String::from_utf8(options().to_bytes()).unwrap(),
+        ))
+        .await
+        .unwrap();
+        assert!(recv(&mut server_rx).await.parsed.is_ok());
     }
 }

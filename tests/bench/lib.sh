@@ -1,0 +1,151 @@
+# Shell helpers of the SIP benchmarks (sip-bench.sh, sbc-bench.sh), sourced
+# after the script sets WORK, PIDS, WATCHDOG, DEADLINE, HERE, TRIAL_SECS,
+# DOMAIN, PASSWORD and SIPP_PORT.
+
+log() { echo "[$(date +%T)] $*" >&2; }
+
+cleanup() {
+  local code=$?
+  # The watchdog's sleep first, then everything this script started.
+  [ -n "$WATCHDOG" ] && { pkill -P "$WATCHDOG" 2>/dev/null || true; }
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ "$code" -ne 0 ]; then
+    log "logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+left() { echo $((DEADLINE - $(date +%s))); }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+wait_for_line() { # file pattern timeout_secs pid
+  local until=$(($(date +%s) + $3))
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    if [ "$(date +%s)" -ge "$until" ] || ! kill -0 "$4" 2>/dev/null; then
+      log "timed out waiting for '$2' in $1"
+      tail -n 20 "$1" >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# users.csv for sipp -inf: number;auth username;password, numbers first..last.
+# $3 is the auth username suffix ("-DEMO" for pbx-node, "" for Kamailio).
+write_users() { # first last suffix file
+  {
+    echo SEQUENTIAL
+    seq "$1" "$2" | awk -v s="$3" -v p="$PASSWORD" '{print $1 ";" $1 s ";" p}'
+  } >"$4"
+}
+
+# Runs one sipp client; prints "<successful> <failed> <elapsed seconds>".
+# SIPP_LIMIT caps the calls in progress (default: no cap, an open loop);
+# SIPP_TIMEOUT bounds the run (default: calls/rate + 40 s); SIPP_LOCAL_PORT
+# is its UDP port (default $SIPP_PORT).
+# Any failure, or a run much longer than calls/rate (the generator or the
+# server fell behind), fails the trial in the caller.
+run_sipp() { # name target scenario csv rate calls [extra sipp args...]
+  local name=$1 target=$2 scenario=$3 csv=$4 rate=$5 calls=$6
+  shift 6
+  local dir=$WORK/sipp/$name
+  mkdir -p "$dir"
+  local t0 t1
+  t0=$(date +%s.%N)
+  timeout "${SIPP_TIMEOUT:-$((calls / rate + 40))}" sipp "$target" -sf "$HERE/sipp/$scenario" \
+    -inf "$csv" -key domain "$DOMAIN" -i 127.0.0.1 -p "${SIPP_LOCAL_PORT:-$SIPP_PORT}" \
+    -r "$rate" -m "$calls" -l "${SIPP_LIMIT:-$((calls + 1))}" -recv_timeout 5000 \
+    -nostdin -trace_stat -stf "$dir/stat.csv" -fd 1 \
+    -trace_err -error_file "$dir/errors.log" "$@" >"$dir/screen.log" 2>&1 || true
+  t1=$(date +%s.%N)
+  local last
+  last=$(tail -n 1 "$dir/stat.csv" 2>/dev/null || true)
+  local header
+  header=$(head -n 1 "$dir/stat.csv" 2>/dev/null || true)
+  awk -v h="$header" -v l="$last" -v e="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" 'BEGIN {
+    n = split(h, names, ";"); split(l, vals, ";");
+    ok = 0; failed = -1;
+    for (i = 1; i <= n; i++) {
+      if (names[i] == "SuccessfulCall(C)") ok = vals[i];
+      if (names[i] == "FailedCall(C)") failed = vals[i];
+    }
+    printf "%d %d %.2f\n", ok, failed, e;
+  }'
+}
+
+# Verdict of a trial from run_sipp's output: 0 = zero failures at the rate.
+trial_ok() { # "ok failed elapsed" calls
+  local ok failed elapsed
+  read -r ok failed elapsed <<<"$1"
+  [ "$failed" = 0 ] && [ "$ok" = "$2" ] &&
+    awk -v e="$elapsed" -v d="$TRIAL_SECS" 'BEGIN { exit !(e <= d * 1.2 + 3) }'
+}
+
+# Waits (at most 30 s) until the processes $@ use under 10% of a core:
+# a failed trial can leave a backlog that would fail the next one too.
+wait_idle() {
+  local i before after
+  for i in $(seq 30); do
+    before=$(cpu_ticks "$@")
+    sleep 1
+    after=$(cpu_ticks "$@")
+    [ $((after - before)) -lt $(($(getconf CLK_TCK) / 10)) ] && return 0
+  done
+  log "  still busy after 30 s"
+}
+cpu_ticks() { # utime + stime of the processes (all their threads)
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# RFC 7502 §4.10-style search: double the rate until a trial has failures,
+# then bisect between the last good and the first bad rate, to 5% (or 5/s).
+# Each trial offers rate × TRIAL_SECS session attempts. After a failed
+# trial, `recover` waits until the DUT is idle and healthy again, so that
+# each trial starts from the same state. A search gets an equal share of
+# the time left ($3 searches to go). Prints the highest rate that had zero
+# failures.
+search() { # trial_function recover_function searches_left start max
+  local fn=$1 recover=$2 share=$3 rate=$4 max=$5 lo=0 hi=0
+  local until=$(($(date +%s) + $(left) / share))
+  local trial_cost=$((TRIAL_SECS * 2 + 5))
+  while :; do
+    if [ $(($(date +%s) + trial_cost)) -gt "$until" ]; then
+      log "  out of time for this search"
+      echo "$lo"
+      return
+    fi
+    if $fn "$rate"; then
+      lo=$rate
+      [ $((rate * 2)) -gt "$max" ] && break
+      rate=$((rate * 2))
+    else
+      hi=$rate
+      $recover || { echo "$lo"; return; }
+      break
+    fi
+  done
+  while [ "$hi" -gt 0 ] && [ $((hi - lo)) -gt $((lo / 20 > 5 ? lo / 20 : 5)) ]; do
+    if [ $(($(date +%s) + trial_cost)) -gt "$until" ]; then
+      log "  out of time for this search"
+      break
+    fi
+    local mid=$(((lo + hi) / 2))
+    if $fn "$mid"; then
+      lo=$mid
+    else
+      hi=$mid
+      $recover || break
+    fi
+  done
+  echo "$lo"
+}
+

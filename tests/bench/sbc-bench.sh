@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# SBC benchmark on this machine (not run in CI): the SBC in front of one
+# pbx-node against that pbx-node alone, in one run, release build.
+#
+# Measures:
+#   cps_direct, cps_via_sbc      calls/s (digest auth, answered, immediate
+#                                BYE) with zero failures, RFC 7502 style
+#                                (double the rate until a trial fails, then
+#                                bisect), sipp straight to the pbx-node and
+#                                through the SBC (which relays both legs'
+#                                media and hides the node)
+#   register_per_sec_direct,     REGISTER/s (digest, fresh AORs) the same way
+#   register_per_sec_via_sbc
+#   relay_calls_per_core         calls with G.711 RTP both ways (sipp streams
+#                                50 packets/s, the callee echoes them) held
+#                                through the SBC, divided by the cores the
+#                                SBC process uses meanwhile; each B2BUA call
+#                                is two relayed legs in the SBC. A CPU-cost
+#                                figure: no loss or latency criterion (that
+#                                is media-bench.sh's relay_calls_per_core of
+#                                the same relay engine)
+#   rss_kib_per_tls_conn,        SBC RSS growth per connection with 10,000
+#   rss_kib_per_wss_conn         idle TLS connections, then 10,000 idle WSS
+#                                ones (hold-connections.py; CRLF keepalives)
+# Progress goes to stderr; the last line on stdout is one JSON object.
+# Time: at most about 15 minutes after the release build.
+#
+# Env: BENCH_TRIAL_SECS (5), BENCH_RELAY_CALLS (200), BENCH_CONNS (10000),
+# BENCH_KEEP=1 keeps the work dir with every log, BENCH_SKIP_BUILD=1 runs
+# the binaries already built, BENCH_TARGET_DIR is the cargo target dir of
+# the release build (default ~/.cache/pbx-bench-target).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TRIAL_SECS=${BENCH_TRIAL_SECS:-5}
+RELAY_CALLS=${BENCH_RELAY_CALLS:-200}
+CONNS=${BENCH_CONNS:-10000}
+PASSWORD=bench-secret
+DOMAIN=demo.pbx.local
+TARGET_DIR=${BENCH_TARGET_DIR:-$HOME/.cache/pbx-bench-target}
+NODE_BIN=$TARGET_DIR/release/pbx-node
+SBC_BIN=$TARGET_DIR/release/sbc
+START_TIME=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+DEADLINE=0
+
+# Extension numbers (one demo range on the node).
+REG_FIRST=200000 # fresh AORs for the registration trials
+REG_LAST=289999
+CALLER_FIRST=290000
+CALLER_LAST=290999
+CALLEE=299999 # the answering sipp UAS
+DEMO_RANGE=200000-299999
+
+# Ports on 127.0.0.1.
+NODE_SIP=15161
+NODE_HTTP=18181
+NODE_RAFT=7501
+SBC_UDP=15160 # UDP and TCP
+SBC_TLS=15162
+SBC_WSS=18443
+SBC_HTTPS=18444
+SBC_INSIDE=15180
+SBC_HTTP=19191
+SIPP_PORT=16101
+UAS_PORT=16110
+
+WORK=$(mktemp -d /tmp/sbc-bench.XXXXXX)
+PIDS=()
+WATCHDOG=""
+
+# log, cleanup (trapped on exit), left, wait_for_line, write_users,
+# run_sipp, trial_ok, wait_idle, search, rss_kib.
+. "$HERE/lib.sh"
+
+# --- prerequisites ---------------------------------------------------------------
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  log "installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
+fi
+# Each held connection is a file descriptor in the SBC and in the client.
+ulimit -n $((CONNS * 2 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+log "open files limit $(ulimit -n)"
+
+if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x "$NODE_BIN" ] && [ -x "$SBC_BIN" ]; then
+  log "using the binaries built $(date -r "$SBC_BIN" '+%F %T') (BENCH_SKIP_BUILD=1)"
+else
+  log "building pbx-node and sbc (release) into $TARGET_DIR"
+  if ! (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p pbx-node -p sbc \
+    >"$WORK/build.log" 2>&1); then
+    cat "$WORK/build.log" >&2
+    exit 1
+  fi
+fi
+BUILD_SECS=$(($(date +%s) - START_TIME))
+DEADLINE=$(($(date +%s) + 14 * 60))
+(sleep $((15 * 60)) && log "15 minutes of measurement reached, stopping" && kill -TERM $$) 2>/dev/null &
+WATCHDOG=$!
+PIDS+=("$WATCHDOG")
+
+# --- pbx-node and the SBC -----------------------------------------------------------
+log "starting pbx-node (extensions $DEMO_RANGE) on 127.0.0.1:$NODE_SIP"
+env -u RUST_BACKTRACE RUST_LOG=warn "$NODE_BIN" --data-dir "$WORK/node" \
+  --sip-udp-listen "127.0.0.1:$NODE_SIP" --sip-tcp-listen "127.0.0.1:$NODE_SIP" \
+  --raft-listen "127.0.0.1:$NODE_RAFT" --http-listen "127.0.0.1:$NODE_HTTP" \
+  --sip-digest-sha256 false --demo true --demo-extensions "$DEMO_RANGE" \
+  --demo-password "$PASSWORD" </dev/null >"$WORK/node.log" 2>&1 &
+NODE_PID=$!
+PIDS+=("$NODE_PID")
+wait_for_line "$WORK/node.log" '^ready ' 120 "$NODE_PID" || exit 1
+
+# Every load comes from 127.0.0.1: the per-IP limits are lifted so that
+# they are not what is measured.
+cat >"$WORK/sbc.toml" <<EOF
+udp_listen = "127.0.0.1:$SBC_UDP"
+tcp_listen = "127.0.0.1:$SBC_UDP"
+tls_listen = "127.0.0.1:$SBC_TLS"
+wss_listen = "127.0.0.1:$SBC_WSS"
+https_listen = "127.0.0.1:$SBC_HTTPS"
+internal_listen = "127.0.0.1:$SBC_INSIDE"
+http_listen = "127.0.0.1:$SBC_HTTP"
+public_host = "127.0.0.1"
+media_public_bind = "127.0.0.1"
+nodes = ["127.0.0.1:$NODE_SIP"]
+data_dir = "$WORK/sbc"
+max_connections = $((CONNS * 2))
+[guard]
+requests_per_sec = 1000000.0
+burst = 1000000
+ban_after_failures = 0
+max_connections_per_ip = $((CONNS * 2))
+EOF
+SBC_PID=""
+# (Re)starts the SBC: each RSS figure is taken on a fresh process, since
+# the allocator would reuse memory an earlier phase freed and hide growth.
+start_sbc() { # label
+  if [ -n "$SBC_PID" ]; then
+    kill "$SBC_PID" 2>/dev/null || true
+    wait "$SBC_PID" 2>/dev/null || true
+  fi
+  log "starting the SBC on 127.0.0.1:$SBC_UDP in front of it ($1)"
+  env -u RUST_BACKTRACE RUST_LOG=warn "$SBC_BIN" --config "$WORK/sbc.toml" \
+    </dev/null >"$WORK/sbc-$1.log" 2>&1 &
+  SBC_PID=$!
+  PIDS+=("$SBC_PID")
+  wait_for_line "$WORK/sbc-$1.log" '^SBC ready' 30 "$SBC_PID" || exit 1
+}
+NODE=127.0.0.1:$NODE_SIP
+SBC=127.0.0.1:$SBC_UDP
+
+# --- RSS per idle TLS / WSS connection ----------------------------------------------
+hold() { # kind port: RSS KiB growth per connection, or null
+  local kind=$1 port=$2 before after open
+  wait_idle "$SBC_PID"
+  before=$(rss_kib "$SBC_PID")
+  mkfifo "$WORK/hold-$kind.in"
+  python3 "$HERE/hold-connections.py" "$kind" 127.0.0.1 "$port" "$CONNS" \
+    <"$WORK/hold-$kind.in" >"$WORK/hold-$kind.out" 2>"$WORK/hold-$kind.err" &
+  local holder=$!
+  PIDS+=("$holder")
+  exec 9>"$WORK/hold-$kind.in" # stdin open: the connections are held
+  if ! wait_for_line "$WORK/hold-$kind.out" '^open ' 300 "$holder" >/dev/null; then
+    exec 9>&-
+    echo null
+    return
+  fi
+  sleep 5
+  after=$(rss_kib "$SBC_PID")
+  open=$(awk '{print $2}' "$WORK/hold-$kind.out")
+  log "  $kind: $open of $CONNS connections open, SBC RSS $before -> $after KiB"
+  exec 9>&- # the holder sees EOF and closes them
+  wait "$holder" 2>/dev/null || true
+  sleep 2
+  if [ "$open" -gt 0 ]; then
+    awk -v a="$after" -v b="$before" -v n="$open" 'BEGIN { printf "%.1f", (a - b) / n }'
+  else
+    echo null
+  fi
+}
+log "RSS with $CONNS idle TLS connections, then $CONNS idle WSS connections"
+start_sbc tls
+RSS_TLS=$(hold tls "$SBC_TLS")
+start_sbc wss
+RSS_WSS=$(hold wss "$SBC_WSS")
+start_sbc load
+
+# Idle, then 10 registrations at 10/s through `target` all succeed.
+write_users $CALLER_FIRST $((CALLER_FIRST + 9)) -DEMO "$WORK/probe.csv"
+recover_via() { # target
+  local i ok
+  for i in 1 2 3; do
+    wait_idle "$NODE_PID" "$SBC_PID"
+    read -r ok _ _ <<<"$(SIPP_LIMIT=10 run_sipp "health-$RANDOM" "$1" register.xml \
+      "$WORK/probe.csv" 10 10 -key contact_port 5060 -key expires 3600)"
+    [ "$ok" = 10 ] && return 0
+    log "  not healthy yet ($ok/10 probe registrations)"
+  done
+  log "  did not recover: search stopped"
+  return 1
+}
+recover_direct() { recover_via "$NODE"; }
+recover_sbc() { recover_via "$SBC"; }
+
+# --- registration rate --------------------------------------------------------------
+REG_NEXT=$REG_FIRST
+next_users() { # count file: fresh AORs, wrapping around the pool
+  local first=$REG_NEXT last=$((REG_NEXT + $1 - 1))
+  if [ "$last" -gt "$REG_LAST" ]; then
+    first=$REG_FIRST
+    last=$((REG_FIRST + $1 - 1))
+    log "  (user pool exhausted: this trial re-registers $first-$last)"
+  fi
+  REG_NEXT=$((last + 1))
+  write_users "$first" "$last" -DEMO "$2"
+}
+TRIAL=0
+reg_trial() { # target label rate
+  local calls=$(($3 * TRIAL_SECS)) result
+  TRIAL=$((TRIAL + 1))
+  next_users "$calls" "$WORK/users-$TRIAL.csv"
+  result=$(run_sipp "reg-$2-$TRIAL-$3" "$1" register.xml "$WORK/users-$TRIAL.csv" \
+    "$3" "$calls" -key contact_port 5060 -key expires 3600)
+  log "  REGISTER $2 $3/s: ok/failed/secs $result"
+  trial_ok "$result" "$calls"
+}
+reg_direct() { reg_trial "$NODE" direct "$1"; }
+reg_sbc() { reg_trial "$SBC" via-sbc "$1"; }
+log "REGISTER rate, straight to the pbx-node"
+REGISTER_DIRECT=$(search reg_direct recover_direct 5 100 20000)
+log "register_per_sec_direct=$REGISTER_DIRECT"
+log "REGISTER rate through the SBC"
+REGISTER_SBC=$(search reg_sbc recover_sbc 4 100 20000)
+log "register_per_sec_via_sbc=$REGISTER_SBC"
+
+# --- call rate ------------------------------------------------------------------------
+write_users $CALLER_FIRST $CALLER_LAST -DEMO "$WORK/callers.csv"
+write_users $CALLEE $CALLEE -DEMO "$WORK/callee.csv"
+UAS_PID=""
+# The callee registers from the UAS's own port through `target` (the
+# SBC's registration carries its Path), then answers there.
+start_callee() { # target label [sipp args...]
+  local target=$1 label=$2 ok
+  shift 2
+  [ -n "$UAS_PID" ] && { kill "$UAS_PID" 2>/dev/null || true; wait "$UAS_PID" 2>/dev/null || true; }
+  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp "callee-$label" "$target" register.xml \
+    "$WORK/callee.csv" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
+  sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
+    -trace_err -error_file "$WORK/uas-$label-errors.log" >"$WORK/uas-$label.log" 2>&1 &
+  UAS_PID=$!
+  PIDS+=("$UAS_PID")
+  [ "$ok" = 1 ]
+}
+call_trial() { # target label rate
+  local calls=$(($3 * TRIAL_SECS)) result
+  TRIAL=$((TRIAL + 1))
+  result=$(run_sipp "call-$2-$TRIAL-$3" "$1" uac-call.xml "$WORK/callers.csv" \
+    "$3" "$calls" -key callee "$CALLEE")
+  log "  calls $2 $3/s: ok/failed/secs $result"
+  trial_ok "$result" "$calls"
+}
+call_direct() { call_trial "$NODE" direct "$1"; }
+call_sbc() { call_trial "$SBC" via-sbc "$1"; }
+CPS_DIRECT=null
+CPS_SBC=null
+if start_callee "$NODE" direct; then
+  log "call rate, straight to the pbx-node"
+  CPS_DIRECT=$(search call_direct recover_direct 3 50 5000)
+  log "cps_direct=$CPS_DIRECT"
+else
+  log "the callee could not register to the pbx-node: no direct call figure"
+fi
+if start_callee "$SBC" via-sbc; then
+  log "call rate through the SBC"
+  CPS_SBC=$(search call_sbc recover_sbc 2 50 5000)
+  log "cps_via_sbc=$CPS_SBC"
+else
+  log "the callee could not register through the SBC: no call figure"
+fi
+
+# --- relayed calls per core -------------------------------------------------------
+RELAY_PER_CORE=null
+HOLD_SECS=30
+head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu" # 1 s of µ-law silence
+# uac-call.xml with RTP streamed (looping) from the answer until the BYE,
+# which comes after -d milliseconds.
+python3 - "$HERE/sipp/uac-call.xml" "$WORK/uac-call-rtp.xml" "$WORK/silence.pcmu" <<'EOF'
+import sys
+source, target, audio = sys.argv[1:]
+text = open(source).read()
+bye = text.rindex('<send retrans="500">')
+media = f'<nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>\n  <pause/>\n\n  '
+open(target, "w").write(text[:bye] + media + text[bye:])
+EOF
+# The callee echoes every RTP packet back (its media port apart from the
+# caller's).
+if start_callee "$SBC" relay -rtp_echo -mp 26000 && [ "$(left)" -gt $((HOLD_SECS + 60)) ]; then
+  log "relay: $RELAY_CALLS calls held ${HOLD_SECS}s through the SBC with RTP both ways"
+  rate=$((RELAY_CALLS / 5 > 0 ? RELAY_CALLS / 5 : 1))
+  relay_dir=$WORK/sipp/relay
+  mkdir -p "$relay_dir"
+  timeout $((HOLD_SECS + 60)) sipp "$SBC" -sf "$WORK/uac-call-rtp.xml" -inf "$WORK/callers.csv" \
+    -key domain "$DOMAIN" -key callee "$CALLEE" -i 127.0.0.1 -p "$SIPP_PORT" -mp 27000 \
+    -r "$rate" -m "$RELAY_CALLS" -l "$RELAY_CALLS" -d $((HOLD_SECS * 1000)) \
+    -nostdin -trace_stat -stf "$relay_dir/stat.csv" -fd 1 \
+    -trace_err -error_file "$relay_dir/errors.log" >"$relay_dir/screen.log" 2>&1 &
+  RELAY_SIPP=$!
+  PIDS+=("$RELAY_SIPP")
+  # Every call is set up after RELAY_CALLS/rate = 5 s; measure the next 15.
+  sleep 8
+  window=15
+  before=$(cpu_ticks "$SBC_PID")
+  sleep "$window"
+  after=$(cpu_ticks "$SBC_PID")
+  wait "$RELAY_SIPP" 2>/dev/null || true
+  read -r relay_ok relay_failed _ <<<"$(awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
+    END { print $col["SuccessfulCall(C)"], $col["FailedCall(C)"] }' "$relay_dir/stat.csv")"
+  cores=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v w="$window" \
+    'BEGIN { printf "%.3f", t / hz / w }')
+  log "  $relay_ok calls answered, $relay_failed failed; the SBC used $cores cores"
+  # Below 1% of a core the media did not flow (sipp without RTP streams?).
+  if [ "$relay_ok" != "$RELAY_CALLS" ]; then
+    log "  calls failed: no relay figure"
+  elif awk -v c="$cores" 'BEGIN { exit !(c < 0.01) }'; then
+    log "  the SBC stayed idle: no media relayed, no relay figure"
+  else
+    RELAY_PER_CORE=$(awk -v n="$RELAY_CALLS" -v c="$cores" 'BEGIN { printf "%d", n / c }')
+  fi
+else
+  log "relay phase skipped (no callee or out of time)"
+fi
+
+MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
+MACHINE+=" $(. /etc/os-release && echo "$PRETTY_NAME"); trials ${TRIAL_SECS}s; one pbx-node;"
+MACHINE+=" load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);"
+MACHINE+=" build ${BUILD_SECS} s, total $(($(date +%s) - START_TIME)) s"
+printf '{"cps_via_sbc": %s, "cps_direct": %s, "register_per_sec_via_sbc": %s, "register_per_sec_direct": %s, "relay_calls_per_core": %s, "rss_kib_per_tls_conn": %s, "rss_kib_per_wss_conn": %s, "machine": "%s"}\n' \
+  "$CPS_SBC" "$CPS_DIRECT" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$MACHINE"
