@@ -178,6 +178,28 @@ pub struct Proxy<M> {
     pub keepalives: Keepalives,
 }
 
+/// Records where the phone's request really came from in its Via, as a
+/// server transport must (RFC 3261 §18.2.1, RFC 3581 `rport`): the nodes
+/// trust this from the SBC to check an extension's allowed registration
+/// networks. A `received` the phone wrote itself is replaced.
+fn stamp_source(request: &mut SipMessage, source: SocketAddr) {
+    let Some(top) = request.headers.pop_first("Via") else {
+        return;
+    };
+    let stamped = match sip::message::syntax::parse_via(&top) {
+        Ok(mut via) => {
+            via.set_param("received", Some(source.ip().to_string()));
+            if via.param("rport").is_some() {
+                via.set_param("rport", Some(source.port().to_string()));
+            }
+            via.to_string()
+        }
+        // Validation let it through; leave what cannot be parsed as it is.
+        Err(_) => top,
+    };
+    request.headers.push_front("Via", stamped);
+}
+
 /// `z9hG4bK` and a hash of what identifies the transaction upstream, so a
 /// retransmission, the CANCEL and the non-2xx ACK of a request get the same
 /// branch as the request itself (RFC 3261 §16.11).
@@ -398,6 +420,7 @@ impl<M: MediaAnchor> Proxy<M> {
             .ok()
             .and_then(|v| v.branch().map(str::to_string))
             .unwrap_or_default();
+        stamp_source(&mut request, flow.remote);
         let flow_token = self.key.flow_token(&flow);
         let branch = derived_branch(&[&top_branch, &flow_token]);
         // Marks a request with credentials, so its answer can be told to
@@ -975,7 +998,13 @@ mod tests {
             Some("<sip:100@192.168.1.7:5061;transport=tls>"),
             "a binding keeps the phone's own Contact"
         );
-        assert_eq!(forwarded.headers.list("Via").len(), 2);
+        let vias = forwarded.headers.list("Via");
+        assert_eq!(vias.len(), 2);
+        // The node learns where the phone really is (allowed networks).
+        assert_eq!(
+            vias[1],
+            "SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKr1;received=198.51.100.7"
+        );
 
         let mut ok = forwarded.response(200);
         ok.headers.push("Path", path.to_string());
@@ -984,9 +1013,10 @@ mod tests {
         let source: SocketAddr = NODES[node].parse().unwrap();
         let (flow, reply, _) = to_phone(one(p.from_node(source, ok, t0)));
         assert_eq!(flow, phone());
+        // The phone's own Via, with where we saw it (as any server adds).
         assert_eq!(
             reply.headers.list("Via"),
-            ["SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKr1"]
+            ["SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKr1;received=198.51.100.7"]
         );
         assert!(reply.headers.get("Path").is_none());
         assert_eq!(
@@ -1181,7 +1211,7 @@ mod tests {
         assert_hidden(&out);
         assert_eq!(
             out.headers.list("Via"),
-            ["SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKc1"]
+            ["SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKc1;received=198.51.100.7"]
         );
         let node_contact = parse_name_addr(out.headers.get("Contact").unwrap()).unwrap();
 

@@ -337,6 +337,61 @@ async fn phones_register_and_call_over_ipv6() {
 }
 
 /// A plain HTTP/1.1 GET of `path`: the body.
+/// An extension's allowed registration networks are checked against the
+/// phone's own address, which the SBC records in the phone's Via and the
+/// node trusts from it, not against the SBC's inside address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_registration_networks_see_the_phone_behind_the_sbc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = start_node(dir.path()).await;
+    let sbc = start_sbc(dir.path(), vec![node.sip.udp_addr]).await;
+    let allow = |networks: &[&str]| {
+        let repo = node.repo.clone();
+        let tenant_id = tenant.id.clone();
+        let networks: Vec<ipnet::IpNet> = networks
+            .iter()
+            .map(|n| n.parse().expect("network"))
+            .collect();
+        async move {
+            let mut extension = repo
+                .extension(&tenant_id, "101")
+                .await
+                .expect("read")
+                .expect("101");
+            extension.settings.allowed_registration_cidrs = networks;
+            repo.update_extension(&tenant_id, &extension)
+                .await
+                .expect("update 101");
+            // The node's directory follows the store's watch.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    // The phone (127.0.0.1) is in this network; the SBC's inside
+    // (127.0.0.2) is not.
+    allow(&["127.0.0.1/32"]).await;
+    register_101(dir.path(), &sbc).await;
+
+    allow(&["127.0.0.2/32"]).await;
+    let port = free_udp_port("127.0.0.1");
+    let work = work_dir(dir.path(), "refused");
+    let output = sipp("register.xml", port, Some(sbc.udp), &work)
+        .args(["-s", "101-TEST", "-au", "101-TEST", "-ap", PASSWORD])
+        .output()
+        .await
+        .expect("sipp");
+    assert!(
+        !passed(&output, &work),
+        "a registration from outside the allowed networks is refused"
+    );
+    assert!(
+        logs(&work).contains("403 Forbidden (registration not allowed from this network)"),
+        "{}",
+        logs(&work)
+    );
+    sbc.stop();
+    node.shutdown().await;
+}
+
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
