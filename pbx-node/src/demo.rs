@@ -65,7 +65,18 @@ pub async fn ensure_demo(
 ) -> Result<(Tenant, Vec<NewCredentials>), RepoError> {
     let tenant = match repo.tenant_by_code(DEMO_CODE).await? {
         Some(t) => t,
-        None => repo.create_tenant("Demo", DEMO_CODE, DEMO_DOMAIN).await?,
+        None => match repo.create_tenant("Demo", DEMO_CODE, DEMO_DOMAIN).await {
+            Ok(t) => t,
+            // Another node starting with the demo created it meanwhile.
+            Err(RepoError::AlreadyExists { .. }) => repo
+                .tenant_by_code(DEMO_CODE)
+                .await?
+                .ok_or_else(|| RepoError::Conflict {
+                    what: format!("tenant {DEMO_CODE}"),
+                    attempts: 1,
+                })?,
+            Err(e) => return Err(e),
+        },
     };
     let created: Vec<Result<Option<NewCredentials>, RepoError>> =
         stream::iter(spec.first..=spec.last)

@@ -136,7 +136,10 @@ pub fn load_or_create_identity(config: &NodeConfig) -> Result<NodeIdentity, Node
     Ok(identity)
 }
 
-/// Retries `op` while the cluster has no leader yet (start-up, election).
+/// Retries `op` while the cluster has no leader yet, or a leader change
+/// left its outcome unknown (start-up, election). Every `op` given is an
+/// idempotent "ensure" (read, and write only what is missing), so running
+/// it again after an unknown outcome is safe.
 async fn until_leader<T, F, Fut>(mut op: F) -> Result<T, RepoError>
 where
     F: FnMut() -> Fut,
@@ -145,7 +148,7 @@ where
     let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
     loop {
         match op().await {
-            Err(RepoError::Store(StoreError::NoLeader(_)))
+            Err(RepoError::Store(StoreError::NoLeader(_) | StoreError::Unknown(_)))
                 if tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(RETRY_PAUSE).await
