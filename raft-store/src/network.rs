@@ -131,6 +131,10 @@ pub enum PeerReply {
 struct SnapshotHeader {
     vote: VoteOf<TypeConfig>,
     meta: SnapshotMetaOf<TypeConfig>,
+    /// The file's length: a sender that gave up mid-file (openraft's
+    /// timeout drops it, and quinn finishes a dropped stream cleanly) must
+    /// not look like a whole snapshot to the receiver.
+    len: u64,
 }
 
 /// What a node does with requests that arrive over the transport.
@@ -500,9 +504,14 @@ impl Transport {
         let (conn, _) = self.connection(addr, server_name).await?;
         let stream_err = |e: &dyn std::fmt::Display| TransportError::Stream(e.to_string());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| stream_err(&e))?;
+        let len = file.metadata().await.map_err(|e| stream_err(&e))?.len();
         let header = codec::encode(&SnapshotHeader {
             vote,
             meta: snapshot.meta.clone(),
+            len,
         })?;
         send.write_all(&[STREAM_SNAPSHOT])
             .await
@@ -511,9 +520,6 @@ impl Transport {
             .await
             .map_err(|e| stream_err(&e))?;
         send.write_all(&header).await.map_err(|e| stream_err(&e))?;
-        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
-            .await
-            .map_err(|e| stream_err(&e))?;
         tokio::io::copy(&mut file, &mut send)
             .await
             .map_err(|e| stream_err(&e))?;
@@ -629,9 +635,19 @@ async fn receive_snapshot(recv: &mut quinn::RecvStream, inbound: &dyn Inbound) -
             .map_err(|e| e.to_string())?;
         let copied = tokio::io::copy(recv, &mut file).await;
         let synced = file.sync_all().await;
-        if let Err(e) = copied.map(|_| ()).and(synced) {
+        let whole = match copied {
+            Ok(n) if n == header.len => synced.map_err(|e| e.to_string()),
+            Ok(n) => Err(format!(
+                "snapshot stream ended after {n} of {} bytes",
+                header.len
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = whole {
+            // A partial file must never reach the state machine: refused
+            // here, the leader sends it again.
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(e.to_string());
+            return Err(e);
         }
         let snapshot = StoreSnapshot {
             meta: header.meta,
