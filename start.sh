@@ -12,6 +12,16 @@ cd "$(dirname "$0")"
 # PBX_BIN_DIR: run binaries built elsewhere (a release build, say) as they are.
 bin="${PBX_BIN_DIR:-}"
 if [ -z "$bin" ]; then
+  # RocksDB is C++ and its Rust bindings are generated with libclang.
+  need=()
+  dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+  command -v g++ >/dev/null 2>&1 || need+=(g++)
+  if [ ${#need[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+  fi
   cargo build --bin pbx-node --bin sbc
   bin=$(cargo metadata --format-version 1 --no-deps \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug
