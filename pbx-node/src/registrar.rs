@@ -39,10 +39,14 @@ pub fn device_ip(
     }
 }
 
-/// Whether an extension's allowed registration networks admit `device`.
-pub fn registration_allowed(extension: &Extension, device: Option<IpAddr>) -> bool {
+/// Whether an extension's allowed registration networks admit the device;
+/// its address (`device`) is only worked out when they restrict it.
+pub fn registration_allowed(
+    extension: &Extension,
+    device: impl FnOnce() -> Option<IpAddr>,
+) -> bool {
     let allowed = &extension.settings.allowed_registration_cidrs;
-    allowed.is_empty() || device.is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
+    allowed.is_empty() || device().is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
 }
 
 /// What a REGISTER asks for.
@@ -418,25 +422,23 @@ mod tests {
     #[test]
     fn allowed_networks_admit_only_their_devices() {
         let mut phone = extension(1, true);
-        assert!(registration_allowed(&phone, None), "empty = from anywhere");
+        assert!(
+            registration_allowed(&phone, || None),
+            "empty = from anywhere"
+        );
         phone.settings.allowed_registration_cidrs = vec![
             "198.51.100.0/24".parse().expect("net"),
             "2001:db8::/32".parse().expect("net"),
         ];
-        assert!(registration_allowed(
-            &phone,
-            Some("198.51.100.9".parse().expect("ip"))
-        ));
-        assert!(registration_allowed(
-            &phone,
-            Some("2001:db8::7".parse().expect("ip"))
-        ));
-        assert!(!registration_allowed(
-            &phone,
-            Some("203.0.113.1".parse().expect("ip"))
-        ));
+        let at = |ip: &str| {
+            let ip: IpAddr = ip.parse().expect("ip");
+            move || Some(ip)
+        };
+        assert!(registration_allowed(&phone, at("198.51.100.9")));
+        assert!(registration_allowed(&phone, at("2001:db8::7")));
+        assert!(!registration_allowed(&phone, at("203.0.113.1")));
         assert!(
-            !registration_allowed(&phone, None),
+            !registration_allowed(&phone, || None),
             "an unknown address is not allowed"
         );
     }

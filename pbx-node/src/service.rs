@@ -109,12 +109,12 @@ impl RegistrarService {
         }
         // Checked only once authenticated, so it reveals nothing to a
         // stranger.
-        let device = device_ip(request, source.addr.ip(), &self.trusted_proxies);
+        let device = || device_ip(request, source.addr.ip(), &self.trusted_proxies);
         if !registration_allowed(&extension, device) {
             tracing::info!(
                 tenant = %tenant.code,
                 extension = %extension.number,
-                device = ?device,
+                device = ?device(),
                 "REGISTER from outside the extension's allowed networks"
             );
             return Ok(sip::message::response_from_headers(
