@@ -247,6 +247,24 @@ async fn busy_no_answer_cancel_unknown_and_offline_get_their_status() {
 
 /// Replaces extension `number`'s settings through the REST API, as an
 /// administrator would (PUT keeps its password).
+/// Changes the test tenant through the API.
+async fn put_tenant(node: &PbxNode, body: serde_json::Value) {
+    let client = reqwest::Client::new();
+    let token = common::admin_token(&client, node.http.addr).await;
+    let response = client
+        .put(format!(
+            "http://{}/api/v1/tenants/{}",
+            node.http.addr,
+            common::TEST_CODE
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT tenant");
+    assert_eq!(response.status().as_u16(), 200);
+}
+
 async fn set_extension(node: &PbxNode, number: &str, settings: serde_json::Value) {
     let client = reqwest::Client::new();
     let addr = node.http.addr;
@@ -340,20 +358,7 @@ async fn dnd_forwarding_and_ring_timeout_act_on_calls() {
     );
 
     // A disabled tenant's phones are refused once they have authenticated.
-    let client = reqwest::Client::new();
-    let token = common::admin_token(&client, node.http.addr).await;
-    let response = client
-        .put(format!(
-            "http://{}/api/v1/tenants/{}",
-            node.http.addr,
-            common::TEST_CODE
-        ))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"enabled": false}))
-        .send()
-        .await
-        .expect("PUT tenant");
-    assert_eq!(response.status().as_u16(), 200);
+    put_tenant(&node, serde_json::json!({"enabled": false})).await;
     let mut phone = common::TestPhone::new(sip, "101-TEST", PASSWORD).await;
     let mut refused = None;
     // The node's directory follows the change through the store's watch.
@@ -454,20 +459,11 @@ async fn the_tenants_concurrent_call_limit_refuses_the_call_past_it() {
     let port_102 = free_udp_addr().port();
     register(sip, "101-TEST", port_101, &work_dir(dir.path(), "reg101")).await;
     register(sip, "102-TEST", port_102, &work_dir(dir.path(), "reg102")).await;
-    let client = reqwest::Client::new();
-    let token = common::admin_token(&client, node.http.addr).await;
-    let response = client
-        .put(format!(
-            "http://{}/api/v1/tenants/{}",
-            node.http.addr,
-            common::TEST_CODE
-        ))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"limits": {"max_concurrent_calls": 1}}))
-        .send()
-        .await
-        .expect("PUT tenant");
-    assert_eq!(response.status().as_u16(), 200);
+    put_tenant(
+        &node,
+        serde_json::json!({"limits": {"max_concurrent_calls": 1}}),
+    )
+    .await;
     // The node's directory follows the change through the store's watch.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
