@@ -13,8 +13,8 @@ use crate::codec;
 use crate::data_dir::{u64_key, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
 use crate::pending::Pending;
 use crate::types::{
-    Command, CommandResult, Compare, CompareTarget, Event, EventKind, KeyRange, KeyValue, Lease,
-    LeaseId, OpResult, RangeResult, Rejection, Txn, TxnOp, TxnResult, WatchBatch,
+    prefix_end, Command, CommandResult, Compare, CompareTarget, Event, EventKind, KeyRange,
+    KeyValue, Lease, LeaseId, OpResult, RangeResult, Rejection, Txn, TxnOp, TxnResult, WatchBatch,
 };
 
 pub const REVISION_KEY: &[u8] = b"revision";
@@ -115,17 +115,35 @@ pub type Rows<'a> = Box<dyn Iterator<Item = io::Result<Row>> + 'a>;
 /// Reads from the live database or from a point-in-time snapshot of it.
 pub trait KvRead {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_>;
+    /// Rows from `start` on, before `end` if given. The bound lets RocksDB
+    /// stop at it instead of reading on to the next live key, past any
+    /// deleted ones.
+    fn scan(&self, cf: &ColumnFamily, start: &[u8], end: Option<&[u8]>) -> Rows<'_>;
+
+    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
+        self.scan(cf, start, None)
+    }
+}
+
+fn bounded(mut options: ReadOptions, end: Option<&[u8]>) -> ReadOptions {
+    if let Some(end) = end {
+        options.set_iterate_upper_bound(end);
+    }
+    options
 }
 
 impl<D: DBAccess> KvRead for rocksdb::SnapshotWithThreadMode<'_, D> {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.get_cf(cf, key).map_err(io::Error::other)
     }
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
+    fn scan(&self, cf: &ColumnFamily, start: &[u8], end: Option<&[u8]>) -> Rows<'_> {
         Box::new(
-            self.iterator_cf(cf, IteratorMode::From(start, Direction::Forward))
-                .map(|r| r.map_err(io::Error::other)),
+            self.iterator_cf_opt(
+                cf,
+                bounded(ReadOptions::default(), end),
+                IteratorMode::From(start, Direction::Forward),
+            )
+            .map(|r| r.map_err(io::Error::other)),
         )
     }
 }
@@ -144,10 +162,14 @@ impl<D: DBAccess> KvRead for ColdScan<'_, rocksdb::SnapshotWithThreadMode<'_, D>
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.0.get_cf_opt(cf, key, cold()).map_err(io::Error::other)
     }
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
+    fn scan(&self, cf: &ColumnFamily, start: &[u8], end: Option<&[u8]>) -> Rows<'_> {
         Box::new(
             self.0
-                .iterator_cf_opt(cf, cold(), IteratorMode::From(start, Direction::Forward))
+                .iterator_cf_opt(
+                    cf,
+                    bounded(cold(), end),
+                    IteratorMode::From(start, Direction::Forward),
+                )
                 .map(|r| r.map_err(io::Error::other)),
         )
     }
@@ -157,11 +179,11 @@ impl KvRead for DB {
     fn get(&self, cf: &ColumnFamily, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.get_cf(cf, key).map_err(io::Error::other)
     }
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
+    fn scan(&self, cf: &ColumnFamily, start: &[u8], end: Option<&[u8]>) -> Rows<'_> {
         Box::new(
             self.iterator_cf_opt(
                 cf,
-                ReadOptions::default(),
+                bounded(ReadOptions::default(), end),
                 IteratorMode::From(start, Direction::Forward),
             )
             .map(|r| r.map_err(io::Error::other)),
@@ -196,7 +218,7 @@ pub fn range_kvs(
         return Ok((get_kv(reader, cfs, key)?.into_iter().collect(), false));
     }
     let mut kvs = Vec::new();
-    for item in reader.scan_from(cfs.kv, range.start()) {
+    for item in reader.scan(cfs.kv, range.start(), range.end().as_deref()) {
         let (key, value) = item?;
         if range.is_past(&key) {
             break;
@@ -634,7 +656,11 @@ impl Writer<'_, '_, '_> {
             lease_keys: Vec::new(),
             attached: Vec::new(),
         };
-        for item in self.pending.scan_from(self.cfs.lease_keys, &prefix) {
+        let end = prefix_end(&prefix);
+        for item in self
+            .pending
+            .scan(self.cfs.lease_keys, &prefix, end.as_deref())
+        {
             let (lk, _) = item?;
             if !lk.starts_with(&prefix) {
                 break;

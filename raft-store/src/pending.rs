@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::iter::Peekable;
+use std::ops::Bound;
 
 use rocksdb::{ColumnFamily, WriteBatch, DB};
 
@@ -111,14 +112,18 @@ impl KvRead for Pending<'_> {
         KvRead::get(self.db, cf, key)
     }
 
-    fn scan_from(&self, cf: &ColumnFamily, start: &[u8]) -> Rows<'_> {
+    fn scan(&self, cf: &ColumnFamily, start: &[u8], end: Option<&[u8]>) -> Rows<'_> {
         let slot = match self.slot(cf) {
             Ok(slot) => slot,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
+        let pending = (
+            Bound::Included(start.to_vec()),
+            end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_vec())),
+        );
         Box::new(Merged {
-            stored: self.db.scan_from(cf, start).peekable(),
-            pending: self.writes[slot].range(start.to_vec()..).peekable(),
+            stored: self.db.scan(cf, start, end).peekable(),
+            pending: self.writes[slot].range(pending).peekable(),
             owner: self,
             slot,
         })

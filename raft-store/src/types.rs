@@ -85,6 +85,16 @@ impl KeyRange {
         }
     }
 
+    /// The first key past the range, where a scan can stop (`None` if no
+    /// key sorts after it).
+    pub fn end(&self) -> Option<Vec<u8>> {
+        match self {
+            KeyRange::Key(k) => Some([k.as_slice(), &[0]].concat()),
+            KeyRange::Prefix(p) => prefix_end(p),
+            KeyRange::Between { end, .. } => Some(end.clone()),
+        }
+    }
+
     /// True once iteration in key order has passed every key of the range.
     pub fn is_past(&self, key: &[u8]) -> bool {
         match self {
@@ -93,6 +103,15 @@ impl KeyRange {
             KeyRange::Between { end, .. } => key >= end.as_slice(),
         }
     }
+}
+
+/// The first key after every key that starts with `prefix` (`None` if
+/// no key does: the prefix is empty or all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 /// What a compare looks at.
@@ -468,3 +487,26 @@ pub struct WatchBatch {
 
 /// openraft's snapshot type, naming our on-disk snapshot file.
 pub type StoreSnapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_ends_at_the_first_key_past_it() {
+        assert_eq!(prefix_end(b"/t/a/"), Some(b"/t/a0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+        for range in [
+            KeyRange::key("k"),
+            KeyRange::prefix("/t/a/"),
+            KeyRange::prefix("a\u{7f}"),
+            KeyRange::between("b", "d"),
+        ] {
+            let end = range.end().expect("an end");
+            assert!(!range.contains(&end), "{range:?} holds its end");
+            assert!(range.is_past(&end), "{range:?} not past its end");
+        }
+    }
+}

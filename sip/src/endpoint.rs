@@ -223,15 +223,16 @@ impl Driver {
             Inbound::Accept(message) => {
                 // Remember where a new server transaction answers to before
                 // the layer emits its first response (the 100 Trying).
-                let new_server_key = message
-                    .is_request()
-                    .then(|| TransactionKey::for_request(&message).ok())
-                    .flatten()
-                    .filter(|key| self.layer.get(key).is_none());
+                let key = TransactionKey::of_incoming(&message).ok();
+                let new_server_key = key
+                    .as_ref()
+                    .filter(|key| key.server && self.layer.get(key).is_none())
+                    .cloned();
                 if let Some(key) = &new_server_key {
                     self.server_sources.insert(key.clone(), source);
                 }
-                let events = self.layer.handle_incoming(
+                let events = self.layer.handle_incoming_keyed(
+                    key,
                     message,
                     source.transport.is_reliable(),
                     tokio::time::Instant::now().into_std(),

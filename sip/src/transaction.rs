@@ -5,6 +5,9 @@
 //! routes incoming messages. Terminated transactions are removed by the layer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::message::{Headers, Method, SipMessage, StartLine, SIP_2_0};
@@ -84,7 +87,11 @@ pub struct Transaction {
     state: State,
     reliable: bool,
     timers: TimerConfig,
-    request: SipMessage,
+    /// A client's request, which Timers A and E resend and the ACK of a
+    /// non-2xx is built from. Server transactions keep none: they only
+    /// resend their last response, and a registrar holds one per REGISTER
+    /// for Timer J (32 s).
+    client_request: Option<SipMessage>,
     /// The last response sent (server) or the ACK sent (INVITE client).
     last_sent: Option<SipMessage>,
     /// Timer A, E or G, with the interval to use next.
@@ -123,7 +130,7 @@ impl Transaction {
             end_at: None,
             queued_at: None,
             last_sent: None,
-            request: request.clone(),
+            client_request: Some(request.clone()),
         };
         Ok((tx, vec![Action::Send(request)]))
     }
@@ -157,7 +164,7 @@ impl Transaction {
             end_at: None,
             queued_at: None,
             last_sent: None,
-            request: request.clone(),
+            client_request: None,
         };
         let mut actions = Vec::new();
         if invite {
@@ -175,10 +182,6 @@ impl Transaction {
 
     pub fn state(&self) -> State {
         self.state
-    }
-
-    pub fn request(&self) -> &SipMessage {
-        &self.request
     }
 
     /// When `handle_timeout` must next be called.
@@ -246,7 +249,11 @@ impl Transaction {
                 self.terminate(actions);
             }
             (State::Trying | State::Proceeding, _) => {
-                if let (true, Some(ack)) = (invite, ack_for(&self.request, &response)) {
+                let ack = invite
+                    .then(|| self.client_request.as_ref())
+                    .flatten()
+                    .and_then(|request| ack_for(request, &response));
+                if let Some(ack) = ack {
                     self.last_sent = Some(ack.clone());
                     actions.push(Action::Send(ack));
                 }
@@ -348,16 +355,18 @@ impl Transaction {
         if let Some((_, interval)) = self.retransmit.filter(|(at, _)| *at <= now) {
             let (resend, next) = match self.kind {
                 // Timer A doubles without a cap (§17.1.1.2).
-                Kind::ClientInvite => (self.request.clone(), interval * 2),
+                Kind::ClientInvite => (&self.client_request, interval * 2),
                 Kind::ClientNonInvite if self.state == State::Proceeding => {
-                    (self.request.clone(), self.timers.t2)
+                    (&self.client_request, self.timers.t2)
                 }
-                Kind::ClientNonInvite => (self.request.clone(), (interval * 2).min(self.timers.t2)),
+                Kind::ClientNonInvite => (&self.client_request, (interval * 2).min(self.timers.t2)),
                 // Timer G: the final response, doubling up to T2.
-                Kind::ServerInvite | Kind::ServerNonInvite => match &self.last_sent {
-                    Some(last) => (last.clone(), (interval * 2).min(self.timers.t2)),
-                    None => return actions,
-                },
+                Kind::ServerInvite | Kind::ServerNonInvite => {
+                    (&self.last_sent, (interval * 2).min(self.timers.t2))
+                }
+            };
+            let Some(resend) = resend.clone() else {
+                return actions;
             };
             self.retransmit = Some((now + next, next));
             actions.push(Action::Send(resend));
@@ -400,8 +409,15 @@ fn ack_for(request: &SipMessage, response: &SipMessage) -> Option<SipMessage> {
 
 /// Identifies a transaction: the top Via branch plus, for server
 /// transactions, the sent-by (§17.2.3), and the method (ACK matches INVITE).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TransactionKey {
+/// Its fields are read through `Deref`. A message's key is cloned into
+/// several tables and events, and looked up several times, so it is shared
+/// rather than copied, and hashed once (with a per-process random key, as
+/// its parts come from the network).
+#[derive(Debug, Clone)]
+pub struct TransactionKey(Arc<HashedKey>);
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct KeyFields {
     pub branch: String,
     /// `host[:port]` of the top Via for server transactions; empty for client ones.
     pub sent_by: String,
@@ -415,7 +431,55 @@ pub struct TransactionKey {
     pub server: bool,
 }
 
+impl Deref for TransactionKey {
+    type Target = KeyFields;
+    fn deref(&self) -> &KeyFields {
+        &self.0.fields
+    }
+}
+
+#[derive(Debug)]
+struct HashedKey {
+    fields: KeyFields,
+    hash: u64,
+}
+
+impl PartialEq for TransactionKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.fields == other.0.fields)
+    }
+}
+
+impl Eq for TransactionKey {}
+
+impl Hash for TransactionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl From<KeyFields> for TransactionKey {
+    fn from(fields: KeyFields) -> Self {
+        static SEED: OnceLock<RandomState> = OnceLock::new();
+        let hash = SEED.get_or_init(RandomState::new).hash_one(&fields);
+        TransactionKey(Arc::new(HashedKey { fields, hash }))
+    }
+}
+
 impl TransactionKey {
+    /// The key of the INVITE a CANCEL with this key targets (§9.2).
+    fn of_invite(&self) -> TransactionKey {
+        KeyFields {
+            branch: self.branch.clone(),
+            sent_by: self.sent_by.clone(),
+            request_id: self.request_id.clone(),
+            method: Method::Invite,
+            server: self.server,
+        }
+        .into()
+    }
+
     /// The key of the server transaction `request` belongs to.
     pub fn for_request(request: &SipMessage) -> Result<Self, TransactionError> {
         let method = request.method().ok_or(TransactionError::NotRequest)?;
@@ -438,7 +502,7 @@ impl TransactionKey {
         };
         let call_id = request.call_id().map_err(|_| TransactionError::NoBranch)?;
         let seq = request.cseq().map_err(|_| TransactionError::NoBranch)?.seq;
-        Ok(Self {
+        Ok(KeyFields {
             branch,
             sent_by,
             request_id: format!("{call_id} {seq}"),
@@ -448,7 +512,18 @@ impl TransactionKey {
                 method.clone()
             },
             server: true,
-        })
+        }
+        .into())
+    }
+
+    /// The key of the transaction an inbound message belongs to: a server
+    /// one for a request, a client one for a response.
+    pub fn of_incoming(msg: &SipMessage) -> Result<Self, TransactionError> {
+        if msg.is_request() {
+            Self::for_request(msg)
+        } else {
+            Self::for_client(msg)
+        }
     }
 
     /// The key of the client transaction a response (or our own request) belongs to.
@@ -456,13 +531,14 @@ impl TransactionKey {
         let via = msg.top_via().map_err(|_| TransactionError::NoBranch)?;
         let branch = via.branch().ok_or(TransactionError::NoBranch)?;
         let method = msg.cseq().map_err(|_| TransactionError::NoBranch)?.method;
-        Ok(Self {
+        Ok(KeyFields {
             branch: branch.to_string(),
             sent_by: String::new(),
             request_id: String::new(),
             method,
             server: false,
-        })
+        }
+        .into())
     }
 }
 
@@ -571,12 +647,20 @@ impl TransactionLayer {
         reliable: bool,
         now: Instant,
     ) -> Vec<LayerEvent> {
-        let key = if msg.is_request() {
-            TransactionKey::for_request(&msg)
-        } else {
-            TransactionKey::for_client(&msg)
-        };
-        let Ok(key) = key else {
+        let key = TransactionKey::of_incoming(&msg).ok();
+        self.handle_incoming_keyed(key, msg, reliable, now)
+    }
+
+    /// [`Self::handle_incoming`] for a caller that already took the
+    /// message's key (`None`: it has none).
+    pub fn handle_incoming_keyed(
+        &mut self,
+        key: Option<TransactionKey>,
+        msg: SipMessage,
+        reliable: bool,
+        now: Instant,
+    ) -> Vec<LayerEvent> {
+        let Some(key) = key else {
             return vec![LayerEvent::Stray(msg)];
         };
         if let Some(tx) = self.transactions.get_mut(&key) {
@@ -664,10 +748,7 @@ impl TransactionLayer {
                     message,
                 }),
                 Action::Deliver(m) if m.method() == Some(&Method::Cancel) => {
-                    let invite = TransactionKey {
-                        method: Method::Invite,
-                        ..key.clone()
-                    };
+                    let invite = key.of_invite();
                     let pending = self
                         .transactions
                         .get(&invite)
