@@ -325,6 +325,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.cf(CF_LOGS)?;
         self.db
             .delete_range_cf(cf, u64_key(0), u64_key(log_id.index() + 1))
+            .map_err(io::Error::other)?;
+        // The range tombstone hides the entries; whole table files under it
+        // are dropped now rather than read and rewritten by a compaction
+        // (which took most of a leader's compaction CPU). Readers of the
+        // log hold iterators, which keep the files they started on.
+        self.db
+            .delete_file_in_range_cf(cf, u64_key(0), u64_key(log_id.index()))
             .map_err(io::Error::other)
     }
 }
@@ -368,6 +375,39 @@ mod tests {
             let ids = |v: &[EntryOf<TypeConfig>]| v.iter().map(|e| e.log_id()).collect::<Vec<_>>();
             assert_eq!(ids(&cached), ids(&stored), "{start}..={end}");
         }
+    }
+
+    /// A purge drops the table files it covers at once (those below level
+    /// 0), and leaves the entries after it readable.
+    #[tokio::test]
+    async fn purge_drops_the_tables_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path(), "test", 1).unwrap();
+        let mut log = LogStore::new(data.db.clone()).unwrap();
+        let log_tables = || {
+            let files = data.db.live_files().unwrap();
+            files
+                .iter()
+                .filter(|f| f.column_family_name == CF_LOGS)
+                .count()
+        };
+        let cf = data.db.cf_handle(CF_LOGS).unwrap();
+        // Each hundred in a table of its own below level 0, where a busy
+        // log's tables go (the purge leaves level 0 to compactions).
+        for first in [1, 101, 201] {
+            append(&mut log, first..=first + 99, 1).await;
+            data.db.flush_cf(cf).unwrap();
+            let (from, to) = (u64_key(first), u64_key(first + 99));
+            data.db.compact_range_cf(cf, Some(from), Some(to));
+        }
+        assert_eq!(log_tables(), 3);
+        log.purge(log_id::<TypeConfig>(1, 1, 250)).await.unwrap();
+        // The third table still holds 251..=300.
+        assert_eq!(log_tables(), 1);
+        let mut from_db = LogStore::new(data.db.clone()).unwrap();
+        let left = from_db.try_get_log_entries(0..=400).await.unwrap();
+        let indexes: Vec<u64> = left.iter().map(|e| e.log_id().index()).collect();
+        assert_eq!(indexes, (251..=300).collect::<Vec<_>>());
     }
 
     /// The copy keeps at most RECENT_BYTES of entries (but always the
