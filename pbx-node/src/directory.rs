@@ -157,7 +157,10 @@ impl Directory {
     /// if that history is compacted away, the directory is loaded afresh.
     async fn follow(self, mut next: u64) {
         loop {
-            let error = match self.repo.store().watch(KeyRange::prefix("/"), next) {
+            // Bindings, CDRs and calls change far more often than the
+            // directory, and are not copied to it.
+            let watch = self.repo.store().watch(KeyRange::prefix("/"), next);
+            let error = match watch.map(|w| w.only(|key| DirectoryKind::of(key).is_some())) {
                 Ok(mut watcher) => loop {
                     match watcher.next().await {
                         Ok(batch) => {

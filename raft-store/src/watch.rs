@@ -20,6 +20,8 @@ const HISTORY_PAGE: usize = 512;
 pub struct Watcher {
     db: Arc<DB>,
     range: KeyRange,
+    /// Which keys of the range the watcher wants (see [`Watcher::only`]).
+    wanted: fn(&[u8]) -> bool,
     /// The next revision this watcher has not delivered or skipped.
     next: u64,
     live: broadcast::Receiver<WatchSignal>,
@@ -56,11 +58,19 @@ impl Watcher {
         Ok(Watcher {
             db,
             range,
+            wanted: |_| true,
             next,
             live,
             catching_up: true,
             ready: VecDeque::new(),
         })
+    }
+
+    /// Delivers only the changes to keys `wanted` accepts: the others are
+    /// not copied, and revisions with none of them are skipped.
+    pub fn only(mut self, wanted: fn(&[u8]) -> bool) -> Watcher {
+        self.wanted = wanted;
+        self
     }
 
     /// Where to resume after the last batch returned: the next batch will be
@@ -107,7 +117,7 @@ impl Watcher {
         let events: Vec<_> = batch
             .events
             .iter()
-            .filter(|e| self.range.contains(&e.kv.key))
+            .filter(|e| self.range.contains(&e.kv.key) && (self.wanted)(&e.kv.key))
             .cloned()
             .collect();
         (!events.is_empty()).then_some(WatchBatch {
