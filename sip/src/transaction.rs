@@ -92,8 +92,9 @@ pub struct Transaction {
     /// resend their last response, and a registrar holds one per REGISTER
     /// for Timer J (32 s).
     client_request: Option<SipMessage>,
-    /// The last response sent (server) or the ACK sent (INVITE client).
-    last_sent: Option<SipMessage>,
+    /// The last response sent (server) or the ACK sent (INVITE client),
+    /// while a retransmission may call for it again.
+    last_sent: Option<Resend>,
     /// Timer A, E or G, with the interval to use next.
     retransmit: Option<(Instant, Duration)>,
     /// Timer B, F or H.
@@ -102,6 +103,27 @@ pub struct Transaction {
     end_at: Option<Instant>,
     /// The due time the layer has queued for this transaction.
     queued_at: Option<Instant>,
+}
+
+/// A message a transaction repeats when its peer retransmits (or Timer G
+/// fires).
+#[derive(Debug, Clone)]
+enum Resend {
+    Message(SipMessage),
+    /// A non-INVITE server's final response waiting out Timer J (32 s on
+    /// UDP): one buffer instead of a parsed message's dozens of
+    /// allocations, as a registrar holds one per REGISTER. Parsed again
+    /// only if the request is retransmitted.
+    Wire(Vec<u8>),
+}
+
+impl Resend {
+    fn message(&self) -> Option<SipMessage> {
+        match self {
+            Resend::Message(message) => Some(message.clone()),
+            Resend::Wire(bytes) => crate::message::parse_datagram(bytes).ok(),
+        }
+    }
 }
 
 impl Transaction {
@@ -169,7 +191,7 @@ impl Transaction {
         let mut actions = Vec::new();
         if invite {
             let trying = request.response(100);
-            tx.last_sent = Some(trying.clone());
+            tx.last_sent = Some(Resend::Message(trying.clone()));
             actions.push(Action::Send(trying));
         }
         actions.push(Action::Deliver(request));
@@ -254,7 +276,7 @@ impl Transaction {
                     .flatten()
                     .and_then(|request| ack_for(request, &response));
                 if let Some(ack) = ack {
-                    self.last_sent = Some(ack.clone());
+                    self.last_sent = Some(Resend::Message(ack.clone()));
                     actions.push(Action::Send(ack));
                 }
                 actions.push(Action::Deliver(response));
@@ -267,8 +289,8 @@ impl Transaction {
             }
             // Retransmitted final response: re-ACK (INVITE) or absorb.
             (State::Completed, 300..) if invite => {
-                if let Some(ack) = &self.last_sent {
-                    actions.push(Action::Send(ack.clone()));
+                if let Some(ack) = self.last_sent.as_ref().and_then(Resend::message) {
+                    actions.push(Action::Send(ack));
                 }
             }
             _ => {}
@@ -290,8 +312,8 @@ impl Transaction {
             (Kind::ServerInvite, State::Accepted, false) => {}
             // Retransmission: repeat the last response (none yet in Trying).
             (_, State::Proceeding | State::Completed, false) => {
-                if let Some(last) = &self.last_sent {
-                    actions.push(Action::Send(last.clone()));
+                if let Some(last) = self.last_sent.as_ref().and_then(Resend::message) {
+                    actions.push(Action::Send(last));
                 }
             }
             _ => {}
@@ -310,8 +332,18 @@ impl Transaction {
         if !server || !(matches!(self.state, State::Trying | State::Proceeding) || accepted_2xx) {
             return Err(TransactionError::InvalidResponse);
         }
-        let mut actions = vec![Action::Send(response.clone())];
-        self.last_sent = Some(response);
+        self.last_sent = match (self.kind, status) {
+            // Repeated when the request is.
+            (_, 100..=199) => Some(Resend::Message(response.clone())),
+            // A 2xx is repeated by the TU, through send_response.
+            (Kind::ServerInvite, 200..=299) => None,
+            // Repeated by Timer G until the ACK.
+            (Kind::ServerInvite, _) => Some(Resend::Message(response.clone())),
+            // A reliable transport ends the transaction at once.
+            _ if self.reliable => None,
+            _ => Some(Resend::Wire(response.to_bytes())),
+        };
+        let mut actions = vec![Action::Send(response)];
         match (self.kind, status) {
             (_, 100..=199) => self.state = State::Proceeding,
             // 2xx retransmission is the TU's job (§13.3.1.4); RFC 6026 keeps
@@ -353,19 +385,21 @@ impl Transaction {
             return actions;
         }
         if let Some((_, interval)) = self.retransmit.filter(|(at, _)| *at <= now) {
+            let client_request = || self.client_request.clone();
             let (resend, next) = match self.kind {
                 // Timer A doubles without a cap (§17.1.1.2).
-                Kind::ClientInvite => (&self.client_request, interval * 2),
+                Kind::ClientInvite => (client_request(), interval * 2),
                 Kind::ClientNonInvite if self.state == State::Proceeding => {
-                    (&self.client_request, self.timers.t2)
+                    (client_request(), self.timers.t2)
                 }
-                Kind::ClientNonInvite => (&self.client_request, (interval * 2).min(self.timers.t2)),
+                Kind::ClientNonInvite => (client_request(), (interval * 2).min(self.timers.t2)),
                 // Timer G: the final response, doubling up to T2.
-                Kind::ServerInvite | Kind::ServerNonInvite => {
-                    (&self.last_sent, (interval * 2).min(self.timers.t2))
-                }
+                Kind::ServerInvite | Kind::ServerNonInvite => (
+                    self.last_sent.as_ref().and_then(Resend::message),
+                    (interval * 2).min(self.timers.t2),
+                ),
             };
-            let Some(resend) = resend.clone() else {
+            let Some(resend) = resend else {
                 return actions;
             };
             self.retransmit = Some((now + next, next));
@@ -1031,8 +1065,14 @@ mod tests {
             tx.handle_message(req.clone(), t0).is_empty(),
             "nothing to resend yet"
         );
-        tx.send_response(req.response(200), t0).unwrap();
-        assert_eq!(sends(&tx.handle_message(req.clone(), t0 + MS(5))), ["200"]);
+        let ok = req.response(200);
+        tx.send_response(ok.clone(), t0).unwrap();
+        // Kept serialized for Timer J, and repeated as it went on the wire.
+        let resent = tx.handle_message(req.clone(), t0 + MS(5));
+        let [Action::Send(again)] = resent.as_slice() else {
+            panic!("{resent:?}")
+        };
+        assert_eq!(again.to_bytes(), ok.to_bytes());
         assert_eq!(
             tx.poll_timeout(),
             Some(t0 + Duration::from_secs(32)),
