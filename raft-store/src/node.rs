@@ -56,7 +56,11 @@ pub struct StoreConfig {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
-    /// Build a snapshot after this many log entries.
+    /// Build a snapshot after this many log entries. The state machine is
+    /// durable in RocksDB, so a snapshot only lets the log be purged and a
+    /// far-behind follower catch up; each one writes the whole state on
+    /// every node (340 MB with 200,000 extensions, 1-1.6 s of a core), which
+    /// at 50,000 entries came every 7 s under a registration load.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, so a slow follower can still
     /// catch up from the log (openraft issue #1706).
@@ -85,7 +89,7 @@ impl StoreConfig {
             heartbeat_interval: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(250),
             election_timeout_max: Duration::from_millis(500),
-            snapshot_every: 50_000,
+            snapshot_every: 500_000,
             logs_kept_after_snapshot: 20_000,
             history_retention: 100_000,
         }
