@@ -1,7 +1,14 @@
 //! Which pbx-node gets a new dialog or registration, sans-IO: every node
-//! is probed with OPTIONS each `interval`; a probe unanswered within
-//! `timeout` (or a send that fails) marks the node down at once, one
-//! answer marks it up again. New work goes to a healthy node that is not
+//! is probed with OPTIONS each `interval`. A node is alive while it says
+//! anything: a probe's deadline (`timeout`) passing with nothing at all
+//! heard from the node since the probe left (no answer to it, no response
+//! or request of any call), or a send that fails, marks it down at once;
+//! anything heard from it marks it up again. An overloaded node answers
+//! its probe late but keeps answering calls, so it stays in the rotation
+//! (with a single node, marking it down would turn its slowness into 503s
+//! for everyone); a killed node says nothing, so it is down within
+//! `interval + timeout` (1.9 s), and new calls go to the others within the
+//! 2 s the failover promise allows. New work goes to a healthy node that is not
 //! draining, chosen by rendezvous hashing of the Call-ID, so retransmissions,
 //! CANCEL and the resubmission after a digest challenge reach the same node,
 //! and a node going down moves only its own share.
@@ -39,7 +46,16 @@ struct Node {
     draining: bool,
     next_probe: Instant,
     /// The probe in flight: its number and when it is given up.
-    pending: Option<(u64, Instant)>,
+    pending: Option<Pending>,
+    /// When the node last sent us anything.
+    heard: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: u64,
+    sent: Instant,
+    deadline: Instant,
 }
 
 impl Node {
@@ -89,6 +105,7 @@ impl Dispatcher {
                     draining: false,
                     next_probe: now,
                     pending: None,
+                    heard: None,
                 })
                 .collect(),
             next_probe_id: 1,
@@ -144,7 +161,11 @@ impl Dispatcher {
             if node.pending.is_none() && node.next_probe <= now {
                 let id = self.next_probe_id;
                 self.next_probe_id += 1;
-                node.pending = Some((id, now + self.config.timeout));
+                node.pending = Some(Pending {
+                    id,
+                    sent: now,
+                    deadline: now + self.config.timeout,
+                });
                 node.next_probe = now + self.config.interval;
                 due.push(Probe {
                     node: index,
@@ -156,15 +177,23 @@ impl Dispatcher {
         due
     }
 
-    /// Any response to probe `id` means the node is alive.
-    pub fn probe_answered(&mut self, id: u64) -> Option<NodeChange> {
-        let (index, node) = self
+    /// Any response to probe `id` (in time) ends the probe; the node is
+    /// alive.
+    pub fn probe_answered(&mut self, id: u64, now: Instant) -> Option<NodeChange> {
+        let index = self
             .nodes
-            .iter_mut()
-            .enumerate()
-            .find(|(_, n)| n.pending.is_some_and(|(p, _)| p == id))?;
-        node.pending = None;
-        (!std::mem::replace(&mut node.healthy, true)).then_some(NodeChange::Up(index))
+            .iter()
+            .position(|n| n.pending.is_some_and(|p| p.id == id))?;
+        self.nodes[index].pending = None;
+        self.heard_from(index, now)
+    }
+
+    /// The node sent us something (a response, a request, a probe's answer
+    /// however late): it is alive, and up again if it was down.
+    pub fn heard_from(&mut self, node: usize, now: Instant) -> Option<NodeChange> {
+        let n = self.nodes.get_mut(node)?;
+        n.heard = Some(now);
+        (!std::mem::replace(&mut n.healthy, true)).then_some(NodeChange::Up(node))
     }
 
     /// Sending to the node failed (e.g. ICMP port unreachable): down now.
@@ -177,21 +206,24 @@ impl Dispatcher {
         self.nodes
             .iter()
             .map(|n| match n.pending {
-                Some((_, deadline)) => deadline,
+                Some(p) => p.deadline,
                 None => n.next_probe,
             })
             .min()
     }
 
-    /// Gives up probes past their timeout; returns the nodes that went down.
+    /// Gives up probes past their timeout; returns the nodes that went
+    /// down: those that said nothing at all since their probe left.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<NodeChange> {
         let mut changes = Vec::new();
         for (index, node) in self.nodes.iter_mut().enumerate() {
-            if node.pending.is_some_and(|(_, deadline)| deadline <= now) {
-                node.pending = None;
-                if std::mem::replace(&mut node.healthy, false) {
-                    changes.push(NodeChange::Down(index));
-                }
+            let Some(probe) = node.pending.filter(|p| p.deadline <= now) else {
+                continue;
+            };
+            node.pending = None;
+            let silent = node.heard.is_none_or(|heard| heard < probe.sent);
+            if silent && std::mem::replace(&mut node.healthy, false) {
+                changes.push(NodeChange::Down(index));
             }
         }
         changes
@@ -244,8 +276,8 @@ mod tests {
         let probes = d.probes_due(t0);
         assert_eq!(probes.len(), 3);
         assert!(d.probes_due(t0).is_empty(), "one probe in flight per node");
-        assert_eq!(d.probe_answered(probes[0].id), None, "was already up");
-        assert_eq!(d.probe_answered(probes[2].id), None);
+        assert_eq!(d.probe_answered(probes[0].id, t0), None, "was already up");
+        assert_eq!(d.probe_answered(probes[2].id, t0), None);
         assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_millis(900)));
         let changes = d.handle_timeout(t0 + Duration::from_millis(900));
         assert_eq!(changes, vec![NodeChange::Down(1)]);
@@ -255,7 +287,41 @@ mod tests {
         let probes = d.probes_due(t1);
         assert_eq!(probes.len(), 3);
         let for_node_1 = probes.iter().find(|p| p.node == 1).unwrap();
-        assert_eq!(d.probe_answered(for_node_1.id), Some(NodeChange::Up(1)));
-        assert_eq!(d.probe_answered(for_node_1.id), None, "answered once");
+        assert_eq!(d.probe_answered(for_node_1.id, t1), Some(NodeChange::Up(1)));
+        assert_eq!(d.probe_answered(for_node_1.id, t1), None, "answered once");
+    }
+
+    #[test]
+    fn a_node_that_answers_calls_but_not_its_probe_in_time_stays_up() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = three(t0);
+        d.heard_from(2, t0 - ms(10));
+        let probes = d.probes_due(t0);
+        // Node 0 answers a call's request while its probe waits in its
+        // queue; node 1 says nothing; node 2 spoke only before the probe.
+        assert_eq!(d.heard_from(0, t0 + ms(500)), None, "was up");
+        let changes = d.handle_timeout(t0 + ms(900));
+        assert_eq!(changes, vec![NodeChange::Down(1), NodeChange::Down(2)]);
+        assert!(d.is_healthy(0));
+        // Node 0's probe answer comes late: ignored as an answer, but it
+        // is word from the node, which stays up. Node 2's late answer (a
+        // message from it) brings it back at once.
+        assert_eq!(d.probe_answered(probes[0].id, t0 + ms(950)), None);
+        assert_eq!(d.heard_from(0, t0 + ms(950)), None);
+        assert_eq!(d.heard_from(2, t0 + ms(950)), Some(NodeChange::Up(2)));
+        assert_eq!(d.pick("any").map(|n| n != 1), Some(true));
+
+        // Killed: nothing heard after the next probe leaves at 1 s, so it
+        // is down at 1.9 s, within the 2 s promised for failover.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(d.probes_due(t1).len(), 3);
+        let changes = d.handle_timeout(t1 + ms(900));
+        assert_eq!(
+            changes,
+            vec![NodeChange::Down(0), NodeChange::Down(2)],
+            "1 was down"
+        );
+        assert_eq!(d.pick("any"), None);
     }
 }
