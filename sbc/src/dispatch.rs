@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,35 @@ pub struct Dispatcher {
     config: DispatchConfig,
     nodes: Vec<Node>,
     next_probe_id: u64,
+    metrics: Option<Metrics>,
+}
+
+/// `sbc_node_up`, `sbc_node_draining` and `sbc_dispatched_requests_total`,
+/// labelled with each node's address.
+#[derive(Debug)]
+struct Metrics {
+    up: IntGaugeVec,
+    draining: IntGaugeVec,
+    dispatched: IntCounterVec,
+}
+
+/// The method label of a dispatched request: a fixed set, so a phone
+/// inventing methods cannot grow the metric without bound.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 8] = [
+        "INVITE",
+        "REGISTER",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "MESSAGE",
+        "OPTIONS",
+        "PUBLISH",
+        "REFER",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .unwrap_or("other")
 }
 
 /// A probe to send: OPTIONS to `addr`, reported back with `id`.
@@ -109,7 +139,68 @@ impl Dispatcher {
                 })
                 .collect(),
             next_probe_id: 1,
+            metrics: None,
         }
+    }
+
+    /// Exposes each node's health and draining flag, and the requests
+    /// dispatched to it, in `registry`.
+    pub fn register_metrics(&mut self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let up = IntGaugeVec::new(
+            Opts::new("sbc_node_up", "1 while the pbx-node is healthy, else 0"),
+            &["node"],
+        )?;
+        let draining = IntGaugeVec::new(
+            Opts::new(
+                "sbc_node_draining",
+                "1 while the pbx-node is drained (no new dialogs or registrations)",
+            ),
+            &["node"],
+        )?;
+        let dispatched = IntCounterVec::new(
+            Opts::new(
+                "sbc_dispatched_requests_total",
+                "Requests outside a dialog (new dialogs, registrations) the dispatcher sent to \
+                 each pbx-node; an INVITE's retransmissions, CANCEL and resubmission after a \
+                 challenge follow the first and are not counted again",
+            ),
+            &["node", "method"],
+        )?;
+        registry.register(Box::new(up.clone()))?;
+        registry.register(Box::new(draining.clone()))?;
+        registry.register(Box::new(dispatched.clone()))?;
+        let metrics = Metrics {
+            up,
+            draining,
+            dispatched,
+        };
+        for node in &self.nodes {
+            metrics.show(node);
+        }
+        self.metrics = Some(metrics);
+        Ok(())
+    }
+
+    /// A request outside a dialog went to `node` (for the metrics).
+    pub fn dispatched(&self, node: usize, method: &str) {
+        if let (Some(metrics), Some(n)) = (&self.metrics, self.nodes.get(node)) {
+            metrics
+                .dispatched
+                .with_label_values(&[&n.addr.to_string(), method_label(method)])
+                .inc();
+        }
+    }
+
+    /// Sets a node's health; `true` if it changed.
+    fn set_healthy(&mut self, node: usize, healthy: bool) -> bool {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        let changed = std::mem::replace(&mut n.healthy, healthy) != healthy;
+        if let Some(metrics) = &self.metrics {
+            metrics.show(n);
+        }
+        changed
     }
 
     pub fn addr(&self, node: usize) -> Option<SocketAddr> {
@@ -129,6 +220,9 @@ impl Dispatcher {
     pub fn set_draining(&mut self, node: usize, draining: bool) -> Option<NodeStatus> {
         let n = self.nodes.get_mut(node)?;
         n.draining = draining;
+        if let Some(metrics) = &self.metrics {
+            metrics.show(n);
+        }
         Some(n.status())
     }
 
@@ -191,15 +285,14 @@ impl Dispatcher {
     /// The node sent us something (a response, a request, a probe's answer
     /// however late): it is alive, and up again if it was down.
     pub fn heard_from(&mut self, node: usize, now: Instant) -> Option<NodeChange> {
-        let n = self.nodes.get_mut(node)?;
-        n.heard = Some(now);
-        (!std::mem::replace(&mut n.healthy, true)).then_some(NodeChange::Up(node))
+        self.nodes.get_mut(node)?.heard = Some(now);
+        self.set_healthy(node, true).then_some(NodeChange::Up(node))
     }
 
     /// Sending to the node failed (e.g. ICMP port unreachable): down now.
     pub fn send_failed(&mut self, node: usize) -> Option<NodeChange> {
-        let n = self.nodes.get_mut(node)?;
-        std::mem::replace(&mut n.healthy, false).then_some(NodeChange::Down(node))
+        self.set_healthy(node, false)
+            .then_some(NodeChange::Down(node))
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -216,17 +309,30 @@ impl Dispatcher {
     /// down: those that said nothing at all since their probe left.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<NodeChange> {
         let mut changes = Vec::new();
-        for (index, node) in self.nodes.iter_mut().enumerate() {
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
             let Some(probe) = node.pending.filter(|p| p.deadline <= now) else {
                 continue;
             };
             node.pending = None;
             let silent = node.heard.is_none_or(|heard| heard < probe.sent);
-            if silent && std::mem::replace(&mut node.healthy, false) {
+            if silent && self.set_healthy(index, false) {
                 changes.push(NodeChange::Down(index));
             }
         }
         changes
+    }
+}
+
+impl Metrics {
+    fn show(&self, node: &Node) {
+        let label = node.addr.to_string();
+        self.up
+            .with_label_values(&[&label])
+            .set(i64::from(node.healthy));
+        self.draining
+            .with_label_values(&[&label])
+            .set(i64::from(node.draining));
     }
 }
 
@@ -289,6 +395,47 @@ mod tests {
         let for_node_1 = probes.iter().find(|p| p.node == 1).unwrap();
         assert_eq!(d.probe_answered(for_node_1.id, t1), Some(NodeChange::Up(1)));
         assert_eq!(d.probe_answered(for_node_1.id, t1), None, "answered once");
+    }
+
+    fn metrics_text(registry: &Registry) -> String {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn metrics_show_health_draining_and_dispatches_per_node() {
+        let t0 = Instant::now();
+        let mut d = three(t0);
+        let registry = Registry::new();
+        d.register_metrics(&registry).unwrap();
+        d.send_failed(1);
+        d.set_draining(2, true);
+        d.dispatched(0, "INVITE");
+        d.dispatched(0, "invite");
+        d.dispatched(0, "REGISTER");
+        d.dispatched(0, "X-INVENTED");
+        let text = metrics_text(&registry);
+        for line in [
+            r#"sbc_node_up{node="10.0.0.1:5060"} 1"#,
+            r#"sbc_node_up{node="10.0.0.2:5060"} 0"#,
+            r#"sbc_node_up{node="10.0.0.3:5060"} 1"#,
+            r#"sbc_node_draining{node="10.0.0.2:5060"} 0"#,
+            r#"sbc_node_draining{node="10.0.0.3:5060"} 1"#,
+            r#"sbc_dispatched_requests_total{method="INVITE",node="10.0.0.1:5060"} 2"#,
+            r#"sbc_dispatched_requests_total{method="REGISTER",node="10.0.0.1:5060"} 1"#,
+            r#"sbc_dispatched_requests_total{method="other",node="10.0.0.1:5060"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        d.heard_from(1, t0);
+        let text = metrics_text(&registry);
+        assert!(text
+            .lines()
+            .any(|l| l == r#"sbc_node_up{node="10.0.0.2:5060"} 1"#));
     }
 
     #[test]

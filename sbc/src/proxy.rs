@@ -336,6 +336,7 @@ impl<M: MediaAnchor> Proxy<M> {
             }
         }
         let node = self.dispatcher.pick(call_id)?;
+        self.dispatcher.dispatched(node, method.as_str());
         if invite {
             self.invites.insert(
                 call_id.to_string(),

@@ -187,7 +187,7 @@ impl Sbc {
                 internal: config.media_internal_ip(),
             },
         );
-        let dispatcher = Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             &config.nodes,
             DispatchConfig {
                 interval: std::time::Duration::from_millis(config.probe_interval_ms),
@@ -195,6 +195,8 @@ impl Sbc {
             },
             Instant::now(),
         );
+        dispatcher.register_metrics(&registry)?;
+        let media_gauges = MediaGauges::register(&registry)?;
         let proxy = Proxy::new(
             key,
             ProxyConfig {
@@ -229,6 +231,7 @@ impl Sbc {
             external,
             internal,
             status: status_tx,
+            media_gauges,
             certificates: certificates.clone(),
         };
         let task = tokio::spawn(async move {
@@ -274,7 +277,33 @@ struct Driver {
     external: TransportLayer,
     internal: TransportLayer,
     status: watch::Sender<Status>,
+    media_gauges: MediaGauges,
     certificates: Arc<Certificates>,
+}
+
+/// `sbc_media_sessions` and `sbc_rtp_port_pairs_in_use`.
+struct MediaGauges {
+    sessions: prometheus::IntGauge,
+    port_pairs: prometheus::IntGauge,
+}
+
+impl MediaGauges {
+    fn register(registry: &prometheus::Registry) -> Result<MediaGauges, prometheus::Error> {
+        let sessions = prometheus::IntGauge::new(
+            "sbc_media_sessions",
+            "Calls whose media the SBC relays now (relays and WebRTC gateways)",
+        )?;
+        let port_pairs = prometheus::IntGauge::new(
+            "sbc_rtp_port_pairs_in_use",
+            "RTP port pairs held by calls (two per call)",
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(port_pairs.clone()))?;
+        Ok(MediaGauges {
+            sessions,
+            port_pairs,
+        })
+    }
 }
 
 /// A message from the network, checked as a proxy checks it; a request
@@ -525,6 +554,11 @@ impl Driver {
             relayed_calls: self.proxy.media.active(),
             rtp_ports_in_use: self.proxy.media.ports_in_use(),
         };
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.media_gauges.sessions.set(gauge(status.relayed_calls));
+        self.media_gauges
+            .port_pairs
+            .set(gauge(status.rtp_ports_in_use));
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
