@@ -107,9 +107,14 @@ measured() { # label command...
     perf=$!
   fi
   before=$(cpu_ticks "$SBC_PID")
+  node_before=$(cpu_ticks "$NODE_PID")
   "$@" >"$WORK/$label.result"
   after=$(cpu_ticks "$SBC_PID")
+  node_after=$(cpu_ticks "$NODE_PID")
   [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" 2>/dev/null || true; }
+  # The node's share, for comparison: logged, not part of the figure.
+  awk -v t=$((node_after - node_before)) -v hz="$HZ" \
+    'BEGIN { printf "%.3f", t / hz }' >"$WORK/$label.node-cpu"
   awk -v t=$((after - before)) -v hz="$HZ" 'BEGIN { printf "%.3f", t / hz }'
 }
 per_op_us() { # cpu_seconds ops
@@ -128,7 +133,8 @@ if [[ " $PHASES " == *" reg "* ]]; then
     -key contact_port 5060 -key expires 3600)
   read -r ok failed _ <"$WORK/reg.result"
   US_REG=$(per_op_us "$cpu" "$ok")
-  log "REGISTER $REG_RATE/s: $ok ok, $failed failed, SBC ${cpu}s CPU: $US_REG us per REGISTER"
+  log "REGISTER $REG_RATE/s: $ok ok, $failed failed, SBC ${cpu}s CPU: $US_REG us per REGISTER" \
+    "(pbx-node $(per_op_us "$(cat "$WORK/reg.node-cpu")" "$ok") us)"
 fi
 
 write_users 290000 290999 -DEMO "$WORK/callers.csv"
@@ -150,7 +156,8 @@ if [[ " $PHASES " == *" call "* ]]; then
     -key callee "$CALLEE")
   read -r ok failed _ <"$WORK/call.result"
   US_CALL=$(per_op_us "$cpu" "$ok")
-  log "calls $CALL_RATE/s: $ok ok, $failed failed, SBC ${cpu}s CPU: $US_CALL us per call"
+  log "calls $CALL_RATE/s: $ok ok, $failed failed, SBC ${cpu}s CPU: $US_CALL us per call" \
+    "(pbx-node $(per_op_us "$(cat "$WORK/call.node-cpu")" "$ok") us)"
   kill "$UAS_PID" 2>/dev/null || true
   wait "$UAS_PID" 2>/dev/null || true
 fi
