@@ -1,7 +1,14 @@
 //! Which pbx-node gets a new dialog or registration, sans-IO: every node
-//! is probed with OPTIONS each `interval`; a probe unanswered within
-//! `timeout` (or a send that fails) marks the node down at once, one
-//! answer marks it up again. New work goes to a healthy node that is not
+//! is probed with OPTIONS each `interval`. A node is alive while it says
+//! anything: a probe's deadline (`timeout`) passing with nothing at all
+//! heard from the node since the probe left (no answer to it, no response
+//! or request of any call), or a send that fails, marks it down at once;
+//! anything heard from it marks it up again. An overloaded node answers
+//! its probe late but keeps answering calls, so it stays in the rotation
+//! (with a single node, marking it down would turn its slowness into 503s
+//! for everyone); a killed node says nothing, so it is down within
+//! `interval + timeout` (1.9 s), and new calls go to the others within the
+//! 2 s the failover promise allows. New work goes to a healthy node that is not
 //! draining, chosen by rendezvous hashing of the Call-ID, so retransmissions,
 //! CANCEL and the resubmission after a digest challenge reach the same node,
 //! and a node going down moves only its own share.
@@ -9,6 +16,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +47,16 @@ struct Node {
     draining: bool,
     next_probe: Instant,
     /// The probe in flight: its number and when it is given up.
-    pending: Option<(u64, Instant)>,
+    pending: Option<Pending>,
+    /// When the node last sent us anything.
+    heard: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: u64,
+    sent: Instant,
+    deadline: Instant,
 }
 
 impl Node {
@@ -65,6 +82,35 @@ pub struct Dispatcher {
     config: DispatchConfig,
     nodes: Vec<Node>,
     next_probe_id: u64,
+    metrics: Option<Metrics>,
+}
+
+/// `sbc_node_up`, `sbc_node_draining` and `sbc_dispatched_requests_total`,
+/// labelled with each node's address.
+#[derive(Debug)]
+struct Metrics {
+    up: IntGaugeVec,
+    draining: IntGaugeVec,
+    dispatched: IntCounterVec,
+}
+
+/// The method label of a dispatched request: a fixed set, so a phone
+/// inventing methods cannot grow the metric without bound.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 8] = [
+        "INVITE",
+        "REGISTER",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "MESSAGE",
+        "OPTIONS",
+        "PUBLISH",
+        "REFER",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .unwrap_or("other")
 }
 
 /// A probe to send: OPTIONS to `addr`, reported back with `id`.
@@ -89,10 +135,72 @@ impl Dispatcher {
                     draining: false,
                     next_probe: now,
                     pending: None,
+                    heard: None,
                 })
                 .collect(),
             next_probe_id: 1,
+            metrics: None,
         }
+    }
+
+    /// Exposes each node's health and draining flag, and the requests
+    /// dispatched to it, in `registry`.
+    pub fn register_metrics(&mut self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let up = IntGaugeVec::new(
+            Opts::new("sbc_node_up", "1 while the pbx-node is healthy, else 0"),
+            &["node"],
+        )?;
+        let draining = IntGaugeVec::new(
+            Opts::new(
+                "sbc_node_draining",
+                "1 while the pbx-node is drained (no new dialogs or registrations)",
+            ),
+            &["node"],
+        )?;
+        let dispatched = IntCounterVec::new(
+            Opts::new(
+                "sbc_dispatched_requests_total",
+                "Requests outside a dialog (new dialogs, registrations) the dispatcher sent to \
+                 each pbx-node; an INVITE's retransmissions, CANCEL and resubmission after a \
+                 challenge follow the first and are not counted again",
+            ),
+            &["node", "method"],
+        )?;
+        registry.register(Box::new(up.clone()))?;
+        registry.register(Box::new(draining.clone()))?;
+        registry.register(Box::new(dispatched.clone()))?;
+        let metrics = Metrics {
+            up,
+            draining,
+            dispatched,
+        };
+        for node in &self.nodes {
+            metrics.show(node);
+        }
+        self.metrics = Some(metrics);
+        Ok(())
+    }
+
+    /// A request outside a dialog went to `node` (for the metrics).
+    pub fn dispatched(&self, node: usize, method: &str) {
+        if let (Some(metrics), Some(n)) = (&self.metrics, self.nodes.get(node)) {
+            metrics
+                .dispatched
+                .with_label_values(&[&n.addr.to_string(), method_label(method)])
+                .inc();
+        }
+    }
+
+    /// Sets a node's health; `true` if it changed.
+    fn set_healthy(&mut self, node: usize, healthy: bool) -> bool {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        let changed = std::mem::replace(&mut n.healthy, healthy) != healthy;
+        if let Some(metrics) = &self.metrics {
+            metrics.show(n);
+        }
+        changed
     }
 
     pub fn addr(&self, node: usize) -> Option<SocketAddr> {
@@ -112,6 +220,9 @@ impl Dispatcher {
     pub fn set_draining(&mut self, node: usize, draining: bool) -> Option<NodeStatus> {
         let n = self.nodes.get_mut(node)?;
         n.draining = draining;
+        if let Some(metrics) = &self.metrics {
+            metrics.show(n);
+        }
         Some(n.status())
     }
 
@@ -144,7 +255,11 @@ impl Dispatcher {
             if node.pending.is_none() && node.next_probe <= now {
                 let id = self.next_probe_id;
                 self.next_probe_id += 1;
-                node.pending = Some((id, now + self.config.timeout));
+                node.pending = Some(Pending {
+                    id,
+                    sent: now,
+                    deadline: now + self.config.timeout,
+                });
                 node.next_probe = now + self.config.interval;
                 due.push(Probe {
                     node: index,
@@ -156,45 +271,68 @@ impl Dispatcher {
         due
     }
 
-    /// Any response to probe `id` means the node is alive.
-    pub fn probe_answered(&mut self, id: u64) -> Option<NodeChange> {
-        let (index, node) = self
+    /// Any response to probe `id` (in time) ends the probe; the node is
+    /// alive.
+    pub fn probe_answered(&mut self, id: u64, now: Instant) -> Option<NodeChange> {
+        let index = self
             .nodes
-            .iter_mut()
-            .enumerate()
-            .find(|(_, n)| n.pending.is_some_and(|(p, _)| p == id))?;
-        node.pending = None;
-        (!std::mem::replace(&mut node.healthy, true)).then_some(NodeChange::Up(index))
+            .iter()
+            .position(|n| n.pending.is_some_and(|p| p.id == id))?;
+        self.nodes[index].pending = None;
+        self.heard_from(index, now)
+    }
+
+    /// The node sent us something (a response, a request, a probe's answer
+    /// however late): it is alive, and up again if it was down.
+    pub fn heard_from(&mut self, node: usize, now: Instant) -> Option<NodeChange> {
+        self.nodes.get_mut(node)?.heard = Some(now);
+        self.set_healthy(node, true).then_some(NodeChange::Up(node))
     }
 
     /// Sending to the node failed (e.g. ICMP port unreachable): down now.
     pub fn send_failed(&mut self, node: usize) -> Option<NodeChange> {
-        let n = self.nodes.get_mut(node)?;
-        std::mem::replace(&mut n.healthy, false).then_some(NodeChange::Down(node))
+        self.set_healthy(node, false)
+            .then_some(NodeChange::Down(node))
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.nodes
             .iter()
             .map(|n| match n.pending {
-                Some((_, deadline)) => deadline,
+                Some(p) => p.deadline,
                 None => n.next_probe,
             })
             .min()
     }
 
-    /// Gives up probes past their timeout; returns the nodes that went down.
+    /// Gives up probes past their timeout; returns the nodes that went
+    /// down: those that said nothing at all since their probe left.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<NodeChange> {
         let mut changes = Vec::new();
-        for (index, node) in self.nodes.iter_mut().enumerate() {
-            if node.pending.is_some_and(|(_, deadline)| deadline <= now) {
-                node.pending = None;
-                if std::mem::replace(&mut node.healthy, false) {
-                    changes.push(NodeChange::Down(index));
-                }
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            let Some(probe) = node.pending.filter(|p| p.deadline <= now) else {
+                continue;
+            };
+            node.pending = None;
+            let silent = node.heard.is_none_or(|heard| heard < probe.sent);
+            if silent && self.set_healthy(index, false) {
+                changes.push(NodeChange::Down(index));
             }
         }
         changes
+    }
+}
+
+impl Metrics {
+    fn show(&self, node: &Node) {
+        let label = node.addr.to_string();
+        self.up
+            .with_label_values(&[&label])
+            .set(i64::from(node.healthy));
+        self.draining
+            .with_label_values(&[&label])
+            .set(i64::from(node.draining));
     }
 }
 
@@ -244,8 +382,8 @@ mod tests {
         let probes = d.probes_due(t0);
         assert_eq!(probes.len(), 3);
         assert!(d.probes_due(t0).is_empty(), "one probe in flight per node");
-        assert_eq!(d.probe_answered(probes[0].id), None, "was already up");
-        assert_eq!(d.probe_answered(probes[2].id), None);
+        assert_eq!(d.probe_answered(probes[0].id, t0), None, "was already up");
+        assert_eq!(d.probe_answered(probes[2].id, t0), None);
         assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_millis(900)));
         let changes = d.handle_timeout(t0 + Duration::from_millis(900));
         assert_eq!(changes, vec![NodeChange::Down(1)]);
@@ -255,7 +393,82 @@ mod tests {
         let probes = d.probes_due(t1);
         assert_eq!(probes.len(), 3);
         let for_node_1 = probes.iter().find(|p| p.node == 1).unwrap();
-        assert_eq!(d.probe_answered(for_node_1.id), Some(NodeChange::Up(1)));
-        assert_eq!(d.probe_answered(for_node_1.id), None, "answered once");
+        assert_eq!(d.probe_answered(for_node_1.id, t1), Some(NodeChange::Up(1)));
+        assert_eq!(d.probe_answered(for_node_1.id, t1), None, "answered once");
+    }
+
+    fn metrics_text(registry: &Registry) -> String {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn metrics_show_health_draining_and_dispatches_per_node() {
+        let t0 = Instant::now();
+        let mut d = three(t0);
+        let registry = Registry::new();
+        d.register_metrics(&registry).unwrap();
+        d.send_failed(1);
+        d.set_draining(2, true);
+        d.dispatched(0, "INVITE");
+        d.dispatched(0, "invite");
+        d.dispatched(0, "REGISTER");
+        d.dispatched(0, "X-INVENTED");
+        let text = metrics_text(&registry);
+        for line in [
+            r#"sbc_node_up{node="10.0.0.1:5060"} 1"#,
+            r#"sbc_node_up{node="10.0.0.2:5060"} 0"#,
+            r#"sbc_node_up{node="10.0.0.3:5060"} 1"#,
+            r#"sbc_node_draining{node="10.0.0.2:5060"} 0"#,
+            r#"sbc_node_draining{node="10.0.0.3:5060"} 1"#,
+            r#"sbc_dispatched_requests_total{method="INVITE",node="10.0.0.1:5060"} 2"#,
+            r#"sbc_dispatched_requests_total{method="REGISTER",node="10.0.0.1:5060"} 1"#,
+            r#"sbc_dispatched_requests_total{method="other",node="10.0.0.1:5060"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        d.heard_from(1, t0);
+        let text = metrics_text(&registry);
+        assert!(text
+            .lines()
+            .any(|l| l == r#"sbc_node_up{node="10.0.0.2:5060"} 1"#));
+    }
+
+    #[test]
+    fn a_node_that_answers_calls_but_not_its_probe_in_time_stays_up() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = three(t0);
+        d.heard_from(2, t0 - ms(10));
+        let probes = d.probes_due(t0);
+        // Node 0 answers a call's request while its probe waits in its
+        // queue; node 1 says nothing; node 2 spoke only before the probe.
+        assert_eq!(d.heard_from(0, t0 + ms(500)), None, "was up");
+        let changes = d.handle_timeout(t0 + ms(900));
+        assert_eq!(changes, vec![NodeChange::Down(1), NodeChange::Down(2)]);
+        assert!(d.is_healthy(0));
+        // Node 0's probe answer comes late: ignored as an answer, but it
+        // is word from the node, which stays up. Node 2's late answer (a
+        // message from it) brings it back at once.
+        assert_eq!(d.probe_answered(probes[0].id, t0 + ms(950)), None);
+        assert_eq!(d.heard_from(0, t0 + ms(950)), None);
+        assert_eq!(d.heard_from(2, t0 + ms(950)), Some(NodeChange::Up(2)));
+        assert_eq!(d.pick("any").map(|n| n != 1), Some(true));
+
+        // Killed: nothing heard after the next probe leaves at 1 s, so it
+        // is down at 1.9 s, within the 2 s promised for failover.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(d.probes_due(t1).len(), 3);
+        let changes = d.handle_timeout(t1 + ms(900));
+        assert_eq!(
+            changes,
+            vec![NodeChange::Down(0), NodeChange::Down(2)],
+            "1 was down"
+        );
+        assert_eq!(d.pick("any"), None);
     }
 }

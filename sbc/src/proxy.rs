@@ -210,11 +210,16 @@ fn derived_branch(parts: &[&str]) -> String {
         hash.update([0]);
     }
     let digest = hash.finalize();
-    format!("z9hG4bK{}", hex_prefix(&digest, 12))
-}
-
-fn hex_prefix(bytes: &[u8], len: usize) -> String {
-    bytes.iter().take(len).map(|b| format!("{b:02x}")).collect()
+    // Written digit by digit: a `format!` per byte was a dozen
+    // allocations on every message through the proxy.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut branch = String::with_capacity(7 + 24);
+    branch.push_str("z9hG4bK");
+    for byte in digest.iter().take(12) {
+        branch.push(char::from(HEX[usize::from(byte >> 4)]));
+        branch.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    branch
 }
 
 fn reply(request: &SipMessage, status: u16) -> SipMessage {
@@ -289,11 +294,16 @@ impl<M: MediaAnchor> Proxy<M> {
             tracing::warn!(%source, "SIP from an address that is no configured node: dropped");
             return Vec::new();
         };
-        if message.is_request() {
+        // Whatever a node says shows it alive (an overloaded node answers
+        // its probes late, not its calls).
+        let up = self.dispatcher.heard_from(node, now).map(Action::Node);
+        let mut actions = if message.is_request() {
             self.request_from_node(node, message, now)
         } else {
             self.response_from_node(node, message, now)
-        }
+        };
+        actions.extend(up);
+        actions
     }
 
     /// Decrements Max-Forwards; `false` when it was exhausted.
@@ -331,6 +341,7 @@ impl<M: MediaAnchor> Proxy<M> {
             }
         }
         let node = self.dispatcher.pick(call_id)?;
+        self.dispatcher.dispatched(node, method.as_str());
         if invite {
             self.invites.insert(
                 call_id.to_string(),
@@ -712,7 +723,7 @@ impl<M: MediaAnchor> Proxy<M> {
             return probe
                 .parse()
                 .ok()
-                .and_then(|id| self.dispatcher.probe_answered(id))
+                .and_then(|id| self.dispatcher.probe_answered(id, now))
                 .map(Action::Node)
                 .into_iter()
                 .collect();
@@ -1396,11 +1407,12 @@ mod tests {
              Max-Forwards: 70\nFrom: <sip:a@b>;tag=x\nTo: <sip:c@d>\nCall-ID: s-1\nCSeq: 1 INVITE\n\
              Content-Length: 0\n\n",
         );
-        let (node, refusal) = to_node(one(p.from_node(
-            NODES[0].parse().unwrap(),
-            stray.clone(),
-            t0,
-        )));
+        let mut actions = p.from_node(NODES[0].parse().unwrap(), stray.clone(), t0);
+        assert!(
+            matches!(actions.pop(), Some(Action::Node(NodeChange::Up(0)))),
+            "a node that speaks is alive: up again"
+        );
+        let (node, refusal) = to_node(one(actions));
         assert_eq!((node, refusal.status()), (0, Some(404)));
         assert!(
             p.from_node("10.9.9.9:5060".parse().unwrap(), stray, t0)
@@ -1410,12 +1422,29 @@ mod tests {
     }
 
     #[test]
+    fn a_derived_branch_is_the_magic_cookie_and_24_hex_digits_of_the_hash() {
+        let digest = Sha256::digest(b"z9hG4bKabc\0flow\0");
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            derived_branch(&["z9hG4bKabc", "flow"]),
+            format!("z9hG4bK{hex}")
+        );
+        assert_ne!(
+            derived_branch(&["z9hG4bKabc", "flow"]),
+            derived_branch(&["z9hG4bKab", "cflow"]),
+            "the parts are separated"
+        );
+    }
+
+    #[test]
     fn probes_go_out_on_time_and_their_answers_keep_nodes_up() {
         let t0 = Instant::now();
         let mut p = proxy(t0);
         let probes = p.handle_timeout(t0);
         assert_eq!(probes.len(), 2);
-        let (node, options) = to_node(probes.into_iter().next().unwrap());
+        let mut probes = probes.into_iter();
+        let (node, options) = to_node(probes.next().unwrap());
+        let (_, options_1) = to_node(probes.next().unwrap());
         assert_eq!(node, 0);
         assert_eq!(options.method(), Some(&Method::Options));
         assert!(p
@@ -1431,5 +1460,15 @@ mod tests {
         assert!(!later
             .iter()
             .any(|a| matches!(a, Action::Node(NodeChange::Down(0)))));
+        // Node 1 answers late: it is alive after all, up again at once.
+        let late = p.from_node(
+            NODES[1].parse().unwrap(),
+            options_1.response(200),
+            t0 + Duration::from_millis(960),
+        );
+        assert!(
+            matches!(late.as_slice(), [Action::Node(NodeChange::Up(1))]),
+            "{late:?}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use media::ports::PortPool;
-use media::relay::udp::{LegSockets, RelayCommand, UdpRelay};
+use media::relay::udp::{Hairpin, LegSockets, RelayCommand, UdpRelay};
 use media::relay::{LegConfig, RelayConfig, RelayEvent};
 use media::Leg;
 use sip::transport::Transport;
@@ -78,6 +78,10 @@ struct Session {
 pub struct CallRelays {
     ports: PortPool,
     addresses: RelayAddresses,
+    /// The two relays of a call through a B2BUA that does not anchor
+    /// media address each other's node side: the hairpin hands their
+    /// packets over in memory instead of through the loopback.
+    hairpin: Hairpin,
     sessions: HashMap<String, Session>,
     /// Call-IDs whose relay found both legs silent for [`ABANDONED_AFTER`].
     abandoned: mpsc::UnboundedSender<String>,
@@ -93,6 +97,7 @@ impl CallRelays {
         let relays = CallRelays {
             ports,
             addresses,
+            hairpin: Hairpin::default(),
             sessions: HashMap::new(),
             abandoned,
         };
@@ -172,7 +177,8 @@ impl CallRelays {
                     rtcp: Some(rtcp_b),
                 },
             ],
-        );
+        )
+        .with_hairpin(&self.hairpin);
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, mut event_rx) = mpsc::unbounded_channel();
         let abandoned = self.abandoned.clone();
@@ -193,9 +199,13 @@ impl CallRelays {
                     }
                 }
             };
-            tokio::join!(relay.run(events, command_rx), watch);
-            // The sockets are closed now: the ports may be reused.
-            drop((lease_a, lease_b));
+            let ((_, sockets), ()) = tokio::join!(relay.run_to_end(events, command_rx), watch);
+            // The sockets stay bound for the next calls (binding and
+            // closing them were a good part of the cost of a call).
+            if let Some([a, b]) = sockets {
+                lease_a.give_back(a.rtp, a.rtcp);
+                lease_b.give_back(b.rtp, b.rtcp);
+            }
         });
         Some(Session {
             anchor: Anchor::Relay {

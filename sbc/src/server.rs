@@ -187,7 +187,7 @@ impl Sbc {
                 internal: config.media_internal_ip(),
             },
         );
-        let dispatcher = Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             &config.nodes,
             DispatchConfig {
                 interval: std::time::Duration::from_millis(config.probe_interval_ms),
@@ -195,6 +195,8 @@ impl Sbc {
             },
             Instant::now(),
         );
+        dispatcher.register_metrics(&registry)?;
+        let media_gauges = MediaGauges::register(&registry)?;
         let proxy = Proxy::new(
             key,
             ProxyConfig {
@@ -229,6 +231,7 @@ impl Sbc {
             external,
             internal,
             status: status_tx,
+            media_gauges,
             certificates: certificates.clone(),
         };
         let task = tokio::spawn(async move {
@@ -274,8 +277,38 @@ struct Driver {
     external: TransportLayer,
     internal: TransportLayer,
     status: watch::Sender<Status>,
+    media_gauges: MediaGauges,
     certificates: Arc<Certificates>,
 }
+
+/// `sbc_media_sessions` and `sbc_rtp_port_pairs_in_use`.
+struct MediaGauges {
+    sessions: prometheus::IntGauge,
+    port_pairs: prometheus::IntGauge,
+}
+
+impl MediaGauges {
+    fn register(registry: &prometheus::Registry) -> Result<MediaGauges, prometheus::Error> {
+        let sessions = prometheus::IntGauge::new(
+            "sbc_media_sessions",
+            "Calls whose media the SBC relays now (relays and WebRTC gateways)",
+        )?;
+        let port_pairs = prometheus::IntGauge::new(
+            "sbc_rtp_port_pairs_in_use",
+            "RTP port pairs held by calls (two per call)",
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(port_pairs.clone()))?;
+        Ok(MediaGauges {
+            sessions,
+            port_pairs,
+        })
+    }
+}
+
+/// Messages handled in a row, when they are already waiting, before the
+/// driver looks at its timers and other sources again.
+const BATCH: usize = 32;
 
 /// A message from the network, checked as a proxy checks it; a request
 /// that fails gets its 4xx/5xx from here.
@@ -360,72 +393,33 @@ impl Driver {
     ) {
         let policy = Policy::proxy();
         let mut hangup = signal_hangup();
+        // One timer, moved only when the deadline changes: a fresh sleep
+        // per message was a timer-wheel insert and removal each time.
+        let sleep = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut armed = None;
         loop {
             self.publish_status();
             let deadline = [self.proxy.poll_timeout(), self.guard().poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    sleep.as_mut().reset(at.into());
                 }
-            };
+                armed = deadline;
+            }
             let actions = tokio::select! {
-                Some(inbound) = external_rx.recv() => {
-                    // A banned, denied or flooding source gets nothing
-                    // back, not even a 400: no reflection.
-                    let now = Instant::now();
-                    let is_request = match &inbound.parsed {
-                        Ok(message) => message.is_request(),
-                        Err(e) => e.recovered.is_request,
-                    };
-                    let admitted = if is_request {
-                        self.guard().check_request(inbound.source.ip(), now)
-                    } else {
-                        self.guard().check_message(inbound.source.ip(), now)
-                    };
-                    if admitted != Verdict::Admit {
-                        continue;
-                    }
-                    if let Err(e) = &inbound.parsed {
-                        if let ParseErrorKind::TooLarge { size, max } = e.kind {
-                            tracing::warn!(source = %inbound.source, size, max, "message over the size limit");
-                            self.guard().message_too_large();
-                        }
-                    }
-                    let (transport, source, verdict) = checked(inbound, &policy);
-                    match verdict {
-                        Ok(message) => self.proxy.from_phone(
-                            Flow { transport, remote: source },
-                            message,
-                            Instant::now(),
-                        ),
-                        Err(Some(response)) => {
-                            let _ = self.external.send(transport, source, &response).await;
-                            Vec::new()
-                        }
-                        Err(None) => Vec::new(),
-                    }
-                }
-                Some(inbound) = internal_rx.recv() => {
-                    let (transport, source, verdict) = checked(inbound, &policy);
-                    match verdict {
-                        Ok(message) => self.proxy.from_node(source, message, Instant::now()),
-                        Err(Some(response)) => {
-                            let _ = self.internal.send(transport, source, &response).await;
-                            Vec::new()
-                        }
-                        Err(None) => Vec::new(),
-                    }
-                }
+                Some(inbound) = external_rx.recv() => self.on_phone_message(inbound, &policy).await,
+                Some(inbound) = internal_rx.recv() => self.on_node_message(inbound, &policy).await,
                 Some(call_id) = abandoned.recv() => {
                     tracing::warn!(%call_id, "media silent both ways for an hour: relay stopped");
                     crate::proxy::MediaAnchor::end(&mut self.proxy.media, &call_id);
                     Vec::new()
                 }
-                () = sleep => {
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
                     let now = Instant::now();
                     self.guard().handle_timeout(now);
                     self.proxy.handle_timeout(now)
@@ -452,10 +446,80 @@ impl Driver {
                     }
                     Vec::new()
                 }
+                // Every source closed and no timer: nothing can happen any more.
+                else => return,
             };
             for action in actions {
                 self.carry_out(action).await;
             }
+            // Under load, messages that are already waiting are handled
+            // before going back to the select (and its bookkeeping above);
+            // bounded, so timers and the other sources are not starved.
+            for _ in 0..BATCH {
+                let actions = if let Ok(inbound) = external_rx.try_recv() {
+                    self.on_phone_message(inbound, &policy).await
+                } else if let Ok(inbound) = internal_rx.try_recv() {
+                    self.on_node_message(inbound, &policy).await
+                } else {
+                    break;
+                };
+                for action in actions {
+                    self.carry_out(action).await;
+                }
+            }
+        }
+    }
+
+    /// A message from a phone: the guard first (a banned, denied or
+    /// flooding source gets nothing back, not even a 400: no reflection),
+    /// then validation, then the proxy.
+    async fn on_phone_message(&mut self, inbound: InboundMessage, policy: &Policy) -> Vec<Action> {
+        let now = Instant::now();
+        let is_request = match &inbound.parsed {
+            Ok(message) => message.is_request(),
+            Err(e) => e.recovered.is_request,
+        };
+        let admitted = if is_request {
+            self.guard().check_request(inbound.source.ip(), now)
+        } else {
+            self.guard().check_message(inbound.source.ip(), now)
+        };
+        if admitted != Verdict::Admit {
+            return Vec::new();
+        }
+        if let Err(e) = &inbound.parsed {
+            if let ParseErrorKind::TooLarge { size, max } = e.kind {
+                tracing::warn!(source = %inbound.source, size, max, "message over the size limit");
+                self.guard().message_too_large();
+            }
+        }
+        let (transport, source, verdict) = checked(inbound, policy);
+        match verdict {
+            Ok(message) => self.proxy.from_phone(
+                Flow {
+                    transport,
+                    remote: source,
+                },
+                message,
+                Instant::now(),
+            ),
+            Err(Some(response)) => {
+                let _ = self.external.send(transport, source, &response).await;
+                Vec::new()
+            }
+            Err(None) => Vec::new(),
+        }
+    }
+
+    async fn on_node_message(&mut self, inbound: InboundMessage, policy: &Policy) -> Vec<Action> {
+        let (transport, source, verdict) = checked(inbound, policy);
+        match verdict {
+            Ok(message) => self.proxy.from_node(source, message, Instant::now()),
+            Err(Some(response)) => {
+                let _ = self.internal.send(transport, source, &response).await;
+                Vec::new()
+            }
+            Err(None) => Vec::new(),
         }
     }
 
@@ -525,6 +589,11 @@ impl Driver {
             relayed_calls: self.proxy.media.active(),
             rtp_ports_in_use: self.proxy.media.ports_in_use(),
         };
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.media_gauges.sessions.set(gauge(status.relayed_calls));
+        self.media_gauges
+            .port_pairs
+            .set(gauge(status.rtp_ports_in_use));
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;

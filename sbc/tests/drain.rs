@@ -160,6 +160,17 @@ async fn a_drained_node_keeps_its_dialogs_and_gets_no_new_ones() {
         .await;
         assert_eq!(next(&mut seen).await.0, 1, "registration {i} too");
     }
+    // Prometheus sees the drain and where the new work went.
+    let (_, metrics) = http(sbc.http, "GET", "/metrics").await;
+    for line in [
+        format!(r#"sbc_node_draining{{node="{a}"}} 1"#),
+        format!(r#"sbc_node_draining{{node="{b}"}} 0"#),
+        format!(r#"sbc_node_up{{node="{a}"}} 1"#),
+        format!(r#"sbc_node_up{{node="{b}"}} 1"#),
+        format!(r#"sbc_dispatched_requests_total{{method="REGISTER",node="{b}"}} 20"#),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // Undrained: back in the rotation.
     let (status, body) = http(sbc.http, "POST", &format!("/admin/nodes/{a}/undrain")).await;

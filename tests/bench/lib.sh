@@ -149,3 +149,19 @@ search() { # trial_function recover_function searches_left start max
   echo "$lo"
 }
 
+
+# Calls whose media the SBC with its HTTP listener on 127.0.0.1:$1 relays
+# now (its sbc_media_sessions gauge); -1 if it cannot be read.
+media_sessions() { # http_port
+  curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null |
+    awk '$1 == "sbc_media_sessions" { print $2; found = 1 } END { if (!found) print -1 }'
+}
+# Waits until that gauge reads `count` (at most timeout_secs).
+wait_media_sessions() { # http_port count timeout_secs
+  local i
+  for i in $(seq "$3"); do
+    [ "$(media_sessions "$1")" = "$2" ] && return 0
+    sleep 1
+  done
+  return 1
+}

@@ -2,7 +2,10 @@
 //! sockets. Receive buffers are allocated once per call and packets are
 //! rewritten in place, so relaying allocates nothing per packet; a task
 //! parked in `select!` costs a few hundred bytes, so thousands of calls fit
-//! on one core.
+//! on one core. Relays of one process that send each other media can share
+//! a [`Hairpin`], which hands those datagrams over in memory; a relay that
+//! ends gives its sockets back ([`UdpRelay::run_to_end`]) so a port pool
+//! can keep them bound for the next call.
 //!
 //! Signalling steers a running relay with [`RelayCommand`]s: a leg's new
 //! SDP address, or a [`RelayTap`] (a call recorder) that is handed every
@@ -11,12 +14,14 @@
 use super::{LegConfig, RelayConfig, RelayCore, RelayEvent, SocketKind, Transmit};
 use crate::rtp::{self, PacketKind};
 use crate::Leg;
+use std::collections::HashMap;
 use std::future::pending;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// How often a tap is given time to write out what it buffered.
@@ -76,132 +81,352 @@ async fn recv_on(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usiz
     }
 }
 
-pub struct UdpRelay {
-    core: RelayCore,
+fn kind_index(kind: SocketKind) -> usize {
+    match kind {
+        SocketKind::Rtp => 0,
+        SocketKind::Rtcp => 1,
+    }
+}
+
+/// The relays of one process that send media to each other's sockets. An
+/// SBC in front of a B2BUA that does not anchor media has two relays per
+/// call whose node-facing legs address each other: every packet would go
+/// out of one relay and back into the other through the loopback (a
+/// `sendto` and a `recvfrom`, the larger part of the cost of relaying it).
+/// Relays that share a `Hairpin` hand such a datagram over in memory
+/// instead: the receiving relay's core sees it from the sending socket's
+/// address, exactly as the kernel would have delivered it, so latching,
+/// re-anchoring, its tap and its timers behave the same. One hop only: what
+/// the receiving relay sends on goes out through its socket.
+#[derive(Clone, Default)]
+pub struct Hairpin {
+    sockets: Arc<RwLock<HashMap<SocketAddr, Endpoint>>>,
+}
+
+/// A relay's socket, as the hairpin finds it by its local address.
+struct Endpoint {
+    relay: Weak<Shared>,
+    leg: Leg,
+    kind: SocketKind,
+}
+
+impl Hairpin {
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SocketAddr, Endpoint>> {
+        self.sockets.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SocketAddr, Endpoint>> {
+        self.sockets.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers each of the relay's sockets bound to a specific address
+    /// (a wildcard address is never a datagram's destination).
+    fn register(&self, relay: &Arc<Shared>) {
+        let mut map = self.map_mut();
+        for (leg, kind, addr) in relay.local_addrs() {
+            if !addr.ip().is_unspecified() {
+                let relay = Arc::downgrade(relay);
+                map.insert(addr, Endpoint { relay, leg, kind });
+            }
+        }
+    }
+
+    fn deregister(&self, relay: &Arc<Shared>) {
+        let mut map = self.map_mut();
+        for (_, _, addr) in relay.local_addrs() {
+            if map
+                .get(&addr)
+                .is_some_and(|e| std::ptr::eq(e.relay.as_ptr(), Arc::as_ptr(relay)))
+            {
+                map.remove(&addr);
+            }
+        }
+    }
+
+    fn find(&self, destination: SocketAddr) -> Option<(Arc<Shared>, Leg, SocketKind)> {
+        let map = self.map();
+        let endpoint = map.get(&destination)?;
+        Some((endpoint.relay.upgrade()?, endpoint.leg, endpoint.kind))
+    }
+}
+
+/// A relay's state, shared by its task and (through a [`Hairpin`]) the
+/// tasks of relays that hand it datagrams.
+struct Shared {
+    state: Mutex<State>,
     sockets: [LegSockets; 2],
+    /// Each socket's local address by leg and kind (RTP, RTCP).
+    local: [[Option<SocketAddr>; 2]; 2],
+    /// A datagram handed over by another relay moved the core's next
+    /// timeout before the deadline this relay's task sleeps until.
+    rearm: Notify,
+}
+
+struct State {
+    core: RelayCore,
+    tap: Option<Box<dyn RelayTap>>,
+    events: Option<mpsc::UnboundedSender<RelayEvent>>,
+    /// The deadline the relay's task sleeps until, if any.
+    armed: Option<std::time::Instant>,
+}
+
+impl State {
+    /// Hands a datagram (rewritten in place) to the core, shows the tap
+    /// what is forwarded and reports the core's events.
+    fn datagram(
+        &mut self,
+        leg: Leg,
+        kind: SocketKind,
+        source: SocketAddr,
+        packet: &mut [u8],
+        now: std::time::Instant,
+    ) -> Option<Transmit> {
+        let transmit = self.core.handle_datagram(leg, kind, source, packet, now);
+        if let (Some(tap), Some(_), PacketKind::Rtp) =
+            (&mut self.tap, &transmit, rtp::classify(packet))
+        {
+            tap.rtp(leg, packet, now);
+        }
+        self.report_events();
+        transmit
+    }
+
+    fn report_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            if let Some(events) = &self.events {
+                let _ = events.send(event);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn local_addrs(&self) -> impl Iterator<Item = (Leg, SocketKind, SocketAddr)> + '_ {
+        [Leg::A, Leg::B].into_iter().flat_map(move |leg| {
+            [SocketKind::Rtp, SocketKind::Rtcp]
+                .into_iter()
+                .filter_map(move |kind| {
+                    let addr = self.local[leg.index()][kind_index(kind)]?;
+                    Some((leg, kind, addr))
+                })
+        })
+    }
+
+    async fn send(&self, transmit: Transmit, packet: &[u8]) {
+        if let Some(out) = self.sockets[transmit.leg.index()].socket(transmit.socket) {
+            if let Err(error) = out.send_to(packet, transmit.destination).await {
+                tracing::debug!(%error, destination = %transmit.destination, "relay send failed");
+            }
+        }
+    }
+}
+
+pub struct UdpRelay {
+    shared: Arc<Shared>,
+    hairpin: Option<Hairpin>,
 }
 
 impl UdpRelay {
     pub fn new(config: RelayConfig, legs: [LegConfig; 2], sockets: [LegSockets; 2]) -> Self {
-        UdpRelay {
+        let local = |leg: &LegSockets| {
+            [
+                leg.rtp.local_addr().ok(),
+                leg.rtcp.as_ref().and_then(|s| s.local_addr().ok()),
+            ]
+        };
+        let state = State {
             core: RelayCore::new(config, legs, Instant::now().into_std()),
-            sockets,
+            tap: None,
+            events: None,
+            armed: None,
+        };
+        UdpRelay {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                local: [local(&sockets[0]), local(&sockets[1])],
+                sockets,
+                rearm: Notify::new(),
+            }),
+            hairpin: None,
         }
     }
 
+    /// Joins `hairpin` while it runs: datagrams to another relay of the
+    /// hairpin are handed over in memory, and it gets theirs.
+    pub fn with_hairpin(mut self, hairpin: &Hairpin) -> Self {
+        self.hairpin = Some(hairpin.clone());
+        self
+    }
+
     pub fn local_addr(&self, leg: Leg, kind: SocketKind) -> io::Result<SocketAddr> {
-        self.sockets[leg.index()]
-            .socket(kind)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "leg uses rtcp-mux"))?
-            .local_addr()
+        self.shared.local[leg.index()][kind_index(kind)]
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "leg uses rtcp-mux"))
     }
 
     /// Relays until every sender of `commands` is dropped, reporting
     /// latching and timeouts on `events`. Returns the core for its stats.
     pub async fn run(
-        mut self,
+        self,
+        events: mpsc::UnboundedSender<RelayEvent>,
+        commands: mpsc::UnboundedReceiver<RelayCommand>,
+    ) -> RelayCore {
+        self.run_to_end(events, commands).await.0
+    }
+
+    /// [`run`](Self::run), also giving back the sockets (for reuse), unless
+    /// another relay of the hairpin still held them at the end.
+    pub async fn run_to_end(
+        self,
         events: mpsc::UnboundedSender<RelayEvent>,
         mut commands: mpsc::UnboundedReceiver<RelayCommand>,
-    ) -> RelayCore {
-        let mut tap: Option<Box<dyn RelayTap>> = None;
-        let stop = |tap: Option<Box<dyn RelayTap>>, core: RelayCore| {
-            if let Some(tap) = tap {
-                tap.close(Instant::now().into_std());
-            }
-            core
-        };
+    ) -> (RelayCore, Option<[LegSockets; 2]>) {
+        let UdpRelay { shared, hairpin } = self;
+        shared.lock().events = Some(events);
+        if let Some(hairpin) = &hairpin {
+            hairpin.register(&shared);
+        }
         let mut buffers = vec![[0u8; MAX_DATAGRAM]; 4];
-        let [a_rtp, a_rtcp, b_rtp, b_rtcp] = buffers.as_mut_slice() else {
-            return self.core;
-        };
-        let mut tap_tick = tokio::time::interval(TAP_TICK);
-        tap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One timer for the call, re-armed only when it fires or when the
-        // next deadline moves earlier: packets push deadlines later, so the
-        // steady state touches no timer per packet.
-        let timer = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(timer);
-        let mut timer_armed = true;
-        loop {
-            if let Some(next) = self.core.next_timeout().map(Instant::from_std) {
+        if let [a_rtp, a_rtcp, b_rtp, b_rtcp] = buffers.as_mut_slice() {
+            let buffers = [a_rtp, a_rtcp, b_rtp, b_rtcp];
+            relay_loop(&shared, hairpin.as_ref(), &mut commands, buffers).await;
+        }
+        if let Some(hairpin) = &hairpin {
+            hairpin.deregister(&shared);
+        }
+        let now = Instant::now().into_std();
+        if let Some(tap) = shared.lock().tap.take() {
+            tap.close(now);
+        }
+        match Arc::try_unwrap(shared) {
+            Ok(shared) => {
+                let state = shared
+                    .state
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner);
+                (state.core, Some(shared.sockets))
+            }
+            // Another relay is handing us a datagram this very moment.
+            Err(shared) => {
+                let core = std::mem::replace(
+                    &mut shared.lock().core,
+                    RelayCore::new(RelayConfig::default(), [LegConfig::default(); 2], now),
+                );
+                (core, None)
+            }
+        }
+    }
+}
+
+/// The task of one relay: its four sockets, its commands, its timer.
+async fn relay_loop(
+    shared: &Arc<Shared>,
+    hairpin: Option<&Hairpin>,
+    commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
+    buffers: [&mut [u8; MAX_DATAGRAM]; 4],
+) {
+    let [a_rtp, a_rtcp, b_rtp, b_rtcp] = buffers;
+    let mut tap_tick = tokio::time::interval(TAP_TICK);
+    tap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for the call, re-armed only when it fires or when the
+    // next deadline moves earlier: packets push deadlines later, so the
+    // steady state touches no timer per packet.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut timer_armed = true;
+    loop {
+        let tapped = {
+            let mut state = shared.lock();
+            if let Some(next) = state.core.next_timeout().map(Instant::from_std) {
                 if !timer_armed || next < timer.deadline() {
                     timer.as_mut().reset(next);
                     timer_armed = true;
                 }
             }
-            let [a, b] = &self.sockets;
-            let (leg, kind, received, buf) = tokio::select! {
-                command = commands.recv() => {
-                    let now = Instant::now().into_std();
-                    match command {
-                        None => return stop(tap, self.core),
-                        Some(RelayCommand::UpdateLeg { leg, config }) => {
-                            self.core.update_leg(leg, config, now);
+            state.armed = timer_armed.then(|| timer.deadline().into_std());
+            state.tap.is_some()
+        };
+        let [a, b] = &shared.sockets;
+        let (leg, kind, received, buf) = tokio::select! {
+            command = commands.recv() => {
+                let now = Instant::now().into_std();
+                let mut state = shared.lock();
+                match command {
+                    None => return,
+                    Some(RelayCommand::UpdateLeg { leg, config }) => {
+                        state.core.update_leg(leg, config, now);
+                    }
+                    Some(RelayCommand::Tap(new)) => {
+                        if let Some(old) = state.tap.replace(new) {
+                            old.close(now);
                         }
-                        Some(RelayCommand::Tap(new)) => {
-                            if let Some(old) = tap.replace(new) {
-                                old.close(now);
-                            }
-                        }
                     }
-                    continue;
                 }
-                _ = tap_tick.tick(), if tap.is_some() => {
-                    if let Some(tap) = tap.as_mut() {
-                        tap.tick(Instant::now().into_std());
-                    }
-                    continue;
-                }
-                _ = &mut timer, if timer_armed => {
-                    self.core.handle_timeout(Instant::now().into_std());
-                    while let Some(event) = self.core.poll_event() {
-                        let _ = events.send(event);
-                    }
-                    match self.core.next_timeout() {
-                        Some(next) => timer.as_mut().reset(Instant::from_std(next)),
-                        None => timer_armed = false,
-                    }
-                    continue;
-                }
-                r = recv_on(Some(&a.rtp), a_rtp) => (Leg::A, SocketKind::Rtp, r, &mut *a_rtp),
-                r = recv_on(a.rtcp.as_ref(), a_rtcp) => (Leg::A, SocketKind::Rtcp, r, &mut *a_rtcp),
-                r = recv_on(Some(&b.rtp), b_rtp) => (Leg::B, SocketKind::Rtp, r, &mut *b_rtp),
-                r = recv_on(b.rtcp.as_ref(), b_rtcp) => (Leg::B, SocketKind::Rtcp, r, &mut *b_rtcp),
-            };
-            let (len, source) = match received {
-                Ok(received) => received,
-                Err(error) => {
-                    // e.g. ICMP port unreachable reported on Windows; the
-                    // socket itself is still usable.
-                    tracing::debug!(%error, ?leg, "relay receive failed");
-                    continue;
-                }
-            };
-            let Some(packet) = buf.get_mut(..len) else {
                 continue;
-            };
-            let now = Instant::now().into_std();
-            let transmit = self.core.handle_datagram(leg, kind, source, packet, now);
-            if let (Some(tap), Some(_), PacketKind::Rtp) =
-                (&mut tap, &transmit, rtp::classify(packet))
-            {
-                tap.rtp(leg, packet, now);
             }
-            if let Some(Transmit {
-                leg: out_leg,
-                socket,
-                destination,
-            }) = transmit
-            {
-                if let Some(out) = self.sockets[out_leg.index()].socket(socket) {
-                    if let Err(error) = out.send_to(packet, destination).await {
-                        tracing::debug!(%error, %destination, "relay send failed");
+            _ = tap_tick.tick(), if tapped => {
+                if let Some(tap) = shared.lock().tap.as_mut() {
+                    tap.tick(Instant::now().into_std());
+                }
+                continue;
+            }
+            _ = &mut timer, if timer_armed => {
+                let mut state = shared.lock();
+                state.core.handle_timeout(Instant::now().into_std());
+                state.report_events();
+                match state.core.next_timeout() {
+                    Some(next) => timer.as_mut().reset(Instant::from_std(next)),
+                    None => timer_armed = false,
+                }
+                continue;
+            }
+            () = shared.rearm.notified() => continue,
+            r = recv_on(Some(&a.rtp), a_rtp) => (Leg::A, SocketKind::Rtp, r, &mut *a_rtp),
+            r = recv_on(a.rtcp.as_ref(), a_rtcp) => (Leg::A, SocketKind::Rtcp, r, &mut *a_rtcp),
+            r = recv_on(Some(&b.rtp), b_rtp) => (Leg::B, SocketKind::Rtp, r, &mut *b_rtp),
+            r = recv_on(b.rtcp.as_ref(), b_rtcp) => (Leg::B, SocketKind::Rtcp, r, &mut *b_rtcp),
+        };
+        let (len, source) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                // e.g. ICMP port unreachable reported on Windows; the
+                // socket itself is still usable.
+                tracing::debug!(%error, ?leg, "relay receive failed");
+                continue;
+            }
+        };
+        let Some(packet) = buf.get_mut(..len) else {
+            continue;
+        };
+        let now = Instant::now().into_std();
+        let transmit = shared.lock().datagram(leg, kind, source, packet, now);
+        let Some(transmit) = transmit else {
+            continue;
+        };
+        match hairpin.and_then(|h| h.find(transmit.destination)) {
+            Some((peer, peer_leg, peer_kind)) => {
+                let from = shared.local[transmit.leg.index()][kind_index(transmit.socket)];
+                let onward = from.and_then(|from| {
+                    let mut state = peer.lock();
+                    let onward = state.datagram(peer_leg, peer_kind, from, packet, now);
+                    // Its task sleeps until `armed`: wake it if the core
+                    // now has an earlier deadline (a leg that had timed
+                    // out heard again).
+                    if let Some(next) = state.core.next_timeout() {
+                        if state.armed.is_none_or(|armed| next < armed) {
+                            peer.rearm.notify_one();
+                        }
                     }
+                    onward
+                });
+                if let Some(onward) = onward {
+                    peer.send(onward, packet).await;
                 }
             }
-            while let Some(event) = self.core.poll_event() {
-                let _ = events.send(event);
-            }
+            None => shared.send(transmit, packet).await,
         }
     }
 }
@@ -416,6 +641,110 @@ mod tests {
         assert_eq!(event, Some(RelayEvent::LegTimedOut { leg: Leg::B }));
         drop(call.commands);
         call.task.await.unwrap();
+    }
+
+    /// Events until both legs timed out (skipping latching).
+    async fn until_both_timed_out(events: &mut mpsc::UnboundedReceiver<RelayEvent>) {
+        let mut timed_out = [false; 2];
+        while timed_out != [true, true] {
+            let event = timeout(Duration::from_secs(2), events.recv())
+                .await
+                .unwrap();
+            if let Some(RelayEvent::LegTimedOut { leg }) = event {
+                timed_out[leg.index()] = true;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_sharing_a_hairpin_hand_each_other_datagrams_in_memory() {
+        // The caller's relay faces the inside on ::1, the callee's on
+        // 127.0.0.1: the kernel cannot carry a datagram between the two
+        // (another address family), only the hairpin can.
+        let v6: IpAddr = "::1".parse().unwrap();
+        let hairpin = Hairpin::default();
+        let (caller, callee) = (phone().await, phone().await);
+        let mux = LegConfig {
+            rtcp_mux: true,
+            ..LegConfig::default()
+        };
+        let first_sockets = [
+            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+            LegSockets::bind(v6, true).await.unwrap(),
+        ];
+        let second_sockets = [
+            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+        ];
+        let first_inside = first_sockets[1].rtp.local_addr().unwrap();
+        let second_inside = second_sockets[1].rtp.local_addr().unwrap();
+        let toward = |addr: SocketAddr| LegConfig {
+            remote_rtp: Some(addr),
+            ..mux
+        };
+        let first = UdpRelay::new(
+            RelayConfig::default(),
+            [mux, toward(second_inside)],
+            first_sockets,
+        )
+        .with_hairpin(&hairpin);
+        let second = UdpRelay::new(
+            RelayConfig {
+                media_timeout: Duration::from_millis(300),
+                ..RelayConfig::default()
+            },
+            [toward(callee.local_addr().unwrap()), toward(first_inside)],
+            second_sockets,
+        )
+        .with_hairpin(&hairpin);
+        let (first_a, second_a) = (
+            first.local_addr(Leg::A, SocketKind::Rtp).unwrap(),
+            second.local_addr(Leg::A, SocketKind::Rtp).unwrap(),
+        );
+        let (first_events, _first_events) = mpsc::unbounded_channel();
+        let (first_commands, commands) = mpsc::unbounded_channel();
+        let first_task = tokio::spawn(first.run_to_end(first_events, commands));
+        let (second_events, mut events) = mpsc::unbounded_channel();
+        let (second_commands, commands) = mpsc::unbounded_channel();
+        let second_task = tokio::spawn(second.run_to_end(second_events, commands));
+
+        send_rtp(&caller, first_a, 0xaaaa, 1, 0).await;
+        let (bytes, from) = receive(&callee).await;
+        assert_eq!(from, second_a);
+        assert_eq!(RtpPacket::parse(&bytes).unwrap().ssrc, 0xaaaa);
+        assert_eq!(
+            events.recv().await,
+            Some(RelayEvent::Latched {
+                leg: Leg::B,
+                address: first_inside
+            }),
+            "seen from the caller relay's socket, as the kernel would show it"
+        );
+        send_rtp(&callee, second_a, 0xbbbb, 1, 0).await;
+        let (bytes, from) = receive(&caller).await;
+        assert_eq!(from, first_a);
+        assert_eq!(RtpPacket::parse(&bytes).unwrap().ssrc, 0xbbbb);
+
+        // Both legs of the callee's relay time out; a datagram handed
+        // over wakes its timer again, so the next silence is reported.
+        until_both_timed_out(&mut events).await;
+        send_rtp(&caller, first_a, 0xaaaa, 2, 160).await;
+        receive(&callee).await;
+        let event = timeout(Duration::from_secs(2), events.recv())
+            .await
+            .unwrap();
+        assert_eq!(event, Some(RelayEvent::LegTimedOut { leg: Leg::B }));
+
+        // The callee's relay ends: it leaves the hairpin and gets its
+        // sockets back; the caller's can no longer reach it.
+        drop(second_commands);
+        let (_, sockets) = second_task.await.unwrap();
+        assert!(sockets.is_some());
+        send_rtp(&caller, first_a, 0xaaaa, 3, 320).await;
+        assert_silent(&callee).await;
+        drop(first_commands);
+        let (core, _) = first_task.await.unwrap();
+        assert_eq!(core.stats().forwarded, 4);
     }
 
     /// (leg, SSRC) of each packet shown, and the number of ticks.
