@@ -272,7 +272,7 @@ impl Transaction {
             }
             (State::Trying | State::Proceeding, _) => {
                 let ack = invite
-                    .then(|| self.client_request.as_ref())
+                    .then_some(self.client_request.as_ref())
                     .flatten()
                     .and_then(|request| ack_for(request, &response));
                 if let Some(ack) = ack {
