@@ -165,3 +165,17 @@ wait_media_sessions() { # http_port count timeout_secs
   done
   return 1
 }
+
+# Starts the one pbx-node of the SBC benchmarks ($NODE_BIN on 127.0.0.1,
+# ports $NODE_SIP, $NODE_RAFT and $NODE_HTTP, data in $WORK/node) with the
+# demo extensions $1, and waits until it is ready; sets NODE_PID.
+start_single_node() { # demo_range
+  env -u RUST_BACKTRACE RUST_LOG=warn "$NODE_BIN" --data-dir "$WORK/node" \
+    --sip-udp-listen "127.0.0.1:$NODE_SIP" --sip-tcp-listen "127.0.0.1:$NODE_SIP" \
+    --raft-listen "127.0.0.1:$NODE_RAFT" --http-listen "127.0.0.1:$NODE_HTTP" \
+    --sip-digest-sha256 false --demo true --demo-extensions "$1" \
+    --demo-password "$PASSWORD" </dev/null >"$WORK/node.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_for_line "$WORK/node.log" '^ready ' 120 "$NODE_PID"
+}

@@ -108,14 +108,7 @@ PIDS+=("$WATCHDOG")
 
 # --- pbx-node and the SBC -----------------------------------------------------------
 log "starting pbx-node (extensions $DEMO_RANGE) on 127.0.0.1:$NODE_SIP"
-env -u RUST_BACKTRACE RUST_LOG=warn "$NODE_BIN" --data-dir "$WORK/node" \
-  --sip-udp-listen "127.0.0.1:$NODE_SIP" --sip-tcp-listen "127.0.0.1:$NODE_SIP" \
-  --raft-listen "127.0.0.1:$NODE_RAFT" --http-listen "127.0.0.1:$NODE_HTTP" \
-  --sip-digest-sha256 false --demo true --demo-extensions "$DEMO_RANGE" \
-  --demo-password "$PASSWORD" </dev/null >"$WORK/node.log" 2>&1 &
-NODE_PID=$!
-PIDS+=("$NODE_PID")
-wait_for_line "$WORK/node.log" '^ready ' 120 "$NODE_PID" || exit 1
+start_single_node "$DEMO_RANGE" || exit 1
 
 # Every load comes from 127.0.0.1: the per-IP limits are lifted so that
 # they are not what is measured.

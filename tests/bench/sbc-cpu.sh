@@ -62,14 +62,7 @@ else
     >"$WORK/build.log" 2>&1) || { cat "$WORK/build.log" >&2; exit 1; }
 fi
 
-env -u RUST_BACKTRACE RUST_LOG=warn "$NODE_BIN" --data-dir "$WORK/node" \
-  --sip-udp-listen "127.0.0.1:$NODE_SIP" --sip-tcp-listen "127.0.0.1:$NODE_SIP" \
-  --raft-listen "127.0.0.1:$NODE_RAFT" --http-listen "127.0.0.1:$NODE_HTTP" \
-  --sip-digest-sha256 false --demo true --demo-extensions 200000-299999 \
-  --demo-password "$PASSWORD" </dev/null >"$WORK/node.log" 2>&1 &
-NODE_PID=$!
-PIDS+=("$NODE_PID")
-wait_for_line "$WORK/node.log" '^ready ' 120 "$NODE_PID" || exit 1
+start_single_node 200000-299999 || exit 1
 cat >"$WORK/sbc.toml" <<EOF
 udp_listen = "127.0.0.1:$SBC_UDP"
 tcp_listen = "127.0.0.1:$SBC_UDP"
