@@ -183,23 +183,25 @@ impl CallRelays {
         let (events, mut event_rx) = mpsc::unbounded_channel();
         let abandoned = self.abandoned.clone();
         let call = call_id.to_string();
+        // Its own task: joined with the relay's, it would be polled for
+        // every packet the relay wakes up for.
         tokio::spawn(async move {
-            let watch = async {
-                let mut silent = [false; 2];
-                while let Some(event) = event_rx.recv().await {
-                    tracing::debug!(call_id = %call, ?event, "media relay");
-                    match event {
-                        RelayEvent::LegTimedOut { leg } => silent[leg.index()] = true,
-                        RelayEvent::Latched { leg, .. } | RelayEvent::Relatched { leg, .. } => {
-                            silent[leg.index()] = false;
-                        }
-                    }
-                    if silent == [true, true] {
-                        let _ = abandoned.send(call.clone());
+            let mut silent = [false; 2];
+            while let Some(event) = event_rx.recv().await {
+                tracing::debug!(call_id = %call, ?event, "media relay");
+                match event {
+                    RelayEvent::LegTimedOut { leg } => silent[leg.index()] = true,
+                    RelayEvent::Latched { leg, .. } | RelayEvent::Relatched { leg, .. } => {
+                        silent[leg.index()] = false;
                     }
                 }
-            };
-            let ((_, sockets), ()) = tokio::join!(relay.run_to_end(events, command_rx), watch);
+                if silent == [true, true] {
+                    let _ = abandoned.send(call.clone());
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let (_, sockets) = relay.run_to_end(events, command_rx).await;
             // The sockets stay bound for the next calls (binding and
             // closing them were a good part of the cost of a call).
             if let Some([a, b]) = sockets {

@@ -14,14 +14,18 @@
 use super::{LegConfig, RelayConfig, RelayCore, RelayEvent, SocketKind, Transmit};
 use crate::rtp::{self, PacketKind};
 use crate::Leg;
+use atomic_waker::AtomicWaker;
 use std::collections::HashMap;
-use std::future::pending;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::task::Poll;
 use std::time::Duration;
+use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// How often a tap is given time to write out what it buffered.
@@ -74,13 +78,6 @@ impl LegSockets {
     }
 }
 
-async fn recv_on(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-    match socket {
-        Some(socket) => socket.recv_from(buf).await,
-        None => pending().await,
-    }
-}
-
 fn kind_index(kind: SocketKind) -> usize {
     match kind {
         SocketKind::Rtp => 0,
@@ -101,6 +98,9 @@ fn kind_index(kind: SocketKind) -> usize {
 #[derive(Clone, Default)]
 pub struct Hairpin {
     sockets: Arc<RwLock<HashMap<SocketAddr, Endpoint>>>,
+    /// Counts registrations, so that a relay's cached "no relay there"
+    /// ([`RouteCache`]) goes stale when one may have appeared.
+    registrations: Arc<AtomicU64>,
 }
 
 /// A relay's socket, as the hairpin finds it by its local address.
@@ -129,6 +129,7 @@ impl Hairpin {
                 map.insert(addr, Endpoint { relay, leg, kind });
             }
         }
+        self.registrations.fetch_add(1, Ordering::Release);
     }
 
     fn deregister(&self, relay: &Arc<Shared>) {
@@ -143,10 +144,78 @@ impl Hairpin {
         }
     }
 
-    fn find(&self, destination: SocketAddr) -> Option<(Arc<Shared>, Leg, SocketKind)> {
+    fn find(&self, destination: SocketAddr) -> Option<HairpinPeer> {
         let map = self.map();
         let endpoint = map.get(&destination)?;
-        Some((endpoint.relay.upgrade()?, endpoint.leg, endpoint.kind))
+        Some(HairpinPeer {
+            relay: endpoint.relay.clone(),
+            leg: endpoint.leg,
+            kind: endpoint.kind,
+        })
+    }
+}
+
+/// The relay socket a datagram's destination turned out to be.
+#[derive(Clone)]
+struct HairpinPeer {
+    relay: Weak<Shared>,
+    leg: Leg,
+    kind: SocketKind,
+}
+
+/// A relay's last hairpin lookup per outgoing socket. Every packet of a
+/// stream goes to the same destination, and the shared map's lock and
+/// hash are a per-packet cost worth skipping. A peer found stays valid
+/// while its relay lives (its sockets are only given back, and their
+/// addresses reused, once no `Arc` of it is left); "none there" stays valid
+/// until the next registration.
+#[derive(Default)]
+struct RouteCache {
+    entries: [[Option<CachedRoute>; 2]; 2],
+}
+
+struct CachedRoute {
+    destination: SocketAddr,
+    registrations: u64,
+    peer: Option<HairpinPeer>,
+}
+
+impl RouteCache {
+    fn route(
+        &mut self,
+        hairpin: &Hairpin,
+        transmit: &Transmit,
+    ) -> Option<(Arc<Shared>, HairpinPeer)> {
+        let slot = &mut self.entries[transmit.leg.index()][kind_index(transmit.socket)];
+        if let Some(cached) = slot
+            .as_ref()
+            .filter(|c| c.destination == transmit.destination)
+        {
+            match &cached.peer {
+                Some(peer) => {
+                    if let Some(relay) = peer.relay.upgrade() {
+                        return Some((relay, peer.clone()));
+                    }
+                }
+                None => {
+                    if cached.registrations == hairpin.registrations.load(Ordering::Acquire) {
+                        return None;
+                    }
+                }
+            }
+        }
+        // Read before the lookup: a registration after it makes this stale.
+        let registrations = hairpin.registrations.load(Ordering::Acquire);
+        let peer = hairpin.find(transmit.destination);
+        let found = peer
+            .as_ref()
+            .and_then(|p| Some((p.relay.upgrade()?, p.clone())));
+        *slot = Some(CachedRoute {
+            destination: transmit.destination,
+            registrations,
+            peer,
+        });
+        found
     }
 }
 
@@ -157,9 +226,11 @@ struct Shared {
     sockets: [LegSockets; 2],
     /// Each socket's local address by leg and kind (RTP, RTCP).
     local: [[Option<SocketAddr>; 2]; 2],
-    /// A datagram handed over by another relay moved the core's next
-    /// timeout before the deadline this relay's task sleeps until.
-    rearm: Notify,
+    /// Set (and `rearm_waker` woken) when a datagram handed over by
+    /// another relay moved the core's next timeout before the deadline this
+    /// relay's task sleeps until.
+    rearm: AtomicBool,
+    rearm_waker: AtomicWaker,
 }
 
 struct State {
@@ -217,10 +288,19 @@ impl Shared {
     }
 
     async fn send(&self, transmit: Transmit, packet: &[u8]) {
-        if let Some(out) = self.sockets[transmit.leg.index()].socket(transmit.socket) {
-            if let Err(error) = out.send_to(packet, transmit.destination).await {
-                tracing::debug!(%error, destination = %transmit.destination, "relay send failed");
+        let Some(out) = self.sockets[transmit.leg.index()].socket(transmit.socket) else {
+            return;
+        };
+        // A UDP socket's send buffer is nearly always free: try the send
+        // right away, and wait for room only when it is full.
+        let sent = match out.try_send_to(packet, transmit.destination) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                out.send_to(packet, transmit.destination).await
             }
+            sent => sent,
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%error, destination = %transmit.destination, "relay send failed");
         }
     }
 }
@@ -249,7 +329,8 @@ impl UdpRelay {
                 state: Mutex::new(state),
                 local: [local(&sockets[0]), local(&sockets[1])],
                 sockets,
-                rearm: Notify::new(),
+                rearm: AtomicBool::new(false),
+                rearm_waker: AtomicWaker::new(),
             }),
             hairpin: None,
         }
@@ -289,11 +370,8 @@ impl UdpRelay {
         if let Some(hairpin) = &hairpin {
             hairpin.register(&shared);
         }
-        let mut buffers = vec![[0u8; MAX_DATAGRAM]; 4];
-        if let [a_rtp, a_rtcp, b_rtp, b_rtcp] = buffers.as_mut_slice() {
-            let buffers = [a_rtp, a_rtcp, b_rtp, b_rtcp];
-            relay_loop(&shared, hairpin.as_ref(), &mut commands, buffers).await;
-        }
+        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        relay_loop(&shared, hairpin.as_ref(), &mut commands, &mut buffer).await;
         if let Some(hairpin) = &hairpin {
             hairpin.deregister(&shared);
         }
@@ -321,14 +399,36 @@ impl UdpRelay {
     }
 }
 
-/// The task of one relay: its four sockets, its commands, its timer.
+/// What woke a relay's task.
+enum Wake {
+    Command(Option<RelayCommand>),
+    TapTick,
+    Timer,
+    /// Another relay handed over a datagram that moved the next timeout.
+    Rearm,
+    /// A datagram arrived on one of the sockets, now in the buffer.
+    Received(Leg, SocketKind, io::Result<(usize, SocketAddr)>),
+}
+
+/// A relay's sockets in the order it looks at them (from a rotating start,
+/// so a flood on one cannot starve the others).
+const SOCKETS: [(Leg, SocketKind); 4] = [
+    (Leg::A, SocketKind::Rtp),
+    (Leg::A, SocketKind::Rtcp),
+    (Leg::B, SocketKind::Rtp),
+    (Leg::B, SocketKind::Rtcp),
+];
+
+/// The task of one relay: its four sockets, its commands, its timer. It
+/// polls them by hand rather than through `select!`: a `select!` would
+/// build and drop a receive future per socket, each queueing a waiter
+/// under its socket's lock, for every packet.
 async fn relay_loop(
     shared: &Arc<Shared>,
     hairpin: Option<&Hairpin>,
     commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
-    buffers: [&mut [u8; MAX_DATAGRAM]; 4],
+    buffer: &mut [u8],
 ) {
-    let [a_rtp, a_rtcp, b_rtp, b_rtcp] = buffers;
     let mut tap_tick = tokio::time::interval(TAP_TICK);
     tap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One timer for the call, re-armed only when it fires or when the
@@ -337,6 +437,8 @@ async fn relay_loop(
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut timer_armed = true;
+    let mut routes = RouteCache::default();
+    let mut first_socket = 0;
     loop {
         let tapped = {
             let mut state = shared.lock();
@@ -349,9 +451,37 @@ async fn relay_loop(
             state.armed = timer_armed.then(|| timer.deadline().into_std());
             state.tap.is_some()
         };
-        let [a, b] = &shared.sockets;
-        let (leg, kind, received, buf) = tokio::select! {
-            command = commands.recv() => {
+        first_socket = (first_socket + 1) % SOCKETS.len();
+        let wake = poll_fn(|cx| {
+            if let Poll::Ready(command) = commands.poll_recv(cx) {
+                return Poll::Ready(Wake::Command(command));
+            }
+            if timer_armed && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            if tapped && tap_tick.poll_tick(cx).is_ready() {
+                return Poll::Ready(Wake::TapTick);
+            }
+            shared.rearm_waker.register(cx.waker());
+            if shared.rearm.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Wake::Rearm);
+            }
+            for i in 0..SOCKETS.len() {
+                let (leg, kind) = SOCKETS[(first_socket + i) % SOCKETS.len()];
+                let Some(socket) = shared.sockets[leg.index()].socket(kind) else {
+                    continue;
+                };
+                let mut read = ReadBuf::new(buffer);
+                if let Poll::Ready(received) = socket.poll_recv_from(cx, &mut read) {
+                    let len = read.filled().len();
+                    return Poll::Ready(Wake::Received(leg, kind, received.map(|s| (len, s))));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let (leg, kind, received) = match wake {
+            Wake::Command(command) => {
                 let now = Instant::now().into_std();
                 let mut state = shared.lock();
                 match command {
@@ -367,13 +497,13 @@ async fn relay_loop(
                 }
                 continue;
             }
-            _ = tap_tick.tick(), if tapped => {
+            Wake::TapTick => {
                 if let Some(tap) = shared.lock().tap.as_mut() {
                     tap.tick(Instant::now().into_std());
                 }
                 continue;
             }
-            _ = &mut timer, if timer_armed => {
+            Wake::Timer => {
                 let mut state = shared.lock();
                 state.core.handle_timeout(Instant::now().into_std());
                 state.report_events();
@@ -383,11 +513,8 @@ async fn relay_loop(
                 }
                 continue;
             }
-            () = shared.rearm.notified() => continue,
-            r = recv_on(Some(&a.rtp), a_rtp) => (Leg::A, SocketKind::Rtp, r, &mut *a_rtp),
-            r = recv_on(a.rtcp.as_ref(), a_rtcp) => (Leg::A, SocketKind::Rtcp, r, &mut *a_rtcp),
-            r = recv_on(Some(&b.rtp), b_rtp) => (Leg::B, SocketKind::Rtp, r, &mut *b_rtp),
-            r = recv_on(b.rtcp.as_ref(), b_rtcp) => (Leg::B, SocketKind::Rtcp, r, &mut *b_rtcp),
+            Wake::Rearm => continue,
+            Wake::Received(leg, kind, received) => (leg, kind, received),
         };
         let (len, source) = match received {
             Ok(received) => received,
@@ -398,7 +525,7 @@ async fn relay_loop(
                 continue;
             }
         };
-        let Some(packet) = buf.get_mut(..len) else {
+        let Some(packet) = buffer.get_mut(..len) else {
             continue;
         };
         let now = Instant::now().into_std();
@@ -406,18 +533,19 @@ async fn relay_loop(
         let Some(transmit) = transmit else {
             continue;
         };
-        match hairpin.and_then(|h| h.find(transmit.destination)) {
-            Some((peer, peer_leg, peer_kind)) => {
+        match hairpin.and_then(|h| routes.route(h, &transmit)) {
+            Some((peer, to)) => {
                 let from = shared.local[transmit.leg.index()][kind_index(transmit.socket)];
                 let onward = from.and_then(|from| {
                     let mut state = peer.lock();
-                    let onward = state.datagram(peer_leg, peer_kind, from, packet, now);
+                    let onward = state.datagram(to.leg, to.kind, from, packet, now);
                     // Its task sleeps until `armed`: wake it if the core
                     // now has an earlier deadline (a leg that had timed
                     // out heard again).
                     if let Some(next) = state.core.next_timeout() {
                         if state.armed.is_none_or(|armed| next < armed) {
-                            peer.rearm.notify_one();
+                            peer.rearm.store(true, Ordering::Release);
+                            peer.rearm_waker.wake();
                         }
                     }
                     onward
@@ -745,6 +873,34 @@ mod tests {
         drop(first_commands);
         let (core, _) = first_task.await.unwrap();
         assert_eq!(core.stats().forwarded, 4);
+    }
+
+    #[tokio::test]
+    async fn a_cached_route_sees_a_relay_join_and_leave() {
+        let hairpin = Hairpin::default();
+        let sockets = [
+            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+        ];
+        let relay = UdpRelay::new(RelayConfig::default(), [LegConfig::default(); 2], sockets);
+        let transmit = Transmit {
+            leg: Leg::B,
+            socket: SocketKind::Rtp,
+            destination: relay.local_addr(Leg::A, SocketKind::Rtp).unwrap(),
+        };
+        let mut routes = RouteCache::default();
+        assert!(
+            routes.route(&hairpin, &transmit).is_none(),
+            "not joined yet"
+        );
+        hairpin.register(&relay.shared);
+        let (peer, to) = routes.route(&hairpin, &transmit).expect("joined since");
+        assert!(Arc::ptr_eq(&peer, &relay.shared));
+        assert_eq!((to.leg, to.kind), (Leg::A, SocketKind::Rtp));
+        drop(peer);
+        hairpin.deregister(&relay.shared);
+        drop(relay);
+        assert!(routes.route(&hairpin, &transmit).is_none(), "gone");
     }
 
     /// (leg, SSRC) of each packet shown, and the number of ticks.
