@@ -1,6 +1,7 @@
 //! Untyped header storage with typed parsing on access.
 
 use super::syntax::{split_list, SyntaxError};
+use std::borrow::Cow;
 
 /// A header field as received (after unfolding); known names are canonical.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +90,12 @@ const HEADER_NAMES: [(&str, Option<char>); 44] = [
 ];
 
 /// Expands a compact form and fixes the case of known names; unknown names are kept.
-pub fn canonical_name(name: &str) -> String {
+/// Known names come back borrowed: header lookups call this for every
+/// access, mostly with a name already canonical.
+pub fn canonical_name(name: &str) -> Cow<'static, str> {
+    if let Some((full, _)) = HEADER_NAMES.iter().find(|(full, _)| *full == name) {
+        return Cow::Borrowed(full);
+    }
     let compact = {
         let mut chars = name.chars();
         match (chars.next(), chars.next()) {
@@ -103,7 +109,10 @@ pub fn canonical_name(name: &str) -> String {
             Some(c) => *short == Some(c),
             None => full.eq_ignore_ascii_case(name),
         })
-        .map_or_else(|| name.to_string(), |(full, _)| full.to_string())
+        .map_or_else(
+            || Cow::Owned(name.to_string()),
+            |(full, _)| Cow::Borrowed(*full),
+        )
 }
 
 /// Header fields in order of appearance.
@@ -122,7 +131,7 @@ impl Headers {
     /// Appends a header; the name is canonicalized (compact forms expanded).
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
         self.0.push(HeaderField {
-            name: canonical_name(name),
+            name: canonical_name(name).into_owned(),
             value: value.into(),
         });
     }
@@ -138,7 +147,7 @@ impl Headers {
         self.0.insert(
             0,
             HeaderField {
-                name: canonical_name(name),
+                name: canonical_name(name).into_owned(),
                 value: value.into(),
             },
         );
@@ -241,15 +250,32 @@ impl Headers {
         name: &'static str,
         parse: impl Fn(&str) -> Result<T, SyntaxError>,
     ) -> Result<Vec<T>, HeaderError> {
-        self.get_all(name)
-            .flat_map(split_list)
-            .map(|v| {
-                if v.is_empty() {
-                    return Err(HeaderError::invalid(name, "empty list element"));
-                }
-                parse(v).map_err(|e| HeaderError::invalid(name, e.0))
-            })
-            .collect()
+        self.list_elements(name, parse).collect()
+    }
+
+    /// The first element of a list header, parsing none of the others
+    /// (a proxy reads the top Via of every message it passes on).
+    pub(crate) fn parse_first<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, SyntaxError>,
+    ) -> Result<T, HeaderError> {
+        self.list_elements(name, parse)
+            .next()
+            .unwrap_or(Err(HeaderError::Missing(name)))
+    }
+
+    fn list_elements<'a, T>(
+        &'a self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, SyntaxError> + 'a,
+    ) -> impl Iterator<Item = Result<T, HeaderError>> + 'a {
+        self.get_all(name).flat_map(split_list).map(move |v| {
+            if v.is_empty() {
+                return Err(HeaderError::invalid(name, "empty list element"));
+            }
+            parse(v).map_err(|e| HeaderError::invalid(name, e.0))
+        })
     }
 }
 
