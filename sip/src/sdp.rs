@@ -168,7 +168,10 @@ fn direction_of(attributes: &[Attribute]) -> Option<Direction> {
 
 /// The first audio stream of an SDP body.
 pub fn audio_stream(body: &[u8]) -> Result<AudioStream, SdpError> {
-    let session = parse(body)?;
+    audio_stream_of(&parse(body)?)
+}
+
+fn audio_stream_of(session: &SessionDescription) -> Result<AudioStream, SdpError> {
     let media = session
         .media_descriptions
         .iter()
@@ -269,8 +272,8 @@ const TRANSPORT_ATTRIBUTES: &[&str] = &[
 /// and a port of 0 (a declined stream) keep their meaning. Returns the new
 /// body and the author's own audio stream, where the anchor sends to.
 pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStream), SdpError> {
-    let theirs = audio_stream(body)?;
     let mut session = parse(body)?;
+    let theirs = audio_stream_of(&session)?;
     let ip = if theirs.rtp.ip().is_unspecified() {
         theirs.rtp.ip()
     } else {

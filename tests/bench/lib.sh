@@ -83,7 +83,7 @@ trial_ok() { # "ok failed elapsed" calls
   local ok failed elapsed
   read -r ok failed elapsed <<<"$1"
   [ "$failed" = 0 ] && [ "$ok" = "$2" ] &&
-    awk -v e="$elapsed" -v d="$TRIAL_SECS" 'BEGIN { exit !(e <= d * 1.2 + 3) }'
+    awk -v e="$elapsed" -v d="$TRIAL_SECS" 'BEGIN { exit !(e <= d * 1.1 + 0.5) }'
 }
 
 # Waits (at most 30 s) until the processes $@ use under 10% of a core:
@@ -125,8 +125,9 @@ search() { # trial_function recover_function searches_left start max
     fi
     if $fn "$rate"; then
       lo=$rate
-      [ $((rate * 2)) -gt "$max" ] && break
-      rate=$((rate * 2))
+      [ "$rate" -ge "$max" ] && break
+      # The last step tries `max` itself rather than stopping short of it.
+      rate=$((rate * 2 > max ? max : rate * 2))
     else
       hi=$rate
       $recover || { echo "$lo"; return; }

@@ -265,14 +265,14 @@ CPS_DIRECT=null
 CPS_SBC=null
 if start_callee "$NODE" direct; then
   log "call rate, straight to the pbx-node"
-  CPS_DIRECT=$(search call_direct recover_direct 3 50 5000)
+  CPS_DIRECT=$(search call_direct recover_direct 3 50 10000)
   log "cps_direct=$CPS_DIRECT"
 else
   log "the callee could not register to the pbx-node: no direct call figure"
 fi
 if start_callee "$SBC" via-sbc; then
   log "call rate through the SBC"
-  CPS_SBC=$(search call_sbc recover_sbc 2 50 5000)
+  CPS_SBC=$(search call_sbc recover_sbc 2 50 10000)
   log "cps_via_sbc=$CPS_SBC"
 else
   log "the callee could not register through the SBC: no call figure"

@@ -270,7 +270,7 @@ else
     -key callee "$CALLEE")"
   if [ "$ok" = 5 ]; then
     log "pbx-node call rate (B2BUA, caller -> node 1 -> sipp UAS)"
-    CPS=$(search pbx_call_trial pbx_recover 3 50 5000)
+    CPS=$(search pbx_call_trial pbx_recover 3 50 10000)
     log "pbx-node cps=$CPS"
   else
     log "pbx-node does not complete calls yet (probe: $ok of 5); cps = null"
@@ -326,7 +326,7 @@ read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp kam-callee "$KAM" regist
 start_uas kam
 if [ "$ok" = 1 ]; then
   log "Kamailio call rate (caller -> Kamailio -> sipp UAS, record-routed)"
-  KAM_CPS=$(search kam_call_trial kam_recover 1 50 5000)
+  KAM_CPS=$(search kam_call_trial kam_recover 1 50 10000)
   log "kamailio_cps=$KAM_CPS"
 else
   log "the callee could not register to Kamailio"
