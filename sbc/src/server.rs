@@ -12,7 +12,7 @@ use sip::message::ParseErrorKind;
 use sip::message::SipMessage;
 use sip::transport::{
     ConnectionGate, ConnectionLimit, ConnectionTicket, InboundMessage, Transport, TransportConfig,
-    TransportLayer,
+    TransportLayer, UdpInbound,
 };
 use sip::validate::{classify, Inbound, Policy};
 use tokio::sync::{mpsc, watch};
@@ -157,7 +157,9 @@ impl Sbc {
             },
             Arc::new(GuardGate(guard.clone())),
         );
-        let udp = bind_listener("UDP", config.udp_listen, |a| external.bind_udp(a)).await?;
+        // The driver reads both UDP sockets itself (no task hop per message).
+        let (udp, phone_udp) =
+            bind_listener("UDP", config.udp_listen, |a| external.bind_udp_unspawned(a)).await?;
         let tcp = bind_listener("TCP", config.tcp_listen, |a| external.listen_tcp(a)).await?;
         let tls = bind_listener("TLS", config.tls_listen, |a| {
             external.listen_tls(a, tls_config.clone())
@@ -171,11 +173,13 @@ impl Sbc {
             crate::softphone::serve(a, tls_config.clone(), wss.port())
         })
         .await?;
-        let (internal, internal_rx) = TransportLayer::new(TransportConfig::default());
-        let internal_addr = internal
-            .bind_udp(config.internal_listen)
-            .await
-            .map_err(listen_error("internal UDP", config.internal_listen))?;
+        // Node-facing is UDP only, so nothing comes through its channel.
+        let (internal, _) = TransportLayer::new(TransportConfig::default());
+        let (internal_addr, node_udp) =
+            internal
+                .bind_udp_unspawned(config.internal_listen)
+                .await
+                .map_err(listen_error("internal UDP", config.internal_listen))?;
 
         let ports = PortPool::new(config.rtp_port_min, config.rtp_port_max)
             .map_err(|e| SbcError::Ports(e.to_string()))?;
@@ -236,7 +240,15 @@ impl Sbc {
         };
         let task = tokio::spawn(async move {
             driver
-                .run(external_rx, internal_rx, abandoned, admin_rx)
+                .run(
+                    Sources {
+                        phone_udp,
+                        phone_streams: external_rx,
+                        node_udp,
+                    },
+                    abandoned,
+                    admin_rx,
+                )
                 .await;
             http_task.abort();
         });
@@ -379,6 +391,16 @@ impl ConnectionGate for GuardGate {
     }
 }
 
+/// Where the driver's messages come from.
+struct Sources {
+    /// Datagrams to the phone-facing UDP socket.
+    phone_udp: UdpInbound,
+    /// Messages on phones' TCP, TLS and WebSocket connections.
+    phone_streams: mpsc::Receiver<InboundMessage>,
+    /// Datagrams from the nodes.
+    node_udp: UdpInbound,
+}
+
 impl Driver {
     fn guard(&self) -> MutexGuard<'_, Guard> {
         lock(&self.guard)
@@ -386,8 +408,7 @@ impl Driver {
 
     async fn run(
         mut self,
-        mut external_rx: mpsc::Receiver<InboundMessage>,
-        mut internal_rx: mpsc::Receiver<InboundMessage>,
+        mut inbound: Sources,
         mut abandoned: mpsc::UnboundedReceiver<String>,
         mut admin: mpsc::Receiver<Drain>,
     ) {
@@ -411,8 +432,9 @@ impl Driver {
                 armed = deadline;
             }
             let actions = tokio::select! {
-                Some(inbound) = external_rx.recv() => self.on_phone_message(inbound, &policy).await,
-                Some(inbound) = internal_rx.recv() => self.on_node_message(inbound, &policy).await,
+                message = inbound.phone_udp.recv() => self.on_phone_message(message, &policy).await,
+                Some(message) = inbound.phone_streams.recv() => self.on_phone_message(message, &policy).await,
+                message = inbound.node_udp.recv() => self.on_node_message(message, &policy).await,
                 Some(call_id) = abandoned.recv() => {
                     tracing::warn!(%call_id, "media silent both ways for an hour: relay stopped");
                     crate::proxy::MediaAnchor::end(&mut self.proxy.media, &call_id);
@@ -456,10 +478,12 @@ impl Driver {
             // before going back to the select (and its bookkeeping above);
             // bounded, so timers and the other sources are not starved.
             for _ in 0..BATCH {
-                let actions = if let Ok(inbound) = external_rx.try_recv() {
-                    self.on_phone_message(inbound, &policy).await
-                } else if let Ok(inbound) = internal_rx.try_recv() {
-                    self.on_node_message(inbound, &policy).await
+                let actions = if let Some(message) = inbound.node_udp.try_recv() {
+                    self.on_node_message(message, &policy).await
+                } else if let Some(message) = inbound.phone_udp.try_recv() {
+                    self.on_phone_message(message, &policy).await
+                } else if let Ok(message) = inbound.phone_streams.try_recv() {
+                    self.on_phone_message(message, &policy).await
                 } else {
                     break;
                 };
