@@ -468,8 +468,6 @@ impl Driver {
                     }
                     Vec::new()
                 }
-                // Every source closed and no timer: nothing can happen any more.
-                else => return,
             };
             for action in actions {
                 self.carry_out(action).await;

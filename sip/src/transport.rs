@@ -242,16 +242,11 @@ impl UdpInbound {
     /// drops it.
     pub async fn recv(&mut self) -> InboundMessage {
         loop {
-            match self.socket.recv_from(&mut self.buf).await {
-                Ok((n, source)) => {
-                    if let Some(msg) = self.message(n, source) {
-                        return msg;
-                    }
-                }
-                // An unconnected UDP socket reports no peer's errors; what
-                // is left (out of memory) passes.
-                Err(error) => tracing::warn!(%error, "UDP receive failed"),
+            if let Some(msg) = self.try_recv() {
+                return msg;
             }
+            // Failing here would mean the reactor is gone: try_recv tells.
+            let _ = self.socket.readable().await;
         }
     }
 
@@ -265,6 +260,8 @@ impl UdpInbound {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                // An unconnected UDP socket reports no peer's errors; what
+                // is left (out of memory) passes.
                 Err(error) => {
                     tracing::warn!(%error, "UDP receive failed");
                     return None;

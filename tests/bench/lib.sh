@@ -1,6 +1,10 @@
-# Shell helpers of the SIP benchmarks (sip-bench.sh, sbc-bench.sh), sourced
-# after the script sets WORK, PIDS, WATCHDOG, DEADLINE, HERE, TRIAL_SECS,
-# DOMAIN, PASSWORD and SIPP_PORT.
+# Shell helpers of the SIP benchmarks (sip-bench.sh, sbc-bench.sh,
+# sbc-cpu.sh), sourced after the script sets WORK, DEADLINE, HERE,
+# TRIAL_SECS, DOMAIN, PASSWORD and SIPP_PORT.
+
+# What cleanup stops: the processes the script starts, and its watchdog.
+PIDS=()
+WATCHDOG=""
 
 log() { echo "[$(date +%T)] $*" >&2; }
 

@@ -67,8 +67,6 @@ SIPP_PORT=16101
 UAS_PORT=16110
 
 WORK=$(mktemp -d /tmp/sbc-bench.XXXXXX)
-PIDS=()
-WATCHDOG=""
 
 # log, cleanup (trapped on exit), left, wait_for_line, write_users,
 # run_sipp, trial_ok, wait_idle, search, rss_kib.

@@ -49,8 +49,6 @@ UAS_PORT=16210
 CALLEE=299999
 
 WORK=$(mktemp -d /tmp/sbc-cpu.XXXXXX)
-PIDS=()
-WATCHDOG=""
 . "$HERE/lib.sh"
 [ "${PERF:-0}" = 1 ] && BENCH_KEEP=1
 

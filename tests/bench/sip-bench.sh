@@ -63,8 +63,6 @@ SIPP_PORT=16001
 UAS_PORT=16010
 
 WORK=$(mktemp -d /tmp/sip-bench.XXXXXX)
-PIDS=()
-WATCHDOG=""
 
 # log, cleanup (trapped on exit), left, wait_for_line, write_users,
 # run_sipp, trial_ok, wait_idle, search, rss_kib.

@@ -104,6 +104,7 @@ pub struct Hairpin {
 }
 
 /// A relay's socket, as the hairpin finds it by its local address.
+#[derive(Clone)]
 struct Endpoint {
     relay: Weak<Shared>,
     leg: Leg,
@@ -144,23 +145,9 @@ impl Hairpin {
         }
     }
 
-    fn find(&self, destination: SocketAddr) -> Option<HairpinPeer> {
-        let map = self.map();
-        let endpoint = map.get(&destination)?;
-        Some(HairpinPeer {
-            relay: endpoint.relay.clone(),
-            leg: endpoint.leg,
-            kind: endpoint.kind,
-        })
+    fn find(&self, destination: SocketAddr) -> Option<Endpoint> {
+        self.map().get(&destination).cloned()
     }
-}
-
-/// The relay socket a datagram's destination turned out to be.
-#[derive(Clone)]
-struct HairpinPeer {
-    relay: Weak<Shared>,
-    leg: Leg,
-    kind: SocketKind,
 }
 
 /// A relay's last hairpin lookup per outgoing socket. Every packet of a
@@ -177,45 +164,36 @@ struct RouteCache {
 struct CachedRoute {
     destination: SocketAddr,
     registrations: u64,
-    peer: Option<HairpinPeer>,
+    peer: Option<Endpoint>,
 }
 
 impl RouteCache {
+    /// The relay (and its socket) `transmit` goes to, if it is one of the
+    /// hairpin's.
     fn route(
         &mut self,
         hairpin: &Hairpin,
         transmit: &Transmit,
-    ) -> Option<(Arc<Shared>, HairpinPeer)> {
+    ) -> Option<(Arc<Shared>, Leg, SocketKind)> {
         let slot = &mut self.entries[transmit.leg.index()][kind_index(transmit.socket)];
-        if let Some(cached) = slot
+        let cached = slot
             .as_ref()
-            .filter(|c| c.destination == transmit.destination)
-        {
-            match &cached.peer {
-                Some(peer) => {
-                    if let Some(relay) = peer.relay.upgrade() {
-                        return Some((relay, peer.clone()));
-                    }
-                }
-                None => {
-                    if cached.registrations == hairpin.registrations.load(Ordering::Acquire) {
-                        return None;
-                    }
-                }
-            }
-        }
-        // Read before the lookup: a registration after it makes this stale.
-        let registrations = hairpin.registrations.load(Ordering::Acquire);
-        let peer = hairpin.find(transmit.destination);
-        let found = peer
-            .as_ref()
-            .and_then(|p| Some((p.relay.upgrade()?, p.clone())));
-        *slot = Some(CachedRoute {
-            destination: transmit.destination,
-            registrations,
-            peer,
+            .filter(|c| c.destination == transmit.destination);
+        let fresh = cached.is_some_and(|c| match &c.peer {
+            Some(peer) => peer.relay.strong_count() > 0,
+            None => c.registrations == hairpin.registrations.load(Ordering::Acquire),
         });
-        found
+        if !fresh {
+            // Read before the lookup: a registration after it makes this stale.
+            let registrations = hairpin.registrations.load(Ordering::Acquire);
+            *slot = Some(CachedRoute {
+                destination: transmit.destination,
+                registrations,
+                peer: hairpin.find(transmit.destination),
+            });
+        }
+        let peer = slot.as_ref()?.peer.as_ref()?;
+        Some((peer.relay.upgrade()?, peer.leg, peer.kind))
     }
 }
 
@@ -534,11 +512,11 @@ async fn relay_loop(
             continue;
         };
         match hairpin.and_then(|h| routes.route(h, &transmit)) {
-            Some((peer, to)) => {
+            Some((peer, peer_leg, peer_kind)) => {
                 let from = shared.local[transmit.leg.index()][kind_index(transmit.socket)];
                 let onward = from.and_then(|from| {
                     let mut state = peer.lock();
-                    let onward = state.datagram(to.leg, to.kind, from, packet, now);
+                    let onward = state.datagram(peer_leg, peer_kind, from, packet, now);
                     // Its task sleeps until `armed`: wake it if the core
                     // now has an earlier deadline (a leg that had timed
                     // out heard again).
@@ -894,9 +872,9 @@ mod tests {
             "not joined yet"
         );
         hairpin.register(&relay.shared);
-        let (peer, to) = routes.route(&hairpin, &transmit).expect("joined since");
+        let (peer, leg, kind) = routes.route(&hairpin, &transmit).expect("joined since");
         assert!(Arc::ptr_eq(&peer, &relay.shared));
-        assert_eq!((to.leg, to.kind), (Leg::A, SocketKind::Rtp));
+        assert_eq!((leg, kind), (Leg::A, SocketKind::Rtp));
         drop(peer);
         hairpin.deregister(&relay.shared);
         drop(relay);
