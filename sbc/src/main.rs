@@ -15,6 +15,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    // Soft limit up to the hard one (systemd gives services 1,024 soft):
+    // 10,000 phones on TLS and the relays' ports need far more.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
+    }
     let config = args.resolve().context("configuration")?;
     let sbc = Sbc::start(&config).await.context("starting the SBC")?;
     println!(

@@ -100,6 +100,10 @@ pub trait MediaAnchor {
     ) -> Rewritten;
     /// A 2xx answered an INVITE of the call.
     fn answered(&mut self, call_id: &str);
+    /// An INVITE of the call was challenged (401 or 407): the phone will
+    /// resubmit it with credentials, with the same Call-ID and SDP, so its
+    /// relay may wait for that (until [`failed`](Self::failed)).
+    fn challenged(&mut self, call_id: &str);
     /// An INVITE of the call failed: the call ends unless it was answered.
     fn failed(&mut self, call_id: &str);
     /// The call ended (BYE).
@@ -603,6 +607,7 @@ impl<M: MediaAnchor> Proxy<M> {
         }
         match status {
             200..=299 => self.media.answered(call_id),
+            401 | 407 => self.media.challenged(call_id),
             300.. => self.media.failed(call_id),
             _ => {}
         }
@@ -899,6 +904,9 @@ mod tests {
         }
         fn answered(&mut self, call_id: &str) {
             self.log.push(format!("answered {call_id}"));
+        }
+        fn challenged(&mut self, call_id: &str) {
+            self.log.push(format!("challenged {call_id}"));
         }
         fn failed(&mut self, call_id: &str) {
             self.log.push(format!("failed {call_id}"));
@@ -1349,6 +1357,42 @@ mod tests {
         assert_eq!(
             failed(&p).last().map(String::as_str),
             Some("failed silent-phone")
+        );
+    }
+
+    #[test]
+    fn a_challenged_invite_keeps_its_relay_until_its_transaction_is_dead() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut p = proxy_probing(
+            t0,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        );
+        let invite = |cseq: u32| {
+            with_sdp(&format!(
+                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{cseq}\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+                 Call-ID: challenged\nCSeq: {cseq} INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
+            ))
+        };
+        let (node, first) = to_node(one(p.from_phone(phone(), invite(1), t0)));
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        p.from_node(source, first.response(407), t0);
+        assert_eq!(
+            p.media.log,
+            ["rewrite challenged Inward", "challenged challenged"],
+            "a challenge is not a failure"
+        );
+        // The phone never resubmits: given up with the transaction.
+        p.handle_timeout(t0 + HIDDEN_OTHER - Duration::from_secs(1));
+        assert_eq!(p.media.log.len(), 2);
+        p.handle_timeout(t0 + HIDDEN_OTHER);
+        assert_eq!(
+            p.media.log.last().map(String::as_str),
+            Some("failed challenged")
         );
     }
 

@@ -10,7 +10,7 @@
 //! phone connected over WebSocket (from a node). One task per gateway
 //! feeds it both sockets' datagrams and its timers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -73,7 +73,17 @@ enum Anchor {
 struct Session {
     anchor: Anchor,
     answered: bool,
+    /// The serial of the challenge (401/407) that failed the call's last
+    /// INVITE, while the resubmission with credentials is awaited.
+    challenged: Option<u64>,
 }
+
+/// At most this many challenged calls keep their relay for the
+/// resubmission: beyond, the oldest is ended (its resubmission gets a
+/// new relay). It bounds the ports that INVITEs without credentials (a
+/// scanner's) can hold to 512 pairs; phones resubmit within a round
+/// trip, which this covers up to several hundred calls/s.
+const CHALLENGED_KEPT: usize = 256;
 
 pub struct CallRelays {
     ports: PortPool,
@@ -85,6 +95,9 @@ pub struct CallRelays {
     sessions: HashMap<String, Session>,
     /// Call-IDs whose relay found both legs silent for [`ABANDONED_AFTER`].
     abandoned: mpsc::UnboundedSender<String>,
+    /// Challenged calls, oldest first, with their challenge serials.
+    challenged: VecDeque<(u64, String)>,
+    challenges: u64,
 }
 
 impl CallRelays {
@@ -100,6 +113,8 @@ impl CallRelays {
             hairpin: Hairpin::default(),
             sessions: HashMap::new(),
             abandoned,
+            challenged: VecDeque::new(),
+            challenges: 0,
         };
         (relays, abandoned_rx)
     }
@@ -113,10 +128,15 @@ impl CallRelays {
         self.ports.in_use()
     }
 
+    /// The call's session, started now if it has none; a challenged one
+    /// is taken up again by the resubmission.
     fn session(&mut self, call_id: &str, browser: bool) -> Option<&Session> {
-        if !self.sessions.contains_key(call_id) {
-            let session = self.start(call_id, browser)?;
-            self.sessions.insert(call_id.to_string(), session);
+        match self.sessions.get_mut(call_id) {
+            Some(session) => session.challenged = None,
+            None => {
+                let session = self.start(call_id, browser)?;
+                self.sessions.insert(call_id.to_string(), session);
+            }
         }
         self.sessions.get(call_id)
     }
@@ -159,6 +179,7 @@ impl CallRelays {
                     _stop: stop,
                 },
                 answered: false,
+                challenged: None,
             });
         }
         let relay = UdpRelay::new(
@@ -216,6 +237,7 @@ impl CallRelays {
                 node_side,
             },
             answered: false,
+            challenged: None,
         })
     }
 }
@@ -354,6 +376,37 @@ impl MediaAnchor for CallRelays {
         }
     }
 
+    fn challenged(&mut self, call_id: &str) {
+        let Some(session) = self.sessions.get_mut(call_id) else {
+            return;
+        };
+        // A browser's resubmission is a new offer that a gateway would
+        // take for a renegotiation: its gateway starts anew.
+        if matches!(session.anchor, Anchor::Gateway { .. }) {
+            return self.failed(call_id);
+        }
+        if session.answered {
+            return;
+        }
+        self.challenges += 1;
+        session.challenged = Some(self.challenges);
+        self.challenged
+            .push_back((self.challenges, call_id.to_string()));
+        while self.challenged.len() > CHALLENGED_KEPT {
+            let Some((serial, oldest)) = self.challenged.pop_front() else {
+                break;
+            };
+            // Not resubmitted (nor challenged again) since.
+            if self
+                .sessions
+                .get(&oldest)
+                .is_some_and(|s| s.challenged == Some(serial))
+            {
+                self.end(&oldest);
+            }
+        }
+    }
+
     fn failed(&mut self, call_id: &str) {
         if self.sessions.get(call_id).is_some_and(|s| !s.answered) {
             self.end(call_id);
@@ -363,5 +416,67 @@ impl MediaAnchor for CallRelays {
     fn end(&mut self, call_id: &str) {
         // Dropping the command sender stops the relay.
         self.sessions.remove(call_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &[u8] = b"v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\n\
+        t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+    fn relays(first_port: u16, pairs: u16) -> CallRelays {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let ports = PortPool::new(first_port, first_port + pairs * 2).unwrap();
+        let addresses = RelayAddresses {
+            public_bind: loopback,
+            public_advertised: loopback,
+            internal: loopback,
+        };
+        CallRelays::new(ports, addresses).0
+    }
+
+    /// The RTP port a phone's offer for `call_id` was re-addressed to.
+    fn offer(relays: &mut CallRelays, call_id: &str) -> u16 {
+        let Rewritten::Body(body) =
+            relays.rewrite(call_id, Direction::Inward, Transport::Udp, OFFER)
+        else {
+            panic!("not anchored");
+        };
+        let body = String::from_utf8(body).unwrap();
+        let media = body.lines().find(|l| l.starts_with("m=audio ")).unwrap();
+        media.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_challenged_call_keeps_its_relay_for_the_resubmission() {
+        let mut relays = relays(42000, 50);
+        let first = offer(&mut relays, "a");
+        relays.challenged("a");
+        assert_eq!((relays.active(), relays.ports_in_use()), (1, 2));
+        assert_eq!(offer(&mut relays, "a"), first, "the same relay");
+        assert_eq!(relays.ports_in_use(), 2);
+        // Challenged again (a stale nonce), then the resubmission fails.
+        relays.challenged("a");
+        relays.failed("a");
+        assert_eq!(relays.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn challenged_calls_beyond_the_cap_lose_their_relay_oldest_first() {
+        let mut relays = relays(43000, 2 * CHALLENGED_KEPT as u16 + 20);
+        // Challenged, then resubmitted: no longer waiting, so never cut.
+        offer(&mut relays, "resubmitted");
+        relays.challenged("resubmitted");
+        offer(&mut relays, "resubmitted");
+        for i in 0..=CHALLENGED_KEPT {
+            offer(&mut relays, &format!("c{i}"));
+            relays.challenged(&format!("c{i}"));
+        }
+        assert_eq!(relays.active(), CHALLENGED_KEPT + 1);
+        assert!(!relays.sessions.contains_key("c0"), "the oldest is ended");
+        assert!(relays.sessions.contains_key("c1"));
+        assert!(relays.sessions.contains_key("resubmitted"));
     }
 }
