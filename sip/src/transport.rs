@@ -82,6 +82,13 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Further inbound connections are refused beyond this.
     pub max_connections: usize,
+    /// Receive buffer asked for each UDP socket (SO_RCVBUF). The
+    /// kernel's default (208 KiB, about a hundred messages) fills within
+    /// milliseconds at a few thousand messages a second whenever the
+    /// process is not scheduled, and what does not fit is dropped and
+    /// costs a retransmission 500 ms later. The kernel caps it at
+    /// `net.core.rmem_max`.
+    pub udp_receive_buffer: usize,
 }
 
 impl Default for TransportConfig {
@@ -92,6 +99,7 @@ impl Default for TransportConfig {
             read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            udp_receive_buffer: 4 << 20,
         }
     }
 }
@@ -157,6 +165,28 @@ fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool
 /// an idle WSS connection's memory (an SBC holds thousands); a SIP message
 /// larger than the read chunk takes a few reads, and each message is
 /// written out at once (write buffer 0) as SIP wants anyway.
+/// Asks for a `wanted`-byte receive buffer on `socket` and warns when the
+/// kernel grants less (Linux reports twice the size it was asked for, for
+/// its bookkeeping; a grant below `wanted` is `net.core.rmem_max` capping
+/// it).
+fn size_receive_buffer(socket: &UdpSocket, wanted: usize) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(e) = socket.set_recv_buffer_size(wanted) {
+        tracing::warn!(error = %e, "UDP receive buffer not enlarged");
+        return;
+    }
+    match socket.recv_buffer_size() {
+        Ok(granted) if granted < wanted => tracing::warn!(
+            wanted,
+            granted,
+            "UDP receive buffer capped by the kernel: bursts may be dropped; \
+             raise net.core.rmem_max to {wanted} or more"
+        ),
+        Ok(granted) => tracing::debug!(granted, "UDP receive buffer"),
+        Err(e) => tracing::debug!(error = %e, "UDP receive buffer size unknown"),
+    }
+}
+
 fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
@@ -357,7 +387,9 @@ impl TransportLayer {
         &self,
         addr: SocketAddr,
     ) -> io::Result<(SocketAddr, UdpInbound)> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let socket = UdpSocket::bind(addr).await?;
+        size_receive_buffer(&socket, self.shared.config.udp_receive_buffer);
+        let socket = Arc::new(socket);
         let local = socket.local_addr()?;
         let id = self.next_id();
         *lock(&self.shared.udp) = Some((id, socket.clone()));
@@ -832,6 +864,26 @@ mod tests {
             recv(&mut client_rx).await.parsed.unwrap().status(),
             Some(200)
         );
+    }
+
+    #[tokio::test]
+    async fn udp_sockets_get_the_receive_buffer_asked_for() {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let wanted = 1 << 20;
+        let (layer, _rx) = TransportLayer::new(TransportConfig {
+            udp_receive_buffer: wanted,
+            ..TransportConfig::default()
+        });
+        let (_, inbound) = layer.bind_udp_unspawned(localhost()).await.unwrap();
+        let granted = socket2::SockRef::from(&*inbound.socket)
+            .recv_buffer_size()
+            .unwrap();
+        // Linux doubles what it grants, for its bookkeeping.
+        assert_eq!(granted, 2 * wanted.min(rmem_max));
     }
 
     #[tokio::test]
