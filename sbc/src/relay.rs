@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use media::ports::PortPool;
-use media::relay::udp::{Hairpin, LegSockets, RelayCommand, UdpRelay};
+use media::relay::udp::{Hairpin, LegSockets, RelayControl, UdpRelay};
 use media::relay::{LegConfig, RelayConfig, RelayEvent};
 use media::Leg;
 use sip::transport::Transport;
@@ -59,7 +59,8 @@ impl SharedGateway {
 
 enum Anchor {
     Relay {
-        commands: mpsc::UnboundedSender<RelayCommand>,
+        /// Dropping it stops the relay.
+        control: RelayControl,
         phone_side: SocketAddr,
         node_side: SocketAddr,
     },
@@ -182,7 +183,7 @@ impl CallRelays {
                 challenged: None,
             });
         }
-        let relay = UdpRelay::new(
+        let (relay, control) = UdpRelay::new(
             RelayConfig {
                 media_timeout: ABANDONED_AFTER,
                 ..RelayConfig::default()
@@ -198,31 +199,25 @@ impl CallRelays {
                     rtcp: Some(rtcp_b),
                 },
             ],
-        )
-        .with_hairpin(&self.hairpin);
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events, mut event_rx) = mpsc::unbounded_channel();
+        );
+        let relay = relay.with_hairpin(&self.hairpin);
         let abandoned = self.abandoned.clone();
         let call = call_id.to_string();
-        // Its own task: joined with the relay's, it would be polled for
-        // every packet the relay wakes up for.
-        tokio::spawn(async move {
-            let mut silent = [false; 2];
-            while let Some(event) = event_rx.recv().await {
-                tracing::debug!(call_id = %call, ?event, "media relay");
-                match event {
-                    RelayEvent::LegTimedOut { leg } => silent[leg.index()] = true,
-                    RelayEvent::Latched { leg, .. } | RelayEvent::Relatched { leg, .. } => {
-                        silent[leg.index()] = false;
-                    }
+        let mut silent = [false; 2];
+        let events = Box::new(move |event| {
+            tracing::debug!(call_id = %call, ?event, "media relay");
+            match event {
+                RelayEvent::LegTimedOut { leg } => silent[leg.index()] = true,
+                RelayEvent::Latched { leg, .. } | RelayEvent::Relatched { leg, .. } => {
+                    silent[leg.index()] = false;
                 }
-                if silent == [true, true] {
-                    let _ = abandoned.send(call.clone());
-                }
+            }
+            if silent == [true, true] {
+                let _ = abandoned.send(call.clone());
             }
         });
         tokio::spawn(async move {
-            let (_, sockets) = relay.run_to_end(events, command_rx).await;
+            let (_, sockets) = relay.run_to_end(events).await;
             // The sockets stay bound for the next calls (binding and
             // closing them were a good part of the cost of a call).
             if let Some([a, b]) = sockets {
@@ -232,7 +227,7 @@ impl CallRelays {
         });
         Some(Session {
             anchor: Anchor::Relay {
-                commands,
+                control,
                 phone_side,
                 node_side,
             },
@@ -327,7 +322,7 @@ impl MediaAnchor for CallRelays {
         };
         match &session.anchor {
             Anchor::Relay {
-                commands,
+                control,
                 phone_side,
                 node_side,
             } => {
@@ -342,11 +337,7 @@ impl MediaAnchor for CallRelays {
                         return Rewritten::AsIs;
                     }
                 };
-                let config = LegConfig::toward(stream.rtp, stream.rtcp_mux);
-                let _ = commands.send(RelayCommand::UpdateLeg {
-                    leg: author,
-                    config,
-                });
+                control.update_leg(author, LegConfig::toward(stream.rtp, stream.rtcp_mux));
                 Rewritten::Body(body)
             }
             Anchor::Gateway { shared, .. } => {
@@ -414,7 +405,7 @@ impl MediaAnchor for CallRelays {
     }
 
     fn end(&mut self, call_id: &str) {
-        // Dropping the command sender stops the relay.
+        // Dropping the control stops the relay.
         self.sessions.remove(call_id);
     }
 }

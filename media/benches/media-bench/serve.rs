@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -77,11 +77,8 @@ async fn stdin_closed() {
 /// One `UdpRelay` task per call; leg A faces phone A, leg B phone B, each
 /// with separate RTP and RTCP ports as a desk phone without rtcp-mux has.
 async fn relay(calls: usize, peer_a: SocketAddr, peer_b: SocketAddr) -> Result<()> {
-    // Nobody consumes latching events here; sends to a closed channel are
-    // ignored by the relay.
-    let (events, _) = mpsc::unbounded_channel();
     let mut ports = Vec::with_capacity(2 * calls);
-    let mut stops = Vec::with_capacity(calls);
+    let mut controls = Vec::with_capacity(calls);
     for _ in 0..calls {
         let sockets = [
             LegSockets::bind(LOCALHOST, false).await?,
@@ -92,13 +89,14 @@ async fn relay(calls: usize, peer_a: SocketAddr, peer_b: SocketAddr) -> Result<(
             remote_rtcp: None,
             rtcp_mux: false,
         };
-        let relay = UdpRelay::new(RelayConfig::default(), [leg(peer_a), leg(peer_b)], sockets);
+        let (relay, control) =
+            UdpRelay::new(RelayConfig::default(), [leg(peer_a), leg(peer_b)], sockets);
         ports.push(relay.local_addr(Leg::A, SocketKind::Rtp)?.port());
         ports.push(relay.local_addr(Leg::B, SocketKind::Rtp)?.port());
-        // The relays stop when their command senders go, at exit.
-        let (stop, commands) = mpsc::unbounded_channel();
-        stops.push(stop);
-        tokio::spawn(relay.run(events.clone(), commands));
+        // The relays stop when their controls go, at exit; nobody
+        // consumes latching events here.
+        controls.push(control);
+        tokio::spawn(relay.run(Box::new(|_| {})));
     }
     ready(&ports)?;
     stdin_closed().await;

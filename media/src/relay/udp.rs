@@ -7,9 +7,9 @@
 //! ends gives its sockets back ([`UdpRelay::run_to_end`]) so a port pool
 //! can keep them bound for the next call.
 //!
-//! Signalling steers a running relay with [`RelayCommand`]s: a leg's new
-//! SDP address, or a [`RelayTap`] (a call recorder) that is handed every
-//! RTP packet the relay forwards. Dropping the command sender stops it.
+//! Signalling steers a running relay through its [`RelayControl`]: a leg's
+//! new SDP address, or a [`RelayTap`] (a call recorder) that is handed every
+//! RTP packet the relay forwards. Dropping the control stops it.
 
 use super::{LegConfig, RelayConfig, RelayCore, RelayEvent, SocketKind, Transmit};
 use crate::rtp::{self, PacketKind};
@@ -25,7 +25,6 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// How often a tap is given time to write out what it buffered.
@@ -41,11 +40,64 @@ pub trait RelayTap: Send {
     fn close(self: Box<Self>, now: std::time::Instant);
 }
 
-pub enum RelayCommand {
+/// Where a relay reports latching and timeouts. It is called with the
+/// relay's state locked, in the relay's task or in that of a hairpin peer
+/// handing it a datagram: it must neither block nor call into the relay.
+pub type EventSink = Box<dyn FnMut(RelayEvent) + Send>;
+
+/// Signalling's hold on a relay. A change is applied to the relay's state
+/// in the caller's task, and the relay's task is woken only when it must
+/// act on it (an earlier timeout, a tap to tick): a channel would wake it
+/// for every SDP. Dropping the control stops the relay.
+pub struct RelayControl {
+    relay: Weak<Shared>,
+}
+
+impl RelayControl {
     /// Signalling changed a leg: see [`RelayCore::update_leg`].
-    UpdateLeg { leg: Leg, config: LegConfig },
-    /// Hand forwarded RTP to `tap` from now on.
-    Tap(Box<dyn RelayTap>),
+    pub fn update_leg(&self, leg: Leg, config: LegConfig) {
+        let Some(shared) = self.relay.upgrade() else {
+            return;
+        };
+        let mut state = shared.lock();
+        state
+            .core
+            .update_leg(leg, config, Instant::now().into_std());
+        let rearm = state.timer_moved_earlier();
+        drop(state);
+        if rearm {
+            shared.wake_to_rearm();
+        }
+    }
+
+    /// Hands forwarded RTP to `tap` from now on (closing the one before).
+    pub fn tap(&self, tap: Box<dyn RelayTap>) {
+        let Some(shared) = self.relay.upgrade() else {
+            return;
+        };
+        let old = shared.lock().tap.replace(tap);
+        if let Some(old) = old {
+            old.close(Instant::now().into_std());
+        }
+        // The task starts ticking the tap.
+        shared.wake_to_rearm();
+    }
+}
+
+impl Drop for RelayControl {
+    fn drop(&mut self) {
+        let Some(shared) = self.relay.upgrade() else {
+            return;
+        };
+        shared.stopped.store(true, Ordering::Release);
+        let waker = shared.rearm_waker.take();
+        // Released before the wake: the task, once stopped, takes its
+        // sockets back only if it holds the last reference.
+        drop(shared);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 /// Largest datagram relayed; RTP over Ethernet stays well below.
@@ -205,16 +257,18 @@ struct Shared {
     /// Each socket's local address by leg and kind (RTP, RTCP).
     local: [[Option<SocketAddr>; 2]; 2],
     /// Set (and `rearm_waker` woken) when a datagram handed over by
-    /// another relay moved the core's next timeout before the deadline this
-    /// relay's task sleeps until.
+    /// another relay, or the control, moved the core's next timeout before
+    /// the deadline this relay's task sleeps until, or gave it a tap.
     rearm: AtomicBool,
+    /// Set (and `rearm_waker` woken) when the control is dropped.
+    stopped: AtomicBool,
     rearm_waker: AtomicWaker,
 }
 
 struct State {
     core: RelayCore,
     tap: Option<Box<dyn RelayTap>>,
-    events: Option<mpsc::UnboundedSender<RelayEvent>>,
+    events: Option<EventSink>,
     /// The deadline the relay's task sleeps until, if any.
     armed: Option<std::time::Instant>,
 }
@@ -242,16 +296,29 @@ impl State {
 
     fn report_events(&mut self) {
         while let Some(event) = self.core.poll_event() {
-            if let Some(events) = &self.events {
-                let _ = events.send(event);
+            if let Some(events) = &mut self.events {
+                events(event);
             }
         }
+    }
+
+    /// The core's next timeout is earlier than the deadline the task
+    /// sleeps until (a leg that had timed out heard again, a new leg).
+    fn timer_moved_earlier(&self) -> bool {
+        self.core
+            .next_timeout()
+            .is_some_and(|next| self.armed.is_none_or(|armed| next < armed))
     }
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_to_rearm(&self) {
+        self.rearm.store(true, Ordering::Release);
+        self.rearm_waker.wake();
     }
 
     fn local_addrs(&self) -> impl Iterator<Item = (Leg, SocketKind, SocketAddr)> + '_ {
@@ -289,7 +356,12 @@ pub struct UdpRelay {
 }
 
 impl UdpRelay {
-    pub fn new(config: RelayConfig, legs: [LegConfig; 2], sockets: [LegSockets; 2]) -> Self {
+    /// The relay, to run, and its control.
+    pub fn new(
+        config: RelayConfig,
+        legs: [LegConfig; 2],
+        sockets: [LegSockets; 2],
+    ) -> (Self, RelayControl) {
         let local = |leg: &LegSockets| {
             [
                 leg.rtp.local_addr().ok(),
@@ -302,16 +374,22 @@ impl UdpRelay {
             events: None,
             armed: None,
         };
-        UdpRelay {
-            shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                local: [local(&sockets[0]), local(&sockets[1])],
-                sockets,
-                rearm: AtomicBool::new(false),
-                rearm_waker: AtomicWaker::new(),
-            }),
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            local: [local(&sockets[0]), local(&sockets[1])],
+            sockets,
+            rearm: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            rearm_waker: AtomicWaker::new(),
+        });
+        let control = RelayControl {
+            relay: Arc::downgrade(&shared),
+        };
+        let relay = UdpRelay {
+            shared,
             hairpin: None,
-        }
+        };
+        (relay, control)
     }
 
     /// Joins `hairpin` while it runs: datagrams to another relay of the
@@ -326,30 +404,22 @@ impl UdpRelay {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "leg uses rtcp-mux"))
     }
 
-    /// Relays until every sender of `commands` is dropped, reporting
-    /// latching and timeouts on `events`. Returns the core for its stats.
-    pub async fn run(
-        self,
-        events: mpsc::UnboundedSender<RelayEvent>,
-        commands: mpsc::UnboundedReceiver<RelayCommand>,
-    ) -> RelayCore {
-        self.run_to_end(events, commands).await.0
+    /// Relays until its control is dropped, reporting latching and
+    /// timeouts to `events`. Returns the core for its stats.
+    pub async fn run(self, events: EventSink) -> RelayCore {
+        self.run_to_end(events).await.0
     }
 
     /// [`run`](Self::run), also giving back the sockets (for reuse), unless
     /// another relay of the hairpin still held them at the end.
-    pub async fn run_to_end(
-        self,
-        events: mpsc::UnboundedSender<RelayEvent>,
-        mut commands: mpsc::UnboundedReceiver<RelayCommand>,
-    ) -> (RelayCore, Option<[LegSockets; 2]>) {
+    pub async fn run_to_end(self, events: EventSink) -> (RelayCore, Option<[LegSockets; 2]>) {
         let UdpRelay { shared, hairpin } = self;
         shared.lock().events = Some(events);
         if let Some(hairpin) = &hairpin {
             hairpin.register(&shared);
         }
         let mut buffer = vec![0u8; MAX_DATAGRAM];
-        relay_loop(&shared, hairpin.as_ref(), &mut commands, &mut buffer).await;
+        relay_loop(&shared, hairpin.as_ref(), &mut buffer).await;
         if let Some(hairpin) = &hairpin {
             hairpin.deregister(&shared);
         }
@@ -379,10 +449,12 @@ impl UdpRelay {
 
 /// What woke a relay's task.
 enum Wake {
-    Command(Option<RelayCommand>),
+    /// The control was dropped.
+    Stop,
     TapTick,
     Timer,
-    /// Another relay handed over a datagram that moved the next timeout.
+    /// The next timeout moved earlier (a datagram another relay handed
+    /// over, the control), or a tap was set.
     Rearm,
     /// A datagram arrived on one of the sockets, now in the buffer.
     Received(Leg, SocketKind, io::Result<(usize, SocketAddr)>),
@@ -397,16 +469,11 @@ const SOCKETS: [(Leg, SocketKind); 4] = [
     (Leg::B, SocketKind::Rtcp),
 ];
 
-/// The task of one relay: its four sockets, its commands, its timer. It
+/// The task of one relay: its four sockets, its control, its timer. It
 /// polls them by hand rather than through `select!`: a `select!` would
 /// build and drop a receive future per socket, each queueing a waiter
 /// under its socket's lock, for every packet.
-async fn relay_loop(
-    shared: &Arc<Shared>,
-    hairpin: Option<&Hairpin>,
-    commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
-    buffer: &mut [u8],
-) {
+async fn relay_loop(shared: &Arc<Shared>, hairpin: Option<&Hairpin>, buffer: &mut [u8]) {
     let mut tap_tick = tokio::time::interval(TAP_TICK);
     tap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One timer for the call, re-armed only when it fires or when the
@@ -431,9 +498,6 @@ async fn relay_loop(
         };
         first_socket = (first_socket + 1) % SOCKETS.len();
         let wake = poll_fn(|cx| {
-            if let Poll::Ready(command) = commands.poll_recv(cx) {
-                return Poll::Ready(Wake::Command(command));
-            }
             if timer_armed && timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Timer);
             }
@@ -441,6 +505,9 @@ async fn relay_loop(
                 return Poll::Ready(Wake::TapTick);
             }
             shared.rearm_waker.register(cx.waker());
+            if shared.stopped.load(Ordering::Acquire) {
+                return Poll::Ready(Wake::Stop);
+            }
             if shared.rearm.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Wake::Rearm);
             }
@@ -459,22 +526,7 @@ async fn relay_loop(
         })
         .await;
         let (leg, kind, received) = match wake {
-            Wake::Command(command) => {
-                let now = Instant::now().into_std();
-                let mut state = shared.lock();
-                match command {
-                    None => return,
-                    Some(RelayCommand::UpdateLeg { leg, config }) => {
-                        state.core.update_leg(leg, config, now);
-                    }
-                    Some(RelayCommand::Tap(new)) => {
-                        if let Some(old) = state.tap.replace(new) {
-                            old.close(now);
-                        }
-                    }
-                }
-                continue;
-            }
+            Wake::Stop => return,
             Wake::TapTick => {
                 if let Some(tap) = shared.lock().tap.as_mut() {
                     tap.tick(Instant::now().into_std());
@@ -518,13 +570,9 @@ async fn relay_loop(
                     let mut state = peer.lock();
                     let onward = state.datagram(peer_leg, peer_kind, from, packet, now);
                     // Its task sleeps until `armed`: wake it if the core
-                    // now has an earlier deadline (a leg that had timed
-                    // out heard again).
-                    if let Some(next) = state.core.next_timeout() {
-                        if state.armed.is_none_or(|armed| next < armed) {
-                            peer.rearm.store(true, Ordering::Release);
-                            peer.rearm_waker.wake();
-                        }
+                    // now has an earlier deadline.
+                    if state.timer_moved_earlier() {
+                        peer.wake_to_rearm();
                     }
                     onward
                 });
@@ -544,7 +592,17 @@ mod tests {
     use crate::rtp::RtpPacket;
     use std::net::Ipv4Addr;
     use std::time::Duration;
+    use tokio::sync::mpsc;
     use tokio::time::timeout;
+
+    /// A relay's events, received from a channel.
+    fn events() -> (EventSink, mpsc::UnboundedReceiver<RelayEvent>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let sink: EventSink = Box::new(move |event| {
+            let _ = sender.send(event);
+        });
+        (sink, receiver)
+    }
 
     const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -589,7 +647,7 @@ mod tests {
         b_addr: SocketAddr,
         b_rtcp_addr: SocketAddr,
         events: mpsc::UnboundedReceiver<RelayEvent>,
-        commands: mpsc::UnboundedSender<RelayCommand>,
+        control: RelayControl,
         task: tokio::task::JoinHandle<RelayCore>,
     }
 
@@ -611,20 +669,19 @@ mod tests {
             LegSockets::bind(LOCALHOST, true).await.unwrap(),
             LegSockets::bind(LOCALHOST, false).await.unwrap(),
         ];
-        let relay = UdpRelay::new(config, legs, sockets);
+        let (relay, control) = UdpRelay::new(config, legs, sockets);
         let a_addr = relay.local_addr(Leg::A, SocketKind::Rtp).unwrap();
         let b_addr = relay.local_addr(Leg::B, SocketKind::Rtp).unwrap();
         let b_rtcp_addr = relay.local_addr(Leg::B, SocketKind::Rtcp).unwrap();
         assert!(relay.local_addr(Leg::A, SocketKind::Rtcp).is_err());
-        let (event_tx, events) = mpsc::unbounded_channel();
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(relay.run(event_tx, command_rx));
+        let (event_tx, events) = events();
+        let task = tokio::spawn(relay.run(event_tx));
         Call {
             a_addr,
             b_addr,
             b_rtcp_addr,
             events,
-            commands,
+            control,
             task,
         }
     }
@@ -682,7 +739,7 @@ mod tests {
             "timestamp advanced by the silence: {ts}"
         );
 
-        drop(call.commands);
+        drop(call.control);
         let core = call.task.await.unwrap();
         assert_eq!(core.stats().rejected_sources, 1);
     }
@@ -702,7 +759,7 @@ mod tests {
         let (bytes, from) = receive(&callee_rtcp).await;
         assert_eq!(from, call.b_rtcp_addr);
         assert_eq!(bytes, rr);
-        drop(call.commands);
+        drop(call.control);
         call.task.await.unwrap();
     }
 
@@ -745,7 +802,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(event, Some(RelayEvent::LegTimedOut { leg: Leg::B }));
-        drop(call.commands);
+        drop(call.control);
         call.task.await.unwrap();
     }
 
@@ -788,31 +845,28 @@ mod tests {
             remote_rtp: Some(addr),
             ..mux
         };
-        let first = UdpRelay::new(
+        let (first, first_control) = UdpRelay::new(
             RelayConfig::default(),
             [mux, toward(second_inside)],
             first_sockets,
-        )
-        .with_hairpin(&hairpin);
-        let second = UdpRelay::new(
+        );
+        let first = first.with_hairpin(&hairpin);
+        let (second, second_control) = UdpRelay::new(
             RelayConfig {
                 media_timeout: Duration::from_millis(300),
                 ..RelayConfig::default()
             },
             [toward(callee.local_addr().unwrap()), toward(first_inside)],
             second_sockets,
-        )
-        .with_hairpin(&hairpin);
+        );
+        let second = second.with_hairpin(&hairpin);
         let (first_a, second_a) = (
             first.local_addr(Leg::A, SocketKind::Rtp).unwrap(),
             second.local_addr(Leg::A, SocketKind::Rtp).unwrap(),
         );
-        let (first_events, _first_events) = mpsc::unbounded_channel();
-        let (first_commands, commands) = mpsc::unbounded_channel();
-        let first_task = tokio::spawn(first.run_to_end(first_events, commands));
-        let (second_events, mut events) = mpsc::unbounded_channel();
-        let (second_commands, commands) = mpsc::unbounded_channel();
-        let second_task = tokio::spawn(second.run_to_end(second_events, commands));
+        let first_task = tokio::spawn(first.run_to_end(Box::new(|_| {})));
+        let (second_events, mut events) = events();
+        let second_task = tokio::spawn(second.run_to_end(second_events));
 
         send_rtp(&caller, first_a, 0xaaaa, 1, 0).await;
         let (bytes, from) = receive(&callee).await;
@@ -843,12 +897,12 @@ mod tests {
 
         // The callee's relay ends: it leaves the hairpin and gets its
         // sockets back; the caller's can no longer reach it.
-        drop(second_commands);
+        drop(second_control);
         let (_, sockets) = second_task.await.unwrap();
         assert!(sockets.is_some());
         send_rtp(&caller, first_a, 0xaaaa, 3, 320).await;
         assert_silent(&callee).await;
-        drop(first_commands);
+        drop(first_control);
         let (core, _) = first_task.await.unwrap();
         assert_eq!(core.stats().forwarded, 4);
     }
@@ -860,7 +914,8 @@ mod tests {
             LegSockets::bind(LOCALHOST, true).await.unwrap(),
             LegSockets::bind(LOCALHOST, true).await.unwrap(),
         ];
-        let relay = UdpRelay::new(RelayConfig::default(), [LegConfig::default(); 2], sockets);
+        let (relay, _control) =
+            UdpRelay::new(RelayConfig::default(), [LegConfig::default(); 2], sockets);
         let transmit = Transmit {
             leg: Leg::B,
             socket: SocketKind::Rtp,
@@ -916,23 +971,19 @@ mod tests {
             ticks: 0,
             closed: Some(closed_tx),
         };
-        call.commands
-            .send(RelayCommand::Tap(Box::new(tap)))
-            .unwrap();
+        call.control.tap(Box::new(tap));
         send_rtp(&caller, call.a_addr, 0xaaaa, 1, 0).await;
         receive(&callee).await;
         // A re-INVITE moves the callee: B's media now goes to the new port.
         let (moved, moved_rtcp) = (phone().await, phone().await);
-        call.commands
-            .send(RelayCommand::UpdateLeg {
-                leg: Leg::B,
-                config: LegConfig {
-                    remote_rtp: Some(moved.local_addr().unwrap()),
-                    remote_rtcp: Some(moved_rtcp.local_addr().unwrap()),
-                    rtcp_mux: false,
-                },
-            })
-            .unwrap();
+        call.control.update_leg(
+            Leg::B,
+            LegConfig {
+                remote_rtp: Some(moved.local_addr().unwrap()),
+                remote_rtcp: Some(moved_rtcp.local_addr().unwrap()),
+                rtcp_mux: false,
+            },
+        );
         send_rtp(&caller, call.a_addr, 0xaaaa, 2, 160).await;
         receive(&moved).await;
         assert_silent(&callee).await;
@@ -947,7 +998,7 @@ mod tests {
         caller.send_to(&rr, call.a_addr).await.unwrap();
         receive(&moved_rtcp).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
-        drop(call.commands);
+        drop(call.control);
         call.task.await.unwrap();
         let (seen, ticks) = closed.await.expect("tap closed when the relay stops");
         assert_eq!(

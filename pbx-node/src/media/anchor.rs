@@ -4,11 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use media::relay::udp::{LegSockets, RelayCommand, RelayTap, UdpRelay};
+use media::relay::udp::{LegSockets, RelayControl, RelayTap, UdpRelay};
 use media::relay::{LegConfig, RelayConfig};
 use media::Leg;
 use sip::sdp::AudioStream;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::b2bua::call::MediaAnchor;
@@ -16,7 +15,7 @@ use media::ports::{PortError, PortPool};
 
 pub struct AnchoredMedia {
     pub anchor: MediaAnchor,
-    commands: mpsc::UnboundedSender<RelayCommand>,
+    control: RelayControl,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,7 +34,7 @@ impl AnchoredMedia {
             toward_callee: SocketAddr::new(callee_ip, lease_b.rtp_port),
         };
         // Each leg learns where to send from its side's SDP (RelayTo).
-        let relay = UdpRelay::new(
+        let (relay, control) = UdpRelay::new(
             RelayConfig::default(),
             [LegConfig::default(); 2],
             [
@@ -49,16 +48,11 @@ impl AnchoredMedia {
                 },
             ],
         );
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events, mut event_rx) = mpsc::unbounded_channel();
+        // Called in the relay's task, which is in the call's span.
+        let events = Box::new(|event| tracing::debug!(?event, "media relay"));
         let task = tokio::spawn(
             async move {
-                let log = async {
-                    while let Some(event) = event_rx.recv().await {
-                        tracing::debug!(?event, "media relay");
-                    }
-                };
-                let (core, ()) = tokio::join!(relay.run(events, command_rx), log);
+                let core = relay.run(events).await;
                 tracing::debug!(stats = ?core.stats(), "media relay stopped");
                 // The sockets are closed now: the ports may be reused.
                 drop((lease_a, lease_b));
@@ -67,7 +61,7 @@ impl AnchoredMedia {
         );
         Ok(AnchoredMedia {
             anchor,
-            commands,
+            control,
             task,
         })
     }
@@ -75,16 +69,16 @@ impl AnchoredMedia {
     /// Leg `leg` sends to the stream its side's SDP described.
     pub fn send_to(&self, leg: Leg, stream: &AudioStream) {
         let config = LegConfig::toward(stream.rtp, stream.rtcp_mux);
-        let _ = self.commands.send(RelayCommand::UpdateLeg { leg, config });
+        self.control.update_leg(leg, config);
     }
 
     pub fn tap(&self, tap: Box<dyn RelayTap>) {
-        let _ = self.commands.send(RelayCommand::Tap(tap));
+        self.control.tap(tap);
     }
 
     /// Stops the relay (closing its tap) and waits until its ports are free.
     pub async fn stop(self) {
-        drop(self.commands);
+        drop(self.control);
         let _ = self.task.await;
     }
 }
