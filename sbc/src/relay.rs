@@ -61,8 +61,7 @@ enum Anchor {
     Relay {
         /// Dropping it stops the relay.
         control: RelayControl,
-        phone_side: SocketAddr,
-        node_side: SocketAddr,
+        addresses: RelaySides,
     },
     Gateway {
         shared: Arc<SharedGateway>,
@@ -86,6 +85,61 @@ struct Session {
 /// trip, which this covers up to several hundred calls/s.
 const CHALLENGED_KEPT: usize = 256;
 
+/// How long a call's relay addresses are remembered after its BYE: a 2xx
+/// is retransmitted for up to 64·T1 until its ACK arrives, and a late
+/// copy must not start a relay for a call that is over (it would hold its
+/// ports until an hour of silence ends it).
+const ENDED_KEPT_FOR: Duration = Duration::from_secs(32);
+/// At most this many ended calls are remembered (about 30 s at 1,500
+/// calls/s, two Call-IDs each).
+const ENDED_KEPT: usize = 100_000;
+
+/// The relay addresses of calls that ended, for SDP that arrives late.
+#[derive(Default)]
+struct EndedCalls {
+    addresses: HashMap<String, RelaySides>,
+    /// Oldest first, with the time each may be forgotten.
+    order: VecDeque<(Instant, String)>,
+}
+
+/// A call's relay as its SDP shows it: the address phones are told, and
+/// the one nodes are told.
+#[derive(Clone, Copy)]
+struct RelaySides {
+    phone_side: SocketAddr,
+    node_side: SocketAddr,
+}
+
+impl EndedCalls {
+    fn remember(&mut self, call_id: String, addresses: RelaySides, now: Instant) {
+        self.forget_old(now);
+        if self.order.len() >= ENDED_KEPT {
+            if let Some((_, oldest)) = self.order.pop_front() {
+                self.addresses.remove(&oldest);
+            }
+        }
+        self.order
+            .push_back((now + ENDED_KEPT_FOR, call_id.clone()));
+        self.addresses.insert(call_id, addresses);
+    }
+
+    fn get(&mut self, call_id: &str, now: Instant) -> Option<RelaySides> {
+        self.forget_old(now);
+        self.addresses.get(call_id).copied()
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while let Some((until, _)) = self.order.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, call_id)) = self.order.pop_front() {
+                self.addresses.remove(&call_id);
+            }
+        }
+    }
+}
+
 pub struct CallRelays {
     ports: PortPool,
     addresses: RelayAddresses,
@@ -99,6 +153,7 @@ pub struct CallRelays {
     /// Challenged calls, oldest first, with their challenge serials.
     challenged: VecDeque<(u64, String)>,
     challenges: u64,
+    ended: EndedCalls,
 }
 
 impl CallRelays {
@@ -116,6 +171,7 @@ impl CallRelays {
             abandoned,
             challenged: VecDeque::new(),
             challenges: 0,
+            ended: EndedCalls::default(),
         };
         (relays, abandoned_rx)
     }
@@ -228,8 +284,10 @@ impl CallRelays {
         Some(Session {
             anchor: Anchor::Relay {
                 control,
-                phone_side,
-                node_side,
+                addresses: RelaySides {
+                    phone_side,
+                    node_side,
+                },
             },
             answered: false,
             challenged: None,
@@ -317,25 +375,28 @@ impl MediaAnchor for CallRelays {
             Direction::Inward => webrtc::is_webrtc(body),
             Direction::Outward => matches!(phone, Transport::Ws | Transport::Wss),
         };
+        if !self.sessions.contains_key(call_id) {
+            // A late copy (a retransmitted 2xx) of a call that is over:
+            // addressed as before, with no relay behind it.
+            if let Some(ended) = self.ended.get(call_id, Instant::now()) {
+                return match anchor_to_relay(call_id, direction, ended, body) {
+                    Some((body, _)) => Rewritten::Body(body),
+                    None => Rewritten::AsIs,
+                };
+            }
+        }
         let Some(session) = self.session(call_id, browser) else {
             return Rewritten::AsIs;
         };
         match &session.anchor {
-            Anchor::Relay {
-                control,
-                phone_side,
-                node_side,
-            } => {
-                let (ours, author) = match direction {
-                    Direction::Inward => (*node_side, Leg::A),
-                    Direction::Outward => (*phone_side, Leg::B),
+            Anchor::Relay { control, addresses } => {
+                let Some((body, stream)) = anchor_to_relay(call_id, direction, *addresses, body)
+                else {
+                    return Rewritten::AsIs;
                 };
-                let (body, stream) = match sip::sdp::anchor_audio(body, ours) {
-                    Ok(rewritten) => rewritten,
-                    Err(e) => {
-                        tracing::warn!(%call_id, error = %e, "SDP not relayed");
-                        return Rewritten::AsIs;
-                    }
+                let author = match direction {
+                    Direction::Inward => Leg::A,
+                    Direction::Outward => Leg::B,
                 };
                 control.update_leg(author, LegConfig::toward(stream.rtp, stream.rtcp_mux));
                 Rewritten::Body(body)
@@ -387,27 +448,51 @@ impl MediaAnchor for CallRelays {
             let Some((serial, oldest)) = self.challenged.pop_front() else {
                 break;
             };
-            // Not resubmitted (nor challenged again) since.
+            // Not resubmitted (nor challenged again) since: its
+            // resubmission, if it comes, gets a new relay.
             if self
                 .sessions
                 .get(&oldest)
                 .is_some_and(|s| s.challenged == Some(serial))
             {
-                self.end(&oldest);
+                self.sessions.remove(&oldest);
             }
         }
     }
 
     fn failed(&mut self, call_id: &str) {
         if self.sessions.get(call_id).is_some_and(|s| !s.answered) {
-            self.end(call_id);
+            self.sessions.remove(call_id);
         }
     }
 
     fn end(&mut self, call_id: &str) {
         // Dropping the control stops the relay.
-        self.sessions.remove(call_id);
+        let Some((call_id, session)) = self.sessions.remove_entry(call_id) else {
+            return;
+        };
+        if let Anchor::Relay { addresses, .. } = session.anchor {
+            self.ended.remember(call_id, addresses, Instant::now());
+        }
     }
+}
+
+/// `body` (SDP going `direction`) re-addressed to the relay side facing its
+/// recipient, and the stream it describes; `None` (logged) if it has no
+/// audio stream to anchor.
+fn anchor_to_relay(
+    call_id: &str,
+    direction: Direction,
+    relay: RelaySides,
+    body: &[u8],
+) -> Option<(Vec<u8>, sip::sdp::AudioStream)> {
+    let ours = match direction {
+        Direction::Inward => relay.node_side,
+        Direction::Outward => relay.phone_side,
+    };
+    sip::sdp::anchor_audio(body, ours)
+        .inspect_err(|e| tracing::warn!(%call_id, error = %e, "SDP not relayed"))
+        .ok()
 }
 
 #[cfg(test)]
@@ -430,8 +515,12 @@ mod tests {
 
     /// The RTP port a phone's offer for `call_id` was re-addressed to.
     fn offer(relays: &mut CallRelays, call_id: &str) -> u16 {
-        let Rewritten::Body(body) =
-            relays.rewrite(call_id, Direction::Inward, Transport::Udp, OFFER)
+        sdp_port(relays, call_id, Direction::Inward)
+    }
+
+    /// The RTP port SDP of `call_id` going `direction` was re-addressed to.
+    fn sdp_port(relays: &mut CallRelays, call_id: &str, direction: Direction) -> u16 {
+        let Rewritten::Body(body) = relays.rewrite(call_id, direction, Transport::Udp, OFFER)
         else {
             panic!("not anchored");
         };
@@ -469,5 +558,23 @@ mod tests {
         assert!(!relays.sessions.contains_key("c0"), "the oldest is ended");
         assert!(relays.sessions.contains_key("c1"));
         assert!(relays.sessions.contains_key("resubmitted"));
+    }
+
+    #[tokio::test]
+    async fn sdp_arriving_after_the_bye_gets_the_ended_calls_addresses_and_no_relay() {
+        let mut relays = relays(44000, 50);
+        offer(&mut relays, "a");
+        let answer = sdp_port(&mut relays, "a", Direction::Outward);
+        relays.answered("a");
+        relays.end("a");
+        assert_eq!(relays.active(), 0);
+        // The callee's 2xx retransmitted after the BYE.
+        assert_eq!(sdp_port(&mut relays, "a", Direction::Outward), answer);
+        assert_eq!(relays.active(), 0, "no relay for a call that is over");
+        // A call that failed is not remembered: its Call-ID may be reused.
+        offer(&mut relays, "b");
+        relays.failed("b");
+        offer(&mut relays, "b");
+        assert_eq!(relays.active(), 1);
     }
 }
