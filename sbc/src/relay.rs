@@ -61,7 +61,7 @@ enum Anchor {
     Relay {
         /// Dropping it stops the relay.
         control: RelayControl,
-        addresses: RelaySides,
+        sides: RelaySides,
     },
     Gateway {
         shared: Arc<SharedGateway>,
@@ -97,7 +97,7 @@ const ENDED_KEPT: usize = 100_000;
 /// The relay addresses of calls that ended, for SDP that arrives late.
 #[derive(Default)]
 struct EndedCalls {
-    addresses: HashMap<String, RelaySides>,
+    sides: HashMap<String, RelaySides>,
     /// Oldest first, with the time each may be forgotten.
     order: VecDeque<(Instant, String)>,
 }
@@ -111,21 +111,21 @@ struct RelaySides {
 }
 
 impl EndedCalls {
-    fn remember(&mut self, call_id: String, addresses: RelaySides, now: Instant) {
+    fn remember(&mut self, call_id: String, sides: RelaySides, now: Instant) {
         self.forget_old(now);
         if self.order.len() >= ENDED_KEPT {
             if let Some((_, oldest)) = self.order.pop_front() {
-                self.addresses.remove(&oldest);
+                self.sides.remove(&oldest);
             }
         }
         self.order
             .push_back((now + ENDED_KEPT_FOR, call_id.clone()));
-        self.addresses.insert(call_id, addresses);
+        self.sides.insert(call_id, sides);
     }
 
     fn get(&mut self, call_id: &str, now: Instant) -> Option<RelaySides> {
         self.forget_old(now);
-        self.addresses.get(call_id).copied()
+        self.sides.get(call_id).copied()
     }
 
     fn forget_old(&mut self, now: Instant) {
@@ -134,7 +134,7 @@ impl EndedCalls {
                 break;
             }
             if let Some((_, call_id)) = self.order.pop_front() {
-                self.addresses.remove(&call_id);
+                self.sides.remove(&call_id);
             }
         }
     }
@@ -284,7 +284,7 @@ impl CallRelays {
         Some(Session {
             anchor: Anchor::Relay {
                 control,
-                addresses: RelaySides {
+                sides: RelaySides {
                     phone_side,
                     node_side,
                 },
@@ -389,9 +389,8 @@ impl MediaAnchor for CallRelays {
             return Rewritten::AsIs;
         };
         match &session.anchor {
-            Anchor::Relay { control, addresses } => {
-                let Some((body, stream)) = anchor_to_relay(call_id, direction, *addresses, body)
-                else {
+            Anchor::Relay { control, sides } => {
+                let Some((body, stream)) = anchor_to_relay(call_id, direction, *sides, body) else {
                     return Rewritten::AsIs;
                 };
                 let author = match direction {
@@ -471,8 +470,8 @@ impl MediaAnchor for CallRelays {
         let Some((call_id, session)) = self.sessions.remove_entry(call_id) else {
             return;
         };
-        if let Anchor::Relay { addresses, .. } = session.anchor {
-            self.ended.remember(call_id, addresses, Instant::now());
+        if let Anchor::Relay { sides, .. } = session.anchor {
+            self.ended.remember(call_id, sides, Instant::now());
         }
     }
 }

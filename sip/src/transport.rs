@@ -161,10 +161,6 @@ fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool
         .any(|p| p.trim().eq_ignore_ascii_case(SIP_SUBPROTOCOL))
 }
 
-/// Small buffers: tungstenite's 128 KiB read and write buffers were most of
-/// an idle WSS connection's memory (an SBC holds thousands); a SIP message
-/// larger than the read chunk takes a few reads, and each message is
-/// written out at once (write buffer 0) as SIP wants anyway.
 /// Asks for a `wanted`-byte receive buffer on `socket` and warns when the
 /// kernel grants less (Linux reports twice the size it was asked for, for
 /// its bookkeeping; a grant below `wanted` is `net.core.rmem_max` capping
@@ -187,6 +183,10 @@ fn size_receive_buffer(socket: &UdpSocket, wanted: usize) {
     }
 }
 
+/// Small buffers: tungstenite's 128 KiB read and write buffers were most of
+/// an idle WSS connection's memory (an SBC holds thousands); a SIP message
+/// larger than the read chunk takes a few reads, and each message is
+/// written out at once (write buffer 0) as SIP wants anyway.
 fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
