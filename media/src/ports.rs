@@ -20,7 +20,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 
 /// How long a pair given back with its sockets waits before another call
 /// gets it, unless no other pair is left. A phone stops sending within a
@@ -48,8 +47,8 @@ pub enum PortError {
 struct IdlePair {
     port: u16,
     ip: IpAddr,
-    rtp: UdpSocket,
-    rtcp: Option<UdpSocket>,
+    rtp: udp::Socket,
+    rtcp: Option<udp::Socket>,
     since: Instant,
 }
 
@@ -111,11 +110,11 @@ impl PortLease {
     /// [`PortPool::bind_pair`] (or [`PortPool::bind`] for a pair given
     /// back without RTCP) on the same address. The sockets must be the
     /// ones the lease came with.
-    pub fn give_back(self, rtp: UdpSocket, rtcp: Option<UdpSocket>) {
+    pub fn give_back(self, rtp: udp::Socket, rtcp: Option<udp::Socket>) {
         self.give_back_at(rtp, rtcp, Instant::now());
     }
 
-    fn give_back_at(mut self, rtp: UdpSocket, rtcp: Option<UdpSocket>, now: Instant) {
+    fn give_back_at(mut self, rtp: udp::Socket, rtcp: Option<udp::Socket>, now: Instant) {
         self.given_back = true;
         let closed = {
             let mut state = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,7 +142,7 @@ impl PortLease {
 /// not the next call's. tokio knows from the reactor whether anything is
 /// queued, so an empty socket costs no syscall. Bounded, so a flood
 /// cannot keep us here.
-fn discard_queued(socket: &UdpSocket) {
+fn discard_queued(socket: &udp::Socket) {
     for _ in 0..1024 {
         if socket.try_recv_from(&mut []).is_err() {
             return;
@@ -181,14 +180,14 @@ impl PortPool {
 
     /// Leases a pair and binds its RTP socket on `ip` (for media played or
     /// mixed locally, where RTCP is not read).
-    pub fn bind(&self, ip: IpAddr) -> Result<(PortLease, UdpSocket), PortError> {
+    pub fn bind(&self, ip: IpAddr) -> Result<(PortLease, udp::Socket), PortError> {
         let (lease, rtp, _) = self.lease(ip, false)?;
         Ok((lease, rtp))
     }
 
     /// Leases a pair and binds both its RTP and RTCP sockets on `ip` (a
     /// relay leg, which passes RTCP through).
-    pub fn bind_pair(&self, ip: IpAddr) -> Result<(PortLease, UdpSocket, UdpSocket), PortError> {
+    pub fn bind_pair(&self, ip: IpAddr) -> Result<(PortLease, udp::Socket, udp::Socket), PortError> {
         let (lease, rtp, rtcp) = self.lease(ip, true)?;
         match rtcp {
             Some(rtcp) => Ok((lease, rtp, rtcp)),
@@ -213,7 +212,7 @@ impl PortPool {
         &self,
         ip: IpAddr,
         with_rtcp: bool,
-    ) -> Result<(PortLease, UdpSocket, Option<UdpSocket>), PortError> {
+    ) -> Result<(PortLease, udp::Socket, Option<udp::Socket>), PortError> {
         self.lease_at(ip, with_rtcp, Instant::now())
     }
 
@@ -222,7 +221,7 @@ impl PortPool {
         ip: IpAddr,
         with_rtcp: bool,
         now: Instant,
-    ) -> Result<(PortLease, UdpSocket, Option<UdpSocket>), PortError> {
+    ) -> Result<(PortLease, udp::Socket, Option<udp::Socket>), PortError> {
         let reused = {
             let mut state = self.state();
             let ready = state.take_idle(ip, with_rtcp, now, false);
@@ -255,9 +254,9 @@ impl PortPool {
             };
             let lease = self.new_lease(port, ip);
             let bound = || {
-                let rtp = bind_socket(SocketAddr::new(ip, port))?;
+                let rtp = udp::Socket::bind(SocketAddr::new(ip, port))?;
                 let rtcp = match with_rtcp {
-                    true => Some(bind_socket(SocketAddr::new(ip, port + 1))?),
+                    true => Some(udp::Socket::bind(SocketAddr::new(ip, port + 1))?),
                     false => None,
                 };
                 std::io::Result::Ok((rtp, rtcp))
@@ -270,12 +269,6 @@ impl PortPool {
         }
         Err(PortError::Exhausted(total))
     }
-}
-
-fn bind_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use media::relay::udp::{Hairpin, LegSockets, RelayControl, UdpRelay};
 use media::relay::{LegConfig, RelayConfig, RelayEvent};
 use media::Leg;
 use sip::transport::Transport;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 
 use crate::proxy::{Direction, MediaAnchor, Rewritten};
@@ -299,8 +298,8 @@ impl CallRelays {
 /// sockets and the gateway's timers.
 struct GatewayTask {
     shared: Arc<SharedGateway>,
-    browser: UdpSocket,
-    node: UdpSocket,
+    browser: udp::Socket,
+    node: udp::Socket,
     abandoned: mpsc::UnboundedSender<String>,
     call_id: String,
 }
@@ -318,10 +317,10 @@ impl GatewayTask {
             for transmit in transmits {
                 let sent = match &transmit {
                     Transmit::ToBrowser { destination, data } => {
-                        self.browser.send_to(data, destination).await
+                        self.browser.send_to(data, *destination).await
                     }
                     Transmit::ToNode { destination, data } => {
-                        self.node.send_to(data, destination).await
+                        self.node.send_to(data, *destination).await
                     }
                 };
                 if let Err(e) = sent {

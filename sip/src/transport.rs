@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -165,7 +165,7 @@ fn offers_sip(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> bool
 /// kernel grants less (Linux reports twice the size it was asked for, for
 /// its bookkeeping; a grant below `wanted` is `net.core.rmem_max` capping
 /// it).
-fn size_receive_buffer(socket: &UdpSocket, wanted: usize) {
+fn size_receive_buffer(socket: &udp::Socket, wanted: usize) {
     let socket = socket2::SockRef::from(socket);
     if let Err(e) = socket.set_recv_buffer_size(wanted) {
         tracing::warn!(error = %e, "UDP receive buffer not enlarged");
@@ -250,7 +250,7 @@ struct Shared {
     config: TransportConfig,
     inbound: mpsc::Sender<InboundMessage>,
     connections: Mutex<HashMap<(Transport, SocketAddr), Connection>>,
-    udp: Mutex<Option<(ConnectionId, Arc<UdpSocket>)>>,
+    udp: Mutex<Option<(ConnectionId, Arc<udp::Socket>)>>,
     next_id: AtomicU64,
     gate: Option<Arc<dyn ConnectionGate>>,
 }
@@ -261,7 +261,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The datagrams of a bound UDP socket, parsed, for the task that reads them.
 pub struct UdpInbound {
-    socket: Arc<UdpSocket>,
+    socket: Arc<udp::Socket>,
     id: ConnectionId,
     max_message_size: usize,
     buf: Vec<u8>,
@@ -387,7 +387,7 @@ impl TransportLayer {
         &self,
         addr: SocketAddr,
     ) -> io::Result<(SocketAddr, UdpInbound)> {
-        let socket = UdpSocket::bind(addr).await?;
+        let socket = udp::Socket::bind(addr)?;
         size_receive_buffer(&socket, self.shared.config.udp_receive_buffer);
         let socket = Arc::new(socket);
         let local = socket.local_addr()?;

@@ -81,8 +81,8 @@ async fn relay(calls: usize, peer_a: SocketAddr, peer_b: SocketAddr) -> Result<(
     let mut controls = Vec::with_capacity(calls);
     for _ in 0..calls {
         let sockets = [
-            LegSockets::bind(LOCALHOST, false).await?,
-            LegSockets::bind(LOCALHOST, false).await?,
+            LegSockets::bind(LOCALHOST, false)?,
+            LegSockets::bind(LOCALHOST, false)?,
         ];
         let leg = |peer| LegConfig {
             remote_rtp: Some(peer),

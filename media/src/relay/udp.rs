@@ -23,8 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 /// How often a tap is given time to write out what it buffered.
@@ -105,24 +103,24 @@ const MAX_DATAGRAM: usize = 1500;
 
 /// A leg's local sockets: RTP, and RTCP unless the leg uses rtcp-mux.
 pub struct LegSockets {
-    pub rtp: UdpSocket,
-    pub rtcp: Option<UdpSocket>,
+    pub rtp: udp::Socket,
+    pub rtcp: Option<udp::Socket>,
 }
 
 impl LegSockets {
     /// Binds ephemeral ports on `ip` (production allocates port pairs
     /// from a configured range and passes them in instead).
-    pub async fn bind(ip: IpAddr, rtcp_mux: bool) -> io::Result<Self> {
-        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    pub fn bind(ip: IpAddr, rtcp_mux: bool) -> io::Result<Self> {
+        let rtp = udp::Socket::bind(SocketAddr::new(ip, 0))?;
         let rtcp = if rtcp_mux {
             None
         } else {
-            Some(UdpSocket::bind(SocketAddr::new(ip, 0)).await?)
+            Some(udp::Socket::bind(SocketAddr::new(ip, 0))?)
         };
         Ok(LegSockets { rtp, rtcp })
     }
 
-    fn socket(&self, kind: SocketKind) -> Option<&UdpSocket> {
+    fn socket(&self, kind: SocketKind) -> Option<&udp::Socket> {
         match kind {
             SocketKind::Rtp => Some(&self.rtp),
             SocketKind::Rtcp => self.rtcp.as_ref(),
@@ -332,19 +330,13 @@ impl Shared {
         })
     }
 
-    async fn send(&self, transmit: Transmit, packet: &[u8]) {
+    fn send(&self, transmit: Transmit, packet: &[u8]) {
         let Some(out) = self.sockets[transmit.leg.index()].socket(transmit.socket) else {
             return;
         };
-        // A UDP socket's send buffer is nearly always free: try the send
-        // right away, and wait for room only when it is full.
-        let sent = match out.try_send_to(packet, transmit.destination) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                out.send_to(packet, transmit.destination).await
-            }
-            sent => sent,
-        };
-        if let Err(error) = sent {
+        // A packet that finds the send buffer full is dropped: by the time
+        // there is room it is late, and the next one is due.
+        if let Err(error) = out.try_send_to(packet, transmit.destination) {
             tracing::debug!(%error, destination = %transmit.destination, "relay send failed");
         }
     }
@@ -516,10 +508,8 @@ async fn relay_loop(shared: &Arc<Shared>, hairpin: Option<&Hairpin>, buffer: &mu
                 let Some(socket) = shared.sockets[leg.index()].socket(kind) else {
                     continue;
                 };
-                let mut read = ReadBuf::new(buffer);
-                if let Poll::Ready(received) = socket.poll_recv_from(cx, &mut read) {
-                    let len = read.filled().len();
-                    return Poll::Ready(Wake::Received(leg, kind, received.map(|s| (len, s))));
+                if let Poll::Ready(received) = socket.poll_recv_from(cx, buffer) {
+                    return Poll::Ready(Wake::Received(leg, kind, received));
                 }
             }
             Poll::Pending
@@ -577,10 +567,10 @@ async fn relay_loop(shared: &Arc<Shared>, hairpin: Option<&Hairpin>, buffer: &mu
                     onward
                 });
                 if let Some(onward) = onward {
-                    peer.send(onward, packet).await;
+                    peer.send(onward, packet);
                 }
             }
-            None => shared.send(transmit, packet).await,
+            None => shared.send(transmit, packet),
         }
     }
 }
@@ -593,6 +583,7 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::time::Duration;
     use tokio::sync::mpsc;
+    use tokio::net::UdpSocket;
     use tokio::time::timeout;
 
     /// A relay's events, received from a channel.
@@ -666,8 +657,8 @@ mod tests {
             },
         ];
         let sockets = [
-            LegSockets::bind(LOCALHOST, true).await.unwrap(),
-            LegSockets::bind(LOCALHOST, false).await.unwrap(),
+            LegSockets::bind(LOCALHOST, true).unwrap(),
+            LegSockets::bind(LOCALHOST, false).unwrap(),
         ];
         let (relay, control) = UdpRelay::new(config, legs, sockets);
         let a_addr = relay.local_addr(Leg::A, SocketKind::Rtp).unwrap();
@@ -832,12 +823,12 @@ mod tests {
             ..LegConfig::default()
         };
         let first_sockets = [
-            LegSockets::bind(LOCALHOST, true).await.unwrap(),
-            LegSockets::bind(v6, true).await.unwrap(),
+            LegSockets::bind(LOCALHOST, true).unwrap(),
+            LegSockets::bind(v6, true).unwrap(),
         ];
         let second_sockets = [
-            LegSockets::bind(LOCALHOST, true).await.unwrap(),
-            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+            LegSockets::bind(LOCALHOST, true).unwrap(),
+            LegSockets::bind(LOCALHOST, true).unwrap(),
         ];
         let first_inside = first_sockets[1].rtp.local_addr().unwrap();
         let second_inside = second_sockets[1].rtp.local_addr().unwrap();
@@ -911,8 +902,8 @@ mod tests {
     async fn a_cached_route_sees_a_relay_join_and_leave() {
         let hairpin = Hairpin::default();
         let sockets = [
-            LegSockets::bind(LOCALHOST, true).await.unwrap(),
-            LegSockets::bind(LOCALHOST, true).await.unwrap(),
+            LegSockets::bind(LOCALHOST, true).unwrap(),
+            LegSockets::bind(LOCALHOST, true).unwrap(),
         ];
         let (relay, _control) =
             UdpRelay::new(RelayConfig::default(), [LegConfig::default(); 2], sockets);

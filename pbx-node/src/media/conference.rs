@@ -11,7 +11,6 @@ use media::mixer::{ConferenceMixer, ConferencePrompts, PartyId};
 use media::pacing::FramePacer;
 use media::rtp::RtpPacket;
 use media::{Frame, FRAME_SAMPLES, SILENT_FRAME};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::echo::law_of;
@@ -26,7 +25,7 @@ const MAX_QUEUED_FRAMES: usize = 3;
 enum RoomEvent {
     Join {
         id: PartyId,
-        socket: Arc<UdpSocket>,
+        socket: Arc<udp::Socket>,
         media: watch::Receiver<RemoteMedia>,
     },
     Audio {
@@ -71,7 +70,7 @@ impl Conferences {
     pub fn join(
         self: &Arc<Self>,
         room: &str,
-        socket: UdpSocket,
+        socket: udp::Socket,
         lease: PortLease,
         media: RemoteMedia,
     ) -> MediaApp {
@@ -129,7 +128,7 @@ impl Drop for LeaveOnDrop {
 
 /// Decodes one party's RTP into frames for the room.
 async fn receive(
-    socket: Arc<UdpSocket>,
+    socket: Arc<udp::Socket>,
     _lease: PortLease,
     media: watch::Receiver<RemoteMedia>,
     events: mpsc::UnboundedSender<RoomEvent>,
@@ -161,7 +160,7 @@ async fn receive(
 }
 
 struct Party {
-    socket: Arc<UdpSocket>,
+    socket: Arc<udp::Socket>,
     media: watch::Receiver<RemoteMedia>,
     /// The latched source of its RTP, once it sent some.
     target: Option<SocketAddr>,

@@ -11,7 +11,6 @@ use media::player::{PlayOptions, Player, Prompt};
 use media::rtp::RtpPacket;
 use media::FRAME_SAMPLES;
 use sip::sdp::{AudioCodec, Direction};
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::MediaApp;
@@ -27,7 +26,7 @@ pub fn law_of(codec: AudioCodec) -> Law {
 
 /// Starts the echo test on `socket` for the caller described by `media`.
 pub fn start_echo(
-    socket: UdpSocket,
+    socket: udp::Socket,
     lease: PortLease,
     intro: Vec<Prompt>,
     media: RemoteMedia,
@@ -62,7 +61,7 @@ fn may_send(direction: Direction) -> bool {
 }
 
 async fn run(
-    socket: UdpSocket,
+    socket: udp::Socket,
     _lease: PortLease,
     intro: Vec<Prompt>,
     mut media: watch::Receiver<RemoteMedia>,

@@ -12,7 +12,6 @@ use media::player::{PlayOptions, Player, Prompt};
 use media::rtp::RtpPacket;
 use media::FRAME_SAMPLES;
 use sip::sdp::AudioCodec;
-use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use super::echo::law_of;
@@ -36,7 +35,7 @@ pub struct MusicOnHold {
 
 impl MusicOnHold {
     pub fn start(
-        socket: UdpSocket,
+        socket: udp::Socket,
         lease: PortLease,
         music: Prompt,
     ) -> std::io::Result<MusicOnHold> {
@@ -84,7 +83,7 @@ impl Drop for MusicOnHold {
 }
 
 async fn stream(
-    socket: UdpSocket,
+    socket: udp::Socket,
     _lease: PortLease,
     music: Prompt,
     listeners: Arc<Mutex<HashMap<u64, Listener>>>,
