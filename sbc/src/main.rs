@@ -2,8 +2,9 @@ use anyhow::Context;
 use clap::Parser;
 use sbc::{Args, Sbc};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Signalling runs on this thread's single-threaded runtime, media on a
+/// multi-threaded one (one worker per core): see `Sbc::start_with_media`.
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -21,8 +22,23 @@ async fn main() -> anyhow::Result<()> {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
     }
+    let media = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sbc-media")
+        .enable_all()
+        .build()
+        .context("starting the media runtime")?;
+    let signalling = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signalling runtime")?;
+    signalling.block_on(run(args, media.handle().clone()))
+}
+
+async fn run(args: Args, media: tokio::runtime::Handle) -> anyhow::Result<()> {
     let config = args.resolve().context("configuration")?;
-    let sbc = Sbc::start(&config).await.context("starting the SBC")?;
+    let sbc = Sbc::start_with_media(&config, media)
+        .await
+        .context("starting the SBC")?;
     println!(
         "SBC ready: SIP udp/tcp {} tls {} wss {}; pbx-nodes {:?}",
         sbc.udp, sbc.tls, sbc.wss, config.nodes

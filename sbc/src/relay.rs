@@ -20,6 +20,7 @@ use media::relay::udp::{Hairpin, LegSockets, RelayControl, UdpRelay};
 use media::relay::{LegConfig, RelayConfig, RelayEvent};
 use media::Leg;
 use sip::transport::Transport;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
 
 use crate::proxy::{Direction, MediaAnchor, Rewritten};
@@ -141,6 +142,9 @@ impl EndedCalls {
 
 pub struct CallRelays {
     ports: PortPool,
+    /// The runtime relays and gateways run on, and whose reactor their
+    /// sockets are registered with: not signalling's (see `Sbc::start_with_media`).
+    media: Handle,
     addresses: RelayAddresses,
     /// The two relays of a call through a B2BUA that does not anchor
     /// media address each other's node side: the hairpin hands their
@@ -160,10 +164,12 @@ impl CallRelays {
     pub fn new(
         ports: PortPool,
         addresses: RelayAddresses,
+        media: Handle,
     ) -> (CallRelays, mpsc::UnboundedReceiver<String>) {
         let (abandoned, abandoned_rx) = mpsc::unbounded_channel();
         let relays = CallRelays {
             ports,
+            media,
             addresses,
             hairpin: Hairpin::default(),
             sessions: HashMap::new(),
@@ -198,6 +204,9 @@ impl CallRelays {
     }
 
     fn start(&self, call_id: &str, browser: bool) -> Option<Session> {
+        // Sockets bound now register with the media runtime's reactor
+        // (a pair given back keeps its registration).
+        let _in_media = self.media.enter();
         let bound = self
             .ports
             .bind_pair(self.addresses.public_bind)
@@ -224,7 +233,7 @@ impl CallRelays {
                 abandoned: self.abandoned.clone(),
                 call_id: call_id.to_string(),
             };
-            tokio::spawn(async move {
+            self.media.spawn(async move {
                 task.run(stopped).await;
                 // The sockets are closed now: the ports may be reused.
                 drop((lease_a, lease_b, rtcp_a, rtcp_b));
@@ -271,7 +280,7 @@ impl CallRelays {
                 let _ = abandoned.send(call.clone());
             }
         });
-        tokio::spawn(async move {
+        self.media.spawn(async move {
             let (_, sockets) = relay.run_to_end(events).await;
             // The sockets stay bound for the next calls (binding and
             // closing them were a good part of the cost of a call).
@@ -508,7 +517,7 @@ mod tests {
             public_advertised: loopback,
             internal: loopback,
         };
-        CallRelays::new(ports, addresses).0
+        CallRelays::new(ports, addresses, Handle::current()).0
     }
 
     /// The RTP port a phone's offer for `call_id` was re-addressed to.
