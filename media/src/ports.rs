@@ -20,7 +20,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 /// How long a pair given back with its sockets waits before another call
 /// gets it, unless no other pair is left. A phone stops sending within a
 /// round trip of the BYE; a second is many round trips.
@@ -40,6 +39,11 @@ pub enum PortError {
     EmptyRange { min: u16, max: u16 },
     #[error("all {0} RTP port pairs are in use")]
     Exhausted(usize),
+    /// Not a port taken by another program, which the next port avoids,
+    /// but a failure every port would meet: out of file descriptors, an
+    /// address not on this host.
+    #[error("RTP ports cannot be bound: {0}")]
+    Bind(std::io::Error),
 }
 
 /// A pair given back with its sockets, waiting to be reused.
@@ -187,7 +191,10 @@ impl PortPool {
 
     /// Leases a pair and binds both its RTP and RTCP sockets on `ip` (a
     /// relay leg, which passes RTCP through).
-    pub fn bind_pair(&self, ip: IpAddr) -> Result<(PortLease, udp::Socket, udp::Socket), PortError> {
+    pub fn bind_pair(
+        &self,
+        ip: IpAddr,
+    ) -> Result<(PortLease, udp::Socket, udp::Socket), PortError> {
         let (lease, rtp, rtcp) = self.lease(ip, true)?;
         match rtcp {
             Some(rtcp) => Ok((lease, rtp, rtcp)),
@@ -231,11 +238,7 @@ impl PortPool {
             }
         };
         if let Some(pair) = reused {
-            discard_queued(&pair.rtp);
-            if let Some(rtcp) = &pair.rtcp {
-                discard_queued(rtcp);
-            }
-            return Ok((self.new_lease(pair.port, ip), pair.rtp, pair.rtcp));
+            return Ok(self.reuse(pair));
         }
         let total = self.state().total;
         for _ in 0..total {
@@ -261,13 +264,35 @@ impl PortPool {
                 };
                 std::io::Result::Ok((rtp, rtcp))
             };
+            // Dropping the lease puts the port at the back of the queue.
             match bound() {
                 Ok((rtp, rtcp)) => return Ok((lease, rtp, rtcp)),
-                // Dropping the lease puts the port at the back of the queue.
-                Err(e) => tracing::debug!(port, error = %e, "RTP port busy, trying the next"),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::debug!(port, "RTP port busy, trying the next");
+                }
+                // Trying the rest of the range would only fail as often
+                // (at thousands of system calls per call); a pair still in
+                // quarantine needs no new socket.
+                Err(e) => {
+                    drop(lease);
+                    let quarantined = self.state().take_idle(ip, with_rtcp, now, true);
+                    return match quarantined {
+                        Some(pair) => Ok(self.reuse(pair)),
+                        None => Err(PortError::Bind(e)),
+                    };
+                }
             }
         }
         Err(PortError::Exhausted(total))
+    }
+
+    /// A lease on an idle pair, its sockets emptied of what reached them.
+    fn reuse(&self, pair: IdlePair) -> (PortLease, udp::Socket, Option<udp::Socket>) {
+        discard_queued(&pair.rtp);
+        if let Some(rtcp) = &pair.rtcp {
+            discard_queued(rtcp);
+        }
+        (self.new_lease(pair.port, pair.ip), pair.rtp, pair.rtcp)
     }
 }
 
@@ -291,6 +316,19 @@ mod tests {
         assert_eq!(d.rtp_port, 41002);
         assert!(matches!(pool.bind(ip), Err(PortError::Exhausted(3))));
         assert!(PortPool::new(41001, 41001).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failure_every_port_would_meet_ends_the_search_at_once() {
+        let pool = PortPool::new(41301, 41308).unwrap();
+        // TEST-NET-1: no interface of this host has it.
+        let elsewhere: IpAddr = "192.0.2.1".parse().unwrap();
+        let error = pool.bind_pair(elsewhere).unwrap_err();
+        assert!(matches!(error, PortError::Bind(_)), "{error}");
+        assert_eq!(pool.in_use(), 0, "the pair tried went back");
+        // One pair was tried, not the whole range: it went to the back.
+        let (lease, _rtp, _rtcp) = pool.bind_pair("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(lease.rtp_port, 41304);
     }
 
     #[tokio::test]

@@ -16,12 +16,6 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    // Soft limit up to the hard one (systemd gives services 1,024 soft):
-    // 10,000 phones on TLS and the relays' ports need far more.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
-    }
     let media = tokio::runtime::Builder::new_multi_thread()
         .thread_name("sbc-media")
         .enable_all()
@@ -36,6 +30,23 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args, media: tokio::runtime::Handle) -> anyhow::Result<()> {
     let config = args.resolve().context("configuration")?;
+    // Soft limit up to the hard one (systemd gives services 1,024 soft):
+    // 10,000 phones on TLS and the relays' ports need far more. Short of
+    // descriptors, calls go unrelayed and connections are refused.
+    let needed = u64::from(config.rtp_port_max - config.rtp_port_min)
+        + 1
+        + config.max_connections as u64
+        + 1024;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "open files limit below one descriptor per RTP port and connection: \
+             raise LimitNOFILE (or ulimit -n)"
+        ),
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
+    }
     let sbc = Sbc::start_with_media(&config, media)
         .await
         .context("starting the SBC")?;

@@ -84,8 +84,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
 fi
-# Each held connection is a file descriptor in the SBC and in the client.
-ulimit -n $((CONNS * 2 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Each held connection is a file descriptor in the SBC and in the client,
+# and so is each RTP port of the range (30,000 below).
+ulimit -n $((CONNS * 2 + 30000 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 log "open files limit $(ulimit -n)"
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x "$NODE_BIN" ] && [ -x "$SBC_BIN" ]; then

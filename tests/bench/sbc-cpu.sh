@@ -84,7 +84,7 @@ requests_per_sec = 1000000.0
 burst = 1000000
 ban_after_failures = 0
 EOF
-env -u RUST_BACKTRACE RUST_LOG=warn TOKIO_WORKER_THREADS=${SBC_WORKERS:-2} "$SBC_BIN" --config "$WORK/sbc.toml" \
+env -u RUST_BACKTRACE RUST_LOG=warn "$SBC_BIN" --config "$WORK/sbc.toml" \
   </dev/null >"$WORK/sbc.log" 2>&1 &
 SBC_PID=$!
 PIDS+=("$SBC_PID")

@@ -132,7 +132,10 @@ mod tests {
 
     #[tokio::test]
     async fn datagrams_go_both_ways() {
-        let (a, b) = (Socket::bind(localhost()).unwrap(), Socket::bind(localhost()).unwrap());
+        let (a, b) = (
+            Socket::bind(localhost()).unwrap(),
+            Socket::bind(localhost()).unwrap(),
+        );
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         assert_eq!(a.send_to(b"ping", b_addr).await.unwrap(), 4);
         let mut buf = [0u8; 16];
@@ -151,7 +154,10 @@ mod tests {
 
     #[tokio::test]
     async fn try_recv_from_reads_what_is_queued_and_then_would_block() {
-        let (a, b) = (Socket::bind(localhost()).unwrap(), Socket::bind(localhost()).unwrap());
+        let (a, b) = (
+            Socket::bind(localhost()).unwrap(),
+            Socket::bind(localhost()).unwrap(),
+        );
         let b_addr = b.local_addr().unwrap();
         let mut buf = [0u8; 16];
         let empty = b.try_recv_from(&mut buf).unwrap_err();
@@ -175,7 +181,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_receiver_waits_until_a_datagram_comes() {
-        let (a, b) = (Socket::bind(localhost()).unwrap(), Socket::bind(localhost()).unwrap());
+        let (a, b) = (
+            Socket::bind(localhost()).unwrap(),
+            Socket::bind(localhost()).unwrap(),
+        );
         let b_addr = b.local_addr().unwrap();
         let receiver = tokio::spawn(async move {
             let mut buf = [0u8; 16];

@@ -582,8 +582,8 @@ mod tests {
     use crate::rtp::RtpPacket;
     use std::net::Ipv4Addr;
     use std::time::Duration;
-    use tokio::sync::mpsc;
     use tokio::net::UdpSocket;
+    use tokio::sync::mpsc;
     use tokio::time::timeout;
 
     /// A relay's events, received from a channel.
