@@ -193,7 +193,6 @@ impl Headers {
             .iter()
             .position(|h| h.name.eq_ignore_ascii_case(&name))?;
         let values: Vec<String> = split_list(&self.0[index].value)
-            .into_iter()
             .filter(|v| !v.is_empty())
             .map(str::to_string)
             .collect();

@@ -184,33 +184,49 @@ pub(crate) fn parse_params(cur: &mut Cursor<'_>) -> Result<Vec<Param>, SyntaxErr
 }
 
 /// Splits a header value at commas that are outside quotes and `<>`.
-pub fn split_list(value: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut in_quote, mut escaped, mut in_angle) = (false, false, false);
-    let mut start = 0;
-    for (i, c) in value.char_indices() {
-        if in_quote {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_quote = false,
+pub fn split_list(value: &str) -> ListElements<'_> {
+    ListElements { rest: Some(value) }
+}
+
+/// The elements of a comma-separated header value, trimmed, in order
+/// ([`split_list`]); found one at a time, so that reading the first (a
+/// proxy's top Via) allocates nothing and scans no further.
+#[derive(Debug, Clone)]
+pub struct ListElements<'a> {
+    /// What is left to split; `None` once the last element was returned.
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for ListElements<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let value = self.rest?;
+        let (mut in_quote, mut escaped, mut in_angle) = (false, false, false);
+        for (i, c) in value.char_indices() {
+            if in_quote {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => in_quote = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => in_quote = true,
+                '<' => in_angle = true,
+                '>' => in_angle = false,
+                ',' if !in_angle => {
+                    self.rest = value.get(i + 1..);
+                    return value.get(..i).map(str::trim);
+                }
                 _ => {}
             }
-            continue;
         }
-        match c {
-            '"' => in_quote = true,
-            '<' => in_angle = true,
-            '>' => in_angle = false,
-            ',' if !in_angle => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
+        self.rest = None;
+        Some(value.trim())
     }
-    parts.push(value[start..].trim());
-    parts
 }
 
 /// A URI. SIP and SIPS URIs are parsed into parts; other schemes (tel, http,
@@ -658,8 +674,14 @@ mod tests {
     #[test]
     fn list_split_respects_quotes_and_angles() {
         assert_eq!(
-            split_list("\"a,b\" <sip:x@y;p=1,2>, <sip:z@w>"),
+            split_list("\"a,b\" <sip:x@y;p=1,2>, <sip:z@w>").collect::<Vec<_>>(),
             vec!["\"a,b\" <sip:x@y;p=1,2>", "<sip:z@w>"]
         );
+        assert_eq!(
+            split_list(" a ,, b,").collect::<Vec<_>>(),
+            vec!["a", "", "b", ""],
+            "empty elements are kept, for validation to refuse"
+        );
+        assert_eq!(split_list("").collect::<Vec<_>>(), vec![""]);
     }
 }
