@@ -144,11 +144,9 @@ impl Sbc {
 
     /// Starts signalling on the current runtime and the media relays and
     /// WebRTC gateways on `media`. The proxy handles every message in one
-    /// task: on a single-threaded runtime of its own, its wake-ups and the
-    /// relays it spawns no longer rouse a second worker to steal work
-    /// (20% of the SBC's CPU per call with two workers), and media
-    /// spreads over the cores of its own runtime without delaying
-    /// signalling.
+    /// task, so signalling needs one thread; on a runtime of its own it
+    /// never waits behind relay tasks, and the relays, on all cores of
+    /// theirs, are not interrupted by signalling work.
     pub async fn start_with_media(config: &SbcConfig, media: Handle) -> Result<Sbc, SbcError> {
         let key = load_or_create_key(&config.data_dir)?;
         let public_host = config.public_host();

@@ -126,17 +126,19 @@ mod tests {
     use std::net::Ipv4Addr;
     use tokio::time::timeout;
 
-    fn localhost() -> SocketAddr {
-        (Ipv4Addr::LOCALHOST, 0).into()
+    /// Two sockets on loopback ports, and the second one's address.
+    fn pair() -> (Socket, Socket, SocketAddr) {
+        let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let a = Socket::bind(localhost).unwrap();
+        let b = Socket::bind(localhost).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        (a, b, b_addr)
     }
 
     #[tokio::test]
     async fn datagrams_go_both_ways() {
-        let (a, b) = (
-            Socket::bind(localhost()).unwrap(),
-            Socket::bind(localhost()).unwrap(),
-        );
-        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let (a, b, b_addr) = pair();
+        let a_addr = a.local_addr().unwrap();
         assert_eq!(a.send_to(b"ping", b_addr).await.unwrap(), 4);
         let mut buf = [0u8; 16];
         let (n, from) = timeout(Duration::from_secs(2), b.recv_from(&mut buf))
@@ -154,11 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn try_recv_from_reads_what_is_queued_and_then_would_block() {
-        let (a, b) = (
-            Socket::bind(localhost()).unwrap(),
-            Socket::bind(localhost()).unwrap(),
-        );
-        let b_addr = b.local_addr().unwrap();
+        let (a, b, b_addr) = pair();
         let mut buf = [0u8; 16];
         let empty = b.try_recv_from(&mut buf).unwrap_err();
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
@@ -181,11 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_receiver_waits_until_a_datagram_comes() {
-        let (a, b) = (
-            Socket::bind(localhost()).unwrap(),
-            Socket::bind(localhost()).unwrap(),
-        );
-        let b_addr = b.local_addr().unwrap();
+        let (a, b, b_addr) = pair();
         let receiver = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             let (n, _) = b.recv_from(&mut buf).await.unwrap();
