@@ -139,6 +139,15 @@ impl SbcConfig {
         self.media_internal_ip.unwrap_or(self.internal_listen.ip())
     }
 
+    /// File descriptors the SBC may need at full load: one per RTP port of
+    /// the range and per connection, and 1,024 for the rest.
+    pub fn open_files_needed(&self) -> u64 {
+        u64::from(self.rtp_port_max.saturating_sub(self.rtp_port_min))
+            + 1
+            + self.max_connections as u64
+            + 1024
+    }
+
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.nodes.is_empty() {
             return Err(ConfigError::Invalid("nodes: at least one pbx-node".into()));

@@ -45,10 +45,7 @@ async fn run(args: Args, media: tokio::runtime::Handle) -> anyhow::Result<()> {
     // Soft limit up to the hard one (systemd gives services 1,024 soft):
     // 10,000 phones on TLS and the relays' ports need far more. Short of
     // descriptors, calls go unrelayed and connections are refused.
-    let needed = u64::from(config.rtp_port_max - config.rtp_port_min)
-        + 1
-        + config.max_connections as u64
-        + 1024;
+    let needed = config.open_files_needed();
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,

@@ -85,8 +85,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
 fi
 # Each held connection is a file descriptor in the SBC and in the client,
-# and so is each RTP port of the range (30,000 below).
-ulimit -n $((CONNS * 2 + 30000 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# and so is each RTP port of the SBC's range.
+ulimit -n $((CONNS * 2 + SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 log "open files limit $(ulimit -n)"
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x "$NODE_BIN" ] && [ -x "$SBC_BIN" ]; then
@@ -123,12 +123,8 @@ public_host = "127.0.0.1"
 media_public_bind = "127.0.0.1"
 nodes = ["127.0.0.1:$NODE_SIP"]
 data_dir = "$WORK/sbc"
-# Wider than the default range (5,000 pairs, 1,250 relayed B2BUA calls):
-# the failed calls of an overloaded trial hold their relays until their
-# transactions time out, and a call short of ports goes unrelayed, which
-# would make the next trials cheaper for the SBC than they should be.
-rtp_port_min = 30000
-rtp_port_max = 59999
+rtp_port_min = $SBC_RTP_PORT_MIN
+rtp_port_max = $SBC_RTP_PORT_MAX
 max_connections = $((CONNS * 2))
 [guard]
 requests_per_sec = 1000000.0

@@ -73,12 +73,8 @@ public_host = "127.0.0.1"
 media_public_bind = "127.0.0.1"
 nodes = ["127.0.0.1:$NODE_SIP"]
 data_dir = "$WORK/sbc"
-# Wider than the default range (5,000 pairs, 1,250 relayed B2BUA calls):
-# the failed calls of an overloaded trial hold their relays until their
-# transactions time out, and a call short of ports goes unrelayed, which
-# would make the next trials cheaper for the SBC than they should be.
-rtp_port_min = 30000
-rtp_port_max = 59999
+rtp_port_min = $SBC_RTP_PORT_MIN
+rtp_port_max = $SBC_RTP_PORT_MAX
 [guard]
 requests_per_sec = 1000000.0
 burst = 1000000

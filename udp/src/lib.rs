@@ -36,11 +36,7 @@ pub struct Socket {
 
 impl Socket {
     pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
-        Socket::from_std(std::net::UdpSocket::bind(addr)?)
-    }
-
-    /// Takes over a bound socket (made non-blocking here).
-    pub fn from_std(socket: std::net::UdpSocket) -> io::Result<Socket> {
+        let socket = std::net::UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;
         // SAFETY: the socket is owned by the `AsyncFd` from here on, so its
         // descriptor stays open, and the same, until the `AsyncFd` drops.
