@@ -11,7 +11,9 @@
 //! feeds it both sockets' datagrams and its timers.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,31 @@ pub struct RelayAddresses {
 /// BYE was lost: its ports are taken back. (An inactive hold sends no RTP
 /// either, hence so long.)
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// Relays and gateways are started and stopped in the media runtime in
+/// batches, at most this long after signalling asked: one at a time, each
+/// start and each stop woke an idle media worker, four wake-ups per call
+/// and a tenth of the SBC's CPU per call. The sockets are bound and
+/// registered at once, so datagrams that come meanwhile wait in their
+/// buffers; a stopped relay forwards for at most this long.
+const HANDOVER_WITHIN: Duration = Duration::from_millis(10);
+
+/// The task of a relay or gateway.
+type MediaTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Work for the media runtime, held back until the batch is due.
+enum Handover {
+    Start(MediaTask),
+    /// Dropped in the media runtime, it stops its relay or gateway there.
+    Stop(Anchor),
+}
+
+#[derive(Default)]
+struct Handovers {
+    batch: Vec<Handover>,
+    /// When the batch must go: `HANDOVER_WITHIN` after its first entry.
+    due: Option<Instant>,
+}
 
 /// A gateway shared by the proxy (SDP) and its socket task.
 struct SharedGateway {
@@ -157,6 +184,7 @@ pub struct CallRelays {
     challenged: VecDeque<(u64, String)>,
     challenges: u64,
     ended: EndedCalls,
+    handovers: Handovers,
 }
 
 impl CallRelays {
@@ -177,6 +205,7 @@ impl CallRelays {
             challenged: VecDeque::new(),
             challenges: 0,
             ended: EndedCalls::default(),
+            handovers: Handovers::default(),
         };
         (relays, abandoned_rx)
     }
@@ -190,20 +219,65 @@ impl CallRelays {
         self.ports.in_use()
     }
 
+    /// When the relays' starts and stops held back must be handed to the
+    /// media runtime ([`hand_over`](Self::hand_over)).
+    pub fn handover_due(&self) -> Option<Instant> {
+        self.handovers.due
+    }
+
+    /// Starts and stops, in the media runtime, the relays and gateways
+    /// signalling asked for since the last time.
+    pub fn hand_over(&mut self) {
+        self.handovers.due = None;
+        let batch = std::mem::take(&mut self.handovers.batch);
+        if batch.is_empty() {
+            return;
+        }
+        self.media.spawn(async move {
+            for handover in batch {
+                match handover {
+                    Handover::Start(task) => drop(tokio::spawn(task)),
+                    Handover::Stop(anchor) => drop(anchor),
+                }
+            }
+        });
+    }
+
+    fn hold_back(&mut self, handover: Handover) {
+        self.handovers
+            .due
+            .get_or_insert_with(|| Instant::now() + HANDOVER_WITHIN);
+        self.handovers.batch.push(handover);
+    }
+
+    /// Ends the call's session: its relay or gateway stops with the next
+    /// hand-over. The Call-ID and, of a relay, its addresses.
+    fn stop(&mut self, call_id: &str) -> Option<(String, Option<RelaySides>)> {
+        let (call_id, session) = self.sessions.remove_entry(call_id)?;
+        let sides = match &session.anchor {
+            Anchor::Relay { sides, .. } => Some(*sides),
+            Anchor::Gateway { .. } => None,
+        };
+        self.hold_back(Handover::Stop(session.anchor));
+        Some((call_id, sides))
+    }
+
     /// The call's session, started now if it has none; a challenged one
     /// is taken up again by the resubmission.
     fn session(&mut self, call_id: &str, browser: bool) -> Option<&Session> {
         match self.sessions.get_mut(call_id) {
             Some(session) => session.challenged = None,
             None => {
-                let session = self.start(call_id, browser)?;
+                let (session, task) = self.start(call_id, browser)?;
+                self.hold_back(Handover::Start(task));
                 self.sessions.insert(call_id.to_string(), session);
             }
         }
         self.sessions.get(call_id)
     }
 
-    fn start(&self, call_id: &str, browser: bool) -> Option<Session> {
+    /// The call's session and the task to run in the media runtime.
+    fn start(&self, call_id: &str, browser: bool) -> Option<(Session, MediaTask)> {
         // Sockets bound now register with the media runtime's reactor
         // (a pair given back keeps its registration).
         let _in_media = self.media.enter();
@@ -233,19 +307,20 @@ impl CallRelays {
                 abandoned: self.abandoned.clone(),
                 call_id: call_id.to_string(),
             };
-            self.media.spawn(async move {
+            let run = Box::pin(async move {
                 task.run(stopped).await;
                 // The sockets are closed now: the ports may be reused.
                 drop((lease_a, lease_b, rtcp_a, rtcp_b));
             });
-            return Some(Session {
+            let session = Session {
                 anchor: Anchor::Gateway {
                     shared,
                     _stop: stop,
                 },
                 answered: false,
                 challenged: None,
-            });
+            };
+            return Some((session, run));
         }
         let (relay, control) = UdpRelay::new(
             RelayConfig {
@@ -280,7 +355,7 @@ impl CallRelays {
                 let _ = abandoned.send(call.clone());
             }
         });
-        self.media.spawn(async move {
+        let run = Box::pin(async move {
             let (_, sockets) = relay.run_to_end(events).await;
             // The sockets stay bound for the next calls (binding and
             // closing them were a good part of the cost of a call).
@@ -289,7 +364,7 @@ impl CallRelays {
                 lease_b.give_back(b.rtp, b.rtcp);
             }
         });
-        Some(Session {
+        let session = Session {
             anchor: Anchor::Relay {
                 control,
                 sides: RelaySides {
@@ -299,7 +374,8 @@ impl CallRelays {
             },
             answered: false,
             challenged: None,
-        })
+        };
+        Some((session, run))
     }
 }
 
@@ -462,23 +538,19 @@ impl MediaAnchor for CallRelays {
                 .get(&oldest)
                 .is_some_and(|s| s.challenged == Some(serial))
             {
-                self.sessions.remove(&oldest);
+                self.stop(&oldest);
             }
         }
     }
 
     fn failed(&mut self, call_id: &str) {
         if self.sessions.get(call_id).is_some_and(|s| !s.answered) {
-            self.sessions.remove(call_id);
+            self.stop(call_id);
         }
     }
 
     fn end(&mut self, call_id: &str) {
-        // Dropping the control stops the relay.
-        let Some((call_id, session)) = self.sessions.remove_entry(call_id) else {
-            return;
-        };
-        if let Anchor::Relay { sides, .. } = session.anchor {
+        if let Some((call_id, Some(sides))) = self.stop(call_id) {
             self.ended.remember(call_id, sides, Instant::now());
         }
     }
@@ -527,8 +599,16 @@ mod tests {
 
     /// The RTP port SDP of `call_id` going `direction` was re-addressed to.
     fn sdp_port(relays: &mut CallRelays, call_id: &str, direction: Direction) -> u16 {
-        let Rewritten::Body(body) = relays.rewrite(call_id, direction, Transport::Udp, OFFER)
-        else {
+        rewritten_port(relays, call_id, direction, OFFER)
+    }
+
+    fn rewritten_port(
+        relays: &mut CallRelays,
+        call_id: &str,
+        direction: Direction,
+        sdp: &[u8],
+    ) -> u16 {
+        let Rewritten::Body(body) = relays.rewrite(call_id, direction, Transport::Udp, sdp) else {
             panic!("not anchored");
         };
         let body = String::from_utf8(body).unwrap();
@@ -583,5 +663,52 @@ mod tests {
         relays.failed("b");
         offer(&mut relays, "b");
         assert_eq!(relays.active(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_relay_starts_with_the_hand_over_and_relays_what_came_before() {
+        let mut relays = relays(45000, 10);
+        let phone = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let node = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sdp = |socket: &tokio::net::UdpSocket| {
+            let port = socket.local_addr().unwrap().port();
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+                 t=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
+            )
+        };
+        let asked = Instant::now();
+        let node_side = rewritten_port(&mut relays, "a", Direction::Inward, sdp(&phone).as_bytes());
+        rewritten_port(&mut relays, "a", Direction::Outward, sdp(&node).as_bytes());
+        let due = relays.handover_due().expect("the start is held back");
+        assert!(due <= asked + HANDOVER_WITHIN + Duration::from_millis(5));
+        // Sent before the relay runs: it waits in the socket's buffer.
+        let packet = media::rtp::RtpPacket::new(0, 1, 160, 0xabcd, &[0xff; 160])
+            .to_vec()
+            .unwrap();
+        node.send_to(&packet, ("127.0.0.1", node_side))
+            .await
+            .unwrap();
+        relays.hand_over();
+        assert_eq!(relays.handover_due(), None);
+        let mut buffer = [0u8; 1500];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(2), phone.recv_from(&mut buffer))
+            .await
+            .expect("relayed once handed over")
+            .unwrap();
+        assert_eq!(buffer.get(..len), Some(&packet[..]));
+        // The BYE: the relay stops with the next hand-over and gives its
+        // ports back.
+        relays.answered("a");
+        relays.end("a");
+        assert_eq!(relays.ports_in_use(), 2, "held until the hand-over");
+        relays.hand_over();
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while relays.ports_in_use() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the relay stopped");
     }
 }

@@ -433,10 +433,14 @@ impl Driver {
         let mut armed = None;
         loop {
             self.publish_status();
-            let deadline = [self.proxy.poll_timeout(), self.guard().poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.proxy.poll_timeout(),
+                self.guard().poll_timeout(),
+                self.proxy.media.handover_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if deadline != armed {
                 if let Some(at) = deadline {
                     sleep.as_mut().reset(at.into());
@@ -454,9 +458,22 @@ impl Driver {
                 }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
+                    // Each part whose deadline passed: the media hand-over
+                    // comes a hundred times a second under load, and the
+                    // proxy's timeouts walk all its transactions.
                     let now = Instant::now();
-                    self.guard().handle_timeout(now);
-                    self.proxy.handle_timeout(now)
+                    let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now);
+                    if due(self.proxy.media.handover_due()) {
+                        self.proxy.media.hand_over();
+                    }
+                    if due(self.guard().poll_timeout()) {
+                        self.guard().handle_timeout(now);
+                    }
+                    if due(self.proxy.poll_timeout()) {
+                        self.proxy.handle_timeout(now)
+                    } else {
+                        Vec::new()
+                    }
                 }
                 Some(drain) = admin.recv() => {
                     let node = self.proxy.dispatcher.node_at(drain.node);
