@@ -197,7 +197,9 @@ impl Dispatcher {
             return false;
         };
         let changed = std::mem::replace(&mut n.healthy, healthy) != healthy;
-        if let Some(metrics) = &self.metrics {
+        // Every message from a node lands here: the gauges (a label
+        // formatted, two lookups) only when something changed.
+        if let (true, Some(metrics)) = (changed, &self.metrics) {
             metrics.show(n);
         }
         changed

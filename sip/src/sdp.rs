@@ -3,7 +3,7 @@
 //! direction), the answer we give with PCMU/PCMA and telephone-event, and
 //! the offers we make ourselves (anchored media, music on hold).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
 
@@ -241,7 +241,7 @@ pub fn negotiate(offer: &AudioStream, ours: &[AudioCodec]) -> Result<Negotiated,
 fn connection_to(ip: IpAddr) -> ConnectionInformation {
     ConnectionInformation {
         network_type: "IN".into(),
-        address_type: if ip.is_ipv4() { "IP4" } else { "IP6" }.into(),
+        address_type: address_type(ip).into(),
         address: Some(Address {
             address: ip.to_string(),
             ttl: None,
@@ -272,46 +272,63 @@ const TRANSPORT_ATTRIBUTES: &[&str] = &[
 /// and a port of 0 (a declined stream) keep their meaning. Returns the new
 /// body and the author's own audio stream, where the anchor sends to.
 pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStream), SdpError> {
-    let mut session = parse(body)?;
-    let theirs = audio_stream_of(&session)?;
+    // Parsed to check it and to read the author's stream; rewritten line
+    // by line, since re-serialising the parsed description cost more than
+    // parsing it and changed what we do not own.
+    let theirs = audio_stream_of(&parse(body)?)?;
+    let text = std::str::from_utf8(body).map_err(|e| SdpError::Syntax(e.to_string()))?;
     let ip = if theirs.rtp.ip().is_unspecified() {
         theirs.rtp.ip()
     } else {
         ours.ip()
     };
-    if session.connection_information.is_some() {
-        session.connection_information = Some(connection_to(ip));
-    }
-    let origin = connection_to(ours.ip());
-    session.origin.address_type = origin.address_type;
-    session.origin.unicast_address = ours.ip().to_string();
-    session
-        .attributes
-        .retain(|a| !TRANSPORT_ATTRIBUTES.contains(&a.key.as_str()));
+    let mut anchored = String::with_capacity(body.len() + 32);
     let mut audio_seen = false;
-    for media in &mut session.media_descriptions {
-        if media.media_name.media != "audio" || audio_seen {
-            media.media_name.port = RangedPort {
-                value: 0,
-                range: None,
-            };
-            continue;
-        }
-        audio_seen = true;
-        if theirs.rtp.port() != 0 {
-            media.media_name.port = RangedPort {
-                value: isize::try_from(ours.port()).unwrap_or_default(),
-                range: None,
-            };
-        }
-        if media.connection_information.is_some() {
-            media.connection_information = Some(connection_to(ip));
-        }
-        media
-            .attributes
-            .retain(|a| !TRANSPORT_ATTRIBUTES.contains(&a.key.as_str()));
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (kind, value) = line.split_at_checked(2).unwrap_or((line, ""));
+        // Written to a String: cannot fail.
+        let _ = match kind {
+            "o=" => match value.rsplitn(3, ' ').nth(2) {
+                // Username, session id and version, network type stay.
+                Some(kept) => write!(
+                    anchored,
+                    "o={kept} {} {}",
+                    address_type(ours.ip()),
+                    ours.ip()
+                ),
+                None => write!(anchored, "{line}"),
+            },
+            // Every stream's (a declined one's address means nothing).
+            "c=" => write!(anchored, "c=IN {} {ip}", address_type(ip)),
+            "m=" => {
+                let mut fields = value.splitn(3, ' ');
+                let media = fields.next().unwrap_or_default();
+                let _port = fields.next();
+                let rest = fields.next().unwrap_or_default();
+                let first_audio = media == "audio" && !audio_seen;
+                audio_seen |= first_audio;
+                match (first_audio, theirs.rtp.port()) {
+                    (true, 0) => write!(anchored, "{line}"),
+                    (true, _) => write!(anchored, "m={media} {} {rest}", ours.port()),
+                    (false, _) => write!(anchored, "m={media} 0 {rest}"),
+                }
+            }
+            "a=" if TRANSPORT_ATTRIBUTES.contains(&value.split(':').next().unwrap_or_default()) => {
+                continue
+            }
+            _ => write!(anchored, "{line}"),
+        };
+        anchored.push_str("\r\n");
     }
-    Ok((session.marshal().into_bytes(), theirs))
+    Ok((anchored.into_bytes(), theirs))
+}
+
+fn address_type(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IP4"
+    } else {
+        "IP6"
+    }
 }
 
 /// A session description of one audio stream.
@@ -490,7 +507,7 @@ mod tests {
     #[test]
     fn anchoring_moves_audio_to_us_and_declines_video() {
         let offer = format!(
-            "{}a=rtcp:36707 IN IP4 192.0.2.2\r\na=candidate:1 1 UDP 1 192.0.2.2 36706 typ host\r\n\
+            "{}a=X-note:kept  as written\r\na=rtcp:36707 IN IP4 192.0.2.2\r\na=candidate:1 1 UDP 1 192.0.2.2 36706 typ host\r\n\
              m=video 36708 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
             BARESIP.replace("a=fmtp:101 0-15\r\n", "a=fmtp:101 0-15\r\na=rtcp-mux\r\n")
         );
@@ -509,6 +526,14 @@ mod tests {
         assert!(
             !text.contains("192.0.2.2"),
             "no trace of the author: {text}"
+        );
+        assert!(
+            text.contains("\r\no=- 492239846 816978946 IN IP4 198.51.100.7\r\n"),
+            "our origin: {text}"
+        );
+        assert!(
+            text.contains("\r\na=X-note:kept  as written\r\n"),
+            "what we do not own passes as written: {text}"
         );
 
         // Old-style hold stays hold, a declined stream stays declined.

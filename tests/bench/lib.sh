@@ -169,15 +169,6 @@ media_sessions() { # http_port
   curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null |
     awk '$1 == "sbc_media_sessions" { print $2; found = 1 } END { if (!found) print -1 }'
 }
-# Waits until that gauge reads `count` (at most timeout_secs).
-wait_media_sessions() { # http_port count timeout_secs
-  local i
-  for i in $(seq "$3"); do
-    [ "$(media_sessions "$1")" = "$2" ] && return 0
-    sleep 1
-  done
-  return 1
-}
 
 # Starts the one pbx-node of the SBC benchmarks ($NODE_BIN on 127.0.0.1,
 # ports $NODE_SIP, $NODE_RAFT and $NODE_HTTP, data in $WORK/node) with the

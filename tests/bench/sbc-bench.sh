@@ -186,6 +186,94 @@ start_sbc wss
 RSS_WSS=$(hold wss "$SBC_WSS")
 start_sbc load
 
+write_users $CALLER_FIRST $CALLER_LAST -DEMO "$WORK/callers.csv"
+write_users $CALLEE $CALLEE -DEMO "$WORK/callee.csv"
+UAS_PID=""
+# The callee registers from the UAS's own port through `target` (the
+# SBC's registration carries its Path), then answers there.
+start_callee() { # target label [sipp args...]
+  local target=$1 label=$2 ok
+  shift 2
+  [ -n "$UAS_PID" ] && { kill "$UAS_PID" 2>/dev/null || true; wait "$UAS_PID" 2>/dev/null || true; }
+  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp "callee-$label" "$target" register.xml \
+    "$WORK/callee.csv" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
+  sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
+    -trace_err -error_file "$WORK/uas-$label-errors.log" >"$WORK/uas-$label.log" 2>&1 &
+  UAS_PID=$!
+  PIDS+=("$UAS_PID")
+  [ "$ok" = 1 ]
+}
+
+# --- relayed calls per core -------------------------------------------------------
+RELAY_PER_CORE=null
+HOLD_SECS=30
+head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu" # 1 s of µ-law silence
+# uac-call.xml with RTP streamed (looping) from the answer until the BYE,
+# which comes after -d milliseconds.
+python3 - "$HERE/sipp/uac-call.xml" "$WORK/uac-call-rtp.xml" "$WORK/silence.pcmu" <<'EOF'
+import sys
+source, target, audio = sys.argv[1:]
+text = open(source).read()
+bye = text.rindex('<send retrans="500">')
+media = f'<nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>\n  <pause/>\n\n  '
+open(target, "w").write(text[:bye] + media + text[bye:])
+EOF
+# The callee echoes every RTP packet back (its media port apart from the
+# caller's).
+# Measured first, on the SBC just started: the overloaded trials of the
+# rate searches leave INVITE transactions behind, and their
+# retransmissions and timeouts keep the SBC's signalling busy for
+# minutes. After such a search, signalling took a fifth of the SBC's CPU
+# during a relay window (sbc-cpu.sh, profiled), which counted against
+# the relay.
+if start_callee "$SBC" relay -rtp_echo -mp 26000 && [ "$(left)" -gt $((HOLD_SECS + 60)) ]; then
+  log "relay: $RELAY_CALLS calls held ${HOLD_SECS}s through the SBC with RTP both ways"
+  rate=$((RELAY_CALLS / 5 > 0 ? RELAY_CALLS / 5 : 1))
+  relay_dir=$WORK/sipp/relay
+  mkdir -p "$relay_dir"
+  timeout $((HOLD_SECS + 60)) sipp "$SBC" -sf "$WORK/uac-call-rtp.xml" -inf "$WORK/callers.csv" \
+    -key domain "$DOMAIN" -key callee "$CALLEE" -i 127.0.0.1 -p "$SIPP_PORT" -mp 27000 \
+    -r "$rate" -m "$RELAY_CALLS" -l "$RELAY_CALLS" -d $((HOLD_SECS * 1000)) \
+    -nostdin -trace_stat -stf "$relay_dir/stat.csv" -fd 1 \
+    -trace_err -error_file "$relay_dir/errors.log" >"$relay_dir/screen.log" 2>&1 &
+  RELAY_SIPP=$!
+  PIDS+=("$RELAY_SIPP")
+  # Every call is set up after RELAY_CALLS/rate = 5 s; measure the next 15.
+  sleep 8
+  window=15
+  before=$(cpu_ticks "$SBC_PID")
+  node_before=$(cpu_ticks "$NODE_PID")
+  sleep "$window"
+  after=$(cpu_ticks "$SBC_PID")
+  node_after=$(cpu_ticks "$NODE_PID")
+  # Each B2BUA call is two relays: all of them must be in the SBC.
+  sessions=$(media_sessions "$SBC_HTTP")
+  wait "$RELAY_SIPP" 2>/dev/null || true
+  read -r relay_ok relay_failed _ <<<"$(awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
+    END { print $col["SuccessfulCall(C)"], $col["FailedCall(C)"] }' "$relay_dir/stat.csv")"
+  cores=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v w="$window" \
+    'BEGIN { printf "%.3f", t / hz / w }')
+  # The node does not touch the media: what it uses meanwhile competes
+  # for the cores (logged to tell a disturbed window).
+  node_cores=$(awk -v t=$((node_after - node_before)) -v hz="$(getconf CLK_TCK)" -v w="$window" \
+    'BEGIN { printf "%.3f", t / hz / w }')
+  log "  $relay_ok calls answered, $relay_failed failed, $sessions relays of theirs in the SBC;" \
+    "the SBC used $cores cores, the pbx-node $node_cores"
+  # Below 1% of a core the media did not flow (sipp without RTP streams?).
+  if [ "$relay_ok" != "$RELAY_CALLS" ]; then
+    log "  calls failed: no relay figure"
+  elif [ "$sessions" != $((RELAY_CALLS * 2)) ]; then
+    log "  not every call's media went through the SBC: no relay figure"
+  elif awk -v c="$cores" 'BEGIN { exit !(c < 0.01) }'; then
+    log "  the SBC stayed idle: no media relayed, no relay figure"
+  else
+    RELAY_PER_CORE=$(awk -v n="$RELAY_CALLS" -v c="$cores" 'BEGIN { printf "%d", n / c }')
+  fi
+else
+  log "relay phase skipped (no callee or out of time)"
+fi
+
+
 # Idle, then 10 registrations at 10/s through `target` all succeed.
 write_users $CALLER_FIRST $((CALLER_FIRST + 9)) -DEMO "$WORK/probe.csv"
 recover_via() { # target
@@ -235,23 +323,6 @@ REGISTER_SBC=$(search reg_sbc recover_sbc 4 100 20000)
 log "register_per_sec_via_sbc=$REGISTER_SBC"
 
 # --- call rate ------------------------------------------------------------------------
-write_users $CALLER_FIRST $CALLER_LAST -DEMO "$WORK/callers.csv"
-write_users $CALLEE $CALLEE -DEMO "$WORK/callee.csv"
-UAS_PID=""
-# The callee registers from the UAS's own port through `target` (the
-# SBC's registration carries its Path), then answers there.
-start_callee() { # target label [sipp args...]
-  local target=$1 label=$2 ok
-  shift 2
-  [ -n "$UAS_PID" ] && { kill "$UAS_PID" 2>/dev/null || true; wait "$UAS_PID" 2>/dev/null || true; }
-  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp "callee-$label" "$target" register.xml \
-    "$WORK/callee.csv" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
-  sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
-    -trace_err -error_file "$WORK/uas-$label-errors.log" >"$WORK/uas-$label.log" 2>&1 &
-  UAS_PID=$!
-  PIDS+=("$UAS_PID")
-  [ "$ok" = 1 ]
-}
 call_trial() { # target label rate
   local calls=$(($3 * TRIAL_SECS)) result
   TRIAL=$((TRIAL + 1))
@@ -277,76 +348,6 @@ if start_callee "$SBC" via-sbc; then
   log "cps_via_sbc=$CPS_SBC"
 else
   log "the callee could not register through the SBC: no call figure"
-fi
-
-# --- relayed calls per core -------------------------------------------------------
-RELAY_PER_CORE=null
-HOLD_SECS=30
-head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu" # 1 s of µ-law silence
-# uac-call.xml with RTP streamed (looping) from the answer until the BYE,
-# which comes after -d milliseconds.
-python3 - "$HERE/sipp/uac-call.xml" "$WORK/uac-call-rtp.xml" "$WORK/silence.pcmu" <<'EOF'
-import sys
-source, target, audio = sys.argv[1:]
-text = open(source).read()
-bye = text.rindex('<send retrans="500">')
-media = f'<nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>\n  <pause/>\n\n  '
-open(target, "w").write(text[:bye] + media + text[bye:])
-EOF
-# The callee echoes every RTP packet back (its media port apart from the
-# caller's).
-# The overloaded call trials leave relays behind (an unanswered call's
-# until its INVITE transaction dies, up to 5 min if it rang; an answered
-# call whose BYE was lost for an hour): the phase waits a while for them
-# to go, then counts what is left, so that it can check that every call
-# of its own got its two relays (a call short of ports is not relayed and
-# costs the SBC nothing), and logs the SBC's CPU without media meanwhile.
-wait_media_sessions "$SBC_HTTP" 0 60 || true
-LEFT_BEHIND=$(media_sessions "$SBC_HTTP")
-idle_before=$(cpu_ticks "$SBC_PID")
-sleep 5
-log "relays left by earlier trials: $LEFT_BEHIND; the SBC used" \
-  "$(awk -v t=$(($(cpu_ticks "$SBC_PID") - idle_before)) -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%.3f", t / hz / 5 }') cores without media"
-if start_callee "$SBC" relay -rtp_echo -mp 26000 && [ "$(left)" -gt $((HOLD_SECS + 60)) ]; then
-  log "relay: $RELAY_CALLS calls held ${HOLD_SECS}s through the SBC with RTP both ways"
-  rate=$((RELAY_CALLS / 5 > 0 ? RELAY_CALLS / 5 : 1))
-  relay_dir=$WORK/sipp/relay
-  mkdir -p "$relay_dir"
-  timeout $((HOLD_SECS + 60)) sipp "$SBC" -sf "$WORK/uac-call-rtp.xml" -inf "$WORK/callers.csv" \
-    -key domain "$DOMAIN" -key callee "$CALLEE" -i 127.0.0.1 -p "$SIPP_PORT" -mp 27000 \
-    -r "$rate" -m "$RELAY_CALLS" -l "$RELAY_CALLS" -d $((HOLD_SECS * 1000)) \
-    -nostdin -trace_stat -stf "$relay_dir/stat.csv" -fd 1 \
-    -trace_err -error_file "$relay_dir/errors.log" >"$relay_dir/screen.log" 2>&1 &
-  RELAY_SIPP=$!
-  PIDS+=("$RELAY_SIPP")
-  # Every call is set up after RELAY_CALLS/rate = 5 s; measure the next 15.
-  sleep 8
-  window=15
-  before=$(cpu_ticks "$SBC_PID")
-  sleep "$window"
-  after=$(cpu_ticks "$SBC_PID")
-  # Each B2BUA call is two relays: all of them must be in the SBC.
-  sessions=$(($(media_sessions "$SBC_HTTP") - LEFT_BEHIND))
-  wait "$RELAY_SIPP" 2>/dev/null || true
-  read -r relay_ok relay_failed _ <<<"$(awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
-    END { print $col["SuccessfulCall(C)"], $col["FailedCall(C)"] }' "$relay_dir/stat.csv")"
-  cores=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v w="$window" \
-    'BEGIN { printf "%.3f", t / hz / w }')
-  log "  $relay_ok calls answered, $relay_failed failed, $sessions relays of theirs in the SBC;" \
-    "the SBC used $cores cores"
-  # Below 1% of a core the media did not flow (sipp without RTP streams?).
-  if [ "$relay_ok" != "$RELAY_CALLS" ]; then
-    log "  calls failed: no relay figure"
-  elif [ "$sessions" != $((RELAY_CALLS * 2)) ]; then
-    log "  not every call's media went through the SBC: no relay figure"
-  elif awk -v c="$cores" 'BEGIN { exit !(c < 0.01) }'; then
-    log "  the SBC stayed idle: no media relayed, no relay figure"
-  else
-    RELAY_PER_CORE=$(awk -v n="$RELAY_CALLS" -v c="$cores" 'BEGIN { printf "%d", n / c }')
-  fi
-else
-  log "relay phase skipped (no callee or out of time)"
 fi
 
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
