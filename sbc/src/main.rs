@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::Parser;
-use sbc::{Args, Sbc};
+use sbc::{Args, Sbc, SbcConfig};
 
 /// Signalling runs on a single-threaded runtime on a thread of its own,
-/// media on a multi-threaded one (one worker per core): see
+/// media on a multi-threaded one (`media_threads`): see
 /// `Sbc::start_with_media`. Not on the main thread: glibc gives the main
 /// thread the `brk` heap, where the handshakes of thousands of TLS
 /// connections left 5 KiB more per idle connection behind (26.8 KiB
@@ -20,7 +20,9 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    let config = args.resolve().context("configuration")?;
     let media = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.media_threads())
         .thread_name("sbc-media")
         .enable_all()
         .build()
@@ -33,15 +35,14 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the signalling runtime")?
-                .block_on(run(args, media))
+                .block_on(run(config, media))
         })
         .context("starting the signalling thread")?
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the signalling thread panicked")))
 }
 
-async fn run(args: Args, media: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let config = args.resolve().context("configuration")?;
+async fn run(config: SbcConfig, media: tokio::runtime::Handle) -> anyhow::Result<()> {
     // Soft limit up to the hard one (systemd gives services 1,024 soft):
     // 10,000 phones on TLS and the relays' ports need far more. Short of
     // descriptors, calls go unrelayed and connections are refused.
@@ -56,6 +57,7 @@ async fn run(args: Args, media: tokio::runtime::Handle) -> anyhow::Result<()> {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
     }
+    tracing::info!(threads = config.media_threads(), "media runtime");
     let sbc = Sbc::start_with_media(&config, media)
         .await
         .context("starting the SBC")?;
