@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sip::message::{parse_name_addr, Method, SipMessage, Uri};
+use sip::message::{
+    parse_name_addr, reason_phrase, response_from_headers, Headers, Method, SipMessage, Uri,
+};
 use sip::transport::Transport;
 
 use crate::dispatch::{Dispatcher, NodeChange, Probe};
@@ -113,11 +115,11 @@ pub trait MediaAnchor {
 #[derive(Debug)]
 pub enum Action {
     /// Send to a phone over its flow; if the flow is gone, send
-    /// `if_flow_gone` back to the node (430 Flow Failed, RFC 5626 §5.3).
+    /// `if_flow_gone`'s response back to its node.
     ToPhone {
         flow: Flow,
         message: SipMessage,
-        if_flow_gone: Option<Box<(usize, SipMessage)>>,
+        if_flow_gone: Option<FlowGone>,
     },
     ToNode {
         node: usize,
@@ -135,6 +137,21 @@ pub enum Action {
         source: std::net::IpAddr,
         failed: bool,
     },
+}
+
+/// A node's request to a phone, as a 430 Flow Failed (RFC 5626 §5.3)
+/// would answer it: built only if the flow is gone, which is rare, from
+/// the few headers a response copies.
+#[derive(Debug)]
+pub struct FlowGone {
+    pub node: usize,
+    request: Headers,
+}
+
+impl FlowGone {
+    pub fn response(&self) -> SipMessage {
+        response_from_headers(&self.request, 430, reason_phrase(430))
+    }
 }
 
 /// The inside's Via stack of a request we sent to a phone.
@@ -185,23 +202,24 @@ pub struct Proxy<M> {
 /// Records where the phone's request really came from in its Via, as a
 /// server transport must (RFC 3261 §18.2.1, RFC 3581 `rport`): the nodes
 /// trust this from the SBC to check an extension's allowed registration
-/// networks. A `received` the phone wrote itself is replaced.
-fn stamp_source(request: &mut SipMessage, source: SocketAddr) {
-    let Some(top) = request.headers.pop_first("Via") else {
-        return;
-    };
-    let stamped = match sip::message::syntax::parse_via(&top) {
+/// networks. A `received` the phone wrote itself is replaced. Returns the
+/// Via's branch.
+fn stamp_source(request: &mut SipMessage, source: SocketAddr) -> Option<String> {
+    let top = request.headers.pop_first("Via")?;
+    let (stamped, branch) = match sip::message::syntax::parse_via(&top) {
         Ok(mut via) => {
             via.set_param("received", Some(source.ip().to_string()));
             if via.param("rport").is_some() {
                 via.set_param("rport", Some(source.port().to_string()));
             }
-            via.to_string()
+            let branch = via.branch().map(str::to_string);
+            (via.to_string(), branch)
         }
         // Validation let it through; leave what cannot be parsed as it is.
-        Err(_) => top,
+        Err(_) => (top, None),
     };
     request.headers.push_front("Via", stamped);
+    branch
 }
 
 /// `z9hG4bK` and a hash of what identifies the transaction upstream, so a
@@ -430,12 +448,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 }
             },
         };
-        let top_branch = request
-            .top_via()
-            .ok()
-            .and_then(|v| v.branch().map(str::to_string))
-            .unwrap_or_default();
-        stamp_source(&mut request, flow.remote);
+        let top_branch = stamp_source(&mut request, flow.remote).unwrap_or_default();
         let flow_token = self.key.flow_token(&flow);
         let branch = derived_branch(&[&top_branch, &flow_token]);
         // Marks a request with credentials, so its answer can be told to
@@ -622,14 +635,16 @@ impl<M: MediaAnchor> Proxy<M> {
         let Some(method) = request.method().cloned() else {
             return Vec::new();
         };
-        let original = request.clone();
+        // What a refusal copies, taken before the request changes: a copy
+        // of the whole request was most of the cost of forwarding it.
+        let answerable = request.headers.for_response();
         let refuse = |status: u16| {
             if method == Method::Ack {
                 Vec::new()
             } else {
                 vec![Action::ToNode {
                     node,
-                    message: reply(&original, status),
+                    message: response_from_headers(&answerable, status, reason_phrase(status)),
                 }]
             }
         };
@@ -709,7 +724,10 @@ impl<M: MediaAnchor> Proxy<M> {
         if method == Method::Bye {
             self.media.end(&call_id);
         }
-        let if_flow_gone = (method != Method::Ack).then(|| Box::new((node, reply(&original, 430))));
+        let if_flow_gone = (method != Method::Ack).then_some(FlowGone {
+            node,
+            request: answerable,
+        });
         vec![Action::ToPhone {
             flow,
             message: request,
@@ -974,7 +992,7 @@ mod tests {
         }
     }
 
-    fn to_phone(action: Action) -> (Flow, SipMessage, Option<Box<(usize, SipMessage)>>) {
+    fn to_phone(action: Action) -> (Flow, SipMessage, Option<FlowGone>) {
         match action {
             Action::ToPhone {
                 flow,
@@ -1152,7 +1170,10 @@ mod tests {
         );
         assert_eq!(out.body(), b"v=0\r\nc=IN IP4 Outward\r\n");
         assert_eq!(
-            if_gone.expect("430 if the flow is gone").1.status(),
+            if_gone
+                .expect("430 if the flow is gone")
+                .response()
+                .status(),
             Some(430)
         );
 

@@ -587,9 +587,8 @@ impl Driver {
                     .await
                 {
                     tracing::info!(remote = %flow.remote, error = %e, "flow to the phone failed");
-                    if let Some(refusal) = if_flow_gone {
-                        let (node, response) = *refusal;
-                        self.send_to_node(node, &response).await;
+                    if let Some(gone) = if_flow_gone {
+                        self.send_to_node(gone.node, &gone.response()).await;
                     }
                 }
             }

@@ -91,20 +91,28 @@ pub fn response_from_headers(request_headers: &Headers, status: u16, reason: &st
 
 /// A response whose To keeps the request's tag, if any, and gets none otherwise.
 fn untagged_response(request_headers: &Headers, status: u16, reason: &str) -> SipMessage {
-    let mut headers = Headers::new();
-    for name in COPIED_TO_RESPONSE {
-        for value in request_headers.get_all(name) {
-            headers.push(name, value);
-        }
-    }
     SipMessage {
         start: StartLine::Response {
             version: SIP_2_0.to_string(),
             status,
             reason: reason.to_string(),
         },
-        headers,
+        headers: request_headers.for_response(),
         body: Vec::new(),
+    }
+}
+
+impl Headers {
+    /// What a response to this request copies of it (Via, From, To,
+    /// Call-ID, CSeq): all that one who may answer it later must keep.
+    pub fn for_response(&self) -> Headers {
+        let mut headers = Headers::new();
+        for name in COPIED_TO_RESPONSE {
+            for value in self.get_all(name) {
+                headers.push(name, value);
+            }
+        }
+        headers
     }
 }
 

@@ -1,6 +1,8 @@
 //! Message framing (RFC 3261 §7.5, §18.3) for datagrams and streams, header
 //! unfolding, and start-line parsing.
 
+use std::borrow::Cow;
+
 use super::headers::Headers;
 use super::syntax::{is_token, parse_uri};
 use super::{parse_u32, Method, SipMessage, StartLine};
@@ -75,23 +77,25 @@ fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// Splits a header section into lines, joining continuation lines (those
 /// starting with SP or HTAB) onto the previous line with a single space.
-fn unfold_lines(head: &str) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
+/// Only a folded line is copied: the headers copy each value anyway.
+fn unfold_lines(head: &str) -> Vec<Cow<'_, str>> {
+    let mut lines: Vec<Cow<'_, str>> = Vec::new();
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.starts_with([' ', '\t']) {
             if let Some(prev) = lines.last_mut() {
+                let prev = prev.to_mut();
                 prev.push(' ');
                 prev.push_str(line.trim_start_matches([' ', '\t']));
                 continue;
             }
         }
-        lines.push(line.to_string());
+        lines.push(Cow::Borrowed(line));
     }
     lines
 }
 
-fn parse_header_lines(lines: &[String]) -> Result<Headers, String> {
+fn parse_header_lines(lines: &[Cow<'_, str>]) -> Result<Headers, String> {
     let mut headers = Headers::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {

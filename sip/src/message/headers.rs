@@ -3,10 +3,11 @@
 use super::syntax::{split_list, SyntaxError};
 use std::borrow::Cow;
 
-/// A header field as received (after unfolding); known names are canonical.
+/// A header field as received (after unfolding); known names are canonical
+/// (and not copied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderField {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub value: String,
 }
 
@@ -131,7 +132,7 @@ impl Headers {
     /// Appends a header; the name is canonicalized (compact forms expanded).
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
         self.0.push(HeaderField {
-            name: canonical_name(name).into_owned(),
+            name: canonical_name(name),
             value: value.into(),
         });
     }
@@ -147,7 +148,7 @@ impl Headers {
         self.0.insert(
             0,
             HeaderField {
-                name: canonical_name(name).into_owned(),
+                name: canonical_name(name),
                 value: value.into(),
             },
         );
