@@ -46,10 +46,10 @@ pub struct RelayAddresses {
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// Relays and gateways are started and stopped in the media runtime in
-/// batches, at most this long after signalling asked: one at a time, each
-/// start and each stop woke an idle media worker, four wake-ups per call
-/// and a tenth of the SBC's CPU per call. The sockets are bound and
-/// registered at once, so datagrams that come meanwhile wait in their
+/// batches, at most this long after signalling asked. One at a time, each
+/// start and each stop woke an idle media worker: four wake-ups per call,
+/// a fifth of the SBC's CPU for a call without RTP. The sockets are bound
+/// and registered at once, so datagrams that come meanwhile wait in their
 /// buffers; a stopped relay forwards for at most this long.
 const HANDOVER_WITHIN: Duration = Duration::from_millis(10);
 

@@ -18,7 +18,8 @@
 #                                is two relayed legs in the SBC. A CPU-cost
 #                                figure: no loss or latency criterion (that
 #                                is media-bench.sh's relay_calls_per_core of
-#                                the same relay engine)
+#                                the same relay engine); measured first, on
+#                                the SBC just started
 #   rss_kib_per_tls_conn,        SBC RSS growth per connection with 10,000
 #   rss_kib_per_wss_conn         idle TLS connections, then 10,000 idle WSS
 #                                ones (hold-connections.py; CRLF keepalives)
