@@ -163,6 +163,21 @@ search() { # trial_function recover_function searches_left start max
 }
 
 
+# $WORK/uac-call-rtp.xml: $HERE/sipp/uac-call.xml with G.711 silence
+# ($WORK/silence.pcmu, 1 s, looping) streamed from the answer until the
+# BYE, which comes after sipp's -d milliseconds.
+write_rtp_caller() {
+  head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu"
+  python3 - "$HERE/sipp/uac-call.xml" "$WORK/uac-call-rtp.xml" "$WORK/silence.pcmu" <<'EOF'
+import sys
+source, target, audio = sys.argv[1:]
+text = open(source).read()
+bye = text.rindex('<send retrans="500">')
+media = f'<nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>\n  <pause/>\n\n  '
+open(target, "w").write(text[:bye] + media + text[bye:])
+EOF
+}
+
 # Calls whose media the SBC with its HTTP listener on 127.0.0.1:$1 relays
 # now (its sbc_media_sessions gauge); -1 if it cannot be read.
 media_sessions() { # http_port

@@ -70,7 +70,8 @@ UAS_PORT=16110
 WORK=$(mktemp -d /tmp/sbc-bench.XXXXXX)
 
 # log, cleanup (trapped on exit), left, wait_for_line, write_users,
-# run_sipp, trial_ok, wait_idle, search, rss_kib.
+# run_sipp, trial_ok, wait_idle, search, rss_kib, write_rtp_caller,
+# media_sessions.
 . "$HERE/lib.sh"
 
 # --- prerequisites ---------------------------------------------------------------
@@ -208,19 +209,7 @@ start_callee() { # target label [sipp args...]
 # --- relayed calls per core -------------------------------------------------------
 RELAY_PER_CORE=null
 HOLD_SECS=30
-head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu" # 1 s of µ-law silence
-# uac-call.xml with RTP streamed (looping) from the answer until the BYE,
-# which comes after -d milliseconds.
-python3 - "$HERE/sipp/uac-call.xml" "$WORK/uac-call-rtp.xml" "$WORK/silence.pcmu" <<'EOF'
-import sys
-source, target, audio = sys.argv[1:]
-text = open(source).read()
-bye = text.rindex('<send retrans="500">')
-media = f'<nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>\n  <pause/>\n\n  '
-open(target, "w").write(text[:bye] + media + text[bye:])
-EOF
-# The callee echoes every RTP packet back (its media port apart from the
-# caller's).
+write_rtp_caller # the callers stream RTP; the callee echoes it
 # Measured first, on the SBC just started: the overloaded trials of the
 # rate searches leave INVITE transactions behind, and their
 # retransmissions and timeouts keep the SBC's signalling busy for

@@ -158,15 +158,7 @@ fi
 
 if [[ " $PHASES " == *" relay "* ]]; then
   start_uas -rtp_echo -mp 26000
-  head -c 8000 /dev/zero | tr '\0' '\377' >"$WORK/silence.pcmu"
-  python3 - "$HERE/sipp/uac-call.xml" "$WORK/uac-call-rtp.xml" "$WORK/silence.pcmu" <<'EOF'
-import sys
-source, target, audio = sys.argv[1:]
-text = open(source).read()
-bye = text.rindex('<send retrans="500">')
-media = f'<nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>\n  <pause/>\n\n  '
-open(target, "w").write(text[:bye] + media + text[bye:])
-EOF
+  write_rtp_caller
   hold=$((SECS + 15))
   timeout $((hold + 60)) sipp "$SBC" -sf "$WORK/uac-call-rtp.xml" -inf "$WORK/callers.csv" \
     -key domain "$DOMAIN" -key callee "$CALLEE" -i 127.0.0.1 -p "$SIPP_PORT" -mp 27000 \
