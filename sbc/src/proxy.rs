@@ -635,8 +635,8 @@ impl<M: MediaAnchor> Proxy<M> {
         let Some(method) = request.method().cloned() else {
             return Vec::new();
         };
-        // What a refusal copies, taken before the request changes: a copy
-        // of the whole request was most of the cost of forwarding it.
+        // What a refusal copies, taken before the request changes (not a
+        // copy of the whole request).
         let answerable = request.headers.for_response();
         let refuse = |status: u16| {
             if method == Method::Ack {

@@ -265,12 +265,13 @@ const TRANSPORT_ATTRIBUTES: &[&str] = &[
 
 /// Re-addresses a session description to media anchored at `ours`: its
 /// first audio stream is received at `ours` (address and port; our RTCP is
-/// the port above), the origin names our address (so the author's is not
-/// shown past the anchor), everything else of the stream (codecs, telephone-event,
-/// direction, rtcp-mux) is kept, and other streams are declined with port
-/// 0, since only audio is relayed. An address of 0.0.0.0 (old-style hold)
-/// and a port of 0 (a declined stream) keep their meaning. Returns the new
-/// body and the author's own audio stream, where the anchor sends to.
+/// the port above), the origin and every stream's `c=` name our address
+/// (so the author's is not shown past the anchor), ICE and `a=rtcp` lines
+/// go, everything else (codecs, telephone-event, direction, rtcp-mux) is
+/// kept as written, and other streams are declined with port 0, since only
+/// audio is relayed. An address of 0.0.0.0 (old-style hold) and a port of
+/// 0 (a declined stream) keep their meaning. Returns the new body and the
+/// author's own audio stream, where the anchor sends to.
 pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStream), SdpError> {
     // Parsed to check it and to read the author's stream; rewritten line
     // by line, since re-serialising the parsed description cost more than
