@@ -3,7 +3,7 @@
 use rand::Rng;
 
 use super::headers::Headers;
-use super::syntax::{parse_name_addr, Uri, Via};
+use super::syntax::{parse_name_addr, via_transport, Uri, Via};
 use super::{Method, SipMessage, StartLine, SIP_2_0};
 
 /// The RFC 3261 §17.2.3 magic cookie that starts every branch we generate.
@@ -173,8 +173,8 @@ impl RequestBuilder {
     /// Adds a Via with a fresh branch (and `rport`, RFC 3581).
     pub fn via(mut self, transport: &str, host: &str, port: Option<u16>) -> Self {
         let via = Via {
-            protocol: SIP_2_0.to_string(),
-            transport: transport.to_ascii_uppercase(),
+            protocol: SIP_2_0.into(),
+            transport: via_transport(transport),
             host: host.to_string(),
             port,
             params: vec![

@@ -3,6 +3,7 @@
 //! LWS is allowed around every separator because RFC 3261 permits it and
 //! RFC 4475 `wsinv` exercises it.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a header value could not be parsed; the text names the problem.
@@ -517,13 +518,23 @@ pub fn parse_name_addr(value: &str) -> Result<NameAddr, SyntaxError> {
 /// One Via value: `SIP/2.0/UDP host:port;params`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
-    /// Protocol name and version, e.g. `SIP/2.0`.
-    pub protocol: String,
+    /// Protocol name and version, e.g. `SIP/2.0`. The usual values are not
+    /// copied: every message has Vias, and a proxy parses them all.
+    pub protocol: Cow<'static, str>,
     /// Transport as written upper-cased (UDP, TCP, TLS, SCTP, WS, WSS or any token).
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     pub host: String,
     pub port: Option<u16>,
     pub params: Vec<Param>,
+}
+
+/// A Via transport upper-cased, the known ones without a copy.
+pub(crate) fn via_transport(name: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 6] = ["UDP", "TCP", "TLS", "SCTP", "WS", "WSS"];
+    match KNOWN.iter().find(|known| known.eq_ignore_ascii_case(name)) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_ascii_uppercase()),
+    }
 }
 
 impl Via {
@@ -583,15 +594,20 @@ pub fn parse_via(value: &str) -> Result<Via, SyntaxError> {
     if !cur.eat('/') {
         return err("Via: expected '/' after protocol version");
     }
-    let transport = cur.token()?.to_ascii_uppercase();
+    let transport = via_transport(cur.token()?);
     let (host, port) = parse_hostport(&mut cur)?;
     let params = parse_params(&mut cur)?;
     cur.skip_ws();
     if !cur.is_empty() {
         return err(format!("Via: unexpected '{}'", preview(cur.rest())));
     }
+    let protocol = if name.eq_ignore_ascii_case("SIP") && version == "2.0" {
+        Cow::Borrowed(super::SIP_2_0)
+    } else {
+        Cow::Owned(format!("{}/{}", name.to_ascii_uppercase(), version))
+    };
     Ok(Via {
-        protocol: format!("{}/{}", name.to_ascii_uppercase(), version),
+        protocol,
         transport,
         host,
         port,
