@@ -3,6 +3,7 @@
 //! direction), the answer we give with PCMU/PCMA and telephone-event, and
 //! the offers we make ourselves (anchored media, music on hold).
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
@@ -139,13 +140,17 @@ pub const G711: &[AudioCodec] = &[AudioCodec::Pcmu, AudioCodec::Pcma];
 /// The telephone-event payload type we offer.
 pub const TELEPHONE_EVENT_PT: u8 = 101;
 
-fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
-    let text = std::str::from_utf8(body).map_err(|e| SdpError::Syntax(e.to_string()))?;
+fn text_of(body: &[u8]) -> Result<&str, SdpError> {
+    std::str::from_utf8(body).map_err(|e| SdpError::Syntax(e.to_string()))
+}
+
+fn parse(text: &str) -> Result<SessionDescription, SdpError> {
     // The parser wants CRLF or LF line ends and a final line end.
-    let mut text = text.to_string();
-    if !text.ends_with('\n') {
-        text.push_str("\r\n");
-    }
+    let text: Cow<'_, str> = if text.ends_with('\n') {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(format!("{text}\r\n"))
+    };
     SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
         .map_err(|e| SdpError::Syntax(e.to_string()))
 }
@@ -168,7 +173,7 @@ fn direction_of(attributes: &[Attribute]) -> Option<Direction> {
 
 /// The first audio stream of an SDP body.
 pub fn audio_stream(body: &[u8]) -> Result<AudioStream, SdpError> {
-    audio_stream_of(&parse(body)?)
+    audio_stream_of(&parse(text_of(body)?)?)
 }
 
 fn audio_stream_of(session: &SessionDescription) -> Result<AudioStream, SdpError> {
@@ -276,8 +281,8 @@ pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStre
     // Parsed to check it and to read the author's stream; rewritten line
     // by line, since re-serialising the parsed description cost more than
     // parsing it and changed what we do not own.
-    let theirs = audio_stream_of(&parse(body)?)?;
-    let text = std::str::from_utf8(body).map_err(|e| SdpError::Syntax(e.to_string()))?;
+    let text = text_of(body)?;
+    let theirs = audio_stream_of(&parse(text)?)?;
     let ip = if theirs.rtp.ip().is_unspecified() {
         theirs.rtp.ip()
     } else {
@@ -297,19 +302,19 @@ pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStre
                     address_type(ours.ip()),
                     ours.ip()
                 ),
-                None => write!(anchored, "{line}"),
+                None => anchored.write_str(line),
             },
             // Every stream's (a declined one's address means nothing).
             "c=" => write!(anchored, "c=IN {} {ip}", address_type(ip)),
             "m=" => {
+                // Media, port (replaced), and the rest as written.
                 let mut fields = value.splitn(3, ' ');
                 let media = fields.next().unwrap_or_default();
-                let _port = fields.next();
-                let rest = fields.next().unwrap_or_default();
+                let rest = fields.nth(1).unwrap_or_default();
                 let first_audio = media == "audio" && !audio_seen;
                 audio_seen |= first_audio;
                 match (first_audio, theirs.rtp.port()) {
-                    (true, 0) => write!(anchored, "{line}"),
+                    (true, 0) => anchored.write_str(line),
                     (true, _) => write!(anchored, "m={media} {} {rest}", ours.port()),
                     (false, _) => write!(anchored, "m={media} 0 {rest}"),
                 }
@@ -317,7 +322,7 @@ pub fn anchor_audio(body: &[u8], ours: SocketAddr) -> Result<(Vec<u8>, AudioStre
             "a=" if TRANSPORT_ATTRIBUTES.contains(&value.split(':').next().unwrap_or_default()) => {
                 continue
             }
-            _ => write!(anchored, "{line}"),
+            _ => anchored.write_str(line),
         };
         anchored.push_str("\r\n");
     }
