@@ -21,8 +21,10 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let config = args.resolve().context("configuration")?;
+    let media_threads = config.media_threads();
+    tracing::info!(threads = media_threads, "media runtime");
     let media = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.media_threads())
+        .worker_threads(media_threads)
         .thread_name("sbc-media")
         .enable_all()
         .build()
@@ -57,7 +59,6 @@ async fn run(config: SbcConfig, media: tokio::runtime::Handle) -> anyhow::Result
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
     }
-    tracing::info!(threads = config.media_threads(), "media runtime");
     let sbc = Sbc::start_with_media(&config, media)
         .await
         .context("starting the SBC")?;

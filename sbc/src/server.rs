@@ -145,8 +145,8 @@ impl Sbc {
     /// Starts signalling on the current runtime and the media relays and
     /// WebRTC gateways on `media`. The proxy handles every message in one
     /// task, so signalling needs one thread; on a runtime of its own it
-    /// never waits behind relay tasks, and the relays, on all cores of
-    /// theirs, are not interrupted by signalling work.
+    /// never waits behind relay tasks, and the relays, on threads of their
+    /// own, are not interrupted by signalling work.
     pub async fn start_with_media(config: &SbcConfig, media: Handle) -> Result<Sbc, SbcError> {
         let key = load_or_create_key(&config.data_dir)?;
         let public_host = config.public_host();

@@ -162,7 +162,6 @@ search() { # trial_function recover_function searches_left start max
   echo "$lo"
 }
 
-
 # $WORK/uac-call-rtp.xml: $HERE/sipp/uac-call.xml with G.711 silence
 # ($WORK/silence.pcmu, 1 s, looping) streamed from the answer until the
 # BYE, which comes after sipp's -d milliseconds.
