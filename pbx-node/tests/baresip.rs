@@ -36,21 +36,51 @@ struct Softphone {
 
 impl Softphone {
     /// A phone registered as `user` whose microphone plays a `tone_hz` sine.
+    ///
+    /// Its ports are picked free but bound only by baresip, so another
+    /// process may take one in between; baresip then says "Address already
+    /// in use" (for its SIP or console port) and the phone starts again on
+    /// other ports.
     async fn start(dir: &Path, user: &str, node: SocketAddr, tone_hz: f64) -> Softphone {
         std::fs::create_dir_all(dir).expect("config dir");
-        // baresip also binds TCP on the SIP port and TLS on the next one.
+        // ausine only runs at 48 kHz; a WAV at the G.711 rate needs no resampler.
+        let tone = dir.join("tone.wav");
+        write_tone(&tone, tone_hz);
+        std::fs::write(
+            dir.join("accounts"),
+            format!("<sip:{user}@{node};transport=udp>;auth_pass={SECRET};regint=300\n"),
+        )
+        .expect("accounts");
+        for _ in 0..5 {
+            let phone = Self::spawn(dir, &tone).await;
+            let output = phone.output();
+            if !output.contains("Address already in use") {
+                return phone;
+            }
+            eprintln!("baresip lost a port, starting again:\n{output}");
+        }
+        panic!("baresip found no free ports in five tries");
+    }
+
+    /// Starts baresip on freshly picked ports and waits until it is ready
+    /// (or has given up).
+    async fn spawn(dir: &Path, tone: &Path) -> Softphone {
+        // baresip binds UDP and TCP on the SIP port and TLS on the next one.
         let sip_port = loop {
             let candidate = free_udp_addr().port();
             if candidate < u16::MAX
+                && std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok()
                 && std::net::TcpListener::bind(("127.0.0.1", candidate + 1)).is_ok()
             {
                 break candidate;
             }
         };
-        let console = free_udp_addr();
-        // ausine only runs at 48 kHz; a WAV at the G.711 rate needs no resampler.
-        let tone = dir.join("tone.wav");
-        write_tone(&tone, tone_hz);
+        let console = loop {
+            let candidate = free_udp_addr();
+            if candidate.port() != sip_port {
+                break candidate;
+            }
+        };
         let config = format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\n\
              module_path /usr/lib/baresip/modules\n\
@@ -62,11 +92,6 @@ impl Softphone {
             dir = dir.display()
         );
         std::fs::write(dir.join("config"), config).expect("config");
-        std::fs::write(
-            dir.join("accounts"),
-            format!("<sip:{user}@{node};transport=udp>;auth_pass={SECRET};regint=300\n"),
-        )
-        .expect("accounts");
         let log = dir.join("baresip.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new("baresip")
@@ -80,11 +105,22 @@ impl Softphone {
             .kill_on_drop(true)
             .spawn()
             .expect("baresip must be installed (Debian package baresip-core)");
-        Softphone {
+        let mut phone = Softphone {
             child,
             log,
             console,
+        };
+        for _ in 0..100 {
+            let output = phone.output();
+            if output.contains("baresip is ready.") || output.contains("ua: init failed") {
+                break;
+            }
+            if let Ok(Some(_)) = phone.child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        phone
     }
 
     /// What the phone decoded from its calls: the sndfile module's dumps
@@ -431,25 +467,44 @@ async fn held_party_hears_music_until_the_call_is_resumed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(node.sip.b2bua.music_listeners(), 0, "music stops on resume");
-    caller.command("/hangup").await;
-    callee.wait_for("session closed", &phones).await;
     // baresip logs each change of the stream it receives: the music's
     // stream from the node's music port while held, then the caller's
     // stream again after the resume. (Its sndfile dump stops at the first
     // stream update, so the audio itself is judged in the unit tests.)
     let music_port = node.sip.b2bua.music_port().expect("music on hold runs");
-    let output = callee.output();
     let music_from = format!(":{music_port})");
-    let music_at = output
-        .lines()
-        .position(|l| {
-            l.contains("SSRC changed") && l.contains("160 bytes") && l.contains(&music_from)
-        })
-        .unwrap_or_else(|| panic!("no G.711 frames from the music port {music_port}:\n{output}"));
-    let back = output
-        .lines()
-        .skip(music_at + 1)
-        .any(|l| l.contains("SSRC changed") && !l.contains(&music_from));
+    let stream_changes = |output: &str| -> (Option<usize>, bool) {
+        let changes: Vec<&str> = output
+            .lines()
+            .filter(|l| l.contains("SSRC changed"))
+            .collect();
+        let music_at = changes
+            .iter()
+            .position(|l| l.contains("160 bytes") && l.contains(&music_from));
+        let back = music_at.is_some_and(|at| {
+            changes
+                .iter()
+                .skip(at + 1)
+                .any(|l| !l.contains(&music_from))
+        });
+        (music_at, back)
+    };
+    // The caller's stream may take a moment to reach the callee again on
+    // a loaded machine; the call stays up until it has.
+    for _ in 0..50 {
+        if stream_changes(&callee.output()).1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caller.command("/hangup").await;
+    callee.wait_for("session closed", &phones).await;
+    let output = callee.output();
+    let (music_at, back) = stream_changes(&output);
+    assert!(
+        music_at.is_some(),
+        "no G.711 frames from the music port {music_port}:\n{output}"
+    );
     assert!(
         back,
         "the caller's stream comes back after the resume:\n{output}"
