@@ -197,20 +197,30 @@ fn check_request(msg: &SipMessage, policy: &Policy) -> Result<(), Rejection> {
             format!("{} is not supported", msg.version()),
         ));
     }
-    let vias = msg.vias().map_err(bad_header)?;
-    let top_via = vias
-        .first()
-        .ok_or_else(|| bad_header(HeaderError::Missing("Via")))?;
+    // A proxy checks only what it reads, the top Via among the Vias, and
+    // passes the rest on unchanged for the next hop to judge (RFC 3261
+    // §16.3 step 1): From, To and Contact are the endpoint's to check.
+    let top_via = match policy.role {
+        Role::Endpoint => msg
+            .vias()
+            .map_err(bad_header)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad_header(HeaderError::Missing("Via")))?,
+        Role::Proxy => msg.top_via().map_err(bad_header)?,
+    };
     if top_via.protocol != SIP_2_0 {
         return Err(rejection(505, format!("Via names {}", top_via.protocol)));
     }
     msg.call_id().map_err(bad_header)?;
-    msg.from().map_err(bad_header)?;
-    msg.to().map_err(bad_header)?;
     let cseq = msg.cseq().map_err(bad_header)?;
     // Max-Forwards may be absent for RFC 2543 peers (RFC 4475 `inv2543`).
     let max_forwards = msg.max_forwards().map_err(bad_header)?;
-    msg.contacts().map_err(bad_header)?;
+    if policy.role == Role::Endpoint {
+        msg.from().map_err(bad_header)?;
+        msg.to().map_err(bad_header)?;
+        msg.contacts().map_err(bad_header)?;
+    }
 
     if policy.role == Role::Endpoint && !policy.allowed_methods.contains(method) {
         let allow = policy
@@ -315,22 +325,36 @@ fn check_response(msg: &SipMessage, policy: &Policy) -> Result<(), String> {
     if msg.version() != SIP_2_0 {
         return Err(format!("{} is not supported", msg.version()));
     }
-    let vias = msg.vias().map_err(|e| e.to_string())?;
     msg.call_id().map_err(|e| e.to_string())?;
-    msg.from().map_err(|e| e.to_string())?;
-    msg.to().map_err(|e| e.to_string())?;
     msg.cseq().map_err(|e| e.to_string())?;
     match policy.role {
-        // RFC 3261 §8.1.3.3: a UAC discards responses with more than one Via.
-        Role::Endpoint if vias.len() != 1 => Err(format!(
-            "response has {} Via values, expected 1",
-            vias.len()
-        )),
-        // RFC 4475 `bcast`: never forward to a broadcast address.
-        Role::Proxy if vias.get(1).is_some_and(|v| v.host == "255.255.255.255") => {
-            Err("next Via is the broadcast address".into())
+        Role::Endpoint => {
+            let vias = msg.vias().map_err(|e| e.to_string())?;
+            msg.from().map_err(|e| e.to_string())?;
+            msg.to().map_err(|e| e.to_string())?;
+            // RFC 3261 §8.1.3.3: a UAC discards responses with more than one Via.
+            if vias.len() != 1 {
+                return Err(format!(
+                    "response has {} Via values, expected 1",
+                    vias.len()
+                ));
+            }
+            Ok(())
         }
-        _ => Ok(()),
+        // A proxy reads its own Via and the one it forwards to (RFC 3261
+        // §16.7), nothing below them (§16.3 step 1, as for requests).
+        Role::Proxy => {
+            let mut vias = msg.via_iter();
+            let ours = vias.next().unwrap_or(Err(HeaderError::Missing("Via")));
+            ours.map_err(|e| e.to_string())?;
+            match vias.next().transpose().map_err(|e| e.to_string())? {
+                // RFC 4475 `bcast`: never forward to a broadcast address.
+                Some(next) if next.host == "255.255.255.255" => {
+                    Err("next Via is the broadcast address".into())
+                }
+                _ => Ok(()),
+            }
+        }
     }
 }
 
@@ -406,6 +430,50 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
         };
         assert_eq!(r.headers.get("Unsupported"), Some("foo"));
         assert_eq!(status_of(&require, &Policy::proxy()), None);
+    }
+
+    #[test]
+    fn a_proxy_judges_only_what_it_reads() {
+        // A lower Via, From, To and Contact are the next hop's to judge.
+        let below = REQ
+            .replace(
+                "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n",
+                "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP ;;\r\n",
+            )
+            .replace("<sip:b@example.com>;tag=1", "Bell, Alexander <sip:b@x>")
+            .replace("Max-Forwards: 70", "Max-Forwards: 70\r\nContact: <sip:c@x");
+        assert_eq!(status_of(&below, &Policy::endpoint()), Some(400));
+        assert_eq!(status_of(&below, &Policy::proxy()), None);
+        // What it reads is still checked: the top Via, Call-ID, CSeq.
+        let top = REQ.replace("SIP/2.0/UDP h;", "SIP/2.0/UDP ;");
+        assert_eq!(status_of(&top, &Policy::proxy()), Some(400));
+        let cseq = REQ.replace("CSeq: 1 OPTIONS", "CSeq: one OPTIONS");
+        assert_eq!(status_of(&cseq, &Policy::proxy()), Some(400));
+
+        let response = |vias: &str| {
+            format!(
+                "SIP/2.0 200 OK\r\n{vias}From: <sip:b@example.com>;tag=1\r\n\
+                 To: <sip:a@example.com>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )
+        };
+        let accepted = |text: &str| {
+            matches!(
+                classify_datagram(text.as_bytes(), &Policy::proxy()),
+                Inbound::Accept(_)
+            )
+        };
+        let ours = "Via: SIP/2.0/UDP p;branch=z9hG4bK2\r\n";
+        let next = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n";
+        assert!(accepted(&response(&format!(
+            "{ours}{next}Via: SIP/2.0/UDP ;;\r\n"
+        ))));
+        assert!(!accepted(&response(&format!(
+            "{ours}Via: SIP/2.0/UDP ;;\r\n"
+        ))));
+        assert!(!accepted(&response(&format!(
+            "{ours}Via: SIP/2.0/UDP 255.255.255.255;branch=z9hG4bK1\r\n"
+        ))));
     }
 
     #[test]

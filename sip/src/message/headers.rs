@@ -253,19 +253,9 @@ impl Headers {
         self.list_elements(name, parse).collect()
     }
 
-    /// The first element of a list header, parsing none of the others
-    /// (a proxy reads the top Via of every message it passes on).
-    pub(crate) fn parse_first<T>(
-        &self,
-        name: &'static str,
-        parse: impl Fn(&str) -> Result<T, SyntaxError>,
-    ) -> Result<T, HeaderError> {
-        self.list_elements(name, parse)
-            .next()
-            .unwrap_or(Err(HeaderError::Missing(name)))
-    }
-
-    fn list_elements<'a, T>(
+    /// The elements of a list header, each parsed only when reached (a
+    /// proxy reads the top Via of every message it passes on, and no more).
+    pub(crate) fn list_elements<'a, T>(
         &'a self,
         name: &'static str,
         parse: impl Fn(&str) -> Result<T, SyntaxError> + 'a,

@@ -251,7 +251,14 @@ impl SipMessage {
     }
 
     pub fn top_via(&self) -> Result<Via, HeaderError> {
-        self.headers.parse_first("Via", syntax::parse_via)
+        self.via_iter()
+            .next()
+            .unwrap_or(Err(HeaderError::Missing("Via")))
+    }
+
+    /// The Via values topmost first, each parsed only when reached.
+    pub fn via_iter(&self) -> impl Iterator<Item = Result<Via, HeaderError>> + '_ {
+        self.headers.list_elements("Via", syntax::parse_via)
     }
 
     pub fn from(&self) -> Result<NameAddr, HeaderError> {
