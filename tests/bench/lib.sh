@@ -197,3 +197,22 @@ start_single_node() { # demo_range
   PIDS+=("$NODE_PID")
   wait_for_line "$WORK/node.log" '^ready ' 120 "$NODE_PID"
 }
+
+# Starts Kamailio with config $1 on 127.0.0.1:$2 (UDP), foreground, the
+# other arguments passed on (-A defines); sets KAM_PID and KAM (its
+# address). Its work is done by the children it forks: kam_pids lists
+# them all, for wait_idle and cpu_ticks.
+start_kamailio() { # cfg port [kamailio args...]
+  local cfg=$1 port=$2 modules
+  shift 2
+  modules=$(dirname "$(find /usr/lib -name tm.so -path '*kamailio*' | head -n1)")
+  mkdir -p "$WORK/kamailio-run"
+  kamailio -DD -E -f "$cfg" -L "$modules" -l "udp:127.0.0.1:$port" \
+    -Y "$WORK/kamailio-run" -m 2048 -M 32 "$@" </dev/null >"$WORK/kamailio.log" 2>&1 &
+  KAM_PID=$!
+  PIDS+=("$KAM_PID")
+  KAM=127.0.0.1:$port
+  sleep 2
+  kill -0 "$KAM_PID" 2>/dev/null || { cat "$WORK/kamailio.log" >&2; return 1; }
+}
+kam_pids() { echo "$KAM_PID" $(pgrep -P "$KAM_PID"); }

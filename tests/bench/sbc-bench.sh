@@ -11,6 +11,11 @@
 #                                media and hides the node)
 #   register_per_sec_direct,     REGISTER/s (digest, fresh AORs) the same way
 #   register_per_sec_via_sbc
+#   cps_via_kamailio,            the reference: the same two rates through
+#   register_per_sec_via_kamailio  Kamailio in front of the same node
+#                                (kamailio-edge.cfg: Path, Record-Route; no
+#                                media relay, no topology hiding), as the
+#                                SBC's peer on the same machine and run
 #   relay_calls_per_core         calls with G.711 RTP both ways (sipp streams
 #                                50 packets/s, the callee echoes them) held
 #                                through the SBC, divided by the cores the
@@ -24,7 +29,7 @@
 #   rss_kib_per_wss_conn         idle TLS connections, then 10,000 idle WSS
 #                                ones (hold-connections.py; CRLF keepalives)
 # Progress goes to stderr; the last line on stdout is one JSON object.
-# Time: at most about 15 minutes after the release build.
+# Time: at most about 20 minutes after the release build.
 #
 # Env: BENCH_TRIAL_SECS (5), BENCH_RELAY_CALLS (200), BENCH_CONNS (10000),
 # BENCH_KEEP=1 keeps the work dir with every log, BENCH_SKIP_BUILD=1 runs
@@ -66,6 +71,7 @@ SBC_INSIDE=15180
 SBC_HTTP=19191
 SIPP_PORT=16101
 UAS_PORT=16110
+KAM_SIP=15170
 
 WORK=$(mktemp -d /tmp/sbc-bench.XXXXXX)
 
@@ -77,6 +83,7 @@ WORK=$(mktemp -d /tmp/sbc-bench.XXXXXX)
 # --- prerequisites ---------------------------------------------------------------
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
@@ -102,8 +109,8 @@ else
   fi
 fi
 BUILD_SECS=$(($(date +%s) - START_TIME))
-DEADLINE=$(($(date +%s) + 14 * 60))
-(sleep $((15 * 60)) && log "15 minutes of measurement reached, stopping" && kill -TERM $$) 2>/dev/null &
+DEADLINE=$(($(date +%s) + 19 * 60))
+(sleep $((20 * 60)) && log "20 minutes of measurement reached, stopping" && kill -TERM $$) 2>/dev/null &
 WATCHDOG=$!
 PIDS+=("$WATCHDOG")
 
@@ -269,7 +276,7 @@ write_users $CALLER_FIRST $((CALLER_FIRST + 9)) -DEMO "$WORK/probe.csv"
 recover_via() { # target
   local i ok
   for i in 1 2 3; do
-    wait_idle "$NODE_PID" "$SBC_PID"
+    wait_idle "$NODE_PID" "$SBC_PID" ${KAM_PID:+$(kam_pids)}
     read -r ok _ _ <<<"$(SIPP_LIMIT=10 run_sipp "health-$RANDOM" "$1" register.xml \
       "$WORK/probe.csv" 10 10 -key contact_port 5060 -key expires 3600)"
     [ "$ok" = 10 ] && return 0
@@ -280,6 +287,11 @@ recover_via() { # target
 }
 recover_direct() { recover_via "$NODE"; }
 recover_sbc() { recover_via "$SBC"; }
+recover_kamailio() { recover_via "$KAM"; }
+
+log "starting Kamailio (kamailio-edge.cfg) on 127.0.0.1:$KAM_SIP in front of the pbx-node"
+KAM_PID=""
+start_kamailio "$HERE/kamailio-edge.cfg" "$KAM_SIP" -A "NODE_URI=\"sip:$NODE\"" || exit 1
 
 # --- registration rate --------------------------------------------------------------
 REG_NEXT=$REG_FIRST
@@ -305,12 +317,16 @@ reg_trial() { # target label rate
 }
 reg_direct() { reg_trial "$NODE" direct "$1"; }
 reg_sbc() { reg_trial "$SBC" via-sbc "$1"; }
+reg_kamailio() { reg_trial "$KAM" via-kamailio "$1"; }
 log "REGISTER rate, straight to the pbx-node"
-REGISTER_DIRECT=$(search reg_direct recover_direct 5 100 20000)
+REGISTER_DIRECT=$(search reg_direct recover_direct 6 100 20000)
 log "register_per_sec_direct=$REGISTER_DIRECT"
 log "REGISTER rate through the SBC"
-REGISTER_SBC=$(search reg_sbc recover_sbc 4 100 20000)
+REGISTER_SBC=$(search reg_sbc recover_sbc 5 100 20000)
 log "register_per_sec_via_sbc=$REGISTER_SBC"
+log "REGISTER rate through Kamailio"
+REGISTER_KAM=$(search reg_kamailio recover_kamailio 4 100 20000)
+log "register_per_sec_via_kamailio=$REGISTER_KAM"
 
 # --- call rate ------------------------------------------------------------------------
 call_trial() { # target label rate
@@ -323,6 +339,7 @@ call_trial() { # target label rate
 }
 call_direct() { call_trial "$NODE" direct "$1"; }
 call_sbc() { call_trial "$SBC" via-sbc "$1"; }
+call_kamailio() { call_trial "$KAM" via-kamailio "$1"; }
 CPS_DIRECT=null
 CPS_SBC=null
 if start_callee "$NODE" direct; then
@@ -339,10 +356,19 @@ if start_callee "$SBC" via-sbc; then
 else
   log "the callee could not register through the SBC: no call figure"
 fi
+CPS_KAM=null
+if start_callee "$KAM" via-kamailio; then
+  log "call rate through Kamailio"
+  CPS_KAM=$(search call_kamailio recover_kamailio 1 50 10000)
+  log "cps_via_kamailio=$CPS_KAM"
+else
+  log "the callee could not register through Kamailio: no reference call figure"
+fi
 
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
 MACHINE+=" $(. /etc/os-release && echo "$PRETTY_NAME"); trials ${TRIAL_SECS}s; one pbx-node;"
+MACHINE+=" kamailio $(kamailio -v | awk 'NR==1 {print $3}');"
 MACHINE+=" load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);"
 MACHINE+=" build ${BUILD_SECS} s, total $(($(date +%s) - START_TIME)) s"
-printf '{"cps_via_sbc": %s, "cps_direct": %s, "register_per_sec_via_sbc": %s, "register_per_sec_direct": %s, "relay_calls_per_core": %s, "rss_kib_per_tls_conn": %s, "rss_kib_per_wss_conn": %s, "machine": "%s"}\n' \
-  "$CPS_SBC" "$CPS_DIRECT" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$MACHINE"
+printf '{"cps_via_sbc": %s, "cps_direct": %s, "register_per_sec_via_sbc": %s, "register_per_sec_direct": %s, "relay_calls_per_core": %s, "rss_kib_per_tls_conn": %s, "rss_kib_per_wss_conn": %s, "cps_via_kamailio": %s, "register_per_sec_via_kamailio": %s, "machine": "%s"}\n' \
+  "$CPS_SBC" "$CPS_DIRECT" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$CPS_KAM" "$REGISTER_KAM" "$MACHINE"

@@ -81,7 +81,6 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
 fi
-KAM_MODULES=$(dirname "$(find /usr/lib -name registrar.so -path '*kamailio*' | head -n1)")
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x "$BIN" ]; then
   log "using the pbx-node built $(date -r "$BIN" '+%F %T') (BENCH_SKIP_BUILD=1)"
@@ -281,15 +280,8 @@ for id in 1 2 3; do wait "${NODE_PID[$id]}" 2>/dev/null || true; done
 
 # --- Kamailio ----------------------------------------------------------------------
 log "starting Kamailio (in-memory registrar, stateful proxy) on 127.0.0.1:$KAM_SIP"
-mkdir -p "$WORK/kamailio-run"
-kamailio -DD -E -f "$HERE/kamailio.cfg" -L "$KAM_MODULES" -l "udp:127.0.0.1:$KAM_SIP" \
-  -Y "$WORK/kamailio-run" -m 2048 -M 32 </dev/null >"$WORK/kamailio.log" 2>&1 &
-KAM_PID=$!
-PIDS+=("$KAM_PID")
-KAM=127.0.0.1:$KAM_SIP
-kam_recover() { wait_idle "$KAM_PID" $(pgrep -P "$KAM_PID"); }
-sleep 2
-kill -0 "$KAM_PID" 2>/dev/null || { cat "$WORK/kamailio.log" >&2; exit 1; }
+start_kamailio "$HERE/kamailio.cfg" "$KAM_SIP" || exit 1
+kam_recover() { wait_idle $(kam_pids); }
 
 # Kamailio registers anyone with the password: every trial takes numbers
 # never used before.
