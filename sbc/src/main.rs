@@ -5,9 +5,9 @@ use sbc::{Args, Sbc, SbcConfig};
 // jemalloc, as in pbx-node, not glibc malloc: every SIP message is a few
 // dozen short-lived allocations, and jemalloc's thread caches make them
 // cheap. Measured in sbc-bench.sh, same machine: calls/s through the SBC
-// 1,700–2,000 → 2,600, relayed calls per core about 1,100 → 1,500, and an
-// idle TLS connection 20.4 → 11.8 KiB (glibc kept its handshake's freed
-// memory in the arena).
+// 1,700–2,000 → 2,300–2,600, relayed calls per core about 1,100 →
+// 1,200–1,500, and an idle TLS connection 20.4 → 11.8 KiB (glibc kept its
+// handshake's freed memory in the arena).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
