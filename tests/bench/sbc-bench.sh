@@ -340,30 +340,26 @@ call_trial() { # target label rate
 call_direct() { call_trial "$NODE" direct "$1"; }
 call_sbc() { call_trial "$SBC" via-sbc "$1"; }
 call_kamailio() { call_trial "$KAM" via-kamailio "$1"; }
-CPS_DIRECT=null
-CPS_SBC=null
-if start_callee "$NODE" direct; then
-  log "call rate, straight to the pbx-node"
-  CPS_DIRECT=$(search call_direct recover_direct 3 50 10000)
-  log "cps_direct=$CPS_DIRECT"
-else
-  log "the callee could not register to the pbx-node: no direct call figure"
-fi
-if start_callee "$SBC" via-sbc; then
-  log "call rate through the SBC"
-  CPS_SBC=$(search call_sbc recover_sbc 2 50 10000)
-  log "cps_via_sbc=$CPS_SBC"
-else
-  log "the callee could not register through the SBC: no call figure"
-fi
-CPS_KAM=null
-if start_callee "$KAM" via-kamailio; then
-  log "call rate through Kamailio"
-  CPS_KAM=$(search call_kamailio recover_kamailio 1 50 10000)
-  log "cps_via_kamailio=$CPS_KAM"
-else
-  log "the callee could not register through Kamailio: no reference call figure"
-fi
+# Calls/s through `target` into CALL_RATE (null when the callee cannot
+# register there): the callee registers through it, then the search. Not
+# in a $(...) subshell: start_callee records the UAS for the cleanup.
+measure_calls() { # target label trial recover searches_left what
+  local target=$1 label=$2 trial=$3 recover=$4 searches_left=$5 what=$6
+  CALL_RATE=null
+  if ! start_callee "$target" "$label"; then
+    log "the callee could not register $what: no call figure"
+    return
+  fi
+  log "call rate $what"
+  CALL_RATE=$(search "$trial" "$recover" "$searches_left" 50 10000)
+  log "calls/s $what: $CALL_RATE"
+}
+measure_calls "$NODE" direct call_direct recover_direct 3 "straight to the pbx-node"
+CPS_DIRECT=$CALL_RATE
+measure_calls "$SBC" via-sbc call_sbc recover_sbc 2 "through the SBC"
+CPS_SBC=$CALL_RATE
+measure_calls "$KAM" via-kamailio call_kamailio recover_kamailio 1 "through Kamailio"
+CPS_KAM=$CALL_RATE
 
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
 MACHINE+=" $(. /etc/os-release && echo "$PRETTY_NAME"); trials ${TRIAL_SECS}s; one pbx-node;"
