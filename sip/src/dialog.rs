@@ -232,10 +232,7 @@ mod tests {
         let mut resp = request.response(status);
         resp.headers.set("To", "<sip:bob@example.com>;tag=b1");
         resp.headers.push("Contact", "<sip:bob@192.0.2.2:5070>");
-        resp.headers.push(
-            "Record-Route",
-            "<sip:p1.example.com;lr>, <sip:p2.example.com;lr>",
-        );
+        // The request's Record-Route is copied by `response` (§12.1.1).
         resp.headers.push("RSeq", "7");
         resp
     }

@@ -91,13 +91,22 @@ pub fn response_from_headers(request_headers: &Headers, status: u16, reason: &st
 
 /// A response whose To keeps the request's tag, if any, and gets none otherwise.
 fn untagged_response(request_headers: &Headers, status: u16, reason: &str) -> SipMessage {
+    let mut headers = request_headers.for_response();
+    // RFC 3261 §12.1.1: a response that may establish a dialog carries the
+    // request's Record-Route, in order, so that the caller's in-dialog
+    // requests (ACK, BYE) pass the proxies that asked to stay in the path.
+    if (101..300).contains(&status) {
+        for value in request_headers.get_all("Record-Route") {
+            headers.push("Record-Route", value);
+        }
+    }
     SipMessage {
         start: StartLine::Response {
             version: SIP_2_0.to_string(),
             status,
             reason: reason.to_string(),
         },
-        headers: request_headers.for_response(),
+        headers,
         body: Vec::new(),
     }
 }
@@ -263,6 +272,34 @@ mod tests {
             .cseq(7)
             .body("application/sdp", b"v=0\r\n".to_vec())
             .build()
+    }
+
+    #[test]
+    fn provisional_and_success_responses_carry_the_record_route() {
+        let mut req = request();
+        req.headers.push("Record-Route", "<sip:p1.example.com;lr>");
+        req.headers
+            .push("Record-Route", "<sip:p2.example.com;lr;ftag=a1>");
+        let copied = |status| {
+            let response = parse_datagram(&req.response(status).to_bytes()).unwrap();
+            response
+                .record_routes()
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        let both = ["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr;ftag=a1>"];
+        assert_eq!(copied(180), both);
+        assert_eq!(copied(200), both);
+        // 100 is hop by hop; a failure establishes no dialog.
+        assert!(copied(100).is_empty());
+        assert!(copied(486).is_empty());
+        assert!(request()
+            .response(200)
+            .headers
+            .get("Record-Route")
+            .is_none());
     }
 
     #[test]
