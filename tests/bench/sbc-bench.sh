@@ -287,11 +287,30 @@ recover_via() { # target
 }
 recover_direct() { recover_via "$NODE"; }
 recover_sbc() { recover_via "$SBC"; }
-recover_kamailio() { recover_via "$KAM"; }
+start_edge_kamailio() {
+  start_kamailio "$HERE/kamailio-edge.cfg" "$KAM_SIP" -A "NODE_URI=\"sip:$NODE\""
+}
+# Kamailio after an overloaded trial: its transactions (fr_inv_timer 120 s)
+# kept it busy for minutes, failing every later trial, so it is started
+# afresh. It holds nothing the node needs (bindings carry its Path), and
+# the restart favours the peer: the SBC gets no such help.
+recover_kamailio() {
+  local pids
+  pids=$(kam_pids)
+  kill $pids 2>/dev/null || true
+  wait "$KAM_PID" 2>/dev/null || true
+  # Its children let go of the port after the main process has gone.
+  for _ in $(seq 50); do
+    kill -0 $pids 2>/dev/null || break
+    sleep 0.1
+  done
+  start_edge_kamailio || return 1
+  recover_via "$KAM"
+}
 
 log "starting Kamailio (kamailio-edge.cfg) on 127.0.0.1:$KAM_SIP in front of the pbx-node"
 KAM_PID=""
-start_kamailio "$HERE/kamailio-edge.cfg" "$KAM_SIP" -A "NODE_URI=\"sip:$NODE\"" || exit 1
+start_edge_kamailio || exit 1
 
 # --- registration rate --------------------------------------------------------------
 REG_NEXT=$REG_FIRST
