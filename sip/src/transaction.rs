@@ -12,12 +12,17 @@ use std::time::{Duration, Instant};
 
 use crate::message::{Headers, Method, SipMessage, StartLine, SIP_2_0};
 
-/// T1, T2 and T4 of RFC 3261 §17.1.1.1 / Table 4.
+/// T1, T2 and T4 of RFC 3261 §17.1.1.1 / Table 4, and how long an INVITE
+/// server waits for its TU before it sends 100 Trying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimerConfig {
     pub t1: Duration,
     pub t2: Duration,
     pub t4: Duration,
+    /// §17.2.1: the 100 is only owed when the TU will not answer within
+    /// 200 ms. A TU that challenges or rejects at once, or whose callee
+    /// rings quickly, saves the 100 and one datagram per hop.
+    pub trying: Duration,
 }
 
 impl Default for TimerConfig {
@@ -26,6 +31,7 @@ impl Default for TimerConfig {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
+            trying: Duration::from_millis(200),
         }
     }
 }
@@ -103,6 +109,9 @@ pub struct Transaction {
     end_at: Option<Instant>,
     /// The due time the layer has queued for this transaction.
     queued_at: Option<Instant>,
+    /// When an INVITE server sends the 100 Trying held in `last_sent`,
+    /// unless the TU answers first.
+    trying_at: Option<Instant>,
 }
 
 /// A message a transaction repeats when its peer retransmits (or Timer G
@@ -151,6 +160,7 @@ impl Transaction {
             timeout_at: Some(now + 64 * timers.t1),
             end_at: None,
             queued_at: None,
+            trying_at: None,
             last_sent: None,
             client_request: Some(request.clone()),
         };
@@ -158,11 +168,13 @@ impl Transaction {
     }
 
     /// Starts a server transaction for a new request and delivers it to the
-    /// TU; INVITE gets an immediate 100 Trying (§17.2.1).
+    /// TU. An INVITE gets a 100 Trying (§17.2.1) once `timers.trying` passes
+    /// without a response from the TU, or at once when it is retransmitted.
     pub fn server(
         request: SipMessage,
         reliable: bool,
         timers: TimerConfig,
+        now: Instant,
     ) -> Result<(Self, Vec<Action>), TransactionError> {
         if !request.is_request() {
             return Err(TransactionError::NotRequest);
@@ -185,17 +197,15 @@ impl Transaction {
             timeout_at: None,
             end_at: None,
             queued_at: None,
+            trying_at: None,
             last_sent: None,
             client_request: None,
         };
-        let mut actions = Vec::new();
         if invite {
-            let trying = request.response(100);
-            tx.last_sent = Some(Resend::Message(trying.clone()));
-            actions.push(Action::Send(trying));
+            tx.last_sent = Some(Resend::Message(request.response(100)));
+            tx.trying_at = Some(now + timers.trying);
         }
-        actions.push(Action::Deliver(request));
-        Ok((tx, actions))
+        Ok((tx, vec![Action::Deliver(request)]))
     }
 
     pub fn kind(&self) -> Kind {
@@ -212,6 +222,7 @@ impl Transaction {
             self.retransmit.map(|(at, _)| at),
             self.timeout_at,
             self.end_at,
+            self.trying_at,
         ]
         .into_iter()
         .flatten()
@@ -310,8 +321,10 @@ impl Transaction {
                 actions.push(Action::Deliver(request.clone()));
             }
             (Kind::ServerInvite, State::Accepted, false) => {}
-            // Retransmission: repeat the last response (none yet in Trying).
+            // Retransmission: repeat the last response (none yet in Trying;
+            // a held 100 Trying is due now).
             (_, State::Proceeding | State::Completed, false) => {
+                self.trying_at = None;
                 if let Some(last) = self.last_sent.as_ref().and_then(Resend::message) {
                     actions.push(Action::Send(last));
                 }
@@ -343,6 +356,7 @@ impl Transaction {
             _ if self.reliable => None,
             _ => Some(Resend::Wire(response.to_bytes())),
         };
+        self.trying_at = None;
         let mut actions = vec![Action::Send(response)];
         match (self.kind, status) {
             (_, 100..=199) => self.state = State::Proceeding,
@@ -373,6 +387,15 @@ impl Transaction {
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
+        if self.trying_at.is_some_and(|at| at <= now) {
+            self.trying_at = None;
+            actions.extend(
+                self.last_sent
+                    .as_ref()
+                    .and_then(Resend::message)
+                    .map(Action::Send),
+            );
+        }
         if self.timeout_at.is_some_and(|at| at <= now) {
             // Timer B, F or H.
             actions.push(Action::Timeout);
@@ -704,7 +727,7 @@ impl TransactionLayer {
         if !msg.is_request() || msg.method() == Some(&Method::Ack) {
             return vec![LayerEvent::Stray(msg)];
         }
-        match Transaction::server(msg, reliable, self.timers) {
+        match Transaction::server(msg, reliable, self.timers, now) {
             Ok((tx, actions)) => {
                 self.transactions.insert(key.clone(), tx);
                 self.apply(&key, actions)
@@ -976,11 +999,14 @@ mod tests {
         let t0 = Instant::now();
         let req = request(Method::Invite);
         let (mut tx, actions) =
-            Transaction::server(req.clone(), false, TimerConfig::default()).unwrap();
-        assert_eq!(sends(&actions), ["100"]);
-        assert!(matches!(actions.last(), Some(Action::Deliver(_))));
-        // A retransmitted INVITE is absorbed and the 100 repeated.
-        assert_eq!(sends(&tx.handle_message(req.clone(), t0)), ["100"]);
+            Transaction::server(req.clone(), false, TimerConfig::default(), t0).unwrap();
+        assert!(sends(&actions).is_empty(), "the 100 waits for the TU");
+        assert!(matches!(actions.as_slice(), [Action::Deliver(_)]));
+        // A retransmitted INVITE is absorbed and gets the held 100 at once,
+        // and then again on each retransmission.
+        assert_eq!(sends(&tx.handle_message(req.clone(), t0 + MS(50))), ["100"]);
+        assert_eq!(tx.poll_timeout(), None, "the 100 went out: no Trying timer");
+        assert_eq!(sends(&tx.handle_message(req.clone(), t0 + MS(60))), ["100"]);
         assert_eq!(
             sends(&tx.send_response(req.response(486), t0).unwrap()),
             ["486"]
@@ -1003,10 +1029,39 @@ mod tests {
     }
 
     #[test]
+    fn invite_server_sends_trying_only_for_a_slow_tu() {
+        let t0 = Instant::now();
+        let req = request(Method::Invite);
+        let timers = TimerConfig::default();
+        // A TU that is still routing after 200 ms: the 100 goes out then,
+        // and only once.
+        let (mut slow, _) = Transaction::server(req.clone(), false, timers, t0).unwrap();
+        assert_eq!(slow.poll_timeout(), Some(t0 + MS(200)));
+        assert!(slow.handle_timeout(t0 + MS(199)).is_empty());
+        assert_eq!(sends(&slow.handle_timeout(t0 + MS(200))), ["100"]);
+        assert_eq!(slow.poll_timeout(), None);
+        assert_eq!(
+            sends(&slow.send_response(req.response(180), t0 + MS(300)).unwrap()),
+            ["180"]
+        );
+        // A TU that challenges at once: the 407 is the only response, and
+        // no timer is left to send a late 100.
+        let (mut quick, _) = Transaction::server(req.clone(), false, timers, t0).unwrap();
+        let challenged = quick.send_response(req.response(407), t0 + MS(1)).unwrap();
+        assert_eq!(sends(&challenged), ["407"]);
+        let mut resent = Vec::new();
+        while let Some(due) = quick.poll_timeout().filter(|due| *due < t0 + MS(1000)) {
+            resent.extend(sends(&quick.handle_timeout(due)));
+        }
+        assert_eq!(resent, ["407"], "Timer G repeats the 407, never a 100");
+    }
+
+    #[test]
     fn invite_server_ack_confirms_and_timer_i_ends() {
         let t0 = Instant::now();
         let req = request(Method::Invite);
-        let (mut tx, _) = Transaction::server(req.clone(), false, TimerConfig::default()).unwrap();
+        let (mut tx, _) =
+            Transaction::server(req.clone(), false, TimerConfig::default(), t0).unwrap();
         tx.send_response(req.response(603), t0).unwrap();
         let ack = RequestBuilder::new(Method::Ack, "sip:bob@example.com".parse().unwrap()).build();
         assert!(tx.handle_message(ack.clone(), t0 + MS(10)).is_empty());
@@ -1028,7 +1083,8 @@ mod tests {
     fn invite_server_after_2xx_absorbs_retransmissions_until_timer_l() {
         let t0 = Instant::now();
         let req = request(Method::Invite);
-        let (mut tx, _) = Transaction::server(req.clone(), false, TimerConfig::default()).unwrap();
+        let (mut tx, _) =
+            Transaction::server(req.clone(), false, TimerConfig::default(), t0).unwrap();
         let sent = tx.send_response(req.response(200), t0).unwrap();
         assert_eq!(sends(&sent), ["200"]);
         assert_eq!(tx.state(), State::Accepted);
@@ -1056,7 +1112,7 @@ mod tests {
         let t0 = Instant::now();
         let req = request(Method::Options);
         let (mut tx, actions) =
-            Transaction::server(req.clone(), false, TimerConfig::default()).unwrap();
+            Transaction::server(req.clone(), false, TimerConfig::default(), t0).unwrap();
         assert!(
             sends(&actions).is_empty(),
             "no automatic 100 for non-INVITE"
@@ -1079,7 +1135,7 @@ mod tests {
             "Timer J = 64*T1"
         );
         let (mut reliable, _) =
-            Transaction::server(req.clone(), true, TimerConfig::default()).unwrap();
+            Transaction::server(req.clone(), true, TimerConfig::default(), t0).unwrap();
         let actions = reliable.send_response(req.response(200), t0).unwrap();
         assert_eq!(
             actions.last(),
@@ -1095,6 +1151,7 @@ mod tests {
             t1: MS(100),
             t2: MS(400),
             t4: MS(1000),
+            ..TimerConfig::default()
         };
         let (mut tx, _) = Transaction::client(request(Method::Options), false, timers, t0).unwrap();
         assert_eq!(
@@ -1197,8 +1254,11 @@ mod tests {
             panic!("{events:?}")
         };
         let key = key.clone();
+        assert_eq!(events.len(), 1, "no 100 before the TU had its 200 ms");
+        assert_eq!(layer.poll_timeout(), Some(t0 + MS(200)));
+        let trying = layer.handle_timeouts(t0 + MS(200));
         assert!(
-            matches!(events.first(), Some(LayerEvent::Send { message, .. }) if message.status() == Some(100))
+            matches!(trying.as_slice(), [LayerEvent::Send { message, .. }] if message.status() == Some(100))
         );
         // Retransmission: absorbed, 100 repeated, no new request for the TU.
         let again = layer.handle_incoming(invite.clone(), false, t0 + MS(500));
