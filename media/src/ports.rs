@@ -25,13 +25,16 @@ use std::time::{Duration, Instant};
 /// round trip of the BYE; a second is many round trips.
 pub const QUARANTINE: Duration = Duration::from_secs(1);
 
-/// At most this many pairs stay bound while unused (beyond, the oldest
-/// is closed and its port goes back to the range): it bounds the file
-/// descriptors an idle relay range holds, and the kernel memory stray
-/// datagrams queued on unread sockets can take. 4,096 pairs cover a
-/// second of quarantine at 1,000 calls/s through the SBC, where a call
-/// through a B2BUA is two relays of two pairs each.
-pub const MAX_IDLE_BOUND: usize = 4096;
+/// A pair given back bound and unused for this long is closed, and its
+/// port goes back to the range (looked at whenever a pair is leased or
+/// given back): once the call rate falls, the relay stops holding the
+/// descriptors it needed at its peak. Idle pairs are not capped by count:
+/// at R calls/s through the SBC, 4·R pairs wait out their quarantine at
+/// any moment (two relays of two pairs per B2BUA call), and a cap below
+/// that closes every pair before it is out of quarantine, so no socket is
+/// ever reused. The range bounds them, and the SBC budgets one descriptor
+/// per port of it anyway, since all of it can be in calls at once.
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -82,6 +85,25 @@ impl PoolState {
             .position(|p| p.ip == ip && p.rtcp.is_some() == with_rtcp)?;
         self.idle.remove(at)
     }
+
+    /// The idle pairs unused for [`IDLE_EXPIRY`], for the caller to close;
+    /// their ports go back to the range.
+    fn take_expired(&mut self, now: Instant) -> Vec<IdlePair> {
+        let mut expired = Vec::new();
+        // Given back in time order: the oldest are at the front.
+        while self
+            .idle
+            .front()
+            .is_some_and(|p| p.since + IDLE_EXPIRY <= now)
+        {
+            let Some(oldest) = self.idle.pop_front() else {
+                break;
+            };
+            self.free.push_back(oldest.port);
+            expired.push(oldest);
+        }
+        expired
+    }
 }
 
 /// The configured port range; cheap to clone.
@@ -120,7 +142,7 @@ impl PortLease {
 
     fn give_back_at(mut self, rtp: udp::Socket, rtcp: Option<udp::Socket>, now: Instant) {
         self.given_back = true;
-        let closed = {
+        let expired = {
             let mut state = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             state.idle.push_back(IdlePair {
                 port: self.rtp_port,
@@ -129,16 +151,10 @@ impl PortLease {
                 rtcp,
                 since: now,
             });
-            let closed = (state.idle.len() > MAX_IDLE_BOUND)
-                .then(|| state.idle.pop_front())
-                .flatten();
-            if let Some(closed) = &closed {
-                state.free.push_back(closed.port);
-            }
-            closed
+            state.take_expired(now)
         };
         // Closed outside the lock (deregistering and closing are syscalls).
-        drop(closed);
+        drop(expired);
     }
 }
 
@@ -229,14 +245,17 @@ impl PortPool {
         with_rtcp: bool,
         now: Instant,
     ) -> Result<(PortLease, udp::Socket, Option<udp::Socket>), PortError> {
-        let reused = {
+        let (reused, expired) = {
             let mut state = self.state();
+            let expired = state.take_expired(now);
             let ready = state.take_idle(ip, with_rtcp, now, false);
-            match state.free.is_empty() {
+            let reused = match state.free.is_empty() {
                 true => ready.or_else(|| state.take_idle(ip, with_rtcp, now, true)),
                 false => ready,
-            }
+            };
+            (reused, expired)
         };
+        drop(expired);
         if let Some(pair) = reused {
             return Ok(self.reuse(pair));
         }
@@ -393,6 +412,28 @@ mod tests {
             pool.lease_at(ip, true, t1),
             Err(PortError::Exhausted(4))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_pair_idle_past_its_expiry_is_closed_and_its_port_freed() {
+        let pool = PortPool::new(41402, 41405).unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let (lease, rtp, rtcp) = pool.lease_at(ip, true, t0).unwrap();
+        assert_eq!(lease.rtp_port, 41402);
+        lease.give_back_at(rtp, rtcp, t0);
+        // Still idle and bound just before the expiry: reused as it is.
+        let (early, rtp, rtcp) = pool.lease_at(ip, true, t0 + IDLE_EXPIRY / 2).unwrap();
+        assert_eq!(early.rtp_port, 41402);
+        let t1 = t0 + IDLE_EXPIRY / 2;
+        early.give_back_at(rtp, rtcp, t1);
+        // Unused for IDLE_EXPIRY: the next lease closes it first, so a
+        // fresh pair is bound and the old port is free for anyone.
+        let (fresh, _f1, _f2) = pool.lease_at(ip, true, t1 + IDLE_EXPIRY).unwrap();
+        assert_eq!(fresh.rtp_port, 41404);
+        std::net::UdpSocket::bind("127.0.0.1:41402").expect("the expired pair was closed");
+        std::net::UdpSocket::bind("127.0.0.1:41403").expect("with its RTCP socket");
+        assert_eq!(pool.in_use(), 1);
     }
 
     #[tokio::test]

@@ -32,21 +32,26 @@ const SEND_RETRY: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub struct Socket {
     inner: AsyncFd<std::net::UdpSocket>,
+    /// Fixed once bound. Kept because `getsockname` is no cheap call in a
+    /// multi-threaded process (the descriptor table is shared), and a media
+    /// relay asks for it for every call it sets up.
+    local: SocketAddr,
 }
 
 impl Socket {
     pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
         let socket = std::net::UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
         // SAFETY: the socket is owned by the `AsyncFd` from here on, so its
         // descriptor stays open, and the same, until the `AsyncFd` drops.
         let inner = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(Socket { inner })
+        Ok(Socket { inner, local })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        Ok(self.local)
     }
 
     /// A datagram, or `Pending` (with `cx` woken when one may be there).
