@@ -450,7 +450,7 @@ impl Driver {
             let actions = tokio::select! {
                 message = inbound.phone_udp.recv() => self.on_phone_message(message, &policy).await,
                 Some(message) = inbound.phone_streams.recv() => self.on_phone_message(message, &policy).await,
-                message = inbound.node_udp.recv() => self.on_node_message(message, &policy).await,
+                message = inbound.node_udp.recv() => self.on_node_message(message),
                 Some(call_id) = abandoned.recv() => {
                     tracing::warn!(%call_id, "media silent both ways for an hour: relay stopped");
                     crate::proxy::MediaAnchor::end(&mut self.proxy.media, &call_id);
@@ -506,7 +506,7 @@ impl Driver {
             // bounded, so timers and the other sources are not starved.
             for _ in 0..BATCH {
                 let actions = if let Some(message) = inbound.node_udp.try_recv() {
-                    self.on_node_message(message, &policy).await
+                    self.on_node_message(message)
                 } else if let Some(message) = inbound.phone_udp.try_recv() {
                     self.on_phone_message(message, &policy).await
                 } else if let Ok(message) = inbound.phone_streams.try_recv() {
@@ -562,15 +562,19 @@ impl Driver {
         }
     }
 
-    async fn on_node_message(&mut self, inbound: InboundMessage, policy: &Policy) -> Vec<Action> {
-        let (transport, source, verdict) = checked(inbound, policy);
-        match verdict {
-            Ok(message) => self.proxy.from_node(source, message, Instant::now()),
-            Err(Some(response)) => {
-                let _ = self.internal.send(transport, source, &response).await;
+    /// A message from the inside. It is not validated as a phone's is: a
+    /// node built it with the same SIP stack, from requests that the node
+    /// validated itself, and the proxy drops what lacks a field it reads.
+    /// Nothing from an address that is no configured node gets a reply.
+    fn on_node_message(&mut self, inbound: InboundMessage) -> Vec<Action> {
+        match inbound.parsed {
+            Ok(message) => self
+                .proxy
+                .from_node(inbound.source, message, Instant::now()),
+            Err(e) => {
+                tracing::debug!(source = %inbound.source, error = %e.kind, "unparsable message from the inside: dropped");
                 Vec::new()
             }
-            Err(None) => Vec::new(),
         }
     }
 
