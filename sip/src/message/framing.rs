@@ -75,42 +75,46 @@ fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Splits a header section into lines, joining continuation lines (those
-/// starting with SP or HTAB) onto the previous line with a single space.
-/// Only a folded line is copied: the headers copy each value anyway.
-fn unfold_lines(head: &str) -> Vec<Cow<'_, str>> {
-    let mut lines: Vec<Cow<'_, str>> = Vec::new();
+/// Parses a header section line by line, joining continuation lines
+/// (those starting with SP or HTAB) onto the previous line with a single
+/// space. Only a folded line is copied: the headers copy each value anyway.
+fn parse_header_lines(head: &str) -> Result<Headers, String> {
+    let lines = head.bytes().filter(|&b| b == b'\n').count() + 1;
+    let mut headers = Headers::with_capacity(lines);
+    let mut current: Option<Cow<'_, str>> = None;
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.starts_with([' ', '\t']) {
-            if let Some(prev) = lines.last_mut() {
+            if let Some(prev) = current.as_mut() {
                 let prev = prev.to_mut();
                 prev.push(' ');
                 prev.push_str(line.trim_start_matches([' ', '\t']));
                 continue;
             }
         }
-        lines.push(Cow::Borrowed(line));
-    }
-    lines
-}
-
-fn parse_header_lines(lines: &[Cow<'_, str>]) -> Result<Headers, String> {
-    let mut headers = Headers::new();
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!(
-                "no ':' in '{}'",
-                line.chars().take(30).collect::<String>()
-            ));
-        };
-        let name = name.trim_end_matches([' ', '\t']);
-        if !is_token(name) {
-            return Err(format!("invalid header name '{name}'"));
+        if let Some(done) = current.replace(Cow::Borrowed(line)) {
+            push_header_line(&mut headers, &done)?;
         }
-        headers.push(name, value.trim_matches([' ', '\t']));
+    }
+    if let Some(done) = current {
+        push_header_line(&mut headers, &done)?;
     }
     Ok(headers)
+}
+
+fn push_header_line(headers: &mut Headers, line: &str) -> Result<(), String> {
+    let Some((name, value)) = line.split_once(':') else {
+        return Err(format!(
+            "no ':' in '{}'",
+            line.chars().take(30).collect::<String>()
+        ));
+    };
+    let name = name.trim_end_matches([' ', '\t']);
+    if !is_token(name) {
+        return Err(format!("invalid header name '{name}'"));
+    }
+    headers.push(name, value.trim_matches([' ', '\t']));
+    Ok(())
 }
 
 fn parse_version(v: &str) -> Result<String, ParseErrorKind> {
@@ -196,7 +200,7 @@ fn parse_head(head: &[u8]) -> Result<(StartLine, Headers), ParseError> {
 
     let headers = match std::str::from_utf8(rest) {
         Ok("") => Ok(Headers::new()),
-        Ok(text) => parse_header_lines(&unfold_lines(text)).map_err(ParseErrorKind::HeaderLine),
+        Ok(text) => parse_header_lines(text).map_err(ParseErrorKind::HeaderLine),
         Err(_) => Err(ParseErrorKind::NotUtf8("header section")),
     };
     recovered.headers = match headers {

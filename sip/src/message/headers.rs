@@ -125,6 +125,10 @@ impl Headers {
         Self::default()
     }
 
+    pub fn with_capacity(fields: usize) -> Self {
+        Self(Vec::with_capacity(fields))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &HeaderField> {
         self.0.iter()
     }

@@ -17,7 +17,11 @@ fn err<T>(what: impl Into<String>) -> Result<T, SyntaxError> {
 
 /// RFC 3261 `token` characters.
 pub fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~'
+        )
 }
 
 pub fn is_token(s: &str) -> bool {
