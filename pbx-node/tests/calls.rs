@@ -107,6 +107,36 @@ fn refused_scenario(status: u16, work: &Path) -> std::path::PathBuf {
     path
 }
 
+/// The answered call of `uac_call.xml` as a phone behind two
+/// record-routing proxies sends it: each INVITE carries their
+/// Record-Route, and the 200 must carry it back, in order (RFC 3261
+/// §12.1.1), or the caller has no route set for its ACK and BYE. (An
+/// XML attribute cannot hold `<`: the regexp matches it with `.`.)
+fn record_routed_scenario(work: &Path) -> std::path::PathBuf {
+    let plain = std::fs::read_to_string(sipp_scenario("uac_call.xml")).expect("scenario");
+    let invite_end = "Max-Forwards: 70\n      Content-Type: application/sdp";
+    assert_eq!(plain.matches(invite_end).count(), 2, "both INVITEs");
+    let routed = plain
+        .replace(
+            invite_end,
+            "Max-Forwards: 70\n      Record-Route: <sip:edge-a.invalid;lr>, <sip:edge-b.invalid;lr>\n      Content-Type: application/sdp",
+        )
+        .replace(
+            "<recv response=\"200\" rrs=\"true\">\n    <action>",
+            "<recv response=\"200\" rrs=\"true\">\n    <action>\n      <ereg regexp=\"edge-a[.]invalid;lr>, *.sip:edge-b[.]invalid;lr>\" search_in=\"hdr\" header=\"Record-Route:\" check_it=\"true\" assign_to=\"3\"/>",
+        )
+        .replace("<Reference variables=\"1,2\"/>", "<Reference variables=\"1,2,3\"/>");
+    assert_eq!(
+        routed.matches("edge-b").count(),
+        3,
+        "routes sent and checked"
+    );
+    assert!(routed.contains("variables=\"1,2,3\""));
+    let path = work.join("uac_call_record_routed.xml");
+    std::fs::write(&path, routed).expect("write scenario");
+    path
+}
+
 /// The tenant's CDRs once `count` are written (they follow the final
 /// response by a store write).
 async fn cdrs(repo: &Repo, tenant: &Tenant, count: usize) -> Vec<Cdr> {
@@ -190,6 +220,26 @@ async fn answered_call_goes_through_and_leaves_a_cdr() {
     assert!(
         metrics.contains("raft_"),
         "raft-store metrics on the same registry"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_routed_caller_gets_its_route_set_in_the_200() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _tenant) = single_node(dir.path()).await;
+    let sip = node.sip.udp_addr;
+    let port = free_udp_addr().port();
+    register(sip, "101-TEST", port, &work_dir(dir.path(), "reg")).await;
+    let phone = callee("uas_answer.xml", port, &work_dir(dir.path(), "uas"));
+    let uac = work_dir(dir.path(), "uac");
+    assert!(
+        call(sip, &record_routed_scenario(&uac), "101", &uac).await,
+        "the 200 carries both Record-Route entries, in order"
+    );
+    assert!(
+        finished(phone, &work_dir(dir.path(), "uas")).await,
+        "callee got INVITE, ACK, BYE"
     );
     node.shutdown().await;
 }
