@@ -14,9 +14,20 @@
 #   sbc_cpu_us_per_relayed_call_second  one call's RTP both ways (50
 #                             packets/s each way) for one second
 #   relay_calls_per_core      1e6 / the previous figure
+#   machine_us_per_call_via_sbc  the whole machine's busy time per call
+#                             (user, system, irq, softirq, steal from
+#                             /proc/stat: every process, and the packet
+#                             delivery that the kernel charges to no
+#                             process) with the SBC in the path
+#   machine_us_per_call_direct   the same with SIPp calling the node
+#                             directly (the `direct` phase)
+#   call_overhead_from_cpu    1 - direct / via-SBC: the share of the
+#                             machine's call throughput the SBC takes when
+#                             everything shares the same cores, as in
+#                             sbc-bench.sh, without its rate search noise
 #
 # Env: CPU_REG_RATE (1000/s), CPU_CALL_RATE (300/s), CPU_SECS (10 s per
-# phase), CPU_RELAY_CALLS (200), CPU_PHASES ("reg call relay"),
+# phase), CPU_RELAY_CALLS (200), CPU_PHASES ("reg call direct relay"),
 # PERF=1 records `perf record $PERF_OPTS` (default
 # `--call-graph dwarf,16384`) of the SBC during each phase into the
 # work dir (kept), BENCH_SKIP_BUILD=1, BENCH_TARGET_DIR as sbc-bench.sh.
@@ -28,7 +39,7 @@ REG_RATE=${CPU_REG_RATE:-1000}
 CALL_RATE=${CPU_CALL_RATE:-300}
 SECS=${CPU_SECS:-10}
 RELAY_CALLS=${CPU_RELAY_CALLS:-200}
-PHASES=${CPU_PHASES:-reg call relay}
+PHASES=${CPU_PHASES:-reg call direct relay}
 TRIAL_SECS=$SECS
 PASSWORD=bench-secret
 DOMAIN=demo.pbx.local
@@ -47,6 +58,9 @@ SBC_HTTP=19291
 SIPP_PORT=16201
 UAS_PORT=16210
 CALLEE=299999
+# Registered straight with the node, for the `direct` phase: the SBC's
+# callee keeps its binding through the SBC.
+CALLEE_DIRECT=299998
 
 WORK=$(mktemp -d /tmp/sbc-cpu.XXXXXX)
 . "$HERE/lib.sh"
@@ -88,11 +102,17 @@ wait_for_line "$WORK/sbc.log" '^SBC ready' 30 "$SBC_PID" || exit 1
 SBC=127.0.0.1:$SBC_UDP
 HZ=$(getconf CLK_TCK)
 
+# Busy ticks of the whole machine: user, nice, system, irq, softirq, steal.
+machine_ticks() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
 # Runs "$@" (a sipp run, after the processes went idle, or a sleep while
 # calls stream media) while measuring the SBC's CPU over it (and
-# recording a profile with PERF=1); prints the SBC's CPU seconds.
+# recording a profile with PERF=1); prints the SBC's CPU seconds. The
+# node's and the whole machine's go to $WORK/$label.node-cpu and .machine-cpu.
 measured() { # label command...
-  local label=$1 before after perf=""
+  local label=$1 before after machine_before perf=""
   shift
   if [ "${PERF:-0}" = 1 ]; then
     # shellcheck disable=SC2086 # PERF_OPTS is a list of options
@@ -100,11 +120,14 @@ measured() { # label command...
       -o "$WORK/perf-$label.data" >/dev/null 2>&1 &
     perf=$!
   fi
+  machine_before=$(machine_ticks)
   before=$(cpu_ticks "$SBC_PID")
   node_before=$(cpu_ticks "$NODE_PID")
   "$@" >"$WORK/$label.result"
   after=$(cpu_ticks "$SBC_PID")
   node_after=$(cpu_ticks "$NODE_PID")
+  awk -v t=$(($(machine_ticks) - machine_before)) -v hz="$HZ" \
+    'BEGIN { printf "%.3f", t / hz }' >"$WORK/$label.machine-cpu"
   [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" 2>/dev/null || true; }
   # The node's share, for comparison: logged, not part of the figure.
   awk -v t=$((node_after - node_before)) -v hz="$HZ" \
@@ -133,31 +156,58 @@ fi
 
 write_users 290000 290999 -DEMO "$WORK/callers.csv"
 write_users $CALLEE $CALLEE -DEMO "$WORK/callee.csv"
-start_uas() { # sipp args...
-  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp callee "$SBC" register.xml \
-    "$WORK/callee.csv" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
+write_users $CALLEE_DIRECT $CALLEE_DIRECT -DEMO "$WORK/callee-direct.csv"
+start_uas() { # registrar callee.csv sipp args...
+  local registrar=$1 callee=$2
+  shift 2
+  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp callee "$registrar" register.xml \
+    "$callee" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
   [ "$ok" = 1 ] || { log "callee did not register"; exit 1; }
   sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
     >"$WORK/uas.log" 2>&1 &
   UAS_PID=$!
   PIDS+=("$UAS_PID")
 }
-if [[ " $PHASES " == *" call "* ]]; then
-  start_uas
+MACHINE_VIA=null
+MACHINE_DIRECT=null
+OVERHEAD=null
+# The same call load through the SBC (`call`) or straight to the node
+# (`direct`); sets PHASE_MACHINE to the machine's busy microseconds per
+# call, and PHASE_SBC to the SBC's.
+call_phase() { # label target callee callee.csv
+  local label=$1 target=$2 callee=$3 callee_csv=$4 n cpu ok failed machine
+  start_uas "$target" "$callee_csv"
   n=$((CALL_RATE * SECS))
   wait_idle "$SBC_PID" "$NODE_PID"
-  cpu=$(measured call run_sipp call "$SBC" uac-call.xml "$WORK/callers.csv" "$CALL_RATE" "$n" \
-    -key callee "$CALLEE")
-  read -r ok failed _ <"$WORK/call.result"
-  US_CALL=$(per_op_us "$cpu" "$ok")
-  log "calls $CALL_RATE/s: $ok ok, $failed failed, SBC ${cpu}s CPU: $US_CALL us per call" \
-    "(pbx-node $(per_op_us "$(cat "$WORK/call.node-cpu")" "$ok") us)"
+  cpu=$(measured "$label" run_sipp "$label" "$target" uac-call.xml "$WORK/callers.csv" \
+    "$CALL_RATE" "$n" -key callee "$callee")
+  read -r ok failed _ <"$WORK/$label.result"
+  machine=$(per_op_us "$(cat "$WORK/$label.machine-cpu")" "$ok")
+  log "calls $CALL_RATE/s ($label): $ok ok, $failed failed, SBC ${cpu}s CPU:" \
+    "$(per_op_us "$cpu" "$ok") us per call (pbx-node" \
+    "$(per_op_us "$(cat "$WORK/$label.node-cpu")" "$ok") us, whole machine $machine us)"
   kill "$UAS_PID" 2>/dev/null || true
   wait "$UAS_PID" 2>/dev/null || true
+  [ "$failed" = 0 ] || machine=null
+  PHASE_MACHINE=$machine
+  PHASE_SBC=$(per_op_us "$cpu" "$ok")
+}
+if [[ " $PHASES " == *" call "* ]]; then
+  call_phase call "$SBC" "$CALLEE" "$WORK/callee.csv"
+  MACHINE_VIA=$PHASE_MACHINE
+  US_CALL=$PHASE_SBC
+fi
+if [[ " $PHASES " == *" direct "* ]]; then
+  call_phase direct "127.0.0.1:$NODE_SIP" "$CALLEE_DIRECT" "$WORK/callee-direct.csv"
+  MACHINE_DIRECT=$PHASE_MACHINE
+fi
+if [ "$MACHINE_VIA" != null ] && [ "$MACHINE_DIRECT" != null ]; then
+  OVERHEAD=$(awk -v v="$MACHINE_VIA" -v d="$MACHINE_DIRECT" 'BEGIN { printf "%.3f", 1 - d / v }')
+  log "SBC overhead from CPU: $OVERHEAD of the machine's call throughput"
 fi
 
 if [[ " $PHASES " == *" relay "* ]]; then
-  start_uas -rtp_echo -mp 26000
+  start_uas "$SBC" "$WORK/callee.csv" -rtp_echo -mp 26000
   write_rtp_caller
   # As the other phases: not while the node still works off the last one.
   wait_idle "$SBC_PID" "$NODE_PID"
@@ -184,6 +234,6 @@ if [[ " $PHASES " == *" relay "* ]]; then
     "(the pbx-node, which does not touch the media, $(cat "$WORK/relay.node-cpu")s)"
 fi
 
-printf '{"sbc_cpu_us_per_register": %s, "sbc_cpu_us_per_call": %s, "sbc_cpu_us_per_relayed_call_second": %s, "relay_calls_per_core": %s, "machine": "%s"}\n' \
-  "$US_REG" "$US_CALL" "$US_RELAY" "$RELAY_PER_CORE" \
+printf '{"sbc_cpu_us_per_register": %s, "sbc_cpu_us_per_call": %s, "sbc_cpu_us_per_relayed_call_second": %s, "relay_calls_per_core": %s, "machine_us_per_call_via_sbc": %s, "machine_us_per_call_direct": %s, "call_overhead_from_cpu": %s, "machine": "%s"}\n' \
+  "$US_REG" "$US_CALL" "$US_RELAY" "$RELAY_PER_CORE" "$MACHINE_VIA" "$MACHINE_DIRECT" "$OVERHEAD" \
   "$(nproc) cores; load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg); REGISTER ${REG_RATE}/s, calls ${CALL_RATE}/s, ${SECS}s each"
