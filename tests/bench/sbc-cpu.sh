@@ -68,9 +68,8 @@ CALLEE_DIRECT=299998
 
 WORK=$(mktemp -d /tmp/sbc-cpu.XXXXXX)
 . "$HERE/lib.sh"
-# One descriptor per RTP port of the range, as the SBC asks for: short of
-# them it cannot keep relay sockets bound for reuse, and every relay
-# start would try socket() in vain first.
+# One descriptor per RTP port of the range, as the SBC asks for and as
+# sbc-bench.sh sets (up to the hard limit).
 ulimit -n $((SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "${PERF:-0}" = 1 ] && BENCH_KEEP=1
 
