@@ -166,23 +166,35 @@ async fn single_node(dir: &Path) -> (PbxNode, Tenant) {
     (node, tenant)
 }
 
+/// A single node where sipp calls extension 101 with `scenario` and a
+/// sipp UAS registered as 101 answers; both must pass (`what` says what
+/// the caller's scenario checks).
+async fn answered_call_to_101(dir: &Path, scenario: &Path, what: &str) -> (PbxNode, Tenant) {
+    let (node, tenant) = single_node(dir).await;
+    let sip = node.sip.udp_addr;
+    let port = free_udp_addr().port();
+    register(sip, "101-TEST", port, &work_dir(dir, "reg")).await;
+    let phone = callee("uas_answer.xml", port, &work_dir(dir, "uas"));
+    assert!(
+        call(sip, scenario, "101", &work_dir(dir, "uac")).await,
+        "{what}"
+    );
+    assert!(
+        finished(phone, &work_dir(dir, "uas")).await,
+        "callee got INVITE, ACK, BYE"
+    );
+    (node, tenant)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_call_goes_through_and_leaves_a_cdr() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (node, tenant) = single_node(dir.path()).await;
-    let sip = node.sip.udp_addr;
-    let port = free_udp_addr().port();
-    register(sip, "101-TEST", port, &work_dir(dir.path(), "reg")).await;
-    let phone = callee("uas_answer.xml", port, &work_dir(dir.path(), "uas"));
-    let uac = work_dir(dir.path(), "uac");
-    assert!(
-        call(sip, &sipp_scenario("uac_call.xml"), "101", &uac).await,
-        "407, then an answered call with SDP, then BYE"
-    );
-    assert!(
-        finished(phone, &work_dir(dir.path(), "uas")).await,
-        "callee got INVITE, ACK, BYE"
-    );
+    let (node, tenant) = answered_call_to_101(
+        dir.path(),
+        &sipp_scenario("uac_call.xml"),
+        "407, then an answered call with SDP, then BYE",
+    )
+    .await;
     let cdrs = cdrs(&node.repo, &tenant, 1).await;
     let cdr = &cdrs[0];
     assert_eq!(
@@ -227,20 +239,12 @@ async fn answered_call_goes_through_and_leaves_a_cdr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_routed_caller_gets_its_route_set_in_the_200() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (node, _tenant) = single_node(dir.path()).await;
-    let sip = node.sip.udp_addr;
-    let port = free_udp_addr().port();
-    register(sip, "101-TEST", port, &work_dir(dir.path(), "reg")).await;
-    let phone = callee("uas_answer.xml", port, &work_dir(dir.path(), "uas"));
-    let uac = work_dir(dir.path(), "uac");
-    assert!(
-        call(sip, &record_routed_scenario(&uac), "101", &uac).await,
-        "the 200 carries both Record-Route entries, in order"
-    );
-    assert!(
-        finished(phone, &work_dir(dir.path(), "uas")).await,
-        "callee got INVITE, ACK, BYE"
-    );
+    let (node, _tenant) = answered_call_to_101(
+        dir.path(),
+        &record_routed_scenario(dir.path()),
+        "the 200 carries both Record-Route entries, in order",
+    )
+    .await;
     node.shutdown().await;
 }
 
