@@ -89,8 +89,15 @@ impl PoolState {
         self.idle.remove(at)
     }
 
-    /// The idle pairs unused for [`IDLE_EXPIRY`], for the caller to close
-    /// and give their ports back to the range.
+    /// The oldest idle pair, its port back in the range; the caller
+    /// closes its sockets outside the lock.
+    fn retire_oldest(&mut self) -> Option<IdlePair> {
+        let oldest = self.idle.pop_front()?;
+        self.free.push_back(oldest.port);
+        Some(oldest)
+    }
+
+    /// The idle pairs unused for [`IDLE_EXPIRY`], retired.
     fn take_expired(&mut self, now: Instant) -> Vec<IdlePair> {
         let mut expired = Vec::new();
         // Given back in time order: the oldest are at the front.
@@ -99,10 +106,7 @@ impl PoolState {
             .front()
             .is_some_and(|p| p.since + IDLE_EXPIRY <= now)
         {
-            let Some(oldest) = self.idle.pop_front() else {
-                break;
-            };
-            expired.push(oldest);
+            expired.extend(self.retire_oldest());
         }
         expired
     }
@@ -155,10 +159,7 @@ impl PortLease {
             });
             let mut closed = state.take_expired(now);
             if state.idle.len() > state.max_idle {
-                closed.extend(state.idle.pop_front());
-            }
-            for pair in &closed[..] {
-                state.free.push_back(pair.port);
+                closed.extend(state.retire_oldest());
             }
             closed
         };
@@ -265,9 +266,6 @@ impl PortPool {
         let (reused, expired) = {
             let mut state = self.state();
             let expired = state.take_expired(now);
-            for pair in &expired[..] {
-                state.free.push_back(pair.port);
-            }
             let ready = state.take_idle(ip, with_rtcp, now, false);
             // A nearly full idle pool means pairs come back faster than
             // they leave quarantine (above about 900 calls/s through the
