@@ -27,8 +27,8 @@ pub const QUARANTINE: Duration = Duration::from_secs(1);
 
 /// At most this many pairs stay bound while unused (beyond, the oldest
 /// is closed and its port goes back to the range): it bounds the file
-/// descriptors idle relay sockets hold, 8,192, so that they never starve
-/// the connections of phones of theirs.
+/// descriptors idle relay sockets hold to 8,192, so that they cannot
+/// take the descriptors phones' connections need.
 pub const MAX_IDLE_BOUND: usize = 4096;
 
 /// A pair given back bound and unused for this long is closed, and its
@@ -148,7 +148,7 @@ impl PortLease {
 
     fn give_back_at(mut self, rtp: udp::Socket, rtcp: Option<udp::Socket>, now: Instant) {
         self.given_back = true;
-        let expired = {
+        let closed = {
             let mut state = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             state.idle.push_back(IdlePair {
                 port: self.rtp_port,
@@ -164,7 +164,7 @@ impl PortLease {
             closed
         };
         // Closed outside the lock (deregistering and closing are syscalls).
-        drop(expired);
+        drop(closed);
     }
 }
 
@@ -247,7 +247,8 @@ impl PortPool {
     /// An idle pair still bound (out of quarantine) first, else a pair of
     /// the range bound now, else an idle pair in quarantine: running out
     /// of ports is worse than the rare late packet, and so is binding
-    /// pairs only to close others while the idle pool is full. A port another program
+    /// pairs only to close others while the idle pool is nearly full, when
+    /// a quarantined pair comes before a new one. A port another program
     /// holds is skipped (and stays in the pool for later).
     fn lease(
         &self,
