@@ -16,6 +16,14 @@ SBC_RTP_PORT_MAX=59999
 
 log() { echo "[$(date +%T)] $*" >&2; }
 
+# Open files for the SBC: one per RTP port of the range, as it asks for,
+# 4,096 for the rest, and `extra` (held connections); up to the hard
+# limit where that is lower.
+raise_open_files() { # extra
+  ulimit -n $((SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + 4096 + $1)) 2>/dev/null ||
+    ulimit -n "$(ulimit -Hn)"
+}
+
 cleanup() {
   local code=$?
   # The watchdog's sleep first, then everything this script started.

@@ -95,7 +95,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Each held connection is a file descriptor in the SBC and in the client,
 # and so is each RTP port of the SBC's range.
-ulimit -n $((CONNS * 2 + SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+raise_open_files $((CONNS * 2))
 log "open files limit $(ulimit -n)"
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x "$NODE_BIN" ] && [ -x "$SBC_BIN" ]; then

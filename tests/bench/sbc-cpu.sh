@@ -68,9 +68,7 @@ CALLEE_DIRECT=299998
 
 WORK=$(mktemp -d /tmp/sbc-cpu.XXXXXX)
 . "$HERE/lib.sh"
-# One descriptor per RTP port of the range, as the SBC asks for and as
-# sbc-bench.sh sets (up to the hard limit).
-ulimit -n $((SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+raise_open_files 0
 [ "${PERF:-0}" = 1 ] && BENCH_KEEP=1
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 1 ] && [ -x "$NODE_BIN" ] && [ -x "$SBC_BIN" ]; then
@@ -182,7 +180,7 @@ OVERHEAD=null
 # (`direct`); sets PHASE_MACHINE to the machine's busy microseconds per
 # call, and PHASE_SBC to the SBC's.
 call_phase() { # label target callee callee.csv
-  local label=$1 target=$2 callee=$3 callee_csv=$4 n cpu ok failed machine
+  local label=$1 target=$2 callee=$3 callee_csv=$4 n cpu ok failed machine sbc
   start_uas "$target" "$callee_csv"
   n=$((CALL_RATE * SECS))
   wait_idle "$SBC_PID" "$NODE_PID"
@@ -190,14 +188,15 @@ call_phase() { # label target callee callee.csv
     "$CALL_RATE" "$n" -key callee "$callee")
   read -r ok failed _ <"$WORK/$label.result"
   machine=$(per_op_us "$(cat "$WORK/$label.machine-cpu")" "$ok")
+  sbc=$(per_op_us "$cpu" "$ok")
   log "calls $CALL_RATE/s ($label): $ok ok, $failed failed, SBC ${cpu}s CPU:" \
-    "$(per_op_us "$cpu" "$ok") us per call (pbx-node" \
+    "$sbc us per call (pbx-node" \
     "$(per_op_us "$(cat "$WORK/$label.node-cpu")" "$ok") us, whole machine $machine us)"
   kill "$UAS_PID" 2>/dev/null || true
   wait "$UAS_PID" 2>/dev/null || true
   [ "$failed" = 0 ] || machine=null
   PHASE_MACHINE=$machine
-  PHASE_SBC=$(per_op_us "$cpu" "$ok")
+  PHASE_SBC=$sbc
 }
 if [[ " $PHASES " == *" call "* ]]; then
   call_phase call "$SBC" "$CALLEE" "$WORK/callee.csv"
