@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::SbcConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange, NodeStatus};
 use crate::guard::{Guard, Verdict};
-use crate::proxy::{Action, Proxy, ProxyConfig, PublicPorts};
+use crate::proxy::{Action, FlowGone, Proxy, ProxyConfig, PublicPorts};
 use crate::relay::{CallRelays, RelayAddresses};
 use crate::tls::{CertificateSource, Certificates};
 use crate::token::{Flow, TokenKey};
@@ -245,7 +245,10 @@ impl Sbc {
             proxy,
             guard,
             external,
-            internal,
+            phone_socket: phone_udp.socket().clone(),
+            node_socket: node_udp.socket().clone(),
+            to_phones: udp::Outbox::new(),
+            to_nodes: udp::Outbox::new(),
             status: status_tx,
             media_gauges,
             certificates: certificates.clone(),
@@ -299,7 +302,14 @@ struct Driver {
     /// Shared with the external transport's connection gate.
     guard: Arc<Mutex<Guard>>,
     external: TransportLayer,
-    internal: TransportLayer,
+    /// The UDP sockets facing phones and nodes, and the datagrams queued
+    /// for each: sent together after each round of messages (one
+    /// `sendmmsg` for many, and the receivers woken once for several). The
+    /// tag says what a refused datagram was.
+    phone_socket: Arc<udp::Socket>,
+    node_socket: Arc<udp::Socket>,
+    to_phones: udp::Outbox<Option<FlowGone>>,
+    to_nodes: udp::Outbox<usize>,
     status: watch::Sender<Status>,
     media_gauges: MediaGauges,
     certificates: Arc<Certificates>,
@@ -518,6 +528,28 @@ impl Driver {
                     self.carry_out(action).await;
                 }
             }
+            self.send_datagrams().await;
+        }
+    }
+
+    /// Sends the datagrams queued in this round. A flow to a phone that
+    /// fails sends its 430 to the node in the same go.
+    async fn send_datagrams(&mut self) {
+        if !self.to_phones.is_empty() {
+            for refused in self.phone_socket.send_batch(&mut self.to_phones).await {
+                tracing::info!(remote = %refused.target, error = %refused.error, "datagram to the phone not sent");
+                if let Some(gone) = refused.tag {
+                    self.queue_to_node(gone.node, &gone.response());
+                }
+            }
+        }
+        if !self.to_nodes.is_empty() {
+            for refused in self.node_socket.send_batch(&mut self.to_nodes).await {
+                tracing::warn!(addr = %refused.target, error = %refused.error, "send to pbx-node failed");
+                if let Some(Action::Node(change)) = self.proxy.node_unreachable(refused.tag) {
+                    self.carry_out(Action::Node(change)).await;
+                }
+            }
         }
     }
 
@@ -554,10 +586,14 @@ impl Driver {
                 message,
                 Instant::now(),
             ),
-            Err(Some(response)) => {
-                let _ = self.external.send(transport, source, &response).await;
-                Vec::new()
-            }
+            Err(Some(response)) => vec![Action::ToPhone {
+                flow: Flow {
+                    transport,
+                    remote: source,
+                },
+                message: response,
+                if_flow_gone: None,
+            }],
             Err(None) => Vec::new(),
         }
     }
@@ -584,6 +620,14 @@ impl Driver {
                 flow,
                 message,
                 if_flow_gone,
+            } if flow.transport == Transport::Udp => {
+                self.to_phones
+                    .push(message.to_bytes(), flow.remote, if_flow_gone);
+            }
+            Action::ToPhone {
+                flow,
+                message,
+                if_flow_gone,
             } => {
                 if let Err(e) = self
                     .external
@@ -592,11 +636,11 @@ impl Driver {
                 {
                     tracing::info!(remote = %flow.remote, error = %e, "flow to the phone failed");
                     if let Some(gone) = if_flow_gone {
-                        self.send_to_node(gone.node, &gone.response()).await;
+                        self.queue_to_node(gone.node, &gone.response());
                     }
                 }
             }
-            Action::ToNode { node, message } => self.send_to_node(node, &message).await,
+            Action::ToNode { node, message } => self.queue_to_node(node, &message),
             Action::Authenticated { source, failed } => {
                 if failed {
                     tracing::info!(%source, "authentication failed");
@@ -606,13 +650,8 @@ impl Driver {
                 }
             }
             Action::Keepalive(remote) => {
-                if let Err(e) = self
-                    .external
-                    .send_udp_bytes(remote, crate::keepalive::PING)
-                    .await
-                {
-                    tracing::debug!(%remote, error = %e, "keepalive not sent");
-                }
+                self.to_phones
+                    .push(crate::keepalive::PING.to_vec(), remote, None);
             }
             Action::Node(change) => match change {
                 NodeChange::Up(node) => {
@@ -625,15 +664,9 @@ impl Driver {
         }
     }
 
-    async fn send_to_node(&mut self, node: usize, message: &SipMessage) {
-        let Some(addr) = self.proxy.dispatcher.addr(node) else {
-            return;
-        };
-        if let Err(e) = self.internal.send(Transport::Udp, addr, message).await {
-            tracing::warn!(%addr, error = %e, "send to pbx-node failed");
-            if let Some(Action::Node(change)) = self.proxy.node_unreachable(node) {
-                Box::pin(self.carry_out(Action::Node(change))).await;
-            }
+    fn queue_to_node(&mut self, node: usize, message: &SipMessage) {
+        if let Some(addr) = self.proxy.dispatcher.addr(node) {
+            self.to_nodes.push(message.to_bytes(), addr, node);
         }
     }
 

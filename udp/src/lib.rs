@@ -11,9 +11,13 @@
 //! the rare full send buffer is waited out by polling ([`Socket::send_to`])
 //! or reported ([`Socket::try_send_to`]).
 
+mod mmsg;
+
+pub use mmsg::{Outbox, RecvBatch, Refused, MAX_BATCH};
+
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,6 +86,16 @@ impl Socket {
             .try_io(Interest::READABLE, |socket| socket.recv_from(buf))
     }
 
+    /// The datagrams already queued, as many as `batch` has room for, in
+    /// one system call; `WouldBlock` as [`try_recv_from`].
+    ///
+    /// [`try_recv_from`]: Socket::try_recv_from
+    pub fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.inner.try_io(Interest::READABLE, |socket| {
+            mmsg::recv(socket.as_raw_fd(), batch)
+        })
+    }
+
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         std::future::poll_fn(|cx| self.poll_recv_from(cx, buf)).await
     }
@@ -111,6 +125,45 @@ impl Socket {
                 sent => return sent,
             }
         }
+    }
+
+    /// Sends every datagram in `outbox`, up to [`MAX_BATCH`] per system
+    /// call, and empties it. A datagram the kernel refuses comes back
+    /// ([`Refused`]: its tag, target and error), and the others still go; a full send buffer
+    /// is waited out as by [`send_to`], then what is left comes back with
+    /// `WouldBlock`. Cancel-safe: the outbox holds what is not sent yet.
+    ///
+    /// [`send_to`]: Socket::send_to
+    pub async fn send_batch<T>(&self, outbox: &mut Outbox<T>) -> Vec<Refused<T>> {
+        let fd = self.inner.get_ref().as_raw_fd();
+        let mut refused = Vec::new();
+        // Indexes into the outbox of the datagrams refused so far.
+        let mut refusals = Vec::new();
+        // The datagrams at the front that are sent or refused.
+        let mut done = 0;
+        let mut waited = Duration::ZERO;
+        while done < outbox.len() {
+            match outbox.send_some(fd, done) {
+                Ok(sent) => done += sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outbox.settle(done, &mut refusals, &mut refused);
+                    done = 0;
+                    if waited >= SEND_PATIENCE {
+                        done = outbox.len();
+                        refusals.extend((0..done).map(|i| (i, io::ErrorKind::WouldBlock.into())));
+                        break;
+                    }
+                    tokio::time::sleep(SEND_RETRY).await;
+                    waited += SEND_RETRY;
+                }
+                Err(e) => {
+                    refusals.push((done, e));
+                    done += 1;
+                }
+            }
+        }
+        outbox.settle(done, &mut refusals, &mut refused);
+        refused
     }
 }
 
@@ -194,5 +247,73 @@ mod tests {
             .expect("woken within 2 s")
             .unwrap();
         assert_eq!(got, b"late");
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_in_order_and_comes_in_whole() {
+        let (a, b, b_addr) = pair();
+        let (c, _, _) = pair();
+        let c_addr = c.local_addr().unwrap();
+        let mut outbox = Outbox::new();
+        for (i, target) in [b_addr, c_addr, b_addr].into_iter().enumerate() {
+            outbox.push(format!("datagram {i}").into_bytes(), target, i);
+        }
+        assert!(a.send_batch(&mut outbox).await.is_empty());
+        assert!(outbox.is_empty());
+        timeout(Duration::from_secs(2), b.readable())
+            .await
+            .expect("readable within 2 s")
+            .unwrap();
+        // Slots of 8 bytes: the datagrams of 10 are cut, their length kept.
+        let mut batch = RecvBatch::new(4, 8);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            b.try_recv_batch(&mut batch).unwrap();
+            for i in 0..batch.len() {
+                let (bytes, len, source) = batch.get(i).unwrap();
+                got.push((bytes.to_vec(), len, source));
+            }
+        }
+        let a_addr = a.local_addr().unwrap();
+        assert_eq!(
+            got,
+            [
+                (b"datagram".to_vec(), 10, a_addr),
+                (b"datagram".to_vec(), 10, a_addr)
+            ]
+        );
+        let mut buf = [0u8; 16];
+        let (n, _) = timeout(Duration::from_secs(2), c.recv_from(&mut buf))
+            .await
+            .expect("datagram within 2 s")
+            .unwrap();
+        assert_eq!(&buf[..n], b"datagram 1");
+        let drained = b.try_recv_batch(&mut batch).unwrap_err();
+        assert_eq!(drained.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[tokio::test]
+    async fn a_refused_datagram_comes_back_with_its_tag_and_the_rest_still_go() {
+        let (a, b, b_addr) = pair();
+        // An IPv4 socket cannot send to an IPv6 address.
+        let unreachable: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        let mut outbox = Outbox::new();
+        outbox.push(b"first".to_vec(), b_addr, "first");
+        outbox.push(b"lost".to_vec(), unreachable, "lost");
+        outbox.push(b"third".to_vec(), b_addr, "third");
+        let refused = a.send_batch(&mut outbox).await;
+        assert_eq!(refused.len(), 1);
+        assert_eq!((refused[0].tag, refused[0].target), ("lost", unreachable));
+        assert!(outbox.is_empty());
+        let mut buf = [0u8; 16];
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let (n, _) = timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+                .await
+                .expect("datagram within 2 s")
+                .unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
     }
 }
