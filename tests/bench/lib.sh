@@ -67,7 +67,7 @@ write_users() { # first last suffix file
 # Runs one sipp client; prints "<successful> <failed> <elapsed seconds>".
 # SIPP_LIMIT caps the calls in progress (default: no cap, an open loop);
 # SIPP_TIMEOUT bounds the run (default: calls/rate + 40 s); SIPP_LOCAL_PORT
-# is its UDP port (default $SIPP_PORT).
+# is its UDP port (default $SIPP_PORT); SIPP_CPUS pins it to those CPUs.
 # Any failure, or a run much longer than calls/rate (the generator or the
 # server fell behind), fails the trial in the caller.
 run_sipp() { # name target scenario csv rate calls [extra sipp args...]
@@ -77,7 +77,8 @@ run_sipp() { # name target scenario csv rate calls [extra sipp args...]
   mkdir -p "$dir"
   local t0 t1
   t0=$(date +%s.%N)
-  timeout "${SIPP_TIMEOUT:-$((calls / rate + 40))}" sipp "$target" -sf "$HERE/sipp/$scenario" \
+  ${SIPP_CPUS:+taskset -c "$SIPP_CPUS"} \
+    timeout "${SIPP_TIMEOUT:-$((calls / rate + 40))}" sipp "$target" -sf "$HERE/sipp/$scenario" \
     -inf "$csv" -key domain "$DOMAIN" -i 127.0.0.1 -p "${SIPP_LOCAL_PORT:-$SIPP_PORT}" \
     -r "$rate" -m "$calls" -l "${SIPP_LIMIT:-$((calls + 1))}" -recv_timeout 5000 \
     -nostdin -trace_stat -stf "$dir/stat.csv" -fd 1 \

@@ -16,6 +16,11 @@
 #                                (kamailio-edge.cfg: Path, Record-Route; no
 #                                media relay, no topology hiding), as the
 #                                SBC's peer on the same machine and run
+#   cps_direct_pinned,           the call rates again with the pbx-node
+#   cps_via_sbc_pinned,          pinned to CPU 0 and the edge and SIPp to
+#   cps_via_kamailio_pinned      the other CPUs (taskset), as when the SBC
+#                                has a host of its own: the edge then takes
+#                                no CPU from the node (null on one core)
 #   relay_calls_per_core         calls with G.711 RTP both ways (sipp streams
 #                                50 packets/s, the callee echoes them) held
 #                                through the SBC, divided by the cores the
@@ -29,7 +34,7 @@
 #   rss_kib_per_wss_conn         idle TLS connections, then 10,000 idle WSS
 #                                ones (hold-connections.py; CRLF keepalives)
 # Progress goes to stderr; the last line on stdout is one JSON object.
-# Time: at most about 20 minutes after the release build.
+# Time: at most about 28 minutes after the release build.
 #
 # Env: BENCH_TRIAL_SECS (5), BENCH_RELAY_CALLS (200), BENCH_CONNS (10000),
 # BENCH_KEEP=1 keeps the work dir with every log, BENCH_SKIP_BUILD=1 runs
@@ -109,8 +114,8 @@ else
   fi
 fi
 BUILD_SECS=$(($(date +%s) - START_TIME))
-DEADLINE=$(($(date +%s) + 19 * 60))
-(sleep $((20 * 60)) && log "20 minutes of measurement reached, stopping" && kill -TERM $$) 2>/dev/null &
+DEADLINE=$(($(date +%s) + 27 * 60))
+(sleep $((28 * 60)) && log "28 minutes of measurement reached, stopping" && kill -TERM $$) 2>/dev/null &
 WATCHDOG=$!
 PIDS+=("$WATCHDOG")
 
@@ -206,7 +211,8 @@ start_callee() { # target label [sipp args...]
   [ -n "$UAS_PID" ] && { kill "$UAS_PID" 2>/dev/null || true; wait "$UAS_PID" 2>/dev/null || true; }
   read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp "callee-$label" "$target" register.xml \
     "$WORK/callee.csv" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
-  sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
+  ${SIPP_CPUS:+taskset -c "$SIPP_CPUS"} \
+    sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
     -trace_err -error_file "$WORK/uas-$label-errors.log" >"$WORK/uas-$label.log" 2>&1 &
   UAS_PID=$!
   PIDS+=("$UAS_PID")
@@ -287,8 +293,16 @@ recover_via() { # target
 }
 recover_direct() { recover_via "$NODE"; }
 recover_sbc() { recover_via "$SBC"; }
+# CPUs the edge (SBC, Kamailio) is pinned to; empty: not pinned.
+EDGE_CPUS=""
+pin() { # cpus pid...: every thread of each process
+  local cpus=$1 pid
+  shift
+  for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done
+}
 start_edge_kamailio() {
-  start_kamailio "$HERE/kamailio-edge.cfg" "$KAM_SIP" -A "NODE_URI=\"sip:$NODE\""
+  start_kamailio "$HERE/kamailio-edge.cfg" "$KAM_SIP" -A "NODE_URI=\"sip:$NODE\"" || return 1
+  [ -z "$EDGE_CPUS" ] || pin "$EDGE_CPUS" $(kam_pids)
 }
 # Kamailio after an overloaded trial: its transactions (fr_inv_timer 120 s)
 # kept it busy for minutes, failing every later trial, so it is started
@@ -373,17 +387,41 @@ measure_calls() { # target label trial recover searches_left what
   CALL_RATE=$(search "$trial" "$recover" "$searches_left" 50 10000)
   log "calls/s $what: $CALL_RATE"
 }
-measure_calls "$NODE" direct call_direct recover_direct 3 "straight to the pbx-node"
+measure_calls "$NODE" direct call_direct recover_direct 6 "straight to the pbx-node"
 CPS_DIRECT=$CALL_RATE
-measure_calls "$SBC" via-sbc call_sbc recover_sbc 2 "through the SBC"
+measure_calls "$SBC" via-sbc call_sbc recover_sbc 5 "through the SBC"
 CPS_SBC=$CALL_RATE
-measure_calls "$KAM" via-kamailio call_kamailio recover_kamailio 1 "through Kamailio"
+measure_calls "$KAM" via-kamailio call_kamailio recover_kamailio 4 "through Kamailio"
 CPS_KAM=$CALL_RATE
+
+# --- call rate, the pbx-node on a core of its own ---------------------------------
+# Above, the node, the edge and SIPp share every core, so the edge's CPU
+# is taken from the node's. In production the SBC has a host of its own.
+# Here the node's threads are pinned to CPU 0 and the edge (SBC or
+# Kamailio) and SIPp to the others: the node has the same core direct
+# and behind the edge, and the edge competes only with the load
+# generator (on 2 cores, the three share CPU 1).
+CPS_DIRECT_PINNED=null
+CPS_SBC_PINNED=null
+CPS_KAM_PINNED=null
+if [ "$(nproc)" -ge 2 ]; then
+  EDGE_CPUS=1-$(($(nproc) - 1))
+  SIPP_CPUS=$EDGE_CPUS
+  log "pinning: the pbx-node to CPU 0; the SBC, Kamailio and SIPp to CPUs $EDGE_CPUS"
+  pin 0 "$NODE_PID"
+  pin "$EDGE_CPUS" "$SBC_PID" $(kam_pids)
+  measure_calls "$NODE" direct-pinned call_direct recover_direct 3 "straight to the pinned pbx-node"
+  CPS_DIRECT_PINNED=$CALL_RATE
+  measure_calls "$SBC" via-sbc-pinned call_sbc recover_sbc 2 "through the SBC to the pinned pbx-node"
+  CPS_SBC_PINNED=$CALL_RATE
+  measure_calls "$KAM" via-kamailio-pinned call_kamailio recover_kamailio 1 "through Kamailio to the pinned pbx-node"
+  CPS_KAM_PINNED=$CALL_RATE
+fi
 
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
 MACHINE+=" $(. /etc/os-release && echo "$PRETTY_NAME"); trials ${TRIAL_SECS}s; one pbx-node;"
 MACHINE+=" kamailio $(kamailio -v | awk 'NR==1 {print $3}');"
 MACHINE+=" load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);"
 MACHINE+=" build ${BUILD_SECS} s, total $(($(date +%s) - START_TIME)) s"
-printf '{"cps_via_sbc": %s, "cps_direct": %s, "register_per_sec_via_sbc": %s, "register_per_sec_direct": %s, "relay_calls_per_core": %s, "rss_kib_per_tls_conn": %s, "rss_kib_per_wss_conn": %s, "cps_via_kamailio": %s, "register_per_sec_via_kamailio": %s, "machine": "%s"}\n' \
-  "$CPS_SBC" "$CPS_DIRECT" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$CPS_KAM" "$REGISTER_KAM" "$MACHINE"
+printf '{"cps_via_sbc": %s, "cps_direct": %s, "register_per_sec_via_sbc": %s, "register_per_sec_direct": %s, "relay_calls_per_core": %s, "rss_kib_per_tls_conn": %s, "rss_kib_per_wss_conn": %s, "cps_via_kamailio": %s, "register_per_sec_via_kamailio": %s, "cps_direct_pinned": %s, "cps_via_sbc_pinned": %s, "cps_via_kamailio_pinned": %s, "machine": "%s"}\n' \
+  "$CPS_SBC" "$CPS_DIRECT" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$CPS_KAM" "$REGISTER_KAM" "$CPS_DIRECT_PINNED" "$CPS_SBC_PINNED" "$CPS_KAM_PINNED" "$MACHINE"
