@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use prometheus::{IntCounterVec, Opts, Registry};
 use sha2::{Digest, Sha256};
 use sip::message::{
     parse_name_addr, reason_phrase, response_from_headers, Headers, Method, SipMessage, Uri,
@@ -163,6 +164,9 @@ struct Hidden {
     /// The Call-ID of an INVITE: if the call was not answered when the
     /// entry expires, its relay is given up.
     invite_of: Option<String>,
+    /// A call to a phone (an INVITE outside a dialog) whose outcome is
+    /// not counted yet.
+    call_pending: bool,
 }
 
 /// Which node has a phone's INVITE transaction (outside a dialog), so its
@@ -177,7 +181,64 @@ struct Hidden {
 struct PhoneInvite {
     node: usize,
     until: Instant,
+    call: CallState,
 }
+
+/// Where a phone's call stands for `sbc_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// No final response yet: if the transaction ends so, `no_response`.
+    Pending,
+    /// Challenged: the phone's resubmission makes it pending again; if
+    /// none comes, it was no call (a scanner's INVITE is challenged too).
+    Challenged,
+    /// Its outcome is counted; retransmitted finals are not counted again.
+    Counted,
+}
+
+/// Which way a call crosses the SBC, for `sbc_calls_total`.
+#[derive(Debug, Clone, Copy)]
+enum CallDirection {
+    /// A phone's INVITE to the PBX.
+    FromPhone,
+    /// A pbx-node's INVITE to a phone.
+    ToPhone,
+}
+
+impl CallDirection {
+    fn label(self) -> &'static str {
+        match self {
+            CallDirection::FromPhone => "from_phone",
+            CallDirection::ToPhone => "to_phone",
+        }
+    }
+}
+
+/// What a response to a call's INVITE says of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallProgress {
+    Provisional,
+    /// 401 or 407: the resubmission is the same call.
+    Challenged,
+    /// A final response, and the outcome it counts as.
+    Ended(&'static str),
+}
+
+fn call_progress(status: u16) -> CallProgress {
+    CallProgress::Ended(match status {
+        ..200 => return CallProgress::Provisional,
+        401 | 407 => return CallProgress::Challenged,
+        200..=299 => "answered",
+        486 | 600 => "busy",
+        408 | 480 => "no_answer",
+        487 => "cancelled",
+        500..=599 => "failed",
+        _ => "rejected",
+    })
+}
+
+/// A call whose INVITE transaction ended with no final response.
+const NO_RESPONSE: &str = "no_response";
 
 /// How long a node→phone transaction's Vias are kept: the longest an
 /// INVITE may ring, then 2xx retransmissions.
@@ -197,6 +258,8 @@ pub struct Proxy<M> {
     /// Phones' INVITE transactions by Call-ID.
     invites: HashMap<String, PhoneInvite>,
     pub keepalives: Keepalives,
+    /// `sbc_calls_total`, once registered.
+    calls: Option<IntCounterVec>,
 }
 
 /// Records where the phone's request really came from in its Via, as a
@@ -286,6 +349,31 @@ impl<M: MediaAnchor> Proxy<M> {
             media,
             hidden: HashMap::new(),
             invites: HashMap::new(),
+            calls: None,
+        }
+    }
+
+    /// Exposes the calls through the SBC by direction and outcome in
+    /// `registry`.
+    pub fn register_metrics(&mut self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "sbc_calls_total",
+                "Calls (INVITEs outside a dialog) through the SBC by direction (from_phone, \
+                 to_phone) and outcome: answered, busy, no_answer, cancelled, rejected (other \
+                 3xx, 4xx, 6xx), failed (5xx, and no pbx-node to take it), no_response (no \
+                 final response before the transaction ended)",
+            ),
+            &["direction", "outcome"],
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        self.calls = Some(calls);
+        Ok(())
+    }
+
+    fn count_call(&self, direction: CallDirection, outcome: &str) {
+        if let Some(calls) = &self.calls {
+            calls.with_label_values(&[direction.label(), outcome]).inc();
         }
     }
 
@@ -358,6 +446,9 @@ impl<M: MediaAnchor> Proxy<M> {
                 if invite {
                     // The resubmission after a challenge starts anew.
                     known.until = known.until.max(now + TIMER_B);
+                    if known.call == CallState::Challenged {
+                        known.call = CallState::Pending;
+                    }
                 }
                 return Some(known.node);
             }
@@ -370,6 +461,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 PhoneInvite {
                     node,
                     until: now + TIMER_B,
+                    call: CallState::Pending,
                 },
             );
         }
@@ -434,6 +526,9 @@ impl<M: MediaAnchor> Proxy<M> {
                 Some(node) => node,
                 None => {
                     tracing::warn!(%call_id, "no healthy pbx-node: 503");
+                    if method == Method::Invite {
+                        self.count_call(CallDirection::FromPhone, "failed");
+                    }
                     let mut busy = reply(&request, 503);
                     busy.headers.push("Retry-After", "5");
                     return if method == Method::Ack {
@@ -563,12 +658,22 @@ impl<M: MediaAnchor> Proxy<M> {
             return Vec::new();
         };
         hidden.until = hidden.until.max(now + HIDDEN_OTHER);
+        let status = response.status().unwrap_or(0);
+        let progress = call_progress(status);
+        let outcome = match progress {
+            CallProgress::Ended(outcome) if hidden.call_pending => Some(outcome),
+            _ => None,
+        };
+        // A challenge too: the node's resubmission is a call of its own.
+        hidden.call_pending &= progress == CallProgress::Provisional;
         let (node, vias) = (hidden.node, hidden.vias.clone());
+        if let Some(outcome) = outcome {
+            self.count_call(CallDirection::ToPhone, outcome);
+        }
         response.headers.remove("Via");
         for via in vias.iter().rev() {
             response.headers.push_front("Via", via.clone());
         }
-        let status = response.status().unwrap_or(0);
         let call_id = response.call_id().unwrap_or_default().to_string();
         if cseq.method != Method::Register {
             self.rewrite_phone_contact(&flow, &mut response);
@@ -703,6 +808,7 @@ impl<M: MediaAnchor> Proxy<M> {
                     node,
                     until: now + ttl,
                     invite_of: (method == Method::Invite).then(|| call_id.clone()),
+                    call_pending: method == Method::Invite && request.to_tag().is_none(),
                 },
             );
         }
@@ -786,11 +892,20 @@ impl<M: MediaAnchor> Proxy<M> {
         }
         self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, status, &call_id);
+        let mut outcome = None;
         if let Some(invite) = self
             .invites
             .get_mut(&call_id)
             .filter(|_| cseq.method == Method::Invite)
         {
+            match (call_progress(status), invite.call) {
+                (_, CallState::Counted) | (CallProgress::Provisional, _) => {}
+                (CallProgress::Challenged, _) => invite.call = CallState::Challenged,
+                (CallProgress::Ended(ended), _) => {
+                    invite.call = CallState::Counted;
+                    outcome = Some(ended);
+                }
+            }
             invite.until = if status < 200 {
                 // Ringing: as long as an INVITE may ring.
                 invite.until.max(now + HIDDEN_INVITE)
@@ -799,6 +914,9 @@ impl<M: MediaAnchor> Proxy<M> {
                 // resubmission after a challenge.
                 now + HIDDEN_OTHER
             };
+        }
+        if let Some(outcome) = outcome {
+            self.count_call(CallDirection::FromPhone, outcome);
         }
         actions.push(Action::ToPhone {
             flow,
@@ -835,10 +953,12 @@ impl<M: MediaAnchor> Proxy<M> {
     /// Probes due and probes given up; forgets Vias past their time.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut dead_invites = Vec::new();
+        let (mut unanswered_to_phones, mut unanswered_from_phones) = (0, 0);
         self.hidden.retain(|_, h| {
             let live = h.until > now;
             if !live {
                 dead_invites.extend(h.invite_of.take());
+                unanswered_to_phones += u64::from(h.call_pending);
             }
             live
         });
@@ -846,9 +966,18 @@ impl<M: MediaAnchor> Proxy<M> {
             let live = i.until > now;
             if !live {
                 dead_invites.push(call_id.clone());
+                unanswered_from_phones += u64::from(i.call == CallState::Pending);
             }
             live
         });
+        for (direction, count) in [
+            (CallDirection::ToPhone, unanswered_to_phones),
+            (CallDirection::FromPhone, unanswered_from_phones),
+        ] {
+            for _ in 0..count {
+                self.count_call(direction, NO_RESPONSE);
+            }
+        }
         // Ends the relay of a call that was not answered (no-op otherwise).
         for call_id in dead_invites {
             self.media.failed(&call_id);
@@ -1415,6 +1544,101 @@ mod tests {
             p.media.log.last().map(String::as_str),
             Some("failed challenged")
         );
+    }
+
+    #[test]
+    fn calls_are_counted_once_by_direction_and_outcome() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut p = proxy_probing(
+            t0,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        );
+        let registry = Registry::new();
+        p.register_metrics(&registry).unwrap();
+        let count = |direction: &str, outcome: &str| {
+            use prometheus::Encoder;
+            let mut text = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&registry.gather(), &mut text)
+                .unwrap();
+            let series =
+                format!(r#"sbc_calls_total{{direction="{direction}",outcome="{outcome}"}} "#);
+            String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix(&series).map(|n| n.parse::<u64>().unwrap()))
+                .unwrap_or(0)
+        };
+        let invite = |call_id: &str, cseq: u32| {
+            with_sdp(&format!(
+                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}{cseq}\n\
+                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+                 Call-ID: {call_id}\nCSeq: {cseq} INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
+            ))
+        };
+        // The node answers `call_id`'s INVITE number `cseq` with `statuses`.
+        let answer = |p: &mut Proxy<FakeMedia>, call_id: &str, cseq: u32, statuses: &[u16]| {
+            let (node, inside) = to_node(one(p.from_phone(phone(), invite(call_id, cseq), t0)));
+            for &status in statuses {
+                let mut response = inside.response(status);
+                response.ensure_to_tag("node");
+                p.from_node(NODES[node].parse().unwrap(), response, t0);
+            }
+        };
+
+        // Challenged, resubmitted, answered; the 200 retransmitted.
+        answer(&mut p, "answered", 1, &[100, 407]);
+        answer(&mut p, "answered", 2, &[180, 200, 200]);
+        answer(&mut p, "busy", 1, &[486, 486]);
+        // Challenged and never resubmitted (a scanner's, say): no call.
+        answer(&mut p, "abandoned", 1, &[407]);
+        // The node never answers at all.
+        to_node(one(p.from_phone(phone(), invite("lost", 1), t0)));
+        assert_eq!(count("from_phone", "answered"), 1);
+        assert_eq!(count("from_phone", "busy"), 1);
+        p.handle_timeout(t0 + HIDDEN_INVITE);
+        assert_eq!(count("from_phone", "no_response"), 1);
+
+        // A node's call to the phone, cancelled (the 487 retransmitted),
+        // then a re-INVITE in another call's dialog, which is no call.
+        let path = format!("<sip:{}@10.0.0.100:5080;lr;ob>", p.key.flow_token(&phone()));
+        let from_node = |call_id: &str, to_tag: &str| {
+            with_sdp(&format!(
+                "INVITE sip:100@192.168.1.7:5061;transport=tls SIP/2.0\n\
+                 Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK{call_id}\nRoute: {path}\nMax-Forwards: 70\n\
+                 From: <sip:101@demo.pbx.local>;tag=b2b\nTo: <sip:100@demo.pbx.local>{to_tag}\n\
+                 Call-ID: {call_id}\nCSeq: 1 INVITE\nContact: <sip:pbx@10.0.0.2:5060>\n"
+            ))
+        };
+        let node: SocketAddr = NODES[1].parse().unwrap();
+        let t1 = t0 + HIDDEN_INVITE;
+        for (call_id, to_tag, statuses) in [
+            ("cancelled", "", &[180, 487, 487][..]),
+            ("reinvite", ";tag=phone", &[200][..]),
+        ] {
+            let (_, out, _) = to_phone(one(p.from_node(node, from_node(call_id, to_tag), t1)));
+            for &status in statuses {
+                let mut response = out.response(status);
+                response.ensure_to_tag("phone");
+                to_node(one(p.from_phone(phone(), response, t1)));
+            }
+        }
+        assert_eq!(count("to_phone", "cancelled"), 1);
+        assert_eq!(count("to_phone", "answered"), 0);
+
+        // No node to take a call: the SBC's own 503 counts as failed.
+        p.node_unreachable(0);
+        p.node_unreachable(1);
+        let (_, refused, _) = to_phone(one(p.from_phone(phone(), invite("no-node", 1), t1)));
+        assert_eq!(refused.status(), Some(503));
+        assert_eq!(count("from_phone", "failed"), 1);
+        p.handle_timeout(t1 + HIDDEN_INVITE);
+        assert_eq!(count("from_phone", "no_response"), 1, "only the lost call");
+        assert_eq!(count("to_phone", "no_response"), 0);
     }
 
     #[test]

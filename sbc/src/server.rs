@@ -213,7 +213,7 @@ impl Sbc {
         );
         dispatcher.register_metrics(&registry)?;
         let media_gauges = MediaGauges::register(&registry)?;
-        let proxy = Proxy::new(
+        let mut proxy = Proxy::new(
             key,
             ProxyConfig {
                 internal: internal_addr,
@@ -232,6 +232,7 @@ impl Sbc {
             dispatcher,
             relays,
         );
+        proxy.register_metrics(&registry)?;
         let (status_tx, status) = watch::channel(Status::default());
         let (admin_tx, admin_rx) = mpsc::channel(16);
         let (http, http_task) = serve_http(

@@ -240,6 +240,12 @@ async fn a_call_through_the_sbc_is_answered_and_hides_the_inside() {
         ),
         ("100", "101", "ANSWERED")
     );
+    // Both legs cross the SBC: 100's call in, the node's call out to 101.
+    let metrics = http_get(sbc.http, "/metrics").await;
+    for leg in ["from_phone", "to_phone"] {
+        let line = format!(r#"sbc_calls_total{{direction="{leg}",outcome="answered"}} 1"#);
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // Every message either phone received or sent: no inside address.
     for work in [&reg, &uas, &uac] {
