@@ -129,9 +129,11 @@ impl Socket {
 
     /// Sends every datagram in `outbox`, up to [`MAX_BATCH`] per system
     /// call, and empties it. A datagram the kernel refuses comes back
-    /// ([`Refused`]: its tag, target and error), and the others still go; a full send buffer
-    /// is waited out as by [`send_to`], then what is left comes back with
-    /// `WouldBlock`. Cancel-safe: the outbox holds what is not sent yet.
+    /// ([`Refused`]: its tag, target and error), and the others still go.
+    /// A full send buffer is waited out as by [`send_to`], then what is
+    /// left comes back with `WouldBlock`. Dropped while it waits, the
+    /// outbox keeps what is not sent yet (what was refused before is
+    /// forgotten).
     ///
     /// [`send_to`]: Socket::send_to
     pub async fn send_batch<T>(&self, outbox: &mut Outbox<T>) -> Vec<Refused<T>> {
@@ -145,6 +147,7 @@ impl Socket {
         while done < outbox.len() {
             match outbox.send_some(fd, done) {
                 Ok(sent) => done += sent,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     outbox.settle(done, &mut refusals, &mut refused);
                     done = 0;
