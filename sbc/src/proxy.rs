@@ -1090,6 +1090,28 @@ mod tests {
         )
     }
 
+    /// A proxy whose probes never come due within a test: the nodes stay
+    /// up whatever the test's clock does.
+    fn unprobed_proxy(now: Instant) -> Proxy<FakeMedia> {
+        let hour = Duration::from_secs(3600);
+        proxy_probing(
+            now,
+            DispatchConfig {
+                interval: hour,
+                timeout: hour,
+            },
+        )
+    }
+
+    /// The phone's INVITE number `cseq` of call `call_id`, to 101.
+    fn phone_invite(call_id: &str, cseq: u32) -> SipMessage {
+        with_sdp(&format!(
+            "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}{cseq}\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
+             Call-ID: {call_id}\nCSeq: {cseq} INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
+        ))
+    }
+
     fn phone() -> Flow {
         Flow {
             transport: Transport::Tls,
@@ -1230,15 +1252,7 @@ mod tests {
     fn a_phone_registered_over_udp_gets_keepalives_until_it_unregisters() {
         let t0 = Instant::now();
         let secs = Duration::from_secs;
-        // Probes that never time out within the test: the nodes stay up.
-        let hour = secs(3600);
-        let mut p = proxy_probing(
-            t0,
-            DispatchConfig {
-                interval: hour,
-                timeout: hour,
-            },
-        );
+        let mut p = unprobed_proxy(t0);
         let udp = Flow {
             transport: Transport::Udp,
             remote: "198.51.100.8:5060".parse().unwrap(),
@@ -1447,21 +1461,8 @@ mod tests {
     fn an_unanswered_calls_relay_is_given_up_when_its_invite_is_dead() {
         let t0 = Instant::now();
         let secs = Duration::from_secs;
-        let hour = secs(3600);
-        let mut p = proxy_probing(
-            t0,
-            DispatchConfig {
-                interval: hour,
-                timeout: hour,
-            },
-        );
-        let invite = |call_id: &str| {
-            with_sdp(&format!(
-                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}\n\
-                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
-                 Call-ID: {call_id}\nCSeq: 1 INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
-            ))
-        };
+        let mut p = unprobed_proxy(t0);
+        let invite = |call_id: &str| phone_invite(call_id, 1);
         let failed = |p: &Proxy<FakeMedia>| {
             p.media
                 .log
@@ -1513,22 +1514,12 @@ mod tests {
     #[test]
     fn a_challenged_invite_keeps_its_relay_until_its_transaction_is_dead() {
         let t0 = Instant::now();
-        let hour = Duration::from_secs(3600);
-        let mut p = proxy_probing(
+        let mut p = unprobed_proxy(t0);
+        let (node, first) = to_node(one(p.from_phone(
+            phone(),
+            phone_invite("challenged", 1),
             t0,
-            DispatchConfig {
-                interval: hour,
-                timeout: hour,
-            },
-        );
-        let invite = |cseq: u32| {
-            with_sdp(&format!(
-                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{cseq}\n\
-                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
-                 Call-ID: challenged\nCSeq: {cseq} INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
-            ))
-        };
-        let (node, first) = to_node(one(p.from_phone(phone(), invite(1), t0)));
+        )));
         let source: SocketAddr = NODES[node].parse().unwrap();
         p.from_node(source, first.response(407), t0);
         assert_eq!(
@@ -1549,14 +1540,7 @@ mod tests {
     #[test]
     fn calls_are_counted_once_by_direction_and_outcome() {
         let t0 = Instant::now();
-        let hour = Duration::from_secs(3600);
-        let mut p = proxy_probing(
-            t0,
-            DispatchConfig {
-                interval: hour,
-                timeout: hour,
-            },
-        );
+        let mut p = unprobed_proxy(t0);
         let registry = Registry::new();
         p.register_metrics(&registry).unwrap();
         let count = |direction: &str, outcome: &str| {
@@ -1573,16 +1557,10 @@ mod tests {
                 .find_map(|l| l.strip_prefix(&series).map(|n| n.parse::<u64>().unwrap()))
                 .unwrap_or(0)
         };
-        let invite = |call_id: &str, cseq: u32| {
-            with_sdp(&format!(
-                "INVITE sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bK{call_id}{cseq}\n\
-                 Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: <sip:101@demo.pbx.local>\n\
-                 Call-ID: {call_id}\nCSeq: {cseq} INVITE\nContact: <sip:100@192.168.1.7:5061;transport=tls>\n"
-            ))
-        };
         // The node answers `call_id`'s INVITE number `cseq` with `statuses`.
         let answer = |p: &mut Proxy<FakeMedia>, call_id: &str, cseq: u32, statuses: &[u16]| {
-            let (node, inside) = to_node(one(p.from_phone(phone(), invite(call_id, cseq), t0)));
+            let (node, inside) =
+                to_node(one(p.from_phone(phone(), phone_invite(call_id, cseq), t0)));
             for &status in statuses {
                 let mut response = inside.response(status);
                 response.ensure_to_tag("node");
@@ -1597,7 +1575,7 @@ mod tests {
         // Challenged and never resubmitted (a scanner's, say): no call.
         answer(&mut p, "abandoned", 1, &[407]);
         // The node never answers at all.
-        to_node(one(p.from_phone(phone(), invite("lost", 1), t0)));
+        to_node(one(p.from_phone(phone(), phone_invite("lost", 1), t0)));
         assert_eq!(count("from_phone", "answered"), 1);
         assert_eq!(count("from_phone", "busy"), 1);
         p.handle_timeout(t0 + HIDDEN_INVITE);
@@ -1633,7 +1611,7 @@ mod tests {
         // No node to take a call: the SBC's own 503 counts as failed.
         p.node_unreachable(0);
         p.node_unreachable(1);
-        let (_, refused, _) = to_phone(one(p.from_phone(phone(), invite("no-node", 1), t1)));
+        let (_, refused, _) = to_phone(one(p.from_phone(phone(), phone_invite("no-node", 1), t1)));
         assert_eq!(refused.status(), Some(503));
         assert_eq!(count("from_phone", "failed"), 1);
         p.handle_timeout(t1 + HIDDEN_INVITE);
