@@ -459,8 +459,8 @@ impl Driver {
                 armed = deadline;
             }
             let actions = tokio::select! {
-                message = inbound.phone_udp.recv() => self.on_phone_message(message, &policy).await,
-                Some(message) = inbound.phone_streams.recv() => self.on_phone_message(message, &policy).await,
+                message = inbound.phone_udp.recv() => self.on_phone_message(message, &policy),
+                Some(message) = inbound.phone_streams.recv() => self.on_phone_message(message, &policy),
                 message = inbound.node_udp.recv() => self.on_node_message(message),
                 Some(call_id) = abandoned.recv() => {
                     tracing::warn!(%call_id, "media silent both ways for an hour: relay stopped");
@@ -510,7 +510,7 @@ impl Driver {
                 }
             };
             for action in actions {
-                self.carry_out(action).await;
+                self.carry_out(action);
             }
             // Under load, messages that are already waiting are handled
             // before going back to the select (and its bookkeeping above);
@@ -519,14 +519,14 @@ impl Driver {
                 let actions = if let Some(message) = inbound.node_udp.try_recv() {
                     self.on_node_message(message)
                 } else if let Some(message) = inbound.phone_udp.try_recv() {
-                    self.on_phone_message(message, &policy).await
+                    self.on_phone_message(message, &policy)
                 } else if let Ok(message) = inbound.phone_streams.try_recv() {
-                    self.on_phone_message(message, &policy).await
+                    self.on_phone_message(message, &policy)
                 } else {
                     break;
                 };
                 for action in actions {
-                    self.carry_out(action).await;
+                    self.carry_out(action);
                 }
             }
             self.send_datagrams().await;
@@ -548,7 +548,7 @@ impl Driver {
             for refused in self.node_socket.send_batch(&mut self.to_nodes).await {
                 tracing::warn!(addr = %refused.target, error = %refused.error, "send to pbx-node failed");
                 if let Some(Action::Node(change)) = self.proxy.node_unreachable(refused.tag) {
-                    self.carry_out(Action::Node(change)).await;
+                    self.carry_out(Action::Node(change));
                 }
             }
         }
@@ -557,7 +557,7 @@ impl Driver {
     /// A message from a phone: the guard first (a banned, denied or
     /// flooding source gets nothing back, not even a 400: no reflection),
     /// then validation, then the proxy.
-    async fn on_phone_message(&mut self, inbound: InboundMessage, policy: &Policy) -> Vec<Action> {
+    fn on_phone_message(&mut self, inbound: InboundMessage, policy: &Policy) -> Vec<Action> {
         let now = Instant::now();
         let is_request = match &inbound.parsed {
             Ok(message) => message.is_request(),
@@ -615,7 +615,7 @@ impl Driver {
         }
     }
 
-    async fn carry_out(&mut self, action: Action) {
+    fn carry_out(&mut self, action: Action) {
         match action {
             Action::ToPhone {
                 flow,
@@ -630,10 +630,11 @@ impl Driver {
                 message,
                 if_flow_gone,
             } => {
+                // Not awaited: a phone that stops reading fills its own
+                // queue and loses its messages, and holds up no one else.
                 if let Err(e) = self
                     .external
-                    .send(flow.transport, flow.remote, &message)
-                    .await
+                    .try_send(flow.transport, flow.remote, &message)
                 {
                     tracing::info!(remote = %flow.remote, error = %e, "flow to the phone failed");
                     if let Some(gone) = if_flow_gone {

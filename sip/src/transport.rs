@@ -118,6 +118,8 @@ pub enum TransportError {
     ServerName(String),
     #[error("connection to {0} is closed")]
     Closed(SocketAddr),
+    #[error("the write queue to {0} is full: the peer does not read")]
+    Congested(SocketAddr),
     #[error("WebSocket: {0}")]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     #[error("WebSocket server did not accept the 'sip' subprotocol")]
@@ -651,6 +653,36 @@ impl TransportLayer {
         Ok(id)
     }
 
+    /// Sends without waiting, over what is already there: UDP from the
+    /// bound socket, a stream over its open connection to `dest` (none is
+    /// opened). `Congested` when that connection's write queue is full: a
+    /// proxy that handles every message in one task must not stall behind
+    /// a peer that stopped reading.
+    pub fn try_send(
+        &self,
+        transport: Transport,
+        dest: SocketAddr,
+        message: &SipMessage,
+    ) -> Result<ConnectionId, TransportError> {
+        let bytes = message.to_bytes();
+        if transport == Transport::Udp {
+            let (id, socket) = lock(&self.shared.udp)
+                .clone()
+                .ok_or(TransportError::UdpNotBound)?;
+            socket.try_send_to(&bytes, dest)?;
+            return Ok(id);
+        }
+        let connections = lock(&self.shared.connections);
+        let connection = connections
+            .get(&(transport, dest))
+            .ok_or(TransportError::NotConnected(dest))?;
+        connection.writer.try_send(bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TransportError::Congested(dest),
+            mpsc::error::TrySendError::Closed(_) => TransportError::Closed(dest),
+        })?;
+        Ok(connection.id)
+    }
+
     /// Sends a message's bytes from the bound UDP socket.
     async fn send_udp_bytes(
         &self,
@@ -943,6 +975,52 @@ mod tests {
         assert_eq!(back.parsed.unwrap().status(), Some(200));
         assert_eq!(client.connection_count(), 1);
         assert_eq!(server.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn try_send_to_a_peer_that_stops_reading_reports_congestion_without_waiting() {
+        let (layer, _rx) = TransportLayer::new(TransportConfig::default());
+        // A peer that accepts and then never reads.
+        let silent = std::net::TcpListener::bind(localhost()).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let connected = layer
+            .send(Transport::Tcp, silent_addr, &options())
+            .await
+            .unwrap();
+        let (_held, _) = silent.accept().unwrap();
+        let mut big = options();
+        big.headers.set("Content-Type", "text/plain");
+        big.body = vec![b'x'; 60_000];
+        let mut sent = 0;
+        let congested = timeout(Duration::from_secs(10), async {
+            loop {
+                match layer.try_send(Transport::Tcp, silent_addr, &big) {
+                    Ok(id) => {
+                        assert_eq!(id, connected);
+                        sent += 1;
+                    }
+                    Err(e) => return e,
+                }
+                // The writer task fills the kernel's buffers meanwhile.
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the queue fills: no endless buffering");
+        assert!(
+            matches!(congested, TransportError::Congested(addr) if addr == silent_addr),
+            "{congested}"
+        );
+        assert!(
+            sent > 64,
+            "the kernel took some before the queue of 64 filled: {sent}"
+        );
+        // No connection is opened by try_send.
+        let nobody = SocketAddr::from(([127, 0, 0, 1], 9));
+        assert!(matches!(
+            layer.try_send(Transport::Tcp, nobody, &options()),
+            Err(TransportError::NotConnected(_))
+        ));
     }
 
     #[tokio::test]
