@@ -179,6 +179,7 @@ struct Metrics {
     connections_refused: IntCounterVec,
     handshake_timeouts: IntCounter,
     oversized: IntCounter,
+    congested: IntCounter,
 }
 
 impl Metrics {
@@ -219,6 +220,11 @@ impl Metrics {
             "Messages refused for exceeding max_message_bytes",
         )?;
         registry.register(Box::new(oversized.clone()))?;
+        let congested = IntCounter::new(
+            "sbc_congested_drops_total",
+            "Messages to a phone dropped because its connection's write queue was full (the phone does not read)",
+        )?;
+        registry.register(Box::new(congested.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(bans.clone()))?;
         registry.register(Box::new(banned_dropped.clone()))?;
@@ -232,6 +238,7 @@ impl Metrics {
             connections_refused,
             handshake_timeouts,
             oversized,
+            congested,
         })
     }
 }
@@ -411,6 +418,12 @@ impl Guard {
     /// A message over the size limit arrived (the driver logs it).
     pub fn message_too_large(&mut self) {
         self.metrics.oversized.inc();
+    }
+
+    /// A message to a phone was dropped: its connection's write queue was
+    /// full (the driver logs it).
+    pub fn write_queue_full(&mut self) {
+        self.metrics.congested.inc();
     }
 
     pub fn connection_closed(&mut self, source: IpAddr) {
@@ -880,6 +893,22 @@ mod tests {
         assert_eq!(config.burst, 7);
         assert!(toml::from_str::<GuardConfig>("bogus = 1").is_err());
         assert!(toml::from_str::<GuardConfig>("deny = [\"10.0.0.0/33\"]").is_err());
+    }
+
+    #[test]
+    fn limits_the_transport_and_driver_hit_are_counted() {
+        let (mut g, registry) = guard(GuardConfig::default());
+        g.message_too_large();
+        g.handshake_timed_out();
+        g.write_queue_full();
+        g.write_queue_full();
+        for (name, count) in [
+            ("sbc_oversized_messages_total", 1.0),
+            ("sbc_handshake_timeouts_total", 1.0),
+            ("sbc_congested_drops_total", 2.0),
+        ] {
+            assert_eq!(counter(&registry, name, None), count, "{name}");
+        }
     }
 
     #[test]

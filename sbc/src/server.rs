@@ -12,7 +12,7 @@ use sip::message::ParseErrorKind;
 use sip::message::SipMessage;
 use sip::transport::{
     ConnectionGate, ConnectionLimit, ConnectionTicket, InboundMessage, Transport, TransportConfig,
-    TransportLayer, UdpInbound,
+    TransportError, TransportLayer, UdpInbound,
 };
 use sip::validate::{classify, Inbound, Policy};
 use tokio::runtime::Handle;
@@ -636,7 +636,12 @@ impl Driver {
                     .external
                     .try_send(flow.transport, flow.remote, &message)
                 {
-                    tracing::info!(remote = %flow.remote, error = %e, "flow to the phone failed");
+                    if matches!(e, TransportError::Congested(_)) {
+                        tracing::warn!(remote = %flow.remote, "the phone does not read: message dropped");
+                        self.guard().write_queue_full();
+                    } else {
+                        tracing::info!(remote = %flow.remote, error = %e, "flow to the phone failed");
+                    }
                     if let Some(gone) = if_flow_gone {
                         self.queue_to_node(gone.node, &gone.response());
                     }
