@@ -39,4 +39,11 @@ fn main() {
         "{} byte INVITE: parse {parse:?}/msg, parse+validate {classify:?}/msg",
         INVITE.len()
     );
+    // The figures, as one JSON object on the last line.
+    println!(
+        r#"{{"message_bytes": {}, "parse_ns_per_msg": {}, "parse_and_validate_ns_per_msg": {}}}"#,
+        INVITE.len(),
+        parse.as_nanos(),
+        classify.as_nanos()
+    );
 }
