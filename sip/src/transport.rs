@@ -666,9 +666,7 @@ impl TransportLayer {
     ) -> Result<ConnectionId, TransportError> {
         let bytes = message.to_bytes();
         if transport == Transport::Udp {
-            let (id, socket) = lock(&self.shared.udp)
-                .clone()
-                .ok_or(TransportError::UdpNotBound)?;
+            let (id, socket) = self.bound_udp()?;
             socket.try_send_to(&bytes, dest)?;
             return Ok(id);
         }
@@ -689,11 +687,15 @@ impl TransportLayer {
         dest: SocketAddr,
         bytes: &[u8],
     ) -> Result<ConnectionId, TransportError> {
-        let (id, socket) = lock(&self.shared.udp)
-            .clone()
-            .ok_or(TransportError::UdpNotBound)?;
+        let (id, socket) = self.bound_udp()?;
         socket.send_to(bytes, dest).await?;
         Ok(id)
+    }
+
+    fn bound_udp(&self) -> Result<(ConnectionId, Arc<udp::Socket>), TransportError> {
+        lock(&self.shared.udp)
+            .clone()
+            .ok_or(TransportError::UdpNotBound)
     }
 
     /// Adds a connection to the table; returns its id and write channel.
