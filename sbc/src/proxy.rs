@@ -214,27 +214,40 @@ impl CallDirection {
     }
 }
 
-/// What a response to a call's INVITE says of the call.
+/// What a response to an INVITE says of its call: for the media anchor
+/// and for `sbc_calls_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallProgress {
     Provisional,
     /// 401 or 407: the resubmission is the same call.
     Challenged,
-    /// A final response, and the outcome it counts as.
-    Ended(&'static str),
+    Answered,
+    /// Any other final response, and the outcome it counts as.
+    Failed(&'static str),
 }
 
-fn call_progress(status: u16) -> CallProgress {
-    CallProgress::Ended(match status {
-        ..200 => return CallProgress::Provisional,
-        401 | 407 => return CallProgress::Challenged,
-        200..=299 => "answered",
-        486 | 600 => "busy",
-        408 | 480 => "no_answer",
-        487 => "cancelled",
-        500..=599 => "failed",
-        _ => "rejected",
-    })
+impl CallProgress {
+    fn of(status: u16) -> CallProgress {
+        CallProgress::Failed(match status {
+            ..200 => return CallProgress::Provisional,
+            200..=299 => return CallProgress::Answered,
+            401 | 407 => return CallProgress::Challenged,
+            486 | 600 => "busy",
+            408 | 480 => "no_answer",
+            487 => "cancelled",
+            500..=599 => "failed",
+            _ => "rejected",
+        })
+    }
+
+    /// The outcome a final response (not a challenge) counts as.
+    fn outcome(self) -> Option<&'static str> {
+        match self {
+            CallProgress::Answered => Some("answered"),
+            CallProgress::Failed(outcome) => Some(outcome),
+            CallProgress::Provisional | CallProgress::Challenged => None,
+        }
+    }
 }
 
 /// A call whose INVITE transaction ended with no final response.
@@ -371,9 +384,11 @@ impl<M: MediaAnchor> Proxy<M> {
         Ok(())
     }
 
-    fn count_call(&self, direction: CallDirection, outcome: &str) {
-        if let Some(calls) = &self.calls {
-            calls.with_label_values(&[direction.label(), outcome]).inc();
+    fn count_calls(&self, direction: CallDirection, outcome: &str, count: u64) {
+        if let Some(calls) = self.calls.as_ref().filter(|_| count > 0) {
+            calls
+                .with_label_values(&[direction.label(), outcome])
+                .inc_by(count);
         }
     }
 
@@ -527,7 +542,7 @@ impl<M: MediaAnchor> Proxy<M> {
                 None => {
                     tracing::warn!(%call_id, "no healthy pbx-node: 503");
                     if method == Method::Invite {
-                        self.count_call(CallDirection::FromPhone, "failed");
+                        self.count_calls(CallDirection::FromPhone, "failed", 1);
                     }
                     let mut busy = reply(&request, 503);
                     busy.headers.push("Retry-After", "5");
@@ -658,17 +673,13 @@ impl<M: MediaAnchor> Proxy<M> {
             return Vec::new();
         };
         hidden.until = hidden.until.max(now + HIDDEN_OTHER);
-        let status = response.status().unwrap_or(0);
-        let progress = call_progress(status);
-        let outcome = match progress {
-            CallProgress::Ended(outcome) if hidden.call_pending => Some(outcome),
-            _ => None,
-        };
+        let progress = CallProgress::of(response.status().unwrap_or(0));
+        let outcome = progress.outcome().filter(|_| hidden.call_pending);
         // A challenge too: the node's resubmission is a call of its own.
         hidden.call_pending &= progress == CallProgress::Provisional;
         let (node, vias) = (hidden.node, hidden.vias.clone());
         if let Some(outcome) = outcome {
-            self.count_call(CallDirection::ToPhone, outcome);
+            self.count_calls(CallDirection::ToPhone, outcome, 1);
         }
         response.headers.remove("Via");
         for via in vias.iter().rev() {
@@ -679,7 +690,7 @@ impl<M: MediaAnchor> Proxy<M> {
             self.rewrite_phone_contact(&flow, &mut response);
         }
         self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut response);
-        self.note_invite_outcome(&cseq.method, status, &call_id);
+        self.note_invite_outcome(&cseq.method, progress, &call_id);
         vec![Action::ToNode {
             node,
             message: response,
@@ -719,15 +730,15 @@ impl<M: MediaAnchor> Proxy<M> {
         }
     }
 
-    fn note_invite_outcome(&mut self, method: &Method, status: u16, call_id: &str) {
+    fn note_invite_outcome(&mut self, method: &Method, progress: CallProgress, call_id: &str) {
         if *method != Method::Invite {
             return;
         }
-        match status {
-            200..=299 => self.media.answered(call_id),
-            401 | 407 => self.media.challenged(call_id),
-            300.. => self.media.failed(call_id),
-            _ => {}
+        match progress {
+            CallProgress::Answered => self.media.answered(call_id),
+            CallProgress::Challenged => self.media.challenged(call_id),
+            CallProgress::Failed(_) => self.media.failed(call_id),
+            CallProgress::Provisional => {}
         }
     }
 
@@ -891,19 +902,20 @@ impl<M: MediaAnchor> Proxy<M> {
                 .registered(flow.remote, registered_until(&response, now), now);
         }
         self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
-        self.note_invite_outcome(&cseq.method, status, &call_id);
+        let progress = CallProgress::of(status);
+        self.note_invite_outcome(&cseq.method, progress, &call_id);
         let mut outcome = None;
         if let Some(invite) = self
             .invites
             .get_mut(&call_id)
             .filter(|_| cseq.method == Method::Invite)
         {
-            match (call_progress(status), invite.call) {
+            match (progress, invite.call) {
                 (_, CallState::Counted) | (CallProgress::Provisional, _) => {}
                 (CallProgress::Challenged, _) => invite.call = CallState::Challenged,
-                (CallProgress::Ended(ended), _) => {
+                (CallProgress::Answered | CallProgress::Failed(_), _) => {
                     invite.call = CallState::Counted;
-                    outcome = Some(ended);
+                    outcome = progress.outcome();
                 }
             }
             invite.until = if status < 200 {
@@ -916,7 +928,7 @@ impl<M: MediaAnchor> Proxy<M> {
             };
         }
         if let Some(outcome) = outcome {
-            self.count_call(CallDirection::FromPhone, outcome);
+            self.count_calls(CallDirection::FromPhone, outcome, 1);
         }
         actions.push(Action::ToPhone {
             flow,
@@ -970,14 +982,12 @@ impl<M: MediaAnchor> Proxy<M> {
             }
             live
         });
-        for (direction, count) in [
-            (CallDirection::ToPhone, unanswered_to_phones),
-            (CallDirection::FromPhone, unanswered_from_phones),
-        ] {
-            for _ in 0..count {
-                self.count_call(direction, NO_RESPONSE);
-            }
-        }
+        self.count_calls(CallDirection::ToPhone, NO_RESPONSE, unanswered_to_phones);
+        self.count_calls(
+            CallDirection::FromPhone,
+            NO_RESPONSE,
+            unanswered_from_phones,
+        );
         // Ends the relay of a call that was not answered (no-op otherwise).
         for call_id in dead_invites {
             self.media.failed(&call_id);
