@@ -624,7 +624,11 @@ impl TransportLayer {
     ) -> Result<ConnectionId, TransportError> {
         let bytes = message.to_bytes();
         if transport == Transport::Udp {
-            return self.send_udp_bytes(dest, &bytes).await;
+            let (id, socket) = lock(&self.shared.udp)
+                .clone()
+                .ok_or(TransportError::UdpNotBound)?;
+            socket.send_to(&bytes, dest).await?;
+            return Ok(id);
         }
         let existing = lock(&self.shared.connections)
             .get(&(transport, dest))
@@ -653,49 +657,29 @@ impl TransportLayer {
         Ok(id)
     }
 
-    /// Sends without waiting, over what is already there: UDP from the
-    /// bound socket, a stream over its open connection to `dest` (none is
-    /// opened). `Congested` when that connection's write queue is full: a
-    /// proxy that handles every message in one task must not stall behind
-    /// a peer that stopped reading.
+    /// Queues a message on the open stream connection to `dest` without
+    /// waiting: `NotConnected` if there is none (none is opened, and UDP
+    /// has none), `Congested` when its write queue is full. A proxy that
+    /// handles every message in one task must not stall behind a peer that
+    /// stopped reading.
     pub fn try_send(
         &self,
         transport: Transport,
         dest: SocketAddr,
         message: &SipMessage,
     ) -> Result<ConnectionId, TransportError> {
-        let bytes = message.to_bytes();
-        if transport == Transport::Udp {
-            let (id, socket) = self.bound_udp()?;
-            socket.try_send_to(&bytes, dest)?;
-            return Ok(id);
-        }
         let connections = lock(&self.shared.connections);
         let connection = connections
             .get(&(transport, dest))
             .ok_or(TransportError::NotConnected(dest))?;
-        connection.writer.try_send(bytes).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => TransportError::Congested(dest),
-            mpsc::error::TrySendError::Closed(_) => TransportError::Closed(dest),
-        })?;
+        connection
+            .writer
+            .try_send(message.to_bytes())
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => TransportError::Congested(dest),
+                mpsc::error::TrySendError::Closed(_) => TransportError::Closed(dest),
+            })?;
         Ok(connection.id)
-    }
-
-    /// Sends a message's bytes from the bound UDP socket.
-    async fn send_udp_bytes(
-        &self,
-        dest: SocketAddr,
-        bytes: &[u8],
-    ) -> Result<ConnectionId, TransportError> {
-        let (id, socket) = self.bound_udp()?;
-        socket.send_to(bytes, dest).await?;
-        Ok(id)
-    }
-
-    fn bound_udp(&self) -> Result<(ConnectionId, Arc<udp::Socket>), TransportError> {
-        lock(&self.shared.udp)
-            .clone()
-            .ok_or(TransportError::UdpNotBound)
     }
 
     /// Adds a connection to the table; returns its id and write channel.
