@@ -139,33 +139,24 @@ impl Socket {
     pub async fn send_batch<T>(&self, outbox: &mut Outbox<T>) -> Vec<Refused<T>> {
         let fd = self.inner.get_ref().as_raw_fd();
         let mut refused = Vec::new();
-        // Indexes into the outbox of the datagrams refused so far.
-        let mut refusals = Vec::new();
-        // The datagrams at the front that are sent or refused.
-        let mut done = 0;
         let mut waited = Duration::ZERO;
-        while done < outbox.len() {
-            match outbox.send_some(fd, done) {
-                Ok(sent) => done += sent,
+        while !outbox.is_empty() {
+            match outbox.send_some(fd) {
+                Ok(sent) => outbox.sent(sent),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    outbox.settle(done, &mut refusals, &mut refused);
-                    done = 0;
-                    if waited >= SEND_PATIENCE {
-                        done = outbox.len();
-                        refusals.extend((0..done).map(|i| (i, io::ErrorKind::WouldBlock.into())));
-                        break;
-                    }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && waited < SEND_PATIENCE => {
                     tokio::time::sleep(SEND_RETRY).await;
                     waited += SEND_RETRY;
                 }
-                Err(e) => {
-                    refusals.push((done, e));
-                    done += 1;
+                // Still full after the wait: what is left is refused.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    refused.extend(std::iter::from_fn(|| {
+                        outbox.refuse_first(io::ErrorKind::WouldBlock.into())
+                    }));
                 }
+                Err(e) => refused.extend(outbox.refuse_first(e)),
             }
         }
-        outbox.settle(done, &mut refusals, &mut refused);
         refused
     }
 }

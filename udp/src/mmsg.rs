@@ -163,30 +163,27 @@ impl<T> Outbox<T> {
         self.queued.is_empty()
     }
 
-    /// Removes the first `count` datagrams, sent or refused; those whose
-    /// index is in `refusals` (ascending) go to `refused` with their error.
-    pub(crate) fn settle(
-        &mut self,
-        count: usize,
-        refusals: &mut Vec<(usize, io::Error)>,
-        refused: &mut Vec<Refused<T>>,
-    ) {
-        let mut refusals_here = refusals.drain(..).peekable();
-        for (i, datagram) in self.queued.drain(..count).enumerate() {
-            if let Some((_, error)) = refusals_here.next_if(|(at, _)| *at == i) {
-                refused.push(Refused {
-                    tag: datagram.tag,
-                    target: datagram.target,
-                    error,
-                });
-            }
-        }
+    /// Forgets the first `count` datagrams: they are sent.
+    pub(crate) fn sent(&mut self, count: usize) {
+        self.queued.drain(..count.min(self.queued.len()));
     }
 
-    /// One `sendmmsg` of the queued datagrams from the one at `from`: how
-    /// many the kernel took (at least one), or why it took none.
-    pub(crate) fn send_some(&self, fd: RawFd, from: usize) -> io::Result<usize> {
-        let queued = self.queued.get(from..).unwrap_or_default();
+    /// Takes the first datagram out as refused, with `error`.
+    pub(crate) fn refuse_first(&mut self, error: io::Error) -> Option<Refused<T>> {
+        (!self.queued.is_empty()).then(|| {
+            let datagram = self.queued.remove(0);
+            Refused {
+                tag: datagram.tag,
+                target: datagram.target,
+                error,
+            }
+        })
+    }
+
+    /// One `sendmmsg` of the queued datagrams from the first: how many the
+    /// kernel took (at least one), or why it took none.
+    pub(crate) fn send_some(&self, fd: RawFd) -> io::Result<usize> {
+        let queued = &self.queued;
         // SAFETY: plain C structs, for which all-zero is valid.
         let (mut names, mut iovecs, mut headers): (
             [libc::sockaddr_storage; MAX_BATCH],
