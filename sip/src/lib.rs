@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod endpoint;
 pub mod message;
 pub mod sdp;
+mod text;
 pub mod transaction;
 pub mod transport;
 pub mod validate;

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use super::headers::Headers;
 use super::syntax::{is_token, parse_uri};
 use super::{parse_u32, Method, SipMessage, StartLine};
+use crate::text::{fields, split_at_byte};
 
 /// What went wrong while framing or parsing a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +83,7 @@ fn parse_header_lines(head: &str) -> Result<Headers, String> {
     let lines = head.bytes().filter(|&b| b == b'\n').count() + 1;
     let mut headers = Headers::with_capacity(lines);
     let mut current: Option<Cow<'_, str>> = None;
-    for raw in head.split('\n') {
+    for raw in fields(head, b'\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.starts_with([' ', '\t']) {
             if let Some(prev) = current.as_mut() {
@@ -103,7 +104,7 @@ fn parse_header_lines(head: &str) -> Result<Headers, String> {
 }
 
 fn push_header_line(headers: &mut Headers, line: &str) -> Result<(), String> {
-    let Some((name, value)) = line.split_once(':') else {
+    let Some((name, value)) = split_at_byte(line, b':') else {
         return Err(format!(
             "no ':' in '{}'",
             line.chars().take(30).collect::<String>()
@@ -121,7 +122,7 @@ fn parse_version(v: &str) -> Result<String, ParseErrorKind> {
     let valid = v.len() > 4
         && v.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
         && v.get(4..).is_some_and(|rest| {
-            rest.split_once('.').is_some_and(|(major, minor)| {
+            split_at_byte(rest, b'.').is_some_and(|(major, minor)| {
                 !major.is_empty()
                     && !minor.is_empty()
                     && major
@@ -161,8 +162,10 @@ fn parse_status_line(line: &str) -> Result<StartLine, ParseErrorKind> {
 /// Parses `Method SP Request-URI SP SIP-Version`; extra spaces (RFC 4475
 /// `lwsstart`, `trws`, `lwsruri`) are rejected rather than guessed at.
 fn parse_request_line(line: &str, recovered: &mut Recovered) -> Result<StartLine, ParseErrorKind> {
-    let parts: Vec<&str> = line.split(' ').collect();
-    let [method, uri, version] = parts.as_slice() else {
+    let mut parts = fields(line, b' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(ParseErrorKind::StartLine(
             "expected 'Method SP Request-URI SP SIP-Version' separated by single spaces".into(),
         ));

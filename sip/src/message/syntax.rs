@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::text::split_at_byte;
+
 /// Why a header value could not be parsed; the text names the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -333,7 +335,7 @@ fn is_uri_char(c: char) -> bool {
 
 /// Parses an absolute URI with no surrounding whitespace.
 pub fn parse_uri(s: &str) -> Result<Uri, SyntaxError> {
-    let Some((scheme, rest)) = s.split_once(':') else {
+    let Some((scheme, rest)) = split_at_byte(s, b':') else {
         return err(format!("URI '{}' has no scheme", preview(s)));
     };
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -357,12 +359,12 @@ pub fn parse_uri(s: &str) -> Result<Uri, SyntaxError> {
         });
     };
     // `@` is legal neither in params nor in headers, so the first one ends the userinfo.
-    let (user, hostpart) = match rest.split_once('@') {
+    let (user, hostpart) = match split_at_byte(rest, b'@') {
         Some((u, h)) if !u.is_empty() => (Some(u.to_string()), h),
         Some(_) => return err("SIP URI has an empty user part"),
         None => (None, rest),
     };
-    let (hostpart, headers) = match hostpart.split_once('?') {
+    let (hostpart, headers) = match split_at_byte(hostpart, b'?') {
         Some((h, hd)) => (h, Some(hd.to_string())),
         None => (hostpart, None),
     };
