@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod drained;
 pub mod guard;
 pub mod keepalive;
 pub mod proxy;

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::SbcConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange, NodeStatus};
+use crate::drained::DrainedNodes;
 use crate::guard::{Guard, Verdict};
 use crate::proxy::{Action, FlowGone, Proxy, ProxyConfig, PublicPorts};
 use crate::relay::{CallRelays, RelayAddresses};
@@ -212,6 +213,17 @@ impl Sbc {
             Instant::now(),
         );
         dispatcher.register_metrics(&registry)?;
+        let drained = DrainedNodes::load(&config.data_dir)?;
+        for addr in drained.nodes() {
+            match dispatcher.node_at(addr) {
+                Some(node) => {
+                    dispatcher.set_draining(node, true);
+                    tracing::warn!(node = %addr, "drained before the restart: still drained");
+                }
+                None => tracing::warn!(node = %addr,
+                    "recorded as drained but not configured: drained if it comes back"),
+            }
+        }
         let media_gauges = MediaGauges::register(&registry)?;
         let mut proxy = Proxy::new(
             key,
@@ -233,13 +245,22 @@ impl Sbc {
             relays,
         );
         proxy.register_metrics(&registry)?;
-        let (status_tx, status) = watch::channel(Status::default());
+        // Published from the start, so that `/admin/nodes` never answers
+        // before the driver's first round with no nodes.
+        let (status_tx, status) = watch::channel(Status {
+            nodes: proxy.dispatcher.status(),
+            ..Status::default()
+        });
         let (admin_tx, admin_rx) = mpsc::channel(16);
         let (http, http_task) = serve_http(
             config.http_listen,
             registry.clone(),
             status.clone(),
-            admin_tx,
+            Admin {
+                nodes: config.nodes.clone(),
+                drained: Arc::new(tokio::sync::Mutex::new(drained)),
+                driver: admin_tx,
+            },
         )
         .await?;
         let driver = Driver {
@@ -704,15 +725,27 @@ struct Drain {
     reply: tokio::sync::oneshot::Sender<Option<NodeStatus>>,
 }
 
+/// What the admin endpoints act on.
+struct Admin {
+    /// The configured pbx-nodes.
+    nodes: Vec<SocketAddr>,
+    /// Held from the check of a drain to its hand-over to the driver, so
+    /// that the file and the dispatcher see drains in the same order.
+    drained: Arc<tokio::sync::Mutex<DrainedNodes>>,
+    driver: mpsc::Sender<Drain>,
+}
+
 /// The SBC's HTTP listener (loopback by default: it has no
 /// authentication): `GET /metrics` in the Prometheus text format,
 /// `GET /admin/nodes` (each node's address, health and draining flag as
-/// JSON), `POST /admin/nodes/{addr}/drain` and `/undrain`.
+/// JSON), `POST /admin/nodes/{addr}/drain` and `/undrain`. A drain is
+/// recorded in the data directory before it takes effect, so it outlives
+/// a restart; if it cannot be recorded, nothing changes (500).
 async fn serve_http(
     listen: SocketAddr,
     registry: prometheus::Registry,
     status: watch::Receiver<Status>,
-    admin: mpsc::Sender<Drain>,
+    admin: Admin,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SbcError> {
     use axum::extract::Path;
     use axum::http::StatusCode;
@@ -721,6 +754,7 @@ async fn serve_http(
     use axum::Json;
     use prometheus::Encoder;
 
+    let admin = Arc::new(admin);
     let drain = |draining: bool| {
         let admin = admin.clone();
         move |Path(node): Path<String>| {
@@ -730,8 +764,31 @@ async fn serve_http(
                     return (StatusCode::BAD_REQUEST, format!("'{node}' is no ip:port\n"))
                         .into_response();
                 };
+                if !admin.nodes.contains(&node) {
+                    return (StatusCode::NOT_FOUND, format!("no pbx-node {node}\n"))
+                        .into_response();
+                }
+                let mut drained = admin.drained.lock().await;
+                let mut updated = drained.clone();
+                // A file write and two syncs: off the signalling thread.
+                let recorded = tokio::task::spawn_blocking(move || {
+                    updated.set(node, draining).map(|()| updated)
+                })
+                .await;
+                match recorded {
+                    Ok(Ok(updated)) => *drained = updated,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, %node, draining, "admin: drain not recorded, nothing changed");
+                        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+                            .into_response();
+                    }
+                    Err(_) => {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "SBC stopping\n").into_response()
+                    }
+                }
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let asked = admin
+                    .driver
                     .send(Drain {
                         node,
                         draining,

@@ -202,3 +202,76 @@ async fn a_drained_node_keeps_its_dialogs_and_gets_no_new_ones() {
     );
     sbc.stop();
 }
+
+/// Each node's address and draining flag, from `GET /admin/nodes`.
+async fn draining(sbc: &Sbc) -> Vec<(SocketAddr, bool)> {
+    let (status, listed) = http(sbc.http, "GET", "/admin/nodes").await;
+    assert_eq!(status, 200, "{listed}");
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("JSON");
+    nodes
+        .iter()
+        .map(|node| {
+            let addr = node["addr"].as_str().and_then(|a| a.parse().ok());
+            let draining = node["draining"].as_bool();
+            (addr.expect("addr"), draining.expect("draining"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_outlives_a_restart_of_the_sbc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (a, _a_socket) = fake_node(0, seen_tx.clone()).await;
+    let (b, _b_socket) = fake_node(1, seen_tx).await;
+    let config = SbcConfig {
+        nodes: vec![a, b],
+        ..loopback_config(dir.path())
+    };
+    let first = Sbc::start(&config).await.expect("start SBC");
+    let (status, body) = http(first.http, "POST", &format!("/admin/nodes/{a}/drain")).await;
+    assert_eq!(status, 200, "{body}");
+    first.stop();
+
+    let second = Sbc::start(&config).await.expect("restart SBC");
+    assert_eq!(
+        draining(&second).await,
+        [(a, true), (b, false)],
+        "A is still drained after the restart"
+    );
+    let phone = UdpSocket::bind(localhost()).await.expect("phone");
+    for i in 0..20 {
+        let invite = request("INVITE", "sip:101@test.pbx.local", &format!("after-{i}"), 1);
+        phone
+            .send_to(&invite.to_bytes(), second.udp)
+            .await
+            .expect("send");
+        assert_eq!(next(&mut seen).await.0, 1, "new call {i} avoids drained A");
+    }
+    let (status, body) = http(second.http, "POST", &format!("/admin/nodes/{a}/undrain")).await;
+    assert_eq!(status, 200, "{body}");
+    second.stop();
+
+    let third = Sbc::start(&config).await.expect("restart SBC again");
+    assert_eq!(
+        draining(&third).await,
+        [(a, false), (b, false)],
+        "undrained before the restart, undrained after"
+    );
+    third.stop();
+
+    // A damaged record stops the start with a clear error and is left
+    // for the operator to mend.
+    let record = config.data_dir.join("drained-nodes");
+    std::fs::write(&record, "10.0.0.1:5060\nnode-a\n").expect("write");
+    let error = Sbc::start(&config)
+        .await
+        .err()
+        .expect("no start on a damaged record")
+        .to_string();
+    assert!(error.contains("line 2: 'node-a' is no ip:port"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("read"),
+        "10.0.0.1:5060\nnode-a\n"
+    );
+}
