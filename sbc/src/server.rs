@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use media::ports::PortPool;
@@ -445,6 +446,27 @@ struct Sources {
     node_udp: UdpInbound,
 }
 
+/// Which side a message came from.
+enum Side {
+    Node,
+    Phone,
+}
+
+impl Sources {
+    /// A message already waiting, the nodes' first; `None` (with `cx`
+    /// registered) when there is none.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Option<(Side, InboundMessage)> {
+        if let Poll::Ready(message) = self.node_udp.poll_recv(cx) {
+            return Some((Side::Node, message));
+        }
+        if let Poll::Ready(message) = self.phone_udp.poll_recv(cx) {
+            return Some((Side::Phone, message));
+        }
+        let message = self.phone_streams.try_recv().ok()?;
+        Some((Side::Phone, message))
+    }
+}
+
 impl Driver {
     fn guard(&self) -> MutexGuard<'_, Guard> {
         lock(&self.guard)
@@ -537,14 +559,12 @@ impl Driver {
             // before going back to the select (and its bookkeeping above);
             // bounded, so timers and the other sources are not starved.
             for _ in 0..BATCH {
-                let actions = if let Some(message) = inbound.node_udp.try_recv() {
-                    self.on_node_message(message)
-                } else if let Some(message) = inbound.phone_udp.try_recv() {
-                    self.on_phone_message(message, &policy)
-                } else if let Ok(message) = inbound.phone_streams.try_recv() {
-                    self.on_phone_message(message, &policy)
-                } else {
-                    break;
+                let waiting =
+                    std::future::poll_fn(|cx| Poll::Ready(inbound.poll_waiting(cx))).await;
+                let actions = match waiting {
+                    Some((Side::Node, message)) => self.on_node_message(message),
+                    Some((Side::Phone, message)) => self.on_phone_message(message, &policy),
+                    None => break,
                 };
                 for action in actions {
                     self.carry_out(action);

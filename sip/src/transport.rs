@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -282,13 +283,7 @@ impl UdpInbound {
     /// The next message. Cancel-safe: nothing is lost when a `select!`
     /// drops it.
     pub async fn recv(&mut self) -> InboundMessage {
-        loop {
-            if let Some(msg) = self.try_recv() {
-                return msg;
-            }
-            // Failing here would mean the reactor is gone: try_recv tells.
-            let _ = self.socket.readable().await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The socket, for sending from it directly (many datagrams per
@@ -297,24 +292,28 @@ impl UdpInbound {
         &self.socket
     }
 
-    /// A message already waiting, if any.
-    pub fn try_recv(&mut self) -> Option<InboundMessage> {
+    /// The next message, or `Pending` (with `cx` woken when one may be
+    /// there). Once a receive has drained the socket, `Pending` costs no
+    /// system call.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<InboundMessage> {
         loop {
             while let Some((bytes, len, source)) = self.batch.get(self.next) {
                 self.next += 1;
                 if let Some(msg) = self.message(bytes, len, source) {
-                    return Some(msg);
+                    return Poll::Ready(msg);
                 }
             }
             self.next = 0;
-            match self.socket.try_recv_batch(&mut self.batch) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            match self.socket.poll_recv_batch(cx, &mut self.batch) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
                 // An unconnected UDP socket reports no peer's errors; what
-                // is left (out of memory) passes.
-                Err(error) => {
+                // is left (out of memory) passes: tried again after the
+                // other tasks had their turn.
+                Poll::Ready(Err(error)) => {
                     tracing::warn!(%error, "UDP receive failed");
-                    return None;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
             }
         }

@@ -15,9 +15,9 @@ use std::ptr;
 /// The most datagrams one system call moves.
 pub const MAX_BATCH: usize = 32;
 
-/// Room for the datagrams of one receive ([`Socket::try_recv_batch`]).
+/// Room for the datagrams of one receive ([`Socket::poll_recv_batch`]).
 ///
-/// [`Socket::try_recv_batch`]: crate::Socket::try_recv_batch
+/// [`Socket::poll_recv_batch`]: crate::Socket::poll_recv_batch
 #[derive(Debug)]
 pub struct RecvBatch {
     slot_len: usize,
@@ -58,7 +58,11 @@ impl RecvBatch {
         Some((bytes, len, source))
     }
 
-    fn slots(&self) -> usize {
+    pub(crate) fn clear(&mut self) {
+        self.received.clear();
+    }
+
+    pub(crate) fn slots(&self) -> usize {
         self.buf.len() / self.slot_len
     }
 }
@@ -66,7 +70,7 @@ impl RecvBatch {
 /// One `recvmmsg` on a non-blocking socket: the datagrams already queued,
 /// up to the batch's room; `WouldBlock` when there are none.
 pub(crate) fn recv(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
-    batch.received.clear();
+    batch.clear();
     let slots = batch.slots();
     // SAFETY: plain C structs, for which all-zero is valid (null pointers,
     // zero lengths).
