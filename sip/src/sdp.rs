@@ -291,8 +291,9 @@ fn is_digits(field: &str) -> bool {
 
 /// `c=<nettype> <addrtype> <address>`; returns the value.
 fn check_connection(connection: &str) -> Result<&str, SdpError> {
-    match fields(connection, b' ').nth(2) {
-        Some(address) if !address.is_empty() && !address.contains(' ') => Ok(connection),
+    let mut fields = fields(connection, b' ');
+    match (fields.next(), fields.next(), fields.next(), fields.next()) {
+        (Some(_), Some(_), Some(address), None) if !address.is_empty() => Ok(connection),
         _ => Err(syntax("malformed c=", connection)),
     }
 }
@@ -738,6 +739,10 @@ mod tests {
             (
                 "a short c=",
                 BARESIP.replacen("c=IN IP4 192.0.2.2", "c=IN 192.0.2.2", 1),
+            ),
+            (
+                "a long c=",
+                BARESIP.replacen("c=IN IP4 192.0.2.2", "c=IN IP4 192.0.2.2 x", 1),
             ),
             (
                 "a port that is not a number",
