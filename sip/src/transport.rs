@@ -667,17 +667,17 @@ impl TransportLayer {
         dest: SocketAddr,
         message: &SipMessage,
     ) -> Result<ConnectionId, TransportError> {
+        // Serialised before the table is locked: the connections' own
+        // tasks lock it too.
+        let bytes = message.to_bytes();
         let connections = lock(&self.shared.connections);
         let connection = connections
             .get(&(transport, dest))
             .ok_or(TransportError::NotConnected(dest))?;
-        connection
-            .writer
-            .try_send(message.to_bytes())
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => TransportError::Congested(dest),
-                mpsc::error::TrySendError::Closed(_) => TransportError::Closed(dest),
-            })?;
+        connection.writer.try_send(bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TransportError::Congested(dest),
+            mpsc::error::TrySendError::Closed(_) => TransportError::Closed(dest),
+        })?;
         Ok(connection.id)
     }
 
