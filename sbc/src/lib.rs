@@ -12,6 +12,8 @@ pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod softphone;
+#[cfg(test)]
+mod test_metrics;
 pub mod tls;
 pub mod token;
 pub mod webrtc;

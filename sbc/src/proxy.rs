@@ -1554,18 +1554,8 @@ mod tests {
         let registry = Registry::new();
         p.register_metrics(&registry).unwrap();
         let count = |direction: &str, outcome: &str| {
-            use prometheus::Encoder;
-            let mut text = Vec::new();
-            prometheus::TextEncoder::new()
-                .encode(&registry.gather(), &mut text)
-                .unwrap();
-            let series =
-                format!(r#"sbc_calls_total{{direction="{direction}",outcome="{outcome}"}} "#);
-            String::from_utf8(text)
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix(&series).map(|n| n.parse::<u64>().unwrap()))
-                .unwrap_or(0)
+            let labels = [("direction", direction), ("outcome", outcome)];
+            crate::test_metrics::counter(&registry, "sbc_calls_total", &labels) as u64
         };
         // The node answers `call_id`'s INVITE number `cseq` with `statuses`.
         let answer = |p: &mut Proxy<FakeMedia>, call_id: &str, cseq: u32, statuses: &[u16]| {
