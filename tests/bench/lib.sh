@@ -127,48 +127,70 @@ cpu_ticks() { # utime + stime of the processes (all their threads)
   echo "$total"
 }
 
-# RFC 7502 §4.10-style search: double the rate until a trial has failures,
-# then bisect between the last good and the first bad rate, to 5% (or 5/s).
-# Each trial offers rate × TRIAL_SECS session attempts. After a failed
-# trial, `recover` waits until the DUT is idle and healthy again, so that
-# each trial starts from the same state. A search gets an equal share of
-# the time left ($3 searches to go). Prints the highest rate that had zero
-# failures.
-search() { # trial_function recover_function searches_left start max
-  local fn=$1 recover=$2 share=$3 rate=$4 max=$5 lo=0 hi=0
-  local until=$(($(date +%s) + $(left) / share))
+# RFC 7502 §4.10-style searches for the highest rate with zero failures.
+# Each `trial:recover` pair is one search: double the rate from `start`
+# until a trial has failures, then bisect between the last good and the
+# first bad rate, to 5% (or 5/s). Each trial offers rate × TRIAL_SECS
+# session attempts. After a failed trial, that search's `recover` waits
+# until the system is idle and healthy again, so that the next trial
+# starts from the same state; a search whose recovery fails ends there.
+#
+# Several searches take turns, one trial each, rather than run one after
+# the other: what they share (a pbx-node whose store grows with every
+# trial's CDRs and registrations, and its cost per call with it) is then
+# in the same state for each, and what is compared is what differs.
+#
+# The searches get `n / share` of the time left (share: the searches still
+# to run, these included). Runs in this shell, not in $(...), so that a
+# recover's restarts are seen by the caller; sets RATES, the searches'
+# results in the order given.
+search() { # share start max trial:recover...
+  local share=$1 start=$2 max=$3
+  shift 3
+  local n=$# i spec active
+  local -a trial=() recover=() rate=() lo=() hi=() running=()
+  for spec in "$@"; do
+    trial+=("${spec%%:*}")
+    recover+=("${spec#*:}")
+    rate+=("$start")
+    lo+=(0)
+    hi+=(0)
+    running+=(1)
+  done
+  local until=$(($(date +%s) + $(left) * n / share))
   local trial_cost=$((TRIAL_SECS * 2 + 5))
   while :; do
-    if [ $(($(date +%s) + trial_cost)) -gt "$until" ]; then
-      log "  out of time for this search"
-      echo "$lo"
-      return
-    fi
-    if $fn "$rate"; then
-      lo=$rate
-      [ "$rate" -ge "$max" ] && break
-      # The last step tries `max` itself rather than stopping short of it.
-      rate=$((rate * 2 > max ? max : rate * 2))
-    else
-      hi=$rate
-      $recover || { echo "$lo"; return; }
-      break
-    fi
+    active=0
+    for ((i = 0; i < n; i++)); do
+      [ "${running[i]}" = 1 ] || continue
+      active=1
+      if [ $(($(date +%s) + trial_cost)) -gt "$until" ]; then
+        log "  out of time for ${trial[i]}"
+        running[i]=0
+        continue
+      fi
+      if ${trial[i]} "${rate[i]}"; then
+        lo[i]=${rate[i]}
+      else
+        hi[i]=${rate[i]}
+        ${recover[i]} || { running[i]=0; continue; }
+      fi
+      if [ "${hi[i]}" = 0 ]; then
+        if [ "${lo[i]}" -ge "$max" ]; then
+          running[i]=0
+        else
+          # The last step tries `max` itself rather than stopping short of it.
+          rate[i]=$((rate[i] * 2 > max ? max : rate[i] * 2))
+        fi
+      elif [ $((hi[i] - lo[i])) -le $((lo[i] / 20 > 5 ? lo[i] / 20 : 5)) ]; then
+        running[i]=0
+      else
+        rate[i]=$(((lo[i] + hi[i]) / 2))
+      fi
+    done
+    [ "$active" = 1 ] || break
   done
-  while [ "$hi" -gt 0 ] && [ $((hi - lo)) -gt $((lo / 20 > 5 ? lo / 20 : 5)) ]; do
-    if [ $(($(date +%s) + trial_cost)) -gt "$until" ]; then
-      log "  out of time for this search"
-      break
-    fi
-    local mid=$(((lo + hi) / 2))
-    if $fn "$mid"; then
-      lo=$mid
-    else
-      hi=$mid
-      $recover || break
-    fi
-  done
-  echo "$lo"
+  RATES=("${lo[@]}")
 }
 
 # $WORK/uac-call-rtp.xml: $HERE/sipp/uac-call.xml with G.711 silence

@@ -33,8 +33,13 @@
 #   rss_kib_per_tls_conn,        SBC RSS growth per connection with 10,000
 #   rss_kib_per_wss_conn         idle TLS connections, then 10,000 idle WSS
 #                                ones (hold-connections.py; CRLF keepalives)
+# The three ways in (direct, SBC, Kamailio) are searched side by side,
+# one trial each in turn, and each trial starts with every process idle:
+# the node's cost per call grows as its store fills with CDRs and
+# registrations, so searched one after the other the later ones met a
+# dearer node. Each way has its own callee number.
 # Progress goes to stderr; the last line on stdout is one JSON object.
-# Time: at most about 28 minutes after the release build.
+# Time: at most about 28 minutes after the release build (17 in a run).
 #
 # Env: BENCH_TRIAL_SECS (5), BENCH_RELAY_CALLS (200), BENCH_CONNS (10000),
 # BENCH_KEEP=1 keeps the work dir with every log, BENCH_SKIP_BUILD=1 runs
@@ -61,7 +66,11 @@ REG_FIRST=200000 # fresh AORs for the registration trials
 REG_LAST=289999
 CALLER_FIRST=290000
 CALLER_LAST=290999
-CALLEE=299999 # the answering sipp UAS
+# The answering sipp UASes, one per way in: one AOR registered three ways
+# would fork every call to all three.
+CALLEE_VIA_SBC=299999
+CALLEE_DIRECT=299998
+CALLEE_VIA_KAM=299997
 DEMO_RANGE=200000-299999
 
 # Ports on 127.0.0.1.
@@ -75,7 +84,9 @@ SBC_HTTPS=18444
 SBC_INSIDE=15180
 SBC_HTTP=19191
 SIPP_PORT=16101
-UAS_PORT=16110
+UAS_PORT_VIA_SBC=16110
+UAS_PORT_DIRECT=16111
+UAS_PORT_VIA_KAM=16112
 KAM_SIP=15170
 
 WORK=$(mktemp -d /tmp/sbc-bench.XXXXXX)
@@ -201,21 +212,23 @@ RSS_WSS=$(hold wss "$SBC_WSS")
 start_sbc load
 
 write_users $CALLER_FIRST $CALLER_LAST -DEMO "$WORK/callers.csv"
-write_users $CALLEE $CALLEE -DEMO "$WORK/callee.csv"
-UAS_PID=""
-# The callee registers from the UAS's own port through `target` (the
-# SBC's registration carries its Path), then answers there.
-start_callee() { # target label [sipp args...]
-  local target=$1 label=$2 ok
-  shift 2
-  [ -n "$UAS_PID" ] && { kill "$UAS_PID" 2>/dev/null || true; wait "$UAS_PID" 2>/dev/null || true; }
-  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp "callee-$label" "$target" register.xml \
-    "$WORK/callee.csv" 1 1 -key contact_port "$UAS_PORT" -key expires 3600)"
+declare -A UAS_PIDS
+# The callee `number` registers from its UAS's own `port` through
+# `target` (through the SBC, the registration carries its Path), then
+# answers there; a UAS already on that port is stopped first.
+start_callee() { # target label number port [sipp args...]
+  local target=$1 label=$2 number=$3 port=$4 ok
+  shift 4
+  local previous=${UAS_PIDS[$port]:-}
+  [ -n "$previous" ] && { kill "$previous" 2>/dev/null || true; wait "$previous" 2>/dev/null || true; }
+  write_users "$number" "$number" -DEMO "$WORK/callee-$number.csv"
+  read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$port run_sipp "callee-$label" "$target" register.xml \
+    "$WORK/callee-$number.csv" 1 1 -key contact_port "$port" -key expires 3600)"
   ${SIPP_CPUS:+taskset -c "$SIPP_CPUS"} \
-    sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -nostdin "$@" \
+    sipp -sf "$HERE/sipp/uas.xml" -i 127.0.0.1 -p "$port" -nostdin "$@" \
     -trace_err -error_file "$WORK/uas-$label-errors.log" >"$WORK/uas-$label.log" 2>&1 &
-  UAS_PID=$!
-  PIDS+=("$UAS_PID")
+  UAS_PIDS[$port]=$!
+  PIDS+=("$!")
   [ "$ok" = 1 ]
 }
 
@@ -229,13 +242,13 @@ write_rtp_caller # the callers stream RTP; the callee echoes it
 # minutes. After such a search, signalling took a fifth of the SBC's CPU
 # during a relay window (sbc-cpu.sh, profiled), which counted against
 # the relay.
-if start_callee "$SBC" relay -rtp_echo -mp 26000 && [ "$(left)" -gt $((HOLD_SECS + 60)) ]; then
+if start_callee "$SBC" relay "$CALLEE_VIA_SBC" "$UAS_PORT_VIA_SBC" -rtp_echo -mp 26000 && [ "$(left)" -gt $((HOLD_SECS + 60)) ]; then
   log "relay: $RELAY_CALLS calls held ${HOLD_SECS}s through the SBC with RTP both ways"
   rate=$((RELAY_CALLS / 5 > 0 ? RELAY_CALLS / 5 : 1))
   relay_dir=$WORK/sipp/relay
   mkdir -p "$relay_dir"
   timeout $((HOLD_SECS + 60)) sipp "$SBC" -sf "$WORK/uac-call-rtp.xml" -inf "$WORK/callers.csv" \
-    -key domain "$DOMAIN" -key callee "$CALLEE" -i 127.0.0.1 -p "$SIPP_PORT" -mp 27000 \
+    -key domain "$DOMAIN" -key callee "$CALLEE_VIA_SBC" -i 127.0.0.1 -p "$SIPP_PORT" -mp 27000 \
     -r "$rate" -m "$RELAY_CALLS" -l "$RELAY_CALLS" -d $((HOLD_SECS * 1000)) \
     -nostdin -trace_stat -stf "$relay_dir/stat.csv" -fd 1 \
     -trace_err -error_file "$relay_dir/errors.log" >"$relay_dir/screen.log" 2>&1 &
@@ -277,12 +290,17 @@ else
 fi
 
 
+# Waits until every process is idle. Each trial starts so: the searches
+# take turns, and a trial at one's highest rate leaves the node writing
+# CDRs and registrations for seconds after it, which the next trial, of
+# another search, would pay for.
+settle() { wait_idle "$NODE_PID" "$SBC_PID" ${KAM_PID:+$(kam_pids)}; }
 # Idle, then 10 registrations at 10/s through `target` all succeed.
 write_users $CALLER_FIRST $((CALLER_FIRST + 9)) -DEMO "$WORK/probe.csv"
 recover_via() { # target
   local i ok
   for i in 1 2 3; do
-    wait_idle "$NODE_PID" "$SBC_PID" ${KAM_PID:+$(kam_pids)}
+    settle
     read -r ok _ _ <<<"$(SIPP_LIMIT=10 run_sipp "health-$RANDOM" "$1" register.xml \
       "$WORK/probe.csv" 10 10 -key contact_port 5060 -key expires 3600)"
     [ "$ok" = 10 ] && return 0
@@ -342,6 +360,7 @@ TRIAL=0
 reg_trial() { # target label rate
   local calls=$(($3 * TRIAL_SECS)) result
   TRIAL=$((TRIAL + 1))
+  settle
   next_users "$calls" "$WORK/users-$TRIAL.csv"
   result=$(run_sipp "reg-$2-$TRIAL-$3" "$1" register.xml "$WORK/users-$TRIAL.csv" \
     "$3" "$calls" -key contact_port 5060 -key expires 3600)
@@ -351,48 +370,65 @@ reg_trial() { # target label rate
 reg_direct() { reg_trial "$NODE" direct "$1"; }
 reg_sbc() { reg_trial "$SBC" via-sbc "$1"; }
 reg_kamailio() { reg_trial "$KAM" via-kamailio "$1"; }
-log "REGISTER rate, straight to the pbx-node"
-REGISTER_DIRECT=$(search reg_direct recover_direct 6 100 20000)
-log "register_per_sec_direct=$REGISTER_DIRECT"
-log "REGISTER rate through the SBC"
-REGISTER_SBC=$(search reg_sbc recover_sbc 5 100 20000)
-log "register_per_sec_via_sbc=$REGISTER_SBC"
-log "REGISTER rate through Kamailio"
-REGISTER_KAM=$(search reg_kamailio recover_kamailio 4 100 20000)
-log "register_per_sec_via_kamailio=$REGISTER_KAM"
+log "REGISTER rate straight to the pbx-node, through the SBC and through Kamailio, side by side"
+search 9 100 20000 reg_direct:recover_direct reg_sbc:recover_sbc reg_kamailio:recover_kamailio
+REGISTER_DIRECT=${RATES[0]}
+REGISTER_SBC=${RATES[1]}
+REGISTER_KAM=${RATES[2]}
+log "register_per_sec_direct=$REGISTER_DIRECT register_per_sec_via_sbc=$REGISTER_SBC" \
+  "register_per_sec_via_kamailio=$REGISTER_KAM"
 
 # --- call rate ------------------------------------------------------------------------
-call_trial() { # target label rate
-  local calls=$(($3 * TRIAL_SECS)) result
+call_trial() { # target label callee rate
+  local calls=$(($4 * TRIAL_SECS)) result
   TRIAL=$((TRIAL + 1))
-  result=$(run_sipp "call-$2-$TRIAL-$3" "$1" uac-call.xml "$WORK/callers.csv" \
-    "$3" "$calls" -key callee "$CALLEE")
-  log "  calls $2 $3/s: ok/failed/secs $result"
+  settle
+  result=$(run_sipp "call-$2-$TRIAL-$4" "$1" uac-call.xml "$WORK/callers.csv" \
+    "$4" "$calls" -key callee "$3")
+  log "  calls $2 $4/s: ok/failed/secs $result"
   trial_ok "$result" "$calls"
 }
-call_direct() { call_trial "$NODE" direct "$1"; }
-call_sbc() { call_trial "$SBC" via-sbc "$1"; }
-call_kamailio() { call_trial "$KAM" via-kamailio "$1"; }
-# Calls/s through `target` into CALL_RATE (null when the callee cannot
-# register there): the callee registers through it, then the search. Not
-# in a $(...) subshell: start_callee records the UAS for the cleanup.
-measure_calls() { # target label trial recover searches_left what
-  local target=$1 label=$2 trial=$3 recover=$4 searches_left=$5 what=$6
-  CALL_RATE=null
-  if ! start_callee "$target" "$label"; then
-    log "the callee could not register $what: no call figure"
-    return
+call_direct() { call_trial "$NODE" direct "$CALLEE_DIRECT" "$1"; }
+call_sbc() { call_trial "$SBC" via-sbc "$CALLEE_VIA_SBC" "$1"; }
+call_kamailio() { call_trial "$KAM" via-kamailio "$CALLEE_VIA_KAM" "$1"; }
+# Calls/s straight to the node, through the SBC and through Kamailio,
+# searched side by side, into CPS_DIRECT, CPS_SBC and CPS_KAM (null when
+# the callee cannot register that way). Each way's callee registers
+# through it first.
+measure_call_rates() { # label_suffix searches_left
+  local suffix=$1 share=$2 i
+  local -a searches=() ways=()
+  CPS_DIRECT=null
+  CPS_SBC=null
+  CPS_KAM=null
+  if start_callee "$NODE" "direct$suffix" "$CALLEE_DIRECT" "$UAS_PORT_DIRECT"; then
+    searches+=(call_direct:recover_direct)
+    ways+=(DIRECT)
+  else
+    log "the callee could not register straight with the node: no call figure"
   fi
-  log "call rate $what"
-  CALL_RATE=$(search "$trial" "$recover" "$searches_left" 50 10000)
-  log "calls/s $what: $CALL_RATE"
+  if start_callee "$SBC" "via-sbc$suffix" "$CALLEE_VIA_SBC" "$UAS_PORT_VIA_SBC"; then
+    searches+=(call_sbc:recover_sbc)
+    ways+=(SBC)
+  else
+    log "the callee could not register through the SBC: no call figure"
+  fi
+  if start_callee "$KAM" "via-kamailio$suffix" "$CALLEE_VIA_KAM" "$UAS_PORT_VIA_KAM"; then
+    searches+=(call_kamailio:recover_kamailio)
+    ways+=(KAM)
+  else
+    log "the callee could not register through Kamailio: no call figure"
+  fi
+  [ ${#searches[@]} -gt 0 ] || return 0
+  search "$share" 50 10000 "${searches[@]}"
+  for i in "${!ways[@]}"; do printf -v "CPS_${ways[i]}" %s "${RATES[i]}"; done
+  log "calls/s$suffix: direct $CPS_DIRECT, through the SBC $CPS_SBC, through Kamailio $CPS_KAM"
 }
-measure_calls "$NODE" direct call_direct recover_direct 6 "straight to the pbx-node"
-CPS_DIRECT=$CALL_RATE
-measure_calls "$SBC" via-sbc call_sbc recover_sbc 5 "through the SBC"
-CPS_SBC=$CALL_RATE
-measure_calls "$KAM" via-kamailio call_kamailio recover_kamailio 4 "through Kamailio"
-CPS_KAM=$CALL_RATE
+log "call rate straight to the pbx-node, through the SBC and through Kamailio, side by side"
+measure_call_rates "" 6
+CPS_DIRECT_SHARED=$CPS_DIRECT
+CPS_SBC_SHARED=$CPS_SBC
+CPS_KAM_SHARED=$CPS_KAM
 
 # --- call rate, the pbx-node on a core of its own ---------------------------------
 # Above, the node, the edge and SIPp share every core, so the edge's CPU
@@ -410,12 +446,10 @@ if [ "$(nproc)" -ge 2 ]; then
   log "pinning: the pbx-node to CPU 0; the SBC, Kamailio and SIPp to CPUs $EDGE_CPUS"
   pin 0 "$NODE_PID"
   pin "$EDGE_CPUS" "$SBC_PID" $(kam_pids)
-  measure_calls "$NODE" direct-pinned call_direct recover_direct 3 "straight to the pinned pbx-node"
-  CPS_DIRECT_PINNED=$CALL_RATE
-  measure_calls "$SBC" via-sbc-pinned call_sbc recover_sbc 2 "through the SBC to the pinned pbx-node"
-  CPS_SBC_PINNED=$CALL_RATE
-  measure_calls "$KAM" via-kamailio-pinned call_kamailio recover_kamailio 1 "through Kamailio to the pinned pbx-node"
-  CPS_KAM_PINNED=$CALL_RATE
+  measure_call_rates -pinned 3
+  CPS_DIRECT_PINNED=$CPS_DIRECT
+  CPS_SBC_PINNED=$CPS_SBC
+  CPS_KAM_PINNED=$CPS_KAM
 fi
 
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
@@ -424,4 +458,4 @@ MACHINE+=" kamailio $(kamailio -v | awk 'NR==1 {print $3}');"
 MACHINE+=" load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);"
 MACHINE+=" build ${BUILD_SECS} s, total $(($(date +%s) - START_TIME)) s"
 printf '{"cps_via_sbc": %s, "cps_direct": %s, "register_per_sec_via_sbc": %s, "register_per_sec_direct": %s, "relay_calls_per_core": %s, "rss_kib_per_tls_conn": %s, "rss_kib_per_wss_conn": %s, "cps_via_kamailio": %s, "register_per_sec_via_kamailio": %s, "cps_direct_pinned": %s, "cps_via_sbc_pinned": %s, "cps_via_kamailio_pinned": %s, "machine": "%s"}\n' \
-  "$CPS_SBC" "$CPS_DIRECT" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$CPS_KAM" "$REGISTER_KAM" "$CPS_DIRECT_PINNED" "$CPS_SBC_PINNED" "$CPS_KAM_PINNED" "$MACHINE"
+  "$CPS_SBC_SHARED" "$CPS_DIRECT_SHARED" "$REGISTER_SBC" "$REGISTER_DIRECT" "$RELAY_PER_CORE" "$RSS_TLS" "$RSS_WSS" "$CPS_KAM_SHARED" "$REGISTER_KAM" "$CPS_DIRECT_PINNED" "$CPS_SBC_PINNED" "$CPS_KAM_PINNED" "$MACHINE"

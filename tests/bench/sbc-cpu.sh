@@ -15,20 +15,21 @@
 #                             packets/s each way) for one second
 #   relay_calls_per_core      1e6 / the previous figure
 #   machine_us_per_call_via_sbc  the whole machine's busy time per call
-#                             (user, system, irq, softirq, steal from
-#                             /proc/stat: every process, and the packet
-#                             delivery that the kernel charges to no
-#                             process) with the SBC in the path
+#                             (wall time on every CPU less /proc/stat's
+#                             idle and iowait: every process, and the
+#                             packet delivery that the kernel charges to
+#                             no process) with the SBC in the path
 #   machine_us_per_call_direct   the same with SIPp calling the node
 #                             directly (the `direct` phase)
 #   call_overhead_from_cpu    1 - direct / via-SBC: the share of the
 #                             machine's call throughput the SBC takes when
 #                             everything shares the same cores, as in
-#                             sbc-bench.sh. It moves as much as that
-#                             bench's ratio (0.20-0.43 in four runs at
-#                             2,000-2,500 calls/s): the node's own cost per
-#                             call (CDR writes through raft, RocksDB
-#                             compaction) varies from phase to phase.
+#                             sbc-bench.sh. The node's own cost per call
+#                             grows as its store fills with CDRs (392 ->
+#                             412 us over four phases), so with both
+#                             phases asked for they run direct, via, via,
+#                             direct and each figure is the mean of its
+#                             two (sbc_cpu_us_per_call too).
 #
 # Env: CPU_REG_RATE (1000/s), CPU_CALL_RATE (300/s), CPU_SECS (10 s per
 # phase), CPU_RELAY_CALLS (200), CPU_PHASES ("reg call direct relay"),
@@ -107,17 +108,24 @@ wait_for_line "$WORK/sbc.log" '^SBC ready' 30 "$SBC_PID" || exit 1
 SBC=127.0.0.1:$SBC_UDP
 HZ=$(getconf CLK_TCK)
 
-# Busy ticks of the whole machine: user, nice, system, irq, softirq, steal.
-machine_ticks() {
-  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+# Idle ticks of the whole machine (idle and iowait). The machine's busy
+# time is the wall time on every CPU less these, not the sum of
+# /proc/stat's busy fields: those are sampled at the timer tick, which
+# stops on an idle CPU, so a machine that sleeps between short bursts of
+# work missed much of them (the `direct` phase's busy fields added up to
+# a quarter less than its busy time), while idle time is measured at
+# each entry and exit.
+machine_idle_ticks() {
+  awk '/^cpu / { print $5 + $6 }' /proc/stat
 }
+NCPU=$(nproc)
 
 # Runs "$@" (a sipp run, after the processes went idle, or a sleep while
 # calls stream media) while measuring the SBC's CPU over it (and
 # recording a profile with PERF=1); prints the SBC's CPU seconds. The
 # node's and the whole machine's go to $WORK/$label.node-cpu and .machine-cpu.
 measured() { # label command...
-  local label=$1 before after machine_before perf=""
+  local label=$1 before after idle_before started perf=""
   shift
   if [ "${PERF:-0}" = 1 ]; then
     # shellcheck disable=SC2086 # PERF_OPTS is a list of options
@@ -125,14 +133,16 @@ measured() { # label command...
       -o "$WORK/perf-$label.data" >/dev/null 2>&1 &
     perf=$!
   fi
-  machine_before=$(machine_ticks)
+  idle_before=$(machine_idle_ticks)
+  started=$(date +%s.%N)
   before=$(cpu_ticks "$SBC_PID")
   node_before=$(cpu_ticks "$NODE_PID")
   "$@" >"$WORK/$label.result"
   after=$(cpu_ticks "$SBC_PID")
   node_after=$(cpu_ticks "$NODE_PID")
-  awk -v t=$(($(machine_ticks) - machine_before)) -v hz="$HZ" \
-    'BEGIN { printf "%.3f", t / hz }' >"$WORK/$label.machine-cpu"
+  awk -v idle=$(($(machine_idle_ticks) - idle_before)) -v hz="$HZ" -v cpus="$NCPU" \
+    -v started="$started" -v ended="$(date +%s.%N)" \
+    'BEGIN { printf "%.3f", (ended - started) * cpus - idle / hz }' >"$WORK/$label.machine-cpu"
   [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" 2>/dev/null || true; }
   # The node's share, for comparison: logged, not part of the figure.
   awk -v t=$((node_after - node_before)) -v hz="$HZ" \
@@ -198,13 +208,30 @@ call_phase() { # label target callee callee.csv
   PHASE_MACHINE=$machine
   PHASE_SBC=$sbc
 }
-if [[ " $PHASES " == *" call "* ]]; then
-  call_phase call "$SBC" "$CALLEE" "$WORK/callee.csv"
+call_via_sbc() { call_phase "$1" "$SBC" "$CALLEE" "$WORK/callee.csv"; }
+call_direct() { call_phase "$1" "127.0.0.1:$NODE_SIP" "$CALLEE_DIRECT" "$WORK/callee-direct.csv"; }
+mean() { # a b: null if either is
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "null" || b == "null") print "null"; else printf "%.1f", (a + b) / 2 }'
+}
+if [[ " $PHASES " == *" call "* ]] && [[ " $PHASES " == *" direct "* ]]; then
+  # Direct, via, via, direct: the node's cost per call grows as its store
+  # fills, and in this order both ways meet it equally on average.
+  call_direct direct-1
+  direct_first=$PHASE_MACHINE
+  call_via_sbc call-1
+  via_first=$PHASE_MACHINE
+  sbc_first=$PHASE_SBC
+  call_via_sbc call-2
+  MACHINE_VIA=$(mean "$via_first" "$PHASE_MACHINE")
+  US_CALL=$(mean "$sbc_first" "$PHASE_SBC")
+  call_direct direct-2
+  MACHINE_DIRECT=$(mean "$direct_first" "$PHASE_MACHINE")
+elif [[ " $PHASES " == *" call "* ]]; then
+  call_via_sbc call
   MACHINE_VIA=$PHASE_MACHINE
   US_CALL=$PHASE_SBC
-fi
-if [[ " $PHASES " == *" direct "* ]]; then
-  call_phase direct "127.0.0.1:$NODE_SIP" "$CALLEE_DIRECT" "$WORK/callee-direct.csv"
+elif [[ " $PHASES " == *" direct "* ]]; then
+  call_direct direct
   MACHINE_DIRECT=$PHASE_MACHINE
 fi
 if [ "$MACHINE_VIA" != null ] && [ "$MACHINE_DIRECT" != null ]; then

@@ -233,7 +233,8 @@ pbx_reg_trial() {
   trial_ok "$result" "$calls"
 }
 log "pbx-node registration rate (3 nodes, sipp -> node 1)"
-REGISTER_PER_SEC=$(search pbx_reg_trial pbx_recover 4 100 20000)
+search 4 100 20000 pbx_reg_trial:pbx_recover
+REGISTER_PER_SEC=${RATES[0]}
 log "pbx-node register_per_sec=$REGISTER_PER_SEC"
 
 # --- call rate through pbx-node ----------------------------------------------------
@@ -267,7 +268,8 @@ else
     -key callee "$CALLEE")"
   if [ "$ok" = 5 ]; then
     log "pbx-node call rate (B2BUA, caller -> node 1 -> sipp UAS)"
-    CPS=$(search pbx_call_trial pbx_recover 3 50 10000)
+    search 3 50 10000 pbx_call_trial:pbx_recover
+    CPS=${RATES[0]}
     log "pbx-node cps=$CPS"
   else
     log "pbx-node does not complete calls yet (probe: $ok of 5); cps = null"
@@ -297,7 +299,8 @@ kam_reg_trial() {
   trial_ok "$result" "$calls"
 }
 log "Kamailio registration rate"
-KAM_REGISTER_PER_SEC=$(search kam_reg_trial kam_recover 2 250 20000)
+search 2 250 20000 kam_reg_trial:kam_recover
+KAM_REGISTER_PER_SEC=${RATES[0]}
 log "kamailio_register_per_sec=$KAM_REGISTER_PER_SEC"
 
 write_users $CALLER_FIRST $CALLER_LAST "" "$WORK/kam-callers.csv"
@@ -316,7 +319,8 @@ read -r ok _ _ <<<"$(SIPP_LOCAL_PORT=$UAS_PORT run_sipp kam-callee "$KAM" regist
 start_uas kam
 if [ "$ok" = 1 ]; then
   log "Kamailio call rate (caller -> Kamailio -> sipp UAS, record-routed)"
-  KAM_CPS=$(search kam_call_trial kam_recover 1 50 10000)
+  search 1 50 10000 kam_call_trial:kam_recover
+  KAM_CPS=${RATES[0]}
   log "kamailio_cps=$KAM_CPS"
 else
   log "the callee could not register to Kamailio"
