@@ -87,6 +87,11 @@ pub enum Rewritten {
     /// The body cannot be given to its recipient (a browser's offer
     /// without G.711, say): a request carrying it gets 488.
     Unacceptable,
+    /// No relay could be started for the call (its port range or the
+    /// process's open files are exhausted): a request carrying it gets
+    /// 503. Passed on as it is, the body would take the media around the
+    /// relay and show a node's address to the phone.
+    NoRelay,
 }
 
 /// The media relay, as signalling steers it.
@@ -261,6 +266,9 @@ const HIDDEN_INVITE: Duration = Duration::from_secs(300);
 const TIMER_B: Duration = Duration::from_secs(32);
 const HIDDEN_OTHER: Duration = Duration::from_secs(40);
 const PROBE_CALL_ID: &str = "sbc-probe-";
+/// Retry-After of the SBC's own 503s (no healthy node, no relay): both
+/// are states that pass within seconds.
+const RETRY_AFTER_SECS: &str = "5";
 
 pub struct Proxy<M> {
     key: TokenKey,
@@ -494,15 +502,19 @@ impl<M: MediaAnchor> Proxy<M> {
         };
         let answer = |status: u16, request: &SipMessage| {
             if method == Method::Ack {
-                Vec::new()
-            } else {
-                vec![Action::ToPhone {
-                    flow,
-                    message: reply(request, status),
-                    if_flow_gone: None,
-                }]
+                return Vec::new();
             }
+            let mut message = reply(request, status);
+            if status == 503 {
+                message.headers.push("Retry-After", RETRY_AFTER_SECS);
+            }
+            vec![Action::ToPhone {
+                flow,
+                message,
+                if_flow_gone: None,
+            }]
         };
+        let new_call = method == Method::Invite && request.to_tag().is_none();
         if !Self::forward_hop(&mut request) {
             return answer(483, &request);
         }
@@ -544,17 +556,7 @@ impl<M: MediaAnchor> Proxy<M> {
                     if method == Method::Invite {
                         self.count_calls(CallDirection::FromPhone, "failed", 1);
                     }
-                    let mut busy = reply(&request, 503);
-                    busy.headers.push("Retry-After", "5");
-                    return if method == Method::Ack {
-                        Vec::new()
-                    } else {
-                        vec![Action::ToPhone {
-                            flow,
-                            message: busy,
-                            if_flow_gone: None,
-                        }]
-                    };
+                    return answer(503, &request);
                 }
             },
         };
@@ -589,8 +591,13 @@ impl<M: MediaAnchor> Proxy<M> {
         } else {
             self.rewrite_phone_contact(&flow, &mut request);
         }
-        if !self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut request) {
-            return answer(488, &request);
+        if let Err(status) =
+            self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut request)
+        {
+            if new_call {
+                self.count_calls(CallDirection::FromPhone, "failed", 1);
+            }
+            return answer(status, &request);
         }
         if method == Method::Bye {
             self.media.end(&call_id);
@@ -689,7 +696,8 @@ impl<M: MediaAnchor> Proxy<M> {
         if cseq.method != Method::Register {
             self.rewrite_phone_contact(&flow, &mut response);
         }
-        self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut response);
+        // Refused or not, the body is fit to go on (or gone).
+        let _ = self.anchor_sdp(&call_id, Direction::Inward, flow.transport, &mut response);
         self.note_invite_outcome(&cseq.method, progress, &call_id);
         vec![Action::ToNode {
             node,
@@ -698,36 +706,37 @@ impl<M: MediaAnchor> Proxy<M> {
     }
 
     /// Re-addresses the SDP body of `message` (if any) to the call's media
-    /// relay or WebRTC gateway. `false` = the body is unacceptable to its
-    /// recipient: a request gets 488; a response loses the body, since
-    /// the recipient must never see what it cannot use.
+    /// relay or WebRTC gateway. `Err(status)`: the body cannot go on; a
+    /// request gets `status` (488: unacceptable to its recipient; 503: no
+    /// relay), and a response loses the body, since the recipient must
+    /// never see what it cannot use.
     fn anchor_sdp(
         &mut self,
         call_id: &str,
         direction: Direction,
         phone: Transport,
         message: &mut SipMessage,
-    ) -> bool {
+    ) -> Result<(), u16> {
         if !is_sdp(message) {
-            return true;
+            return Ok(());
         }
-        match self
+        let status = match self
             .media
             .rewrite(call_id, direction, phone, message.body())
         {
             Rewritten::Body(body) => {
                 message.body = body;
-                true
+                return Ok(());
             }
-            Rewritten::AsIs => true,
-            Rewritten::Unacceptable => {
-                if !message.is_request() {
-                    message.body = Vec::new();
-                    message.headers.remove("Content-Type");
-                }
-                false
-            }
+            Rewritten::AsIs => return Ok(()),
+            Rewritten::Unacceptable => 488,
+            Rewritten::NoRelay => 503,
+        };
+        if !message.is_request() {
+            message.body = Vec::new();
+            message.headers.remove("Content-Type");
         }
+        Err(status)
     }
 
     fn note_invite_outcome(&mut self, method: &Method, progress: CallProgress, call_id: &str) {
@@ -756,13 +765,13 @@ impl<M: MediaAnchor> Proxy<M> {
         let answerable = request.headers.for_response();
         let refuse = |status: u16| {
             if method == Method::Ack {
-                Vec::new()
-            } else {
-                vec![Action::ToNode {
-                    node,
-                    message: response_from_headers(&answerable, status, reason_phrase(status)),
-                }]
+                return Vec::new();
             }
+            let mut message = response_from_headers(&answerable, status, reason_phrase(status));
+            if status == 503 {
+                message.headers.push("Retry-After", RETRY_AFTER_SECS);
+            }
+            vec![Action::ToNode { node, message }]
         };
         if !Self::forward_hop(&mut request) {
             return refuse(483);
@@ -835,8 +844,13 @@ impl<M: MediaAnchor> Proxy<M> {
         request.headers.remove("Record-Route");
         request.headers.remove("Route");
         self.rewrite_node_contact(node, &flow, &mut request);
-        if !self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut request) {
-            return refuse(488);
+        if let Err(status) =
+            self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut request)
+        {
+            if method == Method::Invite && request.to_tag().is_none() {
+                self.count_calls(CallDirection::ToPhone, "failed", 1);
+            }
+            return refuse(status);
         }
         if method == Method::Bye {
             self.media.end(&call_id);
@@ -901,7 +915,8 @@ impl<M: MediaAnchor> Proxy<M> {
             self.keepalives
                 .registered(flow.remote, registered_until(&response, now), now);
         }
-        self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
+        // Refused or not, the body is fit to go on (or gone).
+        let _ = self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut response);
         let progress = CallProgress::of(status);
         self.note_invite_outcome(&cseq.method, progress, &call_id);
         let mut outcome = None;
@@ -1042,10 +1057,12 @@ mod tests {
     use crate::dispatch::DispatchConfig;
     use sip::message::parse_datagram;
 
-    /// Records what signalling told the media relay; answers with a marker SDP.
+    /// Records what signalling told the media relay; answers with a marker
+    /// SDP, or with `NoRelay` once `no_relay` is set.
     #[derive(Default)]
     struct FakeMedia {
         log: Vec<String>,
+        no_relay: bool,
     }
 
     impl MediaAnchor for FakeMedia {
@@ -1057,6 +1074,9 @@ mod tests {
             _body: &[u8],
         ) -> Rewritten {
             self.log.push(format!("rewrite {call_id} {direction:?}"));
+            if self.no_relay {
+                return Rewritten::NoRelay;
+            }
             Rewritten::Body(format!("v=0\r\nc=IN IP4 {direction:?}\r\n").into_bytes())
         }
         fn answered(&mut self, call_id: &str) {
@@ -1617,6 +1637,52 @@ mod tests {
         p.handle_timeout(t1 + HIDDEN_INVITE);
         assert_eq!(count("from_phone", "no_response"), 1, "only the lost call");
         assert_eq!(count("to_phone", "no_response"), 0);
+    }
+
+    #[test]
+    fn without_a_relay_a_call_gets_503_and_no_sdp_leaves_unanchored() {
+        let t0 = Instant::now();
+        let mut p = unprobed_proxy(t0);
+        let registry = Registry::new();
+        p.register_metrics(&registry).unwrap();
+        let failed = |direction: &str| {
+            let labels = [("direction", direction), ("outcome", "failed")];
+            crate::test_metrics::counter(&registry, "sbc_calls_total", &labels) as u64
+        };
+        // A node's 200 whose relay was lost: its body would name the node.
+        let (node, inside) = to_node(one(p.from_phone(phone(), phone_invite("c1", 1), t0)));
+        p.media.no_relay = true;
+        let mut ok = inside.response(200);
+        ok.ensure_to_tag("node");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 0\r\n"
+            .to_vec();
+        let (_, out, _) = to_phone(one(p.from_node(NODES[node].parse().unwrap(), ok, t0)));
+        assert_eq!(out.status(), Some(200));
+        assert!(out.body().is_empty() && out.headers.get("Content-Type").is_none());
+        assert_hidden(&out);
+
+        // The phone's new call: 503, retry in a while; nothing to a node.
+        let (flow, refusal, _) = to_phone(one(p.from_phone(phone(), phone_invite("c2", 1), t0)));
+        assert_eq!(flow, phone());
+        assert_eq!(refusal.status(), Some(503));
+        assert_eq!(refusal.headers.get("Retry-After"), Some(RETRY_AFTER_SECS));
+        assert_eq!(failed("from_phone"), 1);
+
+        // A node's call to the phone: 503 back to the node.
+        let path = format!("<sip:{}@10.0.0.100:5080;lr;ob>", p.key.flow_token(&phone()));
+        let invite = with_sdp(&format!(
+            "INVITE sip:100@192.168.1.7:5061;transport=tls SIP/2.0\n\
+             Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKnode9\nRoute: {path}\nMax-Forwards: 70\n\
+             From: <sip:101@demo.pbx.local>;tag=b2b\nTo: <sip:100@demo.pbx.local>\n\
+             Call-ID: c3\nCSeq: 1 INVITE\nContact: <sip:pbx@10.0.0.2:5060>\n"
+        ));
+        let (node, refusal) = to_node(one(p.from_node(NODES[1].parse().unwrap(), invite, t0)));
+        assert_eq!(node, 1);
+        assert_eq!(refusal.status(), Some(503));
+        assert_eq!(refusal.headers.get("Retry-After"), Some(RETRY_AFTER_SECS));
+        assert_eq!(failed("to_phone"), 1);
     }
 
     #[test]

@@ -17,10 +17,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use media::ports::PortPool;
+use media::ports::{PortError, PortPool};
 use media::relay::udp::{Hairpin, LegSockets, RelayControl, UdpRelay};
 use media::relay::{LegConfig, RelayConfig, RelayEvent};
 use media::Leg;
+use prometheus::{IntCounter, Registry};
 use sip::transport::Transport;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
@@ -52,6 +53,11 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 /// and registered at once, so datagrams that come meanwhile wait in their
 /// buffers; a stopped relay forwards for at most this long.
 const HANDOVER_WITHIN: Duration = Duration::from_millis(10);
+
+/// While calls are refused for want of RTP ports, one log line at most
+/// this often (with the count since the last): a retransmitted INVITE is
+/// refused again, and an exhausted range refuses every call.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The task of a relay or gateway.
 type MediaTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -185,6 +191,16 @@ pub struct CallRelays {
     challenges: u64,
     ended: EndedCalls,
     handovers: Handovers,
+    /// Calls refused because no relay could be started (once registered).
+    refused: Option<IntCounter>,
+    refusal_log: RefusalLog,
+}
+
+/// When the last refusal was logged, and how many came since.
+#[derive(Default)]
+struct RefusalLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
 }
 
 impl CallRelays {
@@ -206,8 +222,42 @@ impl CallRelays {
             challenges: 0,
             ended: EndedCalls::default(),
             handovers: Handovers::default(),
+            refused: None,
+            refusal_log: RefusalLog::default(),
         };
         (relays, abandoned_rx)
+    }
+
+    pub fn register_metrics(&mut self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let refused = IntCounter::new(
+            "sbc_media_calls_refused_total",
+            "SDP refused (a request gets 503) because no RTP relay could be started: \
+             the port range or the open files are exhausted",
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        self.refused = Some(refused);
+        Ok(())
+    }
+
+    /// Counts a call refused for want of a relay, and logs it unless one
+    /// was logged less than [`REFUSAL_LOG_EVERY`] ago.
+    fn refuse(&mut self, call_id: &str, error: &PortError) {
+        if let Some(refused) = &self.refused {
+            refused.inc();
+        }
+        let now = Instant::now();
+        let log = &mut self.refusal_log;
+        if log
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            log.unlogged += 1;
+            return;
+        }
+        tracing::error!(%call_id, %error, refused_since_last_line = log.unlogged,
+            "no RTP relay: call refused (503)");
+        log.logged_at = Some(now);
+        log.unlogged = 0;
     }
 
     pub fn active(&self) -> usize {
@@ -263,35 +313,32 @@ impl CallRelays {
     }
 
     /// The call's session, started now if it has none; a challenged one
-    /// is taken up again by the resubmission.
+    /// is taken up again by the resubmission. `None` (counted, logged):
+    /// none could be started.
     fn session(&mut self, call_id: &str, browser: bool) -> Option<&Session> {
         match self.sessions.get_mut(call_id) {
             Some(session) => session.challenged = None,
-            None => {
-                let (session, task) = self.start(call_id, browser)?;
-                self.hold_back(Handover::Start(task));
-                self.sessions.insert(call_id.to_string(), session);
-            }
+            None => match self.start(call_id, browser) {
+                Ok((session, task)) => {
+                    self.hold_back(Handover::Start(task));
+                    self.sessions.insert(call_id.to_string(), session);
+                }
+                Err(error) => {
+                    self.refuse(call_id, &error);
+                    return None;
+                }
+            },
         }
         self.sessions.get(call_id)
     }
 
     /// The call's session and the task to run in the media runtime.
-    fn start(&self, call_id: &str, browser: bool) -> Option<(Session, MediaTask)> {
+    fn start(&self, call_id: &str, browser: bool) -> Result<(Session, MediaTask), PortError> {
         // Sockets bound now register with the media runtime's reactor
         // (a pair given back keeps its registration).
         let _in_media = self.media.enter();
-        let bound = self
-            .ports
-            .bind_pair(self.addresses.public_bind)
-            .and_then(|a| Ok((a, self.ports.bind_pair(self.addresses.internal)?)));
-        let ((lease_a, rtp_a, rtcp_a), (lease_b, rtp_b, rtcp_b)) = match bound {
-            Ok(bound) => bound,
-            Err(e) => {
-                tracing::error!(%call_id, error = %e, "no RTP ports: media of this call not relayed");
-                return None;
-            }
-        };
+        let (lease_a, rtp_a, rtcp_a) = self.ports.bind_pair(self.addresses.public_bind)?;
+        let (lease_b, rtp_b, rtcp_b) = self.ports.bind_pair(self.addresses.internal)?;
         let phone_side = SocketAddr::new(self.addresses.public_advertised, lease_a.rtp_port);
         let node_side = SocketAddr::new(self.addresses.internal, lease_b.rtp_port);
         if browser {
@@ -320,7 +367,7 @@ impl CallRelays {
                 answered: false,
                 challenged: None,
             };
-            return Some((session, run));
+            return Ok((session, run));
         }
         let (relay, control) = UdpRelay::new(
             RelayConfig {
@@ -375,7 +422,7 @@ impl CallRelays {
             answered: false,
             challenged: None,
         };
-        Some((session, run))
+        Ok((session, run))
     }
 }
 
@@ -470,7 +517,7 @@ impl MediaAnchor for CallRelays {
             }
         }
         let Some(session) = self.session(call_id, browser) else {
-            return Rewritten::AsIs;
+            return Rewritten::NoRelay;
         };
         match &session.anchor {
             Anchor::Relay { control, sides } => {
@@ -614,6 +661,26 @@ mod tests {
         let body = String::from_utf8(body).unwrap();
         let media = body.lines().find(|l| l.starts_with("m=audio ")).unwrap();
         media.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_without_ports_is_refused_counted_and_logged_once() {
+        // One call's worth: a pair facing the phone, one facing the node.
+        let mut relays = relays(41000, 2);
+        let registry = Registry::new();
+        relays.register_metrics(&registry).unwrap();
+        offer(&mut relays, "first");
+        for call_id in ["second", "second", "third"] {
+            assert!(matches!(
+                relays.rewrite(call_id, Direction::Inward, Transport::Udp, OFFER),
+                Rewritten::NoRelay
+            ));
+        }
+        assert_eq!(relays.active(), 1);
+        let refused = crate::test_metrics::counter(&registry, "sbc_media_calls_refused_total", &[]);
+        assert_eq!(refused, 3.0);
+        // The first was logged; the two since wait for the next line.
+        assert_eq!(relays.refusal_log.unlogged, 2);
     }
 
     #[tokio::test]

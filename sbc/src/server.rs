@@ -196,7 +196,7 @@ impl Sbc {
 
         let ports = PortPool::new(config.rtp_port_min, config.rtp_port_max)
             .map_err(|e| SbcError::Ports(e.to_string()))?;
-        let (relays, abandoned) = CallRelays::new(
+        let (mut relays, abandoned) = CallRelays::new(
             ports,
             RelayAddresses {
                 public_bind: config.media_public_bind,
@@ -214,6 +214,7 @@ impl Sbc {
             Instant::now(),
         );
         dispatcher.register_metrics(&registry)?;
+        relays.register_metrics(&registry)?;
         let drained = DrainedNodes::load(&config.data_dir)?;
         for addr in drained.nodes() {
             match dispatcher.node_at(addr) {
