@@ -11,8 +11,15 @@ WATCHDOG=""
 # calls of an overloaded trial hold their relays until their transactions
 # time out, and a call short of ports goes unrelayed, which would make the
 # next trials cheaper for the SBC than they should be.
+# At most as many as the open files the SBC may have allow (two per pair,
+# RTP and RTCP, and 4,096 for the rest): beyond them it would refuse
+# calls for want of descriptors rather than of ports (on a machine whose
+# hard limit is 20,000: 15,904 ports, 1,988 calls).
 SBC_RTP_PORT_MIN=30000
 SBC_RTP_PORT_MAX=59999
+if [ "$(ulimit -Hn)" != unlimited ] && [ $(($(ulimit -Hn) - 4096)) -lt 30000 ]; then
+  SBC_RTP_PORT_MAX=$((SBC_RTP_PORT_MIN + ($(ulimit -Hn) - 4096) / 2 * 2 - 1))
+fi
 
 log() { echo "[$(date +%T)] $*" >&2; }
 

@@ -310,7 +310,17 @@ recover_via() { # target
   return 1
 }
 recover_direct() { recover_via "$NODE"; }
-recover_sbc() { recover_via "$SBC"; }
+# After an overloaded trial the SBC relays its failed calls until their
+# INVITE transactions are dead (32 s): the next trial would find fewer
+# free ports.
+recover_sbc() {
+  local i
+  for i in $(seq 60); do
+    [ "$(media_sessions "$SBC_HTTP")" -le 0 ] && break
+    sleep 1
+  done
+  recover_via "$SBC"
+}
 # CPUs the edge (SBC, Kamailio) is pinned to; empty: not pinned.
 EDGE_CPUS=""
 pin() { # cpus pid...: every thread of each process
