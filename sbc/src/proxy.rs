@@ -85,7 +85,8 @@ pub enum Rewritten {
     /// Pass the body as it is (not something the relay can anchor).
     AsIs,
     /// The body cannot be given to its recipient (a browser's offer
-    /// without G.711, say): a request carrying it gets 488.
+    /// without G.711, or a node's SDP without audio, which cannot be
+    /// re-addressed): a request carrying it gets 488.
     Unacceptable,
     /// No relay could be started for the call (its port range or the
     /// process's open files are exhausted): a request carrying it gets
@@ -1567,16 +1568,25 @@ mod tests {
         );
     }
 
+    /// An unprobed proxy whose metrics are in the registry.
+    fn metered_proxy(now: Instant) -> (Proxy<FakeMedia>, Registry) {
+        let mut p = unprobed_proxy(now);
+        let registry = Registry::new();
+        p.register_metrics(&registry).unwrap();
+        (p, registry)
+    }
+
+    /// Calls counted in `sbc_calls_total` going `direction` with `outcome`.
+    fn calls_counted(registry: &Registry, direction: &str, outcome: &str) -> u64 {
+        let labels = [("direction", direction), ("outcome", outcome)];
+        crate::test_metrics::counter(registry, "sbc_calls_total", &labels) as u64
+    }
+
     #[test]
     fn calls_are_counted_once_by_direction_and_outcome() {
         let t0 = Instant::now();
-        let mut p = unprobed_proxy(t0);
-        let registry = Registry::new();
-        p.register_metrics(&registry).unwrap();
-        let count = |direction: &str, outcome: &str| {
-            let labels = [("direction", direction), ("outcome", outcome)];
-            crate::test_metrics::counter(&registry, "sbc_calls_total", &labels) as u64
-        };
+        let (mut p, registry) = metered_proxy(t0);
+        let count = |direction: &str, outcome: &str| calls_counted(&registry, direction, outcome);
         // The node answers `call_id`'s INVITE number `cseq` with `statuses`.
         let answer = |p: &mut Proxy<FakeMedia>, call_id: &str, cseq: u32, statuses: &[u16]| {
             let (node, inside) =
@@ -1642,14 +1652,10 @@ mod tests {
     #[test]
     fn without_a_relay_a_call_gets_503_and_no_sdp_leaves_unanchored() {
         let t0 = Instant::now();
-        let mut p = unprobed_proxy(t0);
-        let registry = Registry::new();
-        p.register_metrics(&registry).unwrap();
-        let failed = |direction: &str| {
-            let labels = [("direction", direction), ("outcome", "failed")];
-            crate::test_metrics::counter(&registry, "sbc_calls_total", &labels) as u64
-        };
-        // A node's 200 whose relay was lost: its body would name the node.
+        let (mut p, registry) = metered_proxy(t0);
+        let failed = |direction: &str| calls_counted(&registry, direction, "failed");
+        // A node's 200 that finds no relay (its offer came late, when the
+        // ports had run out): its body would name the node.
         let (node, inside) = to_node(one(p.from_phone(phone(), phone_invite("c1", 1), t0)));
         p.media.no_relay = true;
         let mut ok = inside.response(200);

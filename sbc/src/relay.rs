@@ -512,7 +512,7 @@ impl MediaAnchor for CallRelays {
             if let Some(ended) = self.ended.get(call_id, Instant::now()) {
                 return match anchor_to_relay(call_id, direction, ended, body) {
                     Some((body, _)) => Rewritten::Body(body),
-                    None => Rewritten::AsIs,
+                    None => unanchorable(direction),
                 };
             }
         }
@@ -522,7 +522,7 @@ impl MediaAnchor for CallRelays {
         match &session.anchor {
             Anchor::Relay { control, sides } => {
                 let Some((body, stream)) = anchor_to_relay(call_id, direction, *sides, body) else {
-                    return Rewritten::AsIs;
+                    return unanchorable(direction);
                 };
                 let author = match direction {
                     Direction::Inward => Leg::A,
@@ -621,6 +621,16 @@ fn anchor_to_relay(
         .ok()
 }
 
+/// What becomes of SDP the relay cannot anchor (no audio stream, such as
+/// a fax's `m=image`): a phone's goes to the node as it is, but a node's
+/// would show the phone the node's address, so it goes no further.
+fn unanchorable(direction: Direction) -> Rewritten {
+    match direction {
+        Direction::Inward => Rewritten::AsIs,
+        Direction::Outward => Rewritten::Unacceptable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,6 +691,28 @@ mod tests {
         assert_eq!(refused, 3.0);
         // The first was logged; the two since wait for the next line.
         assert_eq!(relays.refusal_log.unlogged, 2);
+    }
+
+    #[tokio::test]
+    async fn sdp_without_audio_goes_to_the_node_as_it_is_but_not_to_a_phone() {
+        let mut relays = relays(40000, 10);
+        let fax = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\n\
+            t=0 0\r\nm=image 4000 udptl t38\r\n";
+        offer(&mut relays, "a");
+        assert!(matches!(
+            relays.rewrite("a", Direction::Inward, Transport::Udp, fax),
+            Rewritten::AsIs
+        ));
+        assert!(matches!(
+            relays.rewrite("a", Direction::Outward, Transport::Udp, fax),
+            Rewritten::Unacceptable
+        ));
+        // Nor after the call, from the addresses it had.
+        relays.end("a");
+        assert!(matches!(
+            relays.rewrite("a", Direction::Outward, Transport::Udp, fax),
+            Rewritten::Unacceptable
+        ));
     }
 
     #[tokio::test]
