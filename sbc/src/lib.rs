@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod drained;
 pub mod guard;
 pub mod keepalive;
+pub mod log_throttle;
 pub mod proxy;
 pub mod relay;
 pub mod server;

@@ -32,6 +32,7 @@ use sip::transport::Transport;
 
 use crate::dispatch::{Dispatcher, NodeChange, Probe};
 use crate::keepalive::Keepalives;
+use crate::log_throttle::LogThrottle;
 use crate::token::{Flow, TokenKey};
 
 /// Where we are, as each side must see us.
@@ -270,6 +271,9 @@ const PROBE_CALL_ID: &str = "sbc-probe-";
 /// Retry-After of the SBC's own 503s (no healthy node, no relay): both
 /// are states that pass within seconds.
 const RETRY_AFTER_SECS: &str = "5";
+/// While no node is up, one log line at most this often: every phone's
+/// request gets the 503 (the node gauges tell the rest).
+const NO_NODE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Proxy<M> {
     key: TokenKey,
@@ -282,6 +286,7 @@ pub struct Proxy<M> {
     pub keepalives: Keepalives,
     /// `sbc_calls_total`, once registered.
     calls: Option<IntCounterVec>,
+    no_node_log: LogThrottle,
 }
 
 /// Records where the phone's request really came from in its Via, as a
@@ -372,6 +377,7 @@ impl<M: MediaAnchor> Proxy<M> {
             hidden: HashMap::new(),
             invites: HashMap::new(),
             calls: None,
+            no_node_log: LogThrottle::new(NO_NODE_LOG_EVERY),
         }
     }
 
@@ -553,7 +559,10 @@ impl<M: MediaAnchor> Proxy<M> {
             None => match self.node_outside_dialog(&call_id, &method, now) {
                 Some(node) => node,
                 None => {
-                    tracing::warn!(%call_id, "no healthy pbx-node: 503");
+                    if let Some(unlogged) = self.no_node_log.occurred(now) {
+                        tracing::warn!(%call_id, refused_since_last_line = unlogged,
+                            "no healthy pbx-node: 503");
+                    }
                     if method == Method::Invite {
                         self.count_calls(CallDirection::FromPhone, "failed", 1);
                     }

@@ -26,6 +26,7 @@ use sip::transport::Transport;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
 
+use crate::log_throttle::LogThrottle;
 use crate::proxy::{Direction, MediaAnchor, Rewritten};
 use crate::webrtc::{self, Gateway, Transmit};
 
@@ -193,14 +194,7 @@ pub struct CallRelays {
     handovers: Handovers,
     /// Calls refused because no relay could be started (once registered).
     refused: Option<IntCounter>,
-    refusal_log: RefusalLog,
-}
-
-/// When the last refusal was logged, and how many came since.
-#[derive(Default)]
-struct RefusalLog {
-    logged_at: Option<Instant>,
-    unlogged: u64,
+    refusal_log: LogThrottle,
 }
 
 impl CallRelays {
@@ -223,7 +217,7 @@ impl CallRelays {
             ended: EndedCalls::default(),
             handovers: Handovers::default(),
             refused: None,
-            refusal_log: RefusalLog::default(),
+            refusal_log: LogThrottle::new(REFUSAL_LOG_EVERY),
         };
         (relays, abandoned_rx)
     }
@@ -245,19 +239,10 @@ impl CallRelays {
         if let Some(refused) = &self.refused {
             refused.inc();
         }
-        let now = Instant::now();
-        let log = &mut self.refusal_log;
-        if log
-            .logged_at
-            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
-        {
-            log.unlogged += 1;
-            return;
+        if let Some(unlogged) = self.refusal_log.occurred(Instant::now()) {
+            tracing::error!(%call_id, %error, refused_since_last_line = unlogged,
+                "no RTP relay: call refused (503)");
         }
-        tracing::error!(%call_id, %error, refused_since_last_line = log.unlogged,
-            "no RTP relay: call refused (503)");
-        log.logged_at = Some(now);
-        log.unlogged = 0;
     }
 
     pub fn active(&self) -> usize {
@@ -690,7 +675,8 @@ mod tests {
         let refused = crate::test_metrics::counter(&registry, "sbc_media_calls_refused_total", &[]);
         assert_eq!(refused, 3.0);
         // The first was logged; the two since wait for the next line.
-        assert_eq!(relays.refusal_log.unlogged, 2);
+        let later = Instant::now() + REFUSAL_LOG_EVERY;
+        assert_eq!(relays.refusal_log.occurred(later), Some(2));
     }
 
     #[tokio::test]
