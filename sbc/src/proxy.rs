@@ -271,9 +271,6 @@ const PROBE_CALL_ID: &str = "sbc-probe-";
 /// Retry-After of the SBC's own 503s (no healthy node, no relay): both
 /// are states that pass within seconds.
 const RETRY_AFTER_SECS: &str = "5";
-/// While no node is up, one log line at most this often: every phone's
-/// request gets the 503 (the node gauges tell the rest).
-const NO_NODE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Proxy<M> {
     key: TokenKey,
@@ -286,6 +283,8 @@ pub struct Proxy<M> {
     pub keepalives: Keepalives,
     /// `sbc_calls_total`, once registered.
     calls: Option<IntCounterVec>,
+    /// While no node is up every phone's request gets the 503: logged
+    /// once per interval (the node gauges tell the rest).
     no_node_log: LogThrottle,
 }
 
@@ -338,6 +337,20 @@ fn reply(request: &SipMessage, status: u16) -> SipMessage {
     request.response(status)
 }
 
+/// A refusal of the SBC's own, to either side: a 503 says when to try
+/// again.
+fn own_refusal(mut response: SipMessage) -> SipMessage {
+    if response.status() == Some(503) {
+        response.headers.push("Retry-After", RETRY_AFTER_SECS);
+    }
+    response
+}
+
+/// An INVITE outside a dialog: a call, as `sbc_calls_total` counts them.
+fn opens_call(request: &SipMessage) -> bool {
+    request.method() == Some(&Method::Invite) && request.to_tag().is_none()
+}
+
 fn is_sdp(message: &SipMessage) -> bool {
     message.content_type().is_some_and(|t| {
         t.split(';')
@@ -377,7 +390,7 @@ impl<M: MediaAnchor> Proxy<M> {
             hidden: HashMap::new(),
             invites: HashMap::new(),
             calls: None,
-            no_node_log: LogThrottle::new(NO_NODE_LOG_EVERY),
+            no_node_log: LogThrottle::default(),
         }
     }
 
@@ -511,17 +524,13 @@ impl<M: MediaAnchor> Proxy<M> {
             if method == Method::Ack {
                 return Vec::new();
             }
-            let mut message = reply(request, status);
-            if status == 503 {
-                message.headers.push("Retry-After", RETRY_AFTER_SECS);
-            }
             vec![Action::ToPhone {
                 flow,
-                message,
+                message: own_refusal(reply(request, status)),
                 if_flow_gone: None,
             }]
         };
-        let new_call = method == Method::Invite && request.to_tag().is_none();
+        let new_call = opens_call(&request);
         if !Self::forward_hop(&mut request) {
             return answer(483, &request);
         }
@@ -777,12 +786,13 @@ impl<M: MediaAnchor> Proxy<M> {
             if method == Method::Ack {
                 return Vec::new();
             }
-            let mut message = response_from_headers(&answerable, status, reason_phrase(status));
-            if status == 503 {
-                message.headers.push("Retry-After", RETRY_AFTER_SECS);
-            }
-            vec![Action::ToNode { node, message }]
+            let message = response_from_headers(&answerable, status, reason_phrase(status));
+            vec![Action::ToNode {
+                node,
+                message: own_refusal(message),
+            }]
         };
+        let new_call = opens_call(&request);
         if !Self::forward_hop(&mut request) {
             return refuse(483);
         }
@@ -838,7 +848,7 @@ impl<M: MediaAnchor> Proxy<M> {
                     node,
                     until: now + ttl,
                     invite_of: (method == Method::Invite).then(|| call_id.clone()),
-                    call_pending: method == Method::Invite && request.to_tag().is_none(),
+                    call_pending: new_call,
                 },
             );
         }
@@ -857,7 +867,7 @@ impl<M: MediaAnchor> Proxy<M> {
         if let Err(status) =
             self.anchor_sdp(&call_id, Direction::Outward, flow.transport, &mut request)
         {
-            if method == Method::Invite && request.to_tag().is_none() {
+            if new_call {
                 self.count_calls(CallDirection::ToPhone, "failed", 1);
             }
             return refuse(status);

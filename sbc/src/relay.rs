@@ -55,11 +55,6 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 /// buffers; a stopped relay forwards for at most this long.
 const HANDOVER_WITHIN: Duration = Duration::from_millis(10);
 
-/// While calls are refused for want of RTP ports, one log line at most
-/// this often (with the count since the last): a retransmitted INVITE is
-/// refused again, and an exhausted range refuses every call.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// The task of a relay or gateway.
 type MediaTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -194,6 +189,8 @@ pub struct CallRelays {
     handovers: Handovers,
     /// Calls refused because no relay could be started (once registered).
     refused: Option<IntCounter>,
+    /// A retransmitted INVITE is refused again, and an exhausted range
+    /// refuses every call: logged once per interval.
     refusal_log: LogThrottle,
 }
 
@@ -217,7 +214,7 @@ impl CallRelays {
             ended: EndedCalls::default(),
             handovers: Handovers::default(),
             refused: None,
-            refusal_log: LogThrottle::new(REFUSAL_LOG_EVERY),
+            refusal_log: LogThrottle::default(),
         };
         (relays, abandoned_rx)
     }
@@ -234,7 +231,7 @@ impl CallRelays {
     }
 
     /// Counts a call refused for want of a relay, and logs it unless one
-    /// was logged less than [`REFUSAL_LOG_EVERY`] ago.
+    /// was logged less than [`LOG_EVERY`](crate::log_throttle::LOG_EVERY) ago.
     fn refuse(&mut self, call_id: &str, error: &PortError) {
         if let Some(refused) = &self.refused {
             refused.inc();
@@ -675,7 +672,7 @@ mod tests {
         let refused = crate::test_metrics::counter(&registry, "sbc_media_calls_refused_total", &[]);
         assert_eq!(refused, 3.0);
         // The first was logged; the two since wait for the next line.
-        let later = Instant::now() + REFUSAL_LOG_EVERY;
+        let later = Instant::now() + crate::log_throttle::LOG_EVERY;
         assert_eq!(relays.refusal_log.occurred(later), Some(2));
     }
 

@@ -9,16 +9,20 @@ WATCHDOG=""
 # The SBC's RTP ports in sbc-bench.sh and sbc-cpu.sh: wider than the
 # default range (5,000 pairs, 1,250 relayed B2BUA calls), since the failed
 # calls of an overloaded trial hold their relays until their transactions
-# time out, and a call short of ports goes unrelayed, which would make the
-# next trials cheaper for the SBC than they should be.
+# time out, and a call short of ports is refused (503), which would fail
+# the next trials for want of ports rather than of CPU.
 # At most as many as the open files the SBC may have allow (two per pair,
-# RTP and RTCP, and 4,096 for the rest): beyond them it would refuse
-# calls for want of descriptors rather than of ports (on a machine whose
+# RTP and RTCP, and OTHER_FILES for the rest): beyond them it would
+# refuse calls for want of descriptors rather than of ports (on a machine whose
 # hard limit is 20,000: 15,904 ports, 1,988 calls).
 SBC_RTP_PORT_MIN=30000
 SBC_RTP_PORT_MAX=59999
-if [ "$(ulimit -Hn)" != unlimited ] && [ $(($(ulimit -Hn) - 4096)) -lt 30000 ]; then
-  SBC_RTP_PORT_MAX=$((SBC_RTP_PORT_MIN + ($(ulimit -Hn) - 4096) / 2 * 2 - 1))
+# Descriptors beside the RTP ports: listeners, connections to the nodes,
+# logs.
+OTHER_FILES=4096
+FILES_HARD=$(ulimit -Hn)
+if [ "$FILES_HARD" != unlimited ] && [ $((FILES_HARD - OTHER_FILES)) -lt 30000 ]; then
+  SBC_RTP_PORT_MAX=$((SBC_RTP_PORT_MIN + (FILES_HARD - OTHER_FILES) / 2 * 2 - 1))
 fi
 
 log() { echo "[$(date +%T)] $*" >&2; }
@@ -27,7 +31,7 @@ log() { echo "[$(date +%T)] $*" >&2; }
 # 4,096 for the rest, and `extra` (held connections); up to the hard
 # limit where that is lower.
 raise_open_files() { # extra
-  ulimit -n $((SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + 4096 + $1)) 2>/dev/null ||
+  ulimit -n $((SBC_RTP_PORT_MAX - SBC_RTP_PORT_MIN + 1 + OTHER_FILES + $1)) 2>/dev/null ||
     ulimit -n "$(ulimit -Hn)"
 }
 

@@ -406,29 +406,23 @@ call_kamailio() { call_trial "$KAM" via-kamailio "$CALLEE_VIA_KAM" "$1"; }
 # the callee cannot register that way). Each way's callee registers
 # through it first.
 measure_call_rates() { # label_suffix searches_left
-  local suffix=$1 share=$2 i
+  local suffix=$1 share=$2 way target label callee port trial recover what i
   local -a searches=() ways=()
   CPS_DIRECT=null
   CPS_SBC=null
   CPS_KAM=null
-  if start_callee "$NODE" "direct$suffix" "$CALLEE_DIRECT" "$UAS_PORT_DIRECT"; then
-    searches+=(call_direct:recover_direct)
-    ways+=(DIRECT)
-  else
-    log "the callee could not register straight with the node: no call figure"
-  fi
-  if start_callee "$SBC" "via-sbc$suffix" "$CALLEE_VIA_SBC" "$UAS_PORT_VIA_SBC"; then
-    searches+=(call_sbc:recover_sbc)
-    ways+=(SBC)
-  else
-    log "the callee could not register through the SBC: no call figure"
-  fi
-  if start_callee "$KAM" "via-kamailio$suffix" "$CALLEE_VIA_KAM" "$UAS_PORT_VIA_KAM"; then
-    searches+=(call_kamailio:recover_kamailio)
-    ways+=(KAM)
-  else
-    log "the callee could not register through Kamailio: no call figure"
-  fi
+  for way in \
+    "DIRECT $NODE direct $CALLEE_DIRECT $UAS_PORT_DIRECT call_direct recover_direct straight with the node" \
+    "SBC $SBC via-sbc $CALLEE_VIA_SBC $UAS_PORT_VIA_SBC call_sbc recover_sbc through the SBC" \
+    "KAM $KAM via-kamailio $CALLEE_VIA_KAM $UAS_PORT_VIA_KAM call_kamailio recover_kamailio through Kamailio"; do
+    read -r way target label callee port trial recover what <<<"$way"
+    if start_callee "$target" "$label$suffix" "$callee" "$port"; then
+      searches+=("$trial:$recover")
+      ways+=("$way")
+    else
+      log "the callee could not register $what: no call figure"
+    fi
+  done
   [ ${#searches[@]} -gt 0 ] || return 0
   search "$share" 50 10000 "${searches[@]}"
   for i in "${!ways[@]}"; do printf -v "CPS_${ways[i]}" %s "${RATES[i]}"; done
