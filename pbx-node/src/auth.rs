@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sip::auth::{AuthOutcome, DigestConfig, DigestCredentials, DigestVerifier};
+use sip::auth::{AuthOutcome, DigestConfig, DigestCredentials, DigestVerifier, NonceKey};
 use sip::message::SipMessage;
 
 use crate::directory::Directory;
 use crate::model::{Extension, Tenant};
 use crate::repo::RepoError;
-use crate::tenant::{tenant_lookups, TenantLookup};
+use sip::tenancy::{tenant_lookups, TenantLookup};
 
 /// How long a nonce is accepted before the phone is told it is stale.
 const NONCE_LIFETIME_SECS: u64 = 300;
@@ -68,6 +68,8 @@ pub enum Authenticated {
 pub struct Authenticator {
     directory: Directory,
     nonce_secret: Vec<u8>,
+    /// The SBC's: phones may answer its challenges.
+    edge_nonce_key: Option<NonceKey>,
     offer_sha256: bool,
     /// One verifier per realm: it keeps that realm's nonce counts.
     verifiers: Mutex<HashMap<String, DigestVerifier>>,
@@ -75,10 +77,16 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// `offer_sha256 = false` leaves only the MD5 challenge.
-    pub fn new(directory: Directory, nonce_secret: Vec<u8>, offer_sha256: bool) -> Self {
+    pub fn new(
+        directory: Directory,
+        nonce_secret: Vec<u8>,
+        offer_sha256: bool,
+        edge_nonce_key: Option<NonceKey>,
+    ) -> Self {
         Authenticator {
             directory,
             nonce_secret,
+            edge_nonce_key,
             offer_sha256,
             verifiers: Mutex::new(HashMap::new()),
         }
@@ -106,14 +114,18 @@ impl Authenticator {
     }
 
     fn verifier(&self, realm: String, nonce_cache_capacity: usize) -> DigestVerifier {
-        DigestVerifier::new(
+        let verifier = DigestVerifier::new(
             DigestConfig {
                 realm,
                 nonce_lifetime_secs: NONCE_LIFETIME_SECS,
                 nonce_cache_capacity,
             },
             &self.nonce_secret,
-        )
+        );
+        match &self.edge_nonce_key {
+            Some(key) => verifier.accepting(key.clone()),
+            None => verifier,
+        }
     }
 
     fn challenge(

@@ -109,6 +109,11 @@ pub struct NodeConfig {
     /// device's address in its Via: what an extension's allowed
     /// registration networks are checked against.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The key the SBC signs the nonces of its digest challenges with (the
+    /// same file as its `edge_nonce_key_file`): a phone's answer to the
+    /// SBC's challenge is accepted, and the challenged request never
+    /// reaches a node. Unset = only the nodes' own nonces.
+    pub edge_nonce_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +147,7 @@ impl Default for NodeConfig {
             api_session_ttl_secs: 8 * 3600,
             api_logins_per_minute: 30,
             // The embedded appliance runs its SBC on the same host.
+            edge_nonce_key_file: None,
             trusted_proxies: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|net| net.parse().ok())
@@ -290,6 +296,9 @@ pub struct Args {
     /// CIDRs (default 127.0.0.0/8,::1/128).
     #[arg(long, env = "PBX_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// The SBC's nonce key file (its `edge_nonce_key_file`).
+    #[arg(long, env = "PBX_EDGE_NONCE_KEY_FILE")]
+    pub edge_nonce_key_file: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PBX_LOG_JSON")]
     pub log_json: bool,
@@ -344,6 +353,11 @@ impl Args {
         set(&mut config.trusted_proxies, &self.trusted_proxies);
         if self.blob_dir.is_some() {
             config.blob_dir.clone_from(&self.blob_dir);
+        }
+        if self.edge_nonce_key_file.is_some() {
+            config
+                .edge_nonce_key_file
+                .clone_from(&self.edge_nonce_key_file);
         }
         set(&mut config.demo_extensions, &self.demo_extensions);
         if self.demo_password.is_some() {

@@ -24,7 +24,6 @@ mod repo_admin;
 pub mod retention;
 pub mod server;
 pub mod service;
-pub mod tenant;
 
 pub use config::{Args, NodeConfig};
 pub use node::{NodeError, PbxNode};

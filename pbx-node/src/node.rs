@@ -219,6 +219,17 @@ impl PbxNode {
     ) -> Result<PbxNode, NodeError> {
         let repo = Repo::new(store.clone());
         let secret = until_leader(|| repo.ensure_nonce_secret()).await?;
+        let edge_nonce_key = match &config.edge_nonce_key_file {
+            Some(path) => Some(
+                sip::auth::NonceKey::from_shared_text(&read_file(path)?).map_err(|e| {
+                    NodeError::File {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    }
+                })?,
+            ),
+            None => None,
+        };
         let (directory, directory_task) = until_leader(|| Directory::start(repo.clone())).await?;
         let new_demo_credentials = if config.demo {
             let spec = config.demo_spec()?;
@@ -253,6 +264,7 @@ impl PbxNode {
                 directory,
                 secret,
                 config.sip_digest_sha256,
+                edge_nonce_key,
             )),
             node_id: config.node_id,
             ring_timeout: Duration::from_secs(config.ring_timeout_secs),

@@ -69,6 +69,12 @@ pub struct SbcConfig {
     pub http_listen: SocketAddr,
     /// Rate limits, bans and allow/deny lists (`[guard]`).
     pub guard: crate::guard::GuardConfig,
+    /// A secret shared with the pbx-nodes (their `edge_nonce_key_file`):
+    /// with it, once a node has challenged a phone's request, the SBC
+    /// challenges the like of it itself with nonces the nodes accept, and
+    /// the challenged request never reaches a node. Unset = every request
+    /// goes to a node.
+    pub edge_nonce_key_file: Option<PathBuf>,
 }
 
 impl Default for SbcConfig {
@@ -101,6 +107,7 @@ impl Default for SbcConfig {
             max_message_bytes: 65_535,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             guard: crate::guard::GuardConfig::default(),
+            edge_nonce_key_file: None,
         }
     }
 }
@@ -251,6 +258,9 @@ pub struct Args {
     pub max_message_bytes: Option<usize>,
     #[arg(long, env = "SBC_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// The nonce key shared with the pbx-nodes.
+    #[arg(long, env = "SBC_EDGE_NONCE_KEY_FILE")]
+    pub edge_nonce_key_file: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "SBC_LOG_JSON")]
     pub log_json: bool,
@@ -303,6 +313,7 @@ impl Args {
         set(&mut config.max_connections, &self.max_connections);
         set(&mut config.max_message_bytes, &self.max_message_bytes);
         set(&mut config.http_listen, &self.http_listen);
+        set_some(&mut config.edge_nonce_key_file, &self.edge_nonce_key_file);
         config.check()?;
         Ok(config)
     }

@@ -3,6 +3,7 @@
 //! healthy pbx-nodes while hiding them, and relays every call's RTP. See
 //! README.md.
 
+pub mod challenge;
 pub mod config;
 pub mod dispatch;
 pub mod drained;

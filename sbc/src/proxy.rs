@@ -17,6 +17,9 @@
 //!   and Path never leave. SDP is re-addressed to our media relay on both
 //!   sides ([`MediaAnchor`]), so no internal address leaves in any header or body.
 //!
+//! * **Challenges.** A request without credentials that a node challenged
+//!   the like of gets the same challenge from us ([`EdgeChallenges`]).
+//!
 //! Call-IDs are the nodes' own, which are random tokens with no address.
 
 use std::collections::HashMap;
@@ -30,6 +33,7 @@ use sip::message::{
 };
 use sip::transport::Transport;
 
+use crate::challenge::{acks_own_response, own_tag, EdgeChallenges, Likeness};
 use crate::dispatch::{Dispatcher, NodeChange, Probe};
 use crate::keepalive::Keepalives;
 use crate::log_throttle::LogThrottle;
@@ -140,7 +144,8 @@ pub enum Action {
     Keepalive(SocketAddr),
     /// A phone's request that carried credentials was answered: refused
     /// (401, 407, 403: a failed authentication, what bans count) or not.
-    /// A first challenge, to a request without credentials, is neither.
+    /// A first challenge, to a request without credentials, is neither;
+    /// a stale one (right credentials, old nonce) is no failure.
     Authenticated {
         source: std::net::IpAddr,
         failed: bool,
@@ -286,6 +291,9 @@ pub struct Proxy<M> {
     /// While no node is up every phone's request gets the 503: logged
     /// once per interval (the node gauges tell the rest).
     no_node_log: LogThrottle,
+    /// Challenges made here on the nodes' behalf, when they accept our
+    /// nonces.
+    challenges: Option<EdgeChallenges>,
 }
 
 /// Records where the phone's request really came from in its Via, as a
@@ -333,8 +341,15 @@ fn derived_branch(parts: &[&str]) -> String {
     branch
 }
 
+/// A final response of our own: its ACK, tagged so, goes no further.
 fn reply(request: &SipMessage, status: u16) -> SipMessage {
-    request.response(status)
+    request.response_with_tag(status, reason_phrase(status), &own_tag())
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A refusal of the SBC's own, to either side: a 503 says when to try
@@ -391,7 +406,15 @@ impl<M: MediaAnchor> Proxy<M> {
             invites: HashMap::new(),
             calls: None,
             no_node_log: LogThrottle::default(),
+            challenges: None,
         }
+    }
+
+    /// Challenges phones' requests itself once a node has challenged
+    /// their like ([`crate::challenge`]).
+    pub fn with_edge_challenges(mut self, challenges: EdgeChallenges) -> Self {
+        self.challenges = Some(challenges);
+        self
     }
 
     /// Exposes the calls through the SBC by direction and outcome in
@@ -409,6 +432,9 @@ impl<M: MediaAnchor> Proxy<M> {
         )?;
         registry.register(Box::new(calls.clone()))?;
         self.calls = Some(calls);
+        if let Some(challenges) = &mut self.challenges {
+            challenges.register_metrics(registry)?;
+        }
         Ok(())
     }
 
@@ -530,9 +556,28 @@ impl<M: MediaAnchor> Proxy<M> {
                 if_flow_gone: None,
             }]
         };
+        if acks_own_response(&request) {
+            return Vec::new();
+        }
         let new_call = opens_call(&request);
         if !Self::forward_hop(&mut request) {
             return answer(483, &request);
+        }
+        // Outside a dialog and without credentials: if a node challenged
+        // its like, we do; else the node's challenge is learnt.
+        let learnable = self
+            .challenges
+            .as_ref()
+            .and_then(|_| Likeness::of(&request, flow.remote.ip()));
+        if let (Some(challenges), Some(likeness)) = (&mut self.challenges, &learnable) {
+            if let Some(challenge) = challenges.challenge(likeness, &request, now, unix_now_secs())
+            {
+                return vec![Action::ToPhone {
+                    flow,
+                    message: challenge,
+                    if_flow_gone: None,
+                }];
+            }
         }
         let call_id = request.call_id().unwrap_or_default().to_string();
         // A phone with us as outbound proxy names us in a Route: consumed.
@@ -589,9 +634,10 @@ impl<M: MediaAnchor> Proxy<M> {
         request.headers.push_front(
             "Via",
             format!(
-                "SIP/2.0/UDP {};branch={branch};ft={flow_token}{}",
+                "SIP/2.0/UDP {};branch={branch};ft={flow_token}{}{}",
                 self.config.internal,
-                if credentials { ";cr" } else { "" }
+                if credentials { ";cr" } else { "" },
+                if learnable.is_some() { ";ch" } else { "" }
             ),
         );
         if method == Method::Register {
@@ -916,11 +962,16 @@ impl<M: MediaAnchor> Proxy<M> {
         };
         let status = response.status().unwrap_or(0);
         let mut actions = Vec::new();
-        if via.is_some_and(|v| v.param("cr").is_some()) && status >= 200 {
+        let marked = |param: &str| via.as_ref().is_some_and(|v| v.param(param).is_some());
+        if marked("cr") && status >= 200 {
             actions.push(Action::Authenticated {
                 source: flow.remote.ip(),
-                failed: matches!(status, 401 | 403 | 407),
+                // Stale: the credentials were right.
+                failed: matches!(status, 401 | 403 | 407) && !crate::challenge::is_stale(&response),
             });
+        }
+        if let Some(challenges) = self.challenges.as_mut().filter(|_| marked("ch")) {
+            challenges.learn(flow.remote.ip(), &response, now);
         }
         let Ok(cseq) = response.cseq() else {
             return Vec::new();
@@ -1075,6 +1126,7 @@ fn set_request_uri(request: &mut SipMessage, uri: Uri) {
 mod tests {
     use super::*;
     use crate::dispatch::DispatchConfig;
+    use sip::auth::{challenge_values, Algorithm, NonceKey};
     use sip::message::parse_datagram;
 
     /// Records what signalling told the media relay; answers with a marker
@@ -1587,6 +1639,83 @@ mod tests {
         );
     }
 
+    #[test]
+    fn once_a_node_challenged_a_phone_the_sbc_challenges_its_like_itself() {
+        let t0 = Instant::now();
+        let key = NonceKey::new(b"the cluster's edge key");
+        let mut p = unprobed_proxy(t0).with_edge_challenges(EdgeChallenges::new(key.clone()));
+        let registry = Registry::new();
+        p.register_metrics(&registry).unwrap();
+        let edge_challenges =
+            |r: &Registry| crate::test_metrics::counter(r, "sbc_auth_challenges_total", &[]);
+
+        // The first goes to a node, marked as one to learn from.
+        let (node, inside) = to_node(one(p.from_phone(phone(), phone_invite("first", 1), t0)));
+        assert!(inside.headers.get("Via").unwrap().ends_with(";ch"));
+        let mut challenge = inside.response(407);
+        for value in challenge_values("demo.pbx.local", "00", &[Algorithm::Md5], false) {
+            challenge.headers.push("Proxy-Authenticate", value);
+        }
+        let source: SocketAddr = NODES[node].parse().unwrap();
+        let (_, relayed, _) = to_phone(one(p.from_node(source, challenge, t0)));
+        assert_eq!(relayed.status(), Some(407));
+        assert_eq!(edge_challenges(&registry), 0.0);
+
+        // The next call's INVITE without credentials is answered here:
+        // nothing reaches a node and no relay starts.
+        let (flow, ours, _) = to_phone(one(p.from_phone(phone(), phone_invite("next", 1), t0)));
+        assert_eq!((flow, ours.status()), (phone(), Some(407)));
+        let asked = ours.headers.get("Proxy-Authenticate").unwrap();
+        assert!(asked.starts_with("Digest realm=\"demo.pbx.local\""));
+        let nonce = asked
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(key.issued_at("demo.pbx.local", nonce).is_some());
+        assert_eq!(edge_challenges(&registry), 1.0);
+        assert!(!p.media.log.iter().any(|l| l.contains("next")));
+        let ack = parse(&format!(
+            "ACK sip:101@demo.pbx.local SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.7:5061;branch=z9hG4bKnext1\n\
+             Max-Forwards: 70\nFrom: <sip:100@demo.pbx.local>;tag=a\nTo: {}\n\
+             Call-ID: next\nCSeq: 1 ACK\nContent-Length: 0\n\n",
+            ours.headers.get("To").unwrap()
+        ));
+        assert!(
+            p.from_phone(phone(), ack, t0).is_empty(),
+            "the ACK stops here"
+        );
+
+        // The answer with credentials goes to a node, which checks them.
+        let mut resubmitted = phone_invite("next", 2);
+        resubmitted.headers.push(
+            "Proxy-Authorization",
+            format!("Digest username=\"100\", realm=\"demo.pbx.local\", nonce=\"{nonce}\""),
+        );
+        let (_, inside) = to_node(one(p.from_phone(phone(), resubmitted, t0)));
+        assert!(!inside.headers.get("Via").unwrap().contains(";ch"));
+        assert_eq!(
+            p.media.log.last().map(String::as_str),
+            Some("rewrite next Inward")
+        );
+        // Another phone's is the node's to challenge.
+        let elsewhere = Flow {
+            transport: Transport::Tls,
+            remote: "198.51.100.8:40001".parse().unwrap(),
+        };
+        to_node(one(p.from_phone(
+            elsewhere,
+            phone_invite("elsewhere", 1),
+            t0,
+        )));
+        // A minute on, the node is asked again.
+        let later = t0 + crate::challenge::LEARNT_FOR;
+        to_node(one(p.from_phone(phone(), phone_invite("later", 1), later)));
+        assert_eq!(edge_challenges(&registry), 1.0);
+    }
+
     /// An unprobed proxy whose metrics are in the registry.
     fn metered_proxy(now: Instant) -> (Proxy<FakeMedia>, Registry) {
         let mut p = unprobed_proxy(now);
@@ -1738,6 +1867,18 @@ mod tests {
         );
         let with = "Authorization: Digest username=\"100-DEMO\", response=\"x\"\n";
         assert_eq!(outcomes(&mut p, register(with), 401), [(ip, true)]);
+        let (node, inside) = to_node(one(p.from_phone(phone(), register(with), t0)));
+        let mut stale = inside.response(401);
+        for value in challenge_values("demo.pbx.local", "00", &[Algorithm::Md5], true) {
+            stale.headers.push("WWW-Authenticate", value);
+        }
+        let stale_outcome = p.from_node(NODES[node].parse().unwrap(), stale, t0);
+        assert!(
+            stale_outcome
+                .iter()
+                .any(|a| matches!(a, Action::Authenticated { failed: false, .. })),
+            "stale: the credentials were right"
+        );
         assert_eq!(outcomes(&mut p, register(with), 403), [(ip, true)]);
         assert_eq!(outcomes(&mut p, register(with), 200), [(ip, false)]);
     }

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use media::ports::PortPool;
+use sip::auth::NonceKey;
 use sip::message::ParseErrorKind;
 use sip::message::SipMessage;
 use sip::transport::{
@@ -19,6 +20,7 @@ use sip::validate::{classify, Inbound, Policy};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
+use crate::challenge::EdgeChallenges;
 use crate::config::SbcConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher, NodeChange, NodeStatus};
 use crate::drained::DrainedNodes;
@@ -227,7 +229,7 @@ impl Sbc {
             }
         }
         let media_gauges = MediaGauges::register(&registry)?;
-        let mut proxy = Proxy::new(
+        let proxy = Proxy::new(
             key,
             ProxyConfig {
                 internal: internal_addr,
@@ -246,6 +248,20 @@ impl Sbc {
             dispatcher,
             relays,
         );
+        let mut proxy = match &config.edge_nonce_key_file {
+            Some(path) => {
+                let file_error = |detail: String| SbcError::File {
+                    path: path.clone(),
+                    detail,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+                let key =
+                    NonceKey::from_shared_text(&text).map_err(|e| file_error(e.to_string()))?;
+                tracing::info!("challenging phones on the pbx-nodes' behalf");
+                proxy.with_edge_challenges(EdgeChallenges::new(key))
+            }
+            None => proxy,
+        };
         proxy.register_metrics(&registry)?;
         // Published from the start, so that `/admin/nodes` never answers
         // before the driver's first round with no nodes.

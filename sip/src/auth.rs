@@ -102,6 +102,49 @@ pub enum CredentialsError {
     NonceCount(String),
 }
 
+/// The `name=value` parameters of a `Digest ...` header value, names in
+/// lower case. Quoted values may hold commas and `\` escapes.
+fn digest_params(value: &str) -> Result<HashMap<String, String>, CredentialsError> {
+    let value = value.trim_start();
+    let (scheme, rest) = value.split_at(value.find([' ', '\t']).unwrap_or(value.len()));
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(CredentialsError::NotDigest);
+    }
+    let mut params: HashMap<String, String> = HashMap::new();
+    let mut cur = Cursor::new(rest);
+    loop {
+        let name = cur
+            .token()
+            .map_err(|e| CredentialsError::Syntax(e.0))?
+            .to_ascii_lowercase();
+        if !cur.eat('=') {
+            return Err(CredentialsError::Syntax(format!("'{name}' has no value")));
+        }
+        cur.skip_ws();
+        let raw = if cur.peek() == Some('"') {
+            unquote(cur.quoted().map_err(|e| CredentialsError::Syntax(e.0))?)
+        } else {
+            cur.token()
+                .map_err(|e| CredentialsError::Syntax(e.0))?
+                .to_string()
+        };
+        if params.insert(name.clone(), raw).is_some() {
+            return Err(CredentialsError::Duplicate(name));
+        }
+        if !cur.eat(',') {
+            break;
+        }
+    }
+    cur.skip_ws();
+    if !cur.is_empty() {
+        return Err(CredentialsError::Syntax(format!(
+            "unexpected '{}'",
+            cur.rest()
+        )));
+    }
+    Ok(params)
+}
+
 /// Parsed `Authorization` / `Proxy-Authorization` digest credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DigestCredentials {
@@ -120,45 +163,8 @@ pub struct DigestCredentials {
 
 impl DigestCredentials {
     /// Parses a header value such as `Digest username="a", nc=00000001, ...`.
-    /// Quoted values may hold commas and `\` escapes.
     pub fn parse(value: &str) -> Result<Self, CredentialsError> {
-        let value = value.trim_start();
-        let (scheme, rest) = value.split_at(value.find([' ', '\t']).unwrap_or(value.len()));
-        if !scheme.eq_ignore_ascii_case("Digest") {
-            return Err(CredentialsError::NotDigest);
-        }
-        let mut params: HashMap<String, String> = HashMap::new();
-        let mut cur = Cursor::new(rest);
-        loop {
-            let name = cur
-                .token()
-                .map_err(|e| CredentialsError::Syntax(e.0))?
-                .to_ascii_lowercase();
-            if !cur.eat('=') {
-                return Err(CredentialsError::Syntax(format!("'{name}' has no value")));
-            }
-            cur.skip_ws();
-            let raw = if cur.peek() == Some('"') {
-                unquote(cur.quoted().map_err(|e| CredentialsError::Syntax(e.0))?)
-            } else {
-                cur.token()
-                    .map_err(|e| CredentialsError::Syntax(e.0))?
-                    .to_string()
-            };
-            if params.insert(name.clone(), raw).is_some() {
-                return Err(CredentialsError::Duplicate(name));
-            }
-            if !cur.eat(',') {
-                break;
-            }
-        }
-        cur.skip_ws();
-        if !cur.is_empty() {
-            return Err(CredentialsError::Syntax(format!(
-                "unexpected '{}'",
-                cur.rest()
-            )));
-        }
+        let mut params = digest_params(value)?;
         let nc = match params.remove("nc") {
             Some(nc) if nc.len() == 8 && nc.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Some(u32::from_str_radix(&nc, 16).map_err(|_| CredentialsError::NonceCount(nc))?)
@@ -183,6 +189,133 @@ impl DigestCredentials {
     }
 }
 
+/// What a `WWW-Authenticate` / `Proxy-Authenticate` digest challenge
+/// asks for: what an edge proxy needs to issue the same challenge itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestChallenge {
+    pub realm: String,
+    pub algorithm: Algorithm,
+    /// The credentials were right, only their nonce was too old.
+    pub stale: bool,
+}
+
+impl DigestChallenge {
+    pub fn parse(value: &str) -> Result<Self, CredentialsError> {
+        let mut params = digest_params(value)?;
+        let realm = params
+            .remove("realm")
+            .ok_or(CredentialsError::Missing("realm"))?;
+        let algorithm = match params.remove("algorithm") {
+            None => Algorithm::Md5,
+            Some(name) => Algorithm::from_name(&name)
+                .ok_or_else(|| CredentialsError::Syntax(format!("unknown algorithm '{name}'")))?,
+        };
+        let stale = params
+            .remove("stale")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Ok(Self {
+            realm,
+            algorithm,
+            stale,
+        })
+    }
+}
+
+/// Challenge header values for `nonce`, one per algorithm in the order
+/// given (RFC 8760 §2.4: the preferred first), all with `qop="auth"`.
+pub fn challenge_values(
+    realm: &str,
+    nonce: &str,
+    algorithms: &[Algorithm],
+    stale: bool,
+) -> Vec<String> {
+    algorithms
+        .iter()
+        .map(|alg| {
+            let mut value = format!(
+                "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"",
+                alg.name()
+            );
+            if stale {
+                value.push_str(", stale=true");
+            }
+            value
+        })
+        .collect()
+}
+
+const NONCE_RANDOM_LEN: usize = 8;
+const NONCE_MAC_LEN: usize = 16;
+const NONCE_LEN: usize = 8 + NONCE_RANDOM_LEN + NONCE_MAC_LEN;
+
+/// A shared key's shortest text: 32 characters of `openssl rand -hex 16`.
+const MIN_SHARED_KEY_LEN: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a nonce key needs at least {MIN_SHARED_KEY_LEN} characters, this one has {0}")]
+pub struct WeakKey(usize);
+
+/// Signs stateless nonces and checks them: `timestamp || random ||
+/// HMAC-SHA256(key, timestamp || random || realm)`, in hex. Whoever holds
+/// the same secret (every node of a cluster; the SBC with the nodes'
+/// edge key) issues nonces the others accept.
+#[derive(Clone)]
+pub struct NonceKey {
+    mac: HmacSha256,
+}
+
+impl NonceKey {
+    pub fn new(secret: &[u8]) -> Self {
+        // Keying with SHA-256(secret) in a fixed-size key makes construction
+        // infallible whatever the secret's length.
+        let mut key = [0u8; 64];
+        key[..32].copy_from_slice(&Sha256::digest(secret));
+        Self {
+            mac: <HmacSha256 as KeyInit>::new(&key.into()),
+        }
+    }
+
+    /// A key shared through a file (the SBC's and the nodes' edge key):
+    /// its text, surrounding white space left out.
+    pub fn from_shared_text(text: &str) -> Result<Self, WeakKey> {
+        let secret = text.trim();
+        if secret.len() < MIN_SHARED_KEY_LEN {
+            return Err(WeakKey(secret.len()));
+        }
+        Ok(Self::new(secret.as_bytes()))
+    }
+
+    fn mac(&self, stamp_and_random: &[u8], realm: &str) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(stamp_and_random);
+        mac.update(realm.as_bytes());
+        mac
+    }
+
+    /// A fresh nonce of `realm` stamped with `now_unix_secs`.
+    pub fn nonce(&self, realm: &str, now_unix_secs: u64) -> String {
+        let mut raw = [0u8; NONCE_LEN];
+        let (head, tag) = raw.split_at_mut(8 + NONCE_RANDOM_LEN);
+        let (stamp, random) = head.split_at_mut(8);
+        stamp.copy_from_slice(&now_unix_secs.to_be_bytes());
+        rand::rng().fill_bytes(random);
+        let full = self.mac(head, realm).finalize().into_bytes();
+        tag.copy_from_slice(full.get(..NONCE_MAC_LEN).unwrap_or_default());
+        hex::encode(raw)
+    }
+
+    /// The timestamp of `nonce` if this key signed it for `realm`.
+    pub fn issued_at(&self, realm: &str, nonce: &str) -> Option<u64> {
+        let raw = hex::decode(nonce).ok()?;
+        if raw.len() != NONCE_LEN {
+            return None;
+        }
+        let (head, tag) = raw.split_at(8 + NONCE_RANDOM_LEN);
+        self.mac(head, realm).verify_truncated_left(tag).ok()?;
+        Some(u64::from_be_bytes(head.get(..8)?.try_into().ok()?))
+    }
+}
+
 /// The verifier's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
@@ -201,14 +334,13 @@ pub struct DigestConfig {
     pub nonce_cache_capacity: usize,
 }
 
-const NONCE_RANDOM_LEN: usize = 8;
-const NONCE_MAC_LEN: usize = 16;
-const NONCE_LEN: usize = 8 + NONCE_RANDOM_LEN + NONCE_MAC_LEN;
-
 /// Issues challenges and verifies credentials for one realm.
 pub struct DigestVerifier {
     config: DigestConfig,
-    mac: HmacSha256,
+    /// Signs our nonces.
+    key: NonceKey,
+    /// Whose nonces are accepted too.
+    also_accepted: Vec<NonceKey>,
     /// Stand-in HA1s for unknown users, so they cost the same work and get
     /// the same answer as a known user with a wrong password.
     decoy: StoredHa1,
@@ -221,17 +353,13 @@ impl DigestVerifier {
     /// `secret` is shared by every node of the cluster so they accept each
     /// other's nonces.
     pub fn new(config: DigestConfig, secret: &[u8]) -> Self {
-        // Keying with SHA-256(secret) in a fixed-size key makes construction
-        // infallible whatever the secret's length.
-        let mut key = [0u8; 64];
-        key[..32].copy_from_slice(&Sha256::digest(secret));
-        let mac = <HmacSha256 as KeyInit>::new(&key.into());
         let mut decoy_password = [0u8; 16];
         rand::rng().fill_bytes(&mut decoy_password);
         let decoy = StoredHa1::compute("", &config.realm, &hex::encode(decoy_password));
         Self {
             config,
-            mac,
+            key: NonceKey::new(secret),
+            also_accepted: Vec::new(),
             decoy,
             nonce_counts: HashMap::new(),
             nonce_order: VecDeque::new(),
@@ -242,53 +370,33 @@ impl DigestVerifier {
         &self.config.realm
     }
 
-    fn nonce_mac(&self, stamp_and_random: &[u8]) -> HmacSha256 {
-        let mut mac = self.mac.clone();
-        mac.update(stamp_and_random);
-        mac.update(self.config.realm.as_bytes());
-        mac
+    /// Also accepts the nonces `key` signs: an SBC's, which challenges
+    /// phones on the nodes' behalf.
+    pub fn accepting(mut self, key: NonceKey) -> Self {
+        self.also_accepted.push(key);
+        self
     }
 
     /// A fresh nonce stamped with `now_unix_secs`.
     pub fn new_nonce(&self, now_unix_secs: u64) -> String {
-        let mut raw = [0u8; NONCE_LEN];
-        let (head, tag) = raw.split_at_mut(8 + NONCE_RANDOM_LEN);
-        let (stamp, random) = head.split_at_mut(8);
-        stamp.copy_from_slice(&now_unix_secs.to_be_bytes());
-        rand::rng().fill_bytes(random);
-        let full = self.nonce_mac(head).finalize().into_bytes();
-        tag.copy_from_slice(full.get(..NONCE_MAC_LEN).unwrap_or_default());
-        hex::encode(raw)
+        self.key.nonce(&self.config.realm, now_unix_secs)
     }
 
-    /// The nonce's timestamp if we signed it.
+    /// The nonce's timestamp if we (or a key we accept) signed it.
     fn nonce_timestamp(&self, nonce: &str) -> Option<u64> {
-        let raw = hex::decode(nonce).ok()?;
-        if raw.len() != NONCE_LEN {
-            return None;
-        }
-        let (head, tag) = raw.split_at(8 + NONCE_RANDOM_LEN);
-        self.nonce_mac(head).verify_truncated_left(tag).ok()?;
-        Some(u64::from_be_bytes(head.get(..8)?.try_into().ok()?))
+        std::iter::once(&self.key)
+            .chain(&self.also_accepted)
+            .find_map(|k| k.issued_at(&self.config.realm, nonce))
     }
 
     /// Challenge header values, SHA-256 first (RFC 8760 §2.4).
     pub fn challenge(&self, stale: bool, now_unix_secs: u64) -> Vec<String> {
-        let nonce = self.new_nonce(now_unix_secs);
-        [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
-            .map(|alg| {
-                let mut value = format!(
-                    "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"",
-                    self.config.realm,
-                    alg.name()
-                );
-                if stale {
-                    value.push_str(", stale=true");
-                }
-                value
-            })
-            .collect()
+        challenge_values(
+            &self.config.realm,
+            &self.new_nonce(now_unix_secs),
+            &[Algorithm::Sha256, Algorithm::Md5],
+            stale,
+        )
     }
 
     /// Verifies credentials for a request with `method`. `ha1` is `None` for
@@ -321,7 +429,11 @@ impl DigestVerifier {
         let digest_ok = digest_ok && ha1.is_some() && credentials.realm == self.config.realm;
 
         let Some(issued) = self.nonce_timestamp(&credentials.nonce) else {
-            return AuthOutcome::Challenge(self.challenge(false, now_unix_secs));
+            // Right credentials over a nonce no key of ours signed (an SBC
+            // whose edge key we were not given): the phone knows the
+            // password, so it is told to retry with our nonce (stale)
+            // rather than to ask its user again.
+            return AuthOutcome::Challenge(self.challenge(digest_ok, now_unix_secs));
         };
         if !digest_ok {
             return AuthOutcome::Challenge(self.challenge(false, now_unix_secs));
@@ -494,10 +606,67 @@ mod tests {
             },
             b"another secret",
         );
+        // Right credentials over a nonce it cannot check: retry, not a
+        // wrong password.
+        let AuthOutcome::Challenge(c) = other.verify(&creds, "REGISTER", Some(&stored), NOW) else {
+            panic!("a foreign nonce must not authorize");
+        };
+        assert!(c.iter().all(|h| h.contains("stale=true")));
+        let wrong = client_credentials(Algorithm::Sha256, &nonce, 1, "guess");
+        let AuthOutcome::Challenge(c) = other.verify(&wrong, "REGISTER", Some(&stored), NOW) else {
+            panic!("a wrong password must not authorize");
+        };
+        assert!(c.iter().all(|h| !h.contains("stale")));
+    }
+
+    #[test]
+    fn nonces_signed_with_an_accepted_edge_key_authorize_once() {
+        let edge = NonceKey::new(b"edge key");
+        let mut v = verifier().accepting(edge.clone());
+        let stored = StoredHa1::compute("1001", REALM, "secret");
+        let nonce = edge.nonce(REALM, NOW);
+        assert_eq!(edge.issued_at(REALM, &nonce), Some(NOW));
+        assert_eq!(edge.issued_at("other.example.com", &nonce), None);
+        let creds = client_credentials(Algorithm::Md5, &nonce, 1, "secret");
+        assert_eq!(
+            v.verify(&creds, "REGISTER", Some(&stored), NOW),
+            AuthOutcome::Authorized
+        );
+        // Its replay is refused as any nonce's is.
         assert!(matches!(
-            other.verify(&creds, "REGISTER", Some(&stored), NOW),
+            v.verify(&creds, "REGISTER", Some(&stored), NOW),
             AuthOutcome::Challenge(_)
         ));
+        // Stale like ours past the lifetime.
+        let old = edge.nonce(REALM, NOW);
+        let creds = client_credentials(Algorithm::Md5, &old, 1, "secret");
+        let AuthOutcome::Challenge(c) = v.verify(&creds, "REGISTER", Some(&stored), NOW + 301)
+        else {
+            panic!("an old nonce must not authorize");
+        };
+        assert!(c.iter().all(|h| h.contains("stale=true")));
+    }
+
+    #[test]
+    fn a_challenge_parses_back_to_what_it_asks() {
+        let values = verifier().challenge(true, NOW);
+        let parsed: Vec<_> = values
+            .iter()
+            .map(|v| DigestChallenge::parse(v).unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            [Algorithm::Sha256, Algorithm::Md5].map(|algorithm| DigestChallenge {
+                realm: REALM.into(),
+                algorithm,
+                stale: true,
+            })
+        );
+        let bare = DigestChallenge::parse("Digest realm=\"r\", nonce=\"n\"").unwrap();
+        assert_eq!((bare.algorithm, bare.stale), (Algorithm::Md5, false));
+        assert!(DigestChallenge::parse("Digest nonce=\"n\"").is_err());
+        assert!(DigestChallenge::parse("Digest realm=\"r\", algorithm=SHA-512-256").is_err());
+        assert!(DigestChallenge::parse("Basic realm=\"r\"").is_err());
     }
 
     #[test]

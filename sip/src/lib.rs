@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod endpoint;
 pub mod message;
 pub mod sdp;
+pub mod tenancy;
 mod text;
 pub mod transaction;
 pub mod transport;

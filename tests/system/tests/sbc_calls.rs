@@ -31,8 +31,17 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("IP"), port)
 }
 
+/// The nonce key the SBC and the nodes share, as production configures
+/// it: so the tests' phones answer the SBC's challenges too.
+fn edge_key(dir: &Path) -> PathBuf {
+    let path = dir.join("edge-nonce.key");
+    std::fs::write(&path, "system-tests-edge-nonce-key-0123456789\n").expect("edge key");
+    path
+}
+
 async fn start_node(dir: &Path) -> (PbxNode, Tenant) {
     let config = NodeConfig {
+        edge_nonce_key_file: Some(edge_key(dir)),
         sip_udp_listen: addr(NODE_IP, 0),
         sip_tcp_listen: addr(NODE_IP, 0),
         http_listen: addr("127.0.0.1", 0),
@@ -93,6 +102,7 @@ fn sbc_config(dir: &Path, nodes: Vec<SocketAddr>) -> SbcConfig {
         rtp_port_max: 41_999,
         media_public_bind: "127.0.0.1".parse().expect("IP"),
         http_listen: addr("127.0.0.1", 0),
+        edge_nonce_key_file: Some(edge_key(dir)),
         ..SbcConfig::default()
     }
 }
@@ -280,6 +290,77 @@ async fn a_call_through_the_sbc_is_answered_and_hides_the_inside() {
             draining: false
         }]
     );
+    sbc.stop();
+    node.shutdown().await;
+}
+
+/// What a node challenged once the SBC challenges itself, with nonces
+/// the node accepts: sipp's second REGISTER and second call get the
+/// SBC's 401 and 407 and still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sbc_challenges_on_the_nodes_behalf_with_nonces_they_accept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, tenant) = start_node(dir.path()).await;
+    let sbc = start_sbc(dir.path(), vec![node.sip.udp_addr]).await;
+    let challenged_by_sbc = || async {
+        let metrics = http_get(sbc.http, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sbc_auth_challenges_total "))
+            .map(str::to_string)
+    };
+    register_101(dir.path(), &sbc).await;
+    assert_eq!(
+        challenged_by_sbc().await.as_deref(),
+        Some("0"),
+        "the node's 401"
+    );
+    let callee_port = register_101(dir.path(), &sbc).await;
+    assert_eq!(
+        challenged_by_sbc().await.as_deref(),
+        Some("1"),
+        "the SBC's 401"
+    );
+
+    for call in 1..=2 {
+        let uas = work_dir(dir.path(), &format!("callee-{call}"));
+        let callee = sipp("uas_answer.xml", callee_port, None, &uas)
+            .spawn()
+            .expect("sipp");
+        let uac = work_dir(dir.path(), &format!("caller-{call}"));
+        let output = sipp(
+            "uac_call.xml",
+            free_udp_port("127.0.0.1"),
+            Some(sbc.udp),
+            &uac,
+        )
+        .args(["-s", "101", "-au", "100-TEST", "-ap", PASSWORD, "-d", "200"])
+        .args(["-key", "caller", "100-TEST"])
+        .output()
+        .await
+        .expect("sipp");
+        assert!(passed(&output, &uac), "call {call}: 407, answered, BYE");
+        let output = tokio::time::timeout(Duration::from_secs(40), callee.wait_with_output())
+            .await
+            .expect("callee ends")
+            .expect("callee output");
+        assert!(passed(&output, &uas), "call {call} reached 101");
+    }
+    assert_eq!(
+        challenged_by_sbc().await.as_deref(),
+        Some("2"),
+        "the SBC's 407"
+    );
+    let mut answered = 0;
+    for _ in 0..50 {
+        let cdrs = node.repo.cdrs(&tenant.id, 0, 0).await.expect("CDRs");
+        answered = cdrs.iter().filter(|c| c.disposition == "ANSWERED").count();
+        if answered == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, 2);
     sbc.stop();
     node.shutdown().await;
 }
@@ -608,7 +689,8 @@ async fn three_node_processes(dir: &Path) -> Vec<NodeProcess> {
                  raft_listen = \"{}\"\npeers = [{}]\ncluster_ca = \"{}\"\n\
                  cluster_cert = \"{}\"\ncluster_key = \"{}\"\nsip_digest_sha256 = false\n\
                  data_dir = \"{}\"\nrtp_port_min = {rtp}\nrtp_port_max = {}\n\
-                 demo = {}\ndemo_extensions = \"100-103\"\ndemo_password = \"{PASSWORD}\"\n",
+                 demo = {}\ndemo_extensions = \"100-103\"\ndemo_password = \"{PASSWORD}\"\n\
+                 edge_nonce_key_file = \"{}\"\n",
                 raft[id as usize - 1],
                 peers.join(", "),
                 write("ca.pem", &ca.cert_pem).display(),
@@ -617,6 +699,7 @@ async fn three_node_processes(dir: &Path) -> Vec<NodeProcess> {
                 data.display(),
                 rtp + 999,
                 id == 1,
+                edge_key(dir).display(),
             ),
         );
         let log = data.join("stdout.log");

@@ -1,20 +1,22 @@
 //! Which tenant a request belongs to. Phones configured with the PBX's
 //! domain name say so in the Request-URI, To or From host; phones given an
 //! IP address carry the tenant only in their username's `-CODE` suffix
-//! (the `<number>-<CODE>` pattern of reference/002).
+//! (the `<number>-<CODE>` pattern of reference/002). The pbx-nodes look
+//! the tenant up so; the SBC needs to know what decides it, to repeat a
+//! node's challenge (its realm is the tenant's).
 
 use std::net::IpAddr;
 
-use sip::message::{SipMessage, Uri};
+use crate::message::{SipMessage, Uri};
 
 /// One way to find the tenant, tried in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TenantLookup {
     Domain(String),
     Code(String),
 }
 
-fn is_ip_host(host: &str) -> bool {
+pub fn is_ip_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.parse::<IpAddr>().is_ok()
 }
@@ -31,7 +33,8 @@ fn sip_host(uri: &Uri) -> Option<&str> {
 
 /// The lookups for `request`: each distinct domain host of the
 /// Request-URI, To and From; if none is a domain name, the code suffix of
-/// `username` (the digest username, or else the From or To user).
+/// `username` (the digest username, or else the From or To user). Of a
+/// response, the To and From alone.
 pub fn tenant_lookups(request: &SipMessage, username: Option<&str>) -> Vec<TenantLookup> {
     let to = request.to().ok();
     let from = request.from().ok();
@@ -53,7 +56,7 @@ pub fn tenant_lookups(request: &SipMessage, username: Option<&str>) -> Vec<Tenan
     if lookups.is_empty() {
         // The caller's identity (digest username, From) before the To,
         // which in a call names the callee.
-        let user_of = |addr: Option<&sip::message::NameAddr>| {
+        let user_of = |addr: Option<&crate::message::NameAddr>| {
             addr.and_then(|a| a.uri.as_sip())
                 .and_then(|u| u.user_name())
                 .map(str::to_string)
@@ -77,7 +80,7 @@ pub fn tenant_lookups(request: &SipMessage, username: Option<&str>) -> Vec<Tenan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sip::message::parse_datagram;
+    use crate::message::parse_datagram;
 
     fn register(ruri: &str, to: &str) -> SipMessage {
         let text = format!(
