@@ -30,7 +30,15 @@ fi
 # The SBC's defaults already name this node (nodes = 127.0.0.1:5070) and
 # reach it from 127.0.0.1:5080; the node anchors media on 20000-29999, the
 # SBC relays on 30000-39999.
-"$bin/pbx-node" --sip-udp-listen 127.0.0.1:5070 --sip-tcp-listen 127.0.0.1:5070 &
+# The SBC challenges phones on the node's behalf with nonces signed by a
+# key they share, made on the first start.
+edge_key=sbc-data/edge-nonce.key
+if [ ! -s "$edge_key" ]; then
+  mkdir -p sbc-data
+  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$edge_key")
+fi
+"$bin/pbx-node" --sip-udp-listen 127.0.0.1:5070 --sip-tcp-listen 127.0.0.1:5070 \
+  --edge-nonce-key-file "$edge_key" &
 node=$!
 trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null || true' EXIT
-"$bin/sbc" "$@"
+"$bin/sbc" --edge-nonce-key-file "$edge_key" "$@"

@@ -228,13 +228,17 @@ media_sessions() { # http_port
 
 # Starts the one pbx-node of the SBC benchmarks ($NODE_BIN on 127.0.0.1,
 # ports $NODE_SIP, $NODE_RAFT and $NODE_HTTP, data in $WORK/node) with the
-# demo extensions $1, and waits until it is ready; sets NODE_PID.
+# demo extensions $1, and waits until it is ready; sets NODE_PID. The
+# node accepts the nonces of an SBC given $EDGE_KEY, as deployed.
 start_single_node() { # demo_range
+  EDGE_KEY=$WORK/edge-nonce.key
+  [ -s "$EDGE_KEY" ] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$EDGE_KEY"
   env -u RUST_BACKTRACE RUST_LOG=warn "$NODE_BIN" --data-dir "$WORK/node" \
     --sip-udp-listen "127.0.0.1:$NODE_SIP" --sip-tcp-listen "127.0.0.1:$NODE_SIP" \
     --raft-listen "127.0.0.1:$NODE_RAFT" --http-listen "127.0.0.1:$NODE_HTTP" \
     --sip-digest-sha256 false --demo true --demo-extensions "$1" \
-    --demo-password "$PASSWORD" </dev/null >"$WORK/node.log" 2>&1 &
+    --demo-password "$PASSWORD" --edge-nonce-key-file "$EDGE_KEY" \
+    </dev/null >"$WORK/node.log" 2>&1 &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
   wait_for_line "$WORK/node.log" '^ready ' 120 "$NODE_PID"

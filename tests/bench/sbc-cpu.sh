@@ -95,6 +95,7 @@ nodes = ["127.0.0.1:$NODE_SIP"]
 data_dir = "$WORK/sbc"
 rtp_port_min = $SBC_RTP_PORT_MIN
 rtp_port_max = $SBC_RTP_PORT_MAX
+edge_nonce_key_file = "$EDGE_KEY"
 [guard]
 requests_per_sec = 1000000.0
 burst = 1000000
