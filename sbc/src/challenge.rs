@@ -312,14 +312,10 @@ mod tests {
             ("pbx.example.com", Algorithm::Md5, false)
         );
         // The nonce is the edge key's, for that realm, stamped now.
-        let nonce = values[0]
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        assert_eq!(key.issued_at("pbx.example.com", nonce), Some(NOW_UNIX));
+        assert_eq!(
+            key.issued_at("pbx.example.com", &asked.nonce),
+            Some(NOW_UNIX)
+        );
         // Its ACK is recognised as ours.
         let mut ack = request(
             "ACK",

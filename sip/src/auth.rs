@@ -194,6 +194,7 @@ impl DigestCredentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DigestChallenge {
     pub realm: String,
+    pub nonce: String,
     pub algorithm: Algorithm,
     /// The credentials were right, only their nonce was too old.
     pub stale: bool,
@@ -202,9 +203,10 @@ pub struct DigestChallenge {
 impl DigestChallenge {
     pub fn parse(value: &str) -> Result<Self, CredentialsError> {
         let mut params = digest_params(value)?;
-        let realm = params
-            .remove("realm")
-            .ok_or(CredentialsError::Missing("realm"))?;
+        let mut required =
+            |name: &'static str| params.remove(name).ok_or(CredentialsError::Missing(name));
+        let realm = required("realm")?;
+        let nonce = required("nonce")?;
         let algorithm = match params.remove("algorithm") {
             None => Algorithm::Md5,
             Some(name) => Algorithm::from_name(&name)
@@ -215,6 +217,7 @@ impl DigestChallenge {
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         Ok(Self {
             realm,
+            nonce,
             algorithm,
             stale,
         })
@@ -650,6 +653,7 @@ mod tests {
     #[test]
     fn a_challenge_parses_back_to_what_it_asks() {
         let values = verifier().challenge(true, NOW);
+        let nonce = nonce_of(&values[0]);
         let parsed: Vec<_> = values
             .iter()
             .map(|v| DigestChallenge::parse(v).unwrap())
@@ -658,6 +662,7 @@ mod tests {
             parsed,
             [Algorithm::Sha256, Algorithm::Md5].map(|algorithm| DigestChallenge {
                 realm: REALM.into(),
+                nonce: nonce.clone(),
                 algorithm,
                 stale: true,
             })
@@ -665,7 +670,11 @@ mod tests {
         let bare = DigestChallenge::parse("Digest realm=\"r\", nonce=\"n\"").unwrap();
         assert_eq!((bare.algorithm, bare.stale), (Algorithm::Md5, false));
         assert!(DigestChallenge::parse("Digest nonce=\"n\"").is_err());
-        assert!(DigestChallenge::parse("Digest realm=\"r\", algorithm=SHA-512-256").is_err());
+        assert!(DigestChallenge::parse("Digest realm=\"r\"").is_err());
+        assert!(
+            DigestChallenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256")
+                .is_err()
+        );
         assert!(DigestChallenge::parse("Basic realm=\"r\"").is_err());
     }
 
