@@ -19,16 +19,22 @@
 //! configuration shows within it.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, Registry};
-use sip::auth::{challenge_values, Algorithm, DigestChallenge, NonceKey};
+use sip::auth::{challenge_values, Algorithm, DigestChallenge, DigestCredentials, NonceKey};
 use sip::message::{new_tag, reason_phrase, Method, SipMessage, Uri};
 use sip::tenancy::{is_ip_host, tenant_lookups, TenantLookup};
 
+use crate::log_throttle::LogThrottle;
+
 /// How long a node's challenge is repeated by the SBC.
 pub const LEARNT_FOR: Duration = Duration::from_secs(60);
+/// A nonce of ours younger than this is one a node with our key accepts
+/// as fresh: well within the nodes' nonce lifetime (300 s) and clear of
+/// the minute of clock skew they allow.
+const SURELY_FRESH_SECS: u64 = 180;
 /// At most this many challenges are remembered (a scanner making up
 /// domains fills it with its own, oldest first out).
 const LEARNT_KEPT: usize = 4096;
@@ -116,6 +122,11 @@ pub struct EdgeChallenges {
     order: VecDeque<(Likeness, Instant)>,
     /// `sbc_auth_challenges_total`, once registered.
     issued: Option<IntCounter>,
+    /// `sbc_auth_nonces_refused_total`, once registered.
+    refused: Option<IntCounter>,
+    /// A node refusing our nonces refuses them all: logged once per
+    /// interval.
+    refused_log: LogThrottle,
 }
 
 impl EdgeChallenges {
@@ -125,6 +136,8 @@ impl EdgeChallenges {
             learnt: HashMap::new(),
             order: VecDeque::new(),
             issued: None,
+            refused: None,
+            refused_log: LogThrottle::default(),
         }
     }
 
@@ -136,7 +149,41 @@ impl EdgeChallenges {
         )?;
         registry.register(Box::new(issued.clone()))?;
         self.issued = Some(issued);
+        let refused = IntCounter::new(
+            "sbc_auth_nonces_refused_total",
+            "Phones' answers to the SBC's challenges that a pbx-node found stale although the \
+             nonce was fresh: that node lacks the SBC's edge nonce key, or its clock is off",
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        self.refused = Some(refused);
         Ok(())
+    }
+
+    /// Whether `request`'s credentials answer a challenge of ours that a
+    /// node sharing our key would find fresh (it is then marked, so that
+    /// a stale verdict on it shows a node that does not share it).
+    pub fn answers_fresh_challenge(&self, request: &SipMessage, unix_secs: u64) -> bool {
+        request
+            .proxy_authorization()
+            .or_else(|| request.authorization())
+            .and_then(|value| DigestCredentials::parse(value).ok())
+            .and_then(|c| self.key.issued_at(&c.realm, &c.nonce))
+            .is_some_and(|issued| unix_secs.abs_diff(issued) < SURELY_FRESH_SECS)
+    }
+
+    /// A node found stale an answer to a fresh challenge of ours
+    /// ([`answers_fresh_challenge`](Self::answers_fresh_challenge)). The
+    /// phone retries with the node's nonce, so calls go on a round trip
+    /// later; what is wrong is the configuration.
+    pub fn node_refused_nonce(&mut self, node: SocketAddr, now: Instant) {
+        if let Some(refused) = &self.refused {
+            refused.inc();
+        }
+        if let Some(unlogged) = self.refused_log.occurred(now) {
+            tracing::error!(%node, refused_since_last_line = unlogged,
+                "a pbx-node found the SBC's fresh nonce stale: give it the SBC's \
+                 edge_nonce_key_file, and check that their clocks agree");
+        }
     }
 
     /// Learns a node's 401 or 407 to a request from `source` that was
@@ -480,6 +527,31 @@ mod tests {
         );
         assert!(edge.challenge(&likeness, &invite(), t0, NOW_UNIX).is_none());
         assert!(!is_stale(&node_challenge(&invite(), 407, &md5_only("r"))));
+    }
+
+    #[test]
+    fn only_an_answer_to_a_fresh_nonce_of_ours_is_marked() {
+        let key = NonceKey::new(b"edge key");
+        let edge = EdgeChallenges::new(key.clone());
+        let answering = |nonce: &str| {
+            request(
+                "INVITE",
+                "sip:200@pbx.example.com",
+                "sip:200@pbx.example.com",
+                "sip:100@pbx.example.com",
+                &format!(
+                    "Proxy-Authorization: Digest username=\"100\", realm=\"pbx.example.com\", \
+                     nonce=\"{nonce}\", uri=\"sip:200@pbx.example.com\", response=\"00\"\n"
+                ),
+            )
+        };
+        let ours = key.nonce("pbx.example.com", NOW_UNIX);
+        assert!(edge.answers_fresh_challenge(&answering(&ours), NOW_UNIX + 10));
+        let later = NOW_UNIX + SURELY_FRESH_SECS;
+        assert!(!edge.answers_fresh_challenge(&answering(&ours), later));
+        let nodes = NonceKey::new(b"node secret").nonce("pbx.example.com", NOW_UNIX);
+        assert!(!edge.answers_fresh_challenge(&answering(&nodes), NOW_UNIX));
+        assert!(!edge.answers_fresh_challenge(&invite(), NOW_UNIX));
     }
 
     #[test]

@@ -631,12 +631,19 @@ impl<M: MediaAnchor> Proxy<M> {
         // the guard without keeping state.
         let credentials =
             request.authorization().is_some() || request.proxy_authorization().is_some();
+        // ... and one answering a fresh challenge of ours.
+        let ours_fresh = credentials
+            && self
+                .challenges
+                .as_ref()
+                .is_some_and(|c| c.answers_fresh_challenge(&request, unix_now_secs()));
         request.headers.push_front(
             "Via",
             format!(
-                "SIP/2.0/UDP {};branch={branch};ft={flow_token}{}{}",
+                "SIP/2.0/UDP {};branch={branch};ft={flow_token}{}{}{}",
                 self.config.internal,
                 if credentials { ";cr" } else { "" },
+                if ours_fresh { ";cn" } else { "" },
                 if learnable.is_some() { ";ch" } else { "" }
             ),
         );
@@ -963,12 +970,19 @@ impl<M: MediaAnchor> Proxy<M> {
         let status = response.status().unwrap_or(0);
         let mut actions = Vec::new();
         let marked = |param: &str| via.as_ref().is_some_and(|v| v.param(param).is_some());
+        let stale = matches!(status, 401 | 407) && crate::challenge::is_stale(&response);
         if marked("cr") && status >= 200 {
             actions.push(Action::Authenticated {
                 source: flow.remote.ip(),
                 // Stale: the credentials were right.
-                failed: matches!(status, 401 | 403 | 407) && !crate::challenge::is_stale(&response),
+                failed: matches!(status, 401 | 403 | 407) && !stale,
             });
+        }
+        if stale && marked("cn") {
+            let node_addr = self.dispatcher.addr(node);
+            if let (Some(challenges), Some(addr)) = (self.challenges.as_mut(), node_addr) {
+                challenges.node_refused_nonce(addr, now);
+            }
         }
         if let Some(challenges) = self.challenges.as_mut().filter(|_| marked("ch")) {
             challenges.learn(flow.remote.ip(), &response, now);
@@ -1684,17 +1698,45 @@ mod tests {
         );
 
         // The answer with credentials goes to a node, which checks them.
-        let mut resubmitted = phone_invite("next", 2);
-        resubmitted.headers.push(
-            "Proxy-Authorization",
-            format!("Digest username=\"100\", realm=\"demo.pbx.local\", nonce=\"{nonce}\""),
-        );
-        let (_, inside) = to_node(one(p.from_phone(phone(), resubmitted, t0)));
-        assert!(!inside.headers.get("Via").unwrap().contains(";ch"));
+        let answering = |nonce: &str, cseq: u32| {
+            let mut resubmitted = phone_invite("next", cseq);
+            resubmitted.headers.push(
+                "Proxy-Authorization",
+                format!(
+                    "Digest username=\"100\", realm=\"demo.pbx.local\", nonce=\"{nonce}\", \
+                     uri=\"sip:101@demo.pbx.local\", response=\"00\""
+                ),
+            );
+            resubmitted
+        };
+        let (node, inside) = to_node(one(p.from_phone(phone(), answering(&nonce, 2), t0)));
+        let via = inside.headers.get("Via").unwrap().to_string();
+        assert!(via.contains(";cr;cn") && !via.contains(";ch"), "{via}");
         assert_eq!(
             p.media.log.last().map(String::as_str),
             Some("rewrite next Inward")
         );
+        // A node without our key finds our fresh nonce stale: the phone
+        // retries, no failure is counted, and the refusal is.
+        let refused =
+            |r: &Registry| crate::test_metrics::counter(r, "sbc_auth_nonces_refused_total", &[]);
+        let stale_to = |p: &mut Proxy<FakeMedia>, inside: &SipMessage| {
+            let mut stale = inside.response(407);
+            for value in challenge_values("demo.pbx.local", "00", &[Algorithm::Md5], true) {
+                stale.headers.push("Proxy-Authenticate", value);
+            }
+            p.from_node(NODES[node].parse().unwrap(), stale, t0)
+        };
+        let verdicts = stale_to(&mut p, &inside);
+        assert!(verdicts
+            .iter()
+            .any(|a| matches!(a, Action::Authenticated { failed: false, .. })));
+        assert_eq!(refused(&registry), 1.0);
+        // A node's own nonce, found stale, is the node's business.
+        let (_, inside) = to_node(one(p.from_phone(phone(), answering("0badc0de", 3), t0)));
+        assert!(!inside.headers.get("Via").unwrap().contains(";cn"));
+        stale_to(&mut p, &inside);
+        assert_eq!(refused(&registry), 1.0);
         // Another phone's is the node's to challenge.
         let elsewhere = Flow {
             transport: Transport::Tls,
