@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sip::auth::{AuthOutcome, DigestConfig, DigestCredentials, DigestVerifier, NonceKey};
+use sip::auth::{
+    AuthOutcome, ChallengeKind, DigestConfig, DigestCredentials, DigestVerifier, NonceKey,
+};
 use sip::message::SipMessage;
 
 use crate::directory::Directory;
@@ -20,38 +22,6 @@ const NONCE_LIFETIME_SECS: u64 = 300;
 const NONCE_CACHE_CAPACITY: usize = 10_000;
 /// The realm of a challenge when the request names no tenant at all.
 const UNKNOWN_REALM: &str = "pbx";
-
-/// Which challenge a request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChallengeKind {
-    /// 401 with WWW-Authenticate (a registrar, a UAS).
-    Www,
-    /// 407 with Proxy-Authenticate (a call through the PBX).
-    Proxy,
-}
-
-impl ChallengeKind {
-    fn status(self) -> u16 {
-        match self {
-            ChallengeKind::Www => 401,
-            ChallengeKind::Proxy => 407,
-        }
-    }
-
-    fn challenge_header(self) -> &'static str {
-        match self {
-            ChallengeKind::Www => "WWW-Authenticate",
-            ChallengeKind::Proxy => "Proxy-Authenticate",
-        }
-    }
-
-    fn credentials(self, request: &SipMessage) -> Option<&str> {
-        match self {
-            ChallengeKind::Www => request.authorization(),
-            ChallengeKind::Proxy => request.proxy_authorization(),
-        }
-    }
-}
 
 /// The result of authenticating a request.
 #[derive(Debug)]

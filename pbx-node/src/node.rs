@@ -219,17 +219,16 @@ impl PbxNode {
     ) -> Result<PbxNode, NodeError> {
         let repo = Repo::new(store.clone());
         let secret = until_leader(|| repo.ensure_nonce_secret()).await?;
-        let edge_nonce_key = match &config.edge_nonce_key_file {
-            Some(path) => Some(
-                sip::auth::NonceKey::from_shared_text(&read_file(path)?).map_err(|e| {
-                    NodeError::File {
-                        path: path.clone(),
-                        detail: e.to_string(),
-                    }
-                })?,
-            ),
-            None => None,
-        };
+        let edge_nonce_key = config
+            .edge_nonce_key_file
+            .as_deref()
+            .map(|path| {
+                sip::auth::NonceKey::from_file(path).map_err(|e| NodeError::File {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()?;
         let (directory, directory_task) = until_leader(|| Directory::start(repo.clone())).await?;
         let new_demo_credentials = if config.demo {
             let spec = config.demo_spec()?;

@@ -8,11 +8,12 @@ use ipnet::IpNet;
 use sip::endpoint::Peer;
 use sip::message::SipMessage;
 
-use crate::auth::{Authenticated, Authenticator, ChallengeKind};
+use crate::auth::{Authenticated, Authenticator};
 use crate::registrar::{
     device_ip, ok_response, parse_register, plan_bindings, registration_allowed,
 };
 use crate::repo::{Repo, RepoError};
+use sip::auth::ChallengeKind;
 
 pub fn unix_now_ms() -> u64 {
     SystemTime::now()

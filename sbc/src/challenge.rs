@@ -23,7 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, Registry};
-use sip::auth::{challenge_values, Algorithm, DigestChallenge, DigestCredentials, NonceKey};
+use sip::auth::{
+    challenge_values, Algorithm, ChallengeKind, DigestChallenge, DigestCredentials, NonceKey,
+};
 use sip::message::{new_tag, reason_phrase, Method, SipMessage, Uri};
 use sip::tenancy::{is_ip_host, tenant_lookups, TenantLookup};
 
@@ -109,7 +111,7 @@ impl Likeness {
 /// A node's challenge, to repeat.
 #[derive(Debug)]
 struct Learnt {
-    status: u16,
+    kind: ChallengeKind,
     realm: String,
     algorithms: Vec<Algorithm>,
     until: Instant,
@@ -190,11 +192,8 @@ impl EdgeChallenges {
     /// [`Likeness::of`] something. A stale challenge, or one the SBC
     /// could not repeat exactly, teaches nothing.
     pub fn learn(&mut self, source: IpAddr, response: &SipMessage, now: Instant) {
-        let status = response.status().unwrap_or(0);
-        let header = match status {
-            401 => "WWW-Authenticate",
-            407 => "Proxy-Authenticate",
-            _ => return,
+        let Some(kind) = response.status().and_then(ChallengeKind::of_status) else {
+            return;
         };
         let Ok(cseq) = response.cseq() else {
             return;
@@ -204,7 +203,7 @@ impl EdgeChallenges {
         };
         let mut realm = None;
         let mut algorithms = Vec::new();
-        for value in response.headers.get_all(header) {
+        for value in response.headers.get_all(kind.challenge_header()) {
             let Ok(challenge) = DigestChallenge::parse(value) else {
                 return;
             };
@@ -222,7 +221,7 @@ impl EdgeChallenges {
         self.learnt.insert(
             likeness,
             Learnt {
-                status,
+                kind,
                 realm,
                 algorithms,
                 until,
@@ -255,16 +254,11 @@ impl EdgeChallenges {
         unix_secs: u64,
     ) -> Option<SipMessage> {
         let learnt = self.learnt.get(likeness).filter(|l| l.until > now)?;
-        let mut response =
-            request.response_with_tag(learnt.status, reason_phrase(learnt.status), &own_tag());
-        let header = if learnt.status == 401 {
-            "WWW-Authenticate"
-        } else {
-            "Proxy-Authenticate"
-        };
+        let status = learnt.kind.status();
+        let mut response = request.response_with_tag(status, reason_phrase(status), &own_tag());
         let nonce = self.key.nonce(&learnt.realm, unix_secs);
         for value in challenge_values(&learnt.realm, &nonce, &learnt.algorithms, false) {
-            response.headers.push(header, value);
+            response.headers.push(learnt.kind.challenge_header(), value);
         }
         if let Some(issued) = &self.issued {
             issued.inc();
@@ -276,10 +270,15 @@ impl EdgeChallenges {
 /// A 401 or 407 saying the credentials were right but their nonce too
 /// old (or one the node cannot check): no failed authentication.
 pub fn is_stale(response: &SipMessage) -> bool {
-    ["WWW-Authenticate", "Proxy-Authenticate"]
-        .into_iter()
-        .flat_map(|header| response.headers.get_all(header))
-        .any(|value| DigestChallenge::parse(value).is_ok_and(|c| c.stale))
+    response
+        .status()
+        .and_then(ChallengeKind::of_status)
+        .is_some_and(|kind| {
+            response
+                .headers
+                .get_all(kind.challenge_header())
+                .any(|value| DigestChallenge::parse(value).is_ok_and(|c| c.stale))
+        })
 }
 
 #[cfg(test)]
@@ -313,13 +312,11 @@ mod tests {
 
     fn node_challenge(request: &SipMessage, status: u16, values: &[String]) -> SipMessage {
         let mut response = request.response_with_tag(status, reason_phrase(status), "nodetag");
-        let header = if status == 401 {
-            "WWW-Authenticate"
-        } else {
-            "Proxy-Authenticate"
-        };
+        let kind = ChallengeKind::of_status(status).unwrap_or(ChallengeKind::Proxy);
         for value in values {
-            response.headers.push(header, value.clone());
+            response
+                .headers
+                .push(kind.challenge_header(), value.clone());
         }
         response
     }

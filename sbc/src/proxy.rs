@@ -970,7 +970,7 @@ impl<M: MediaAnchor> Proxy<M> {
         let status = response.status().unwrap_or(0);
         let mut actions = Vec::new();
         let marked = |param: &str| via.as_ref().is_some_and(|v| v.param(param).is_some());
-        let stale = matches!(status, 401 | 407) && crate::challenge::is_stale(&response);
+        let stale = crate::challenge::is_stale(&response);
         if marked("cr") && status >= 200 {
             actions.push(Action::Authenticated {
                 source: flow.remote.ip(),

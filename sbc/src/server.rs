@@ -250,13 +250,10 @@ impl Sbc {
         );
         let mut proxy = match &config.edge_nonce_key_file {
             Some(path) => {
-                let file_error = |detail: String| SbcError::File {
+                let key = NonceKey::from_file(path).map_err(|e| SbcError::File {
                     path: path.clone(),
-                    detail,
-                };
-                let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-                let key =
-                    NonceKey::from_shared_text(&text).map_err(|e| file_error(e.to_string()))?;
+                    detail: e.to_string(),
+                })?;
                 tracing::info!("challenging phones on the pbx-nodes' behalf");
                 proxy.with_edge_challenges(EdgeChallenges::new(key))
             }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::message::syntax::{unquote, Cursor};
+use crate::message::SipMessage;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -189,6 +190,48 @@ impl DigestCredentials {
     }
 }
 
+/// Which challenge a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// 401 with WWW-Authenticate (a registrar, a UAS).
+    Www,
+    /// 407 with Proxy-Authenticate (a call through the PBX).
+    Proxy,
+}
+
+impl ChallengeKind {
+    /// The kind of a 401 or 407.
+    pub fn of_status(status: u16) -> Option<Self> {
+        match status {
+            401 => Some(ChallengeKind::Www),
+            407 => Some(ChallengeKind::Proxy),
+            _ => None,
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            ChallengeKind::Www => 401,
+            ChallengeKind::Proxy => 407,
+        }
+    }
+
+    pub fn challenge_header(self) -> &'static str {
+        match self {
+            ChallengeKind::Www => "WWW-Authenticate",
+            ChallengeKind::Proxy => "Proxy-Authenticate",
+        }
+    }
+
+    /// The request's answer to this kind of challenge.
+    pub fn credentials(self, request: &SipMessage) -> Option<&str> {
+        match self {
+            ChallengeKind::Www => request.authorization(),
+            ChallengeKind::Proxy => request.proxy_authorization(),
+        }
+    }
+}
+
 /// What a `WWW-Authenticate` / `Proxy-Authenticate` digest challenge
 /// asks for: what an edge proxy needs to issue the same challenge itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,9 +297,14 @@ const NONCE_LEN: usize = 8 + NONCE_RANDOM_LEN + NONCE_MAC_LEN;
 /// A shared key's shortest text: 32 characters of `openssl rand -hex 16`.
 const MIN_SHARED_KEY_LEN: usize = 32;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a nonce key needs at least {MIN_SHARED_KEY_LEN} characters, this one has {0}")]
-pub struct WeakKey(usize);
+/// Why a shared nonce key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("a nonce key needs at least {MIN_SHARED_KEY_LEN} characters, this one has {0}")]
+    Weak(usize),
+}
 
 /// Signs stateless nonces and checks them: `timestamp || random ||
 /// HMAC-SHA256(key, timestamp || random || realm)`, in hex. Whoever holds
@@ -280,10 +328,11 @@ impl NonceKey {
 
     /// A key shared through a file (the SBC's and the nodes' edge key):
     /// its text, surrounding white space left out.
-    pub fn from_shared_text(text: &str) -> Result<Self, WeakKey> {
+    pub fn from_file(path: &std::path::Path) -> Result<Self, KeyFileError> {
+        let text = std::fs::read_to_string(path)?;
         let secret = text.trim();
         if secret.len() < MIN_SHARED_KEY_LEN {
-            return Err(WeakKey(secret.len()));
+            return Err(KeyFileError::Weak(secret.len()));
         }
         Ok(Self::new(secret.as_bytes()))
     }

@@ -24,7 +24,7 @@ use sip::transport::Transport;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::auth::{Authenticated, Authenticator, ChallengeKind};
+use crate::auth::{Authenticated, Authenticator};
 use crate::media::anchor::AnchoredMedia;
 use crate::media::conference::Conferences;
 use crate::media::echo::start_echo;
@@ -39,6 +39,7 @@ use call::{Call, CallEnd, CallSetup, ForkTarget, Input, LegAddr, Output, Side, T
 use local::{LocalCall, LocalSetup, RemoteMedia};
 use media::ports::PortPool;
 use routing::{ForwardWhen, Refusal, Route, Unanswered};
+use sip::auth::ChallengeKind;
 use sip::sdp;
 use slots::{CallSlot, CallSlots, Claim};
 
